@@ -1,0 +1,822 @@
+"""Numba kernels for the negative binomial GLMM with one scalar random effect per donor block.
+
+Everything here works on plain arrays. Cells are sorted so that each donor is a contiguous block
+``starts[i]:starts[i + 1]``; the random-effect vector of a block has length one (a random
+intercept), and all per-block work is done in functions that take the block bounds, so that blocks
+with a longer random-effect vector can later reuse the same outer optimiser.
+
+Notation (see ``docs/model.md``): for one gene, cell ``j`` in donor ``i``,
+
+    eta_ij = x_ij' beta + o_ij + b_i,   mu = exp(eta),   theta = exp(t),   sigma^2 = exp(s)
+
+The NB log-density is split as
+
+    log NB(y; mu, theta) = C(y, theta) - lgamma(y + 1) + q(eta, t, y)
+    C(y, theta)          = sum_{k < y} log1p(k / theta)          (no dependence on eta)
+    q(eta, t, y)         = y * eta - (y + theta) * log1p(mu / theta)
+
+which is exact and stays accurate as ``theta -> inf`` (the Poisson limit). ``C`` summed over cells
+only needs ``cnt_gt[k]`` = number of cells with ``y > k``: a table of the gene's distinct counts.
+
+The outer parameter vector is ``phi = (beta_1..beta_p, s, t)``. The Laplace approximation of the
+marginal log-likelihood and its exact gradient and Hessian in ``phi`` (including the implicit
+dependence of the conditional modes ``b_i^`` on ``phi``) are assembled per donor from sums of
+per-cell derivatives of ``q`` up to fourth order in ``eta``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# status bits (see scglmm._core._status)
+SIGMA2_BOUNDARY = 1
+POISSON_LIMIT = 2
+NOT_CONVERGED = 4
+SEPARATION = 8
+ALL_ZERO = 16
+FAILED = 32
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+_JIT = {"cache": True, "nogil": True, "fastmath": False}
+
+
+# --------------------------------------------------------------------------------------------------
+# per-cell pieces
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _softplus(z: float) -> float:
+    """log(1 + exp(z)) without overflow."""
+    if z > 0.0:
+        return z + math.log1p(math.exp(-z))
+    return math.log1p(math.exp(z))
+
+
+@njit(**_JIT)
+def _cell_q(y: float, eta: float, t: float, theta: float) -> float:
+    """q(eta, t, y) = y eta - (y + theta) log1p(mu / theta)."""
+    return y * eta - (y + theta) * _softplus(eta - t)
+
+
+@njit(**_JIT)
+def _cell_d12(y: float, eta: float, t: float, theta: float) -> tuple[float, float]:
+    """First and second derivative of q in eta."""
+    z = eta - t
+    if z >= 0.0:
+        ez = math.exp(-z)
+        r = 1.0 / (1.0 + ez)
+        rho = ez * r
+    else:
+        ez = math.exp(z)
+        rho = 1.0 / (1.0 + ez)
+        r = ez * rho
+    yt = y + theta
+    return y - yt * r, -yt * r * rho
+
+
+@njit(**_JIT)
+def _cell_all(y: float, eta: float, t: float, theta: float):
+    """All derivatives of q needed for the Laplace gradient and Hessian.
+
+    Returns (q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2) where ``ek`` is the k-th derivative
+    in eta, ``tk`` the derivative once in t and k times in eta, ``ttk`` twice in t, k times in eta.
+    With g_0 = log1p(mu/theta) and g_k its k-th derivative in z = eta - t (g_1 = r = mu/(mu+theta)):
+    d^k q / d eta^k = -(y+theta) g_k (+ y for k = 1), d/dt of -(y+theta) g_k is
+    -theta g_k + (y+theta) g_{k+1}, and d^2/dt^2 is -theta g_k + 2 theta g_{k+1} - (y+theta) g_{k+2}.
+    """
+    z = eta - t
+    if z >= 0.0:
+        ez = math.exp(-z)
+        r = 1.0 / (1.0 + ez)
+        rho = ez * r
+        g0 = z + math.log1p(ez)
+    else:
+        ez = math.exp(z)
+        rho = 1.0 / (1.0 + ez)
+        r = ez * rho
+        g0 = math.log1p(ez)
+    g1 = r
+    g2 = r * rho
+    g3 = g2 * (rho - r)
+    g4 = g2 * (1.0 - 6.0 * r * rho)
+    yt = y + theta
+    q = y * eta - yt * g0
+    e1 = y - yt * g1
+    e2 = -yt * g2
+    e3 = -yt * g3
+    e4 = -yt * g4
+    t0 = -theta * g0 + yt * g1
+    t1 = -theta * g1 + yt * g2
+    t2 = -theta * g2 + yt * g3
+    t3 = -theta * g3 + yt * g4
+    tt0 = -theta * g0 + 2.0 * theta * g1 - yt * g2
+    tt1 = -theta * g1 + 2.0 * theta * g2 - yt * g3
+    tt2 = -theta * g2 + 2.0 * theta * g3 - yt * g4
+    return q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2
+
+
+@njit(**_JIT)
+def theta_terms(cnt_gt: np.ndarray, t: float) -> tuple[float, float, float]:
+    """sum_cells C(y, theta) and its first two derivatives in t = log theta."""
+    theta = math.exp(t)
+    v = 0.0
+    d1 = 0.0
+    d2 = 0.0
+    for k in range(1, cnt_gt.shape[0]):
+        c = cnt_gt[k]
+        if c == 0.0:
+            break
+        kk = float(k)
+        v += c * math.log1p(kk / theta)
+        d1 -= c * kk / (theta + kk)
+        d2 += c * kk * theta / ((theta + kk) * (theta + kk))
+    return v, d1, d2
+
+
+@njit(**_JIT)
+def count_table(y: np.ndarray) -> tuple[np.ndarray, float]:
+    """cnt_gt[k] = #cells with y > k (k = 0..max y - 1) and sum of lgamma(y + 1)."""
+    ymax = 0
+    for j in range(y.shape[0]):
+        if y[j] > ymax:
+            ymax = int(y[j])
+    hist = np.zeros(ymax + 1)
+    lg = 0.0
+    for j in range(y.shape[0]):
+        yj = int(y[j])
+        if yj > 0:
+            hist[yj] += 1.0
+    for v in range(2, ymax + 1):
+        if hist[v] > 0.0:
+            lg += hist[v] * math.lgamma(v + 1.0)
+    cnt_gt = np.zeros(max(ymax, 1))
+    acc = 0.0
+    for k in range(ymax - 1, -1, -1):
+        acc += hist[k + 1]
+        cnt_gt[k] = acc
+    return cnt_gt, lg
+
+
+# --------------------------------------------------------------------------------------------------
+# conditional modes and the Laplace objective
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def conditional_modes(y, eta0, starts, s, t, b, tol=1e-11, maxit=100):
+    """Newton on each donor's b_i (h_i is strictly concave in b). Updates ``b`` in place.
+
+    Returns False if some donor did not converge.
+    """
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    ok = True
+    for i in range(starts.shape[0] - 1):
+        bi = b[i]
+        done = False
+        for _ in range(maxit):
+            f1 = -bi * prec
+            f2 = -prec
+            for j in range(starts[i], starts[i + 1]):
+                e1, e2 = _cell_d12(y[j], eta0[j] + bi, t, theta)
+                f1 += e1
+                f2 += e2
+            step = -f1 / f2
+            if step > 2.0:
+                step = 2.0
+            elif step < -2.0:
+                step = -2.0
+            bi += step
+            if abs(step) <= tol * (1.0 + abs(bi)):
+                done = True
+                break
+        if not done or not math.isfinite(bi):
+            ok = False
+        b[i] = bi
+    return ok
+
+
+@njit(**_JIT)
+def _donor_h(y, eta0, lo, hi, bi, t, theta, prec):
+    """h_i(b) without the gene-level constants (C and lgamma terms)."""
+    h = -0.5 * bi * bi * prec
+    for j in range(lo, hi):
+        h += _cell_q(y[j], eta0[j] + bi, t, theta)
+    return h
+
+
+@njit(**_JIT)
+def laplace_value(y, eta0, starts, s, t, b, cnt_gt, lgy):
+    """Laplace log-likelihood at modes ``b`` (which must be the conditional modes)."""
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    total = 0.0
+    for i in range(starts.shape[0] - 1):
+        bi = b[i]
+        h = -0.5 * bi * bi * prec
+        f2 = -prec
+        for j in range(starts[i], starts[i + 1]):
+            eta = eta0[j] + bi
+            h += _cell_q(y[j], eta, t, theta)
+            f2 += _cell_d12(y[j], eta, t, theta)[1]
+        total += h - 0.5 * s - 0.5 * math.log(-f2)
+    c, _, _ = theta_terms(cnt_gt, t)
+    return total + c - lgy
+
+
+@njit(**_JIT)
+def agq_value(y, eta0, starts, s, t, b, cnt_gt, lgy, nodes, logw):
+    """Adaptive Gauss-Hermite log-likelihood with ``nodes`` (z_k) and ``logw`` (log w_k + z_k^2).
+
+    Centred at the conditional modes ``b`` and scaled by the curvature there. With a single node
+    (z = 0, w = sqrt(pi)) it equals :func:`laplace_value`.
+    """
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    K = nodes.shape[0]
+    vals = np.empty(K)
+    total = 0.0
+    for i in range(starts.shape[0] - 1):
+        lo = starts[i]
+        hi = starts[i + 1]
+        bi = b[i]
+        f2 = -prec
+        for j in range(lo, hi):
+            f2 += _cell_d12(y[j], eta0[j] + bi, t, theta)[1]
+        scale = math.sqrt(2.0 / -f2)
+        vmax = -np.inf
+        for k in range(K):
+            v = logw[k] + _donor_h(y, eta0, lo, hi, bi + nodes[k] * scale, t, theta, prec)
+            vals[k] = v
+            if v > vmax:
+                vmax = v
+        acc = 0.0
+        for k in range(K):
+            acc += math.exp(vals[k] - vmax)
+        total += vmax + math.log(acc) + math.log(scale) - 0.5 * (LOG_2PI + s)
+    c, _, _ = theta_terms(cnt_gt, t)
+    return total + c - lgy
+
+
+@njit(**_JIT)
+def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
+    """Laplace log-likelihood with its exact gradient and Hessian in phi = (beta, s, t).
+
+    ``b`` must hold the conditional modes. ``grad`` (q,) and ``hess`` (q, q) are overwritten.
+    Per donor, with f(b, phi) = h_i and b^(phi) its maximiser, v = db^/dphi = -f_bphi / f_bb:
+
+        L_i      = f - s/2 - log(-f_bb)/2
+        dL_i     = f_phi - e_s/2 - dK/(2K),           K = f_bb,  dK = f_bbphi + f_bbb v
+        d2L_i    = f_phiphi - f_bphi f_bphi'/K - (d2K/K - dK dK'/K^2)/2
+        d2K      = f_bbphiphi + f_bbbphi v' + v f_bbbphi' + f_bbbb v v' + f_bbb dv
+        dv       = -(f_bphiphi + f_bbphi v' + v f_bbphi' + f_bbb v v') / K
+    """
+    n, p = X.shape
+    q = p + 2
+    js = p
+    jt = p + 1
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    grad[:] = 0.0
+    hess[:, :] = 0.0
+    g = np.empty(q)
+    a = np.empty(q)
+    c = np.empty(q)
+    d = np.empty(q)
+    F = np.empty((q, q))
+    A = np.empty((q, q))
+    C = np.empty((q, q))
+    v = np.empty(q)
+    dK = np.empty(q)
+    total = 0.0
+    for i in range(starts.shape[0] - 1):
+        bi = b[i]
+        g[:] = 0.0
+        a[:] = 0.0
+        c[:] = 0.0
+        d[:] = 0.0
+        F[:, :] = 0.0
+        A[:, :] = 0.0
+        C[:, :] = 0.0
+        h = -0.5 * bi * bi * prec
+        f2 = -prec
+        f3 = 0.0
+        f4 = 0.0
+        for j in range(starts[i], starts[i + 1]):
+            qv, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all(y[j], eta0[j] + bi, t, theta)
+            h += qv
+            f2 += e2
+            f3 += e3
+            f4 += e4
+            for k in range(p):
+                xk = X[j, k]
+                g[k] += e1 * xk
+                a[k] += e2 * xk
+                c[k] += e3 * xk
+                d[k] += e4 * xk
+                F[k, jt] += t1 * xk
+                A[k, jt] += t2 * xk
+                C[k, jt] += t3 * xk
+                for l in range(k + 1):
+                    xx = xk * X[j, l]
+                    F[k, l] += e2 * xx
+                    A[k, l] += e3 * xx
+                    C[k, l] += e4 * xx
+            g[jt] += t0
+            a[jt] += t1
+            c[jt] += t2
+            d[jt] += t3
+            F[jt, jt] += tt0
+            A[jt, jt] += tt1
+            C[jt, jt] += tt2
+        # the prior term -b^2 exp(-s) / 2
+        g[js] = 0.5 * bi * bi * prec
+        a[js] = bi * prec
+        c[js] = prec
+        d[js] = 0.0
+        F[js, js] = -0.5 * bi * bi * prec
+        A[js, js] = -bi * prec
+        C[js, js] = -prec
+        # symmetrize (only lower triangle and the t column of the beta rows were filled)
+        for k in range(p):
+            F[jt, k] = F[k, jt]
+            A[jt, k] = A[k, jt]
+            C[jt, k] = C[k, jt]
+            for l in range(k):
+                F[l, k] = F[k, l]
+                A[l, k] = A[k, l]
+                C[l, k] = C[k, l]
+        K = f2
+        total += h - 0.5 * s - 0.5 * math.log(-K)
+        for k in range(q):
+            v[k] = -a[k] / K
+        for k in range(q):
+            dK[k] = c[k] + f3 * v[k]
+        for k in range(q):
+            grad[k] += g[k] - 0.5 * dK[k] / K
+        grad[js] -= 0.5
+        for k in range(q):
+            for l in range(k + 1):
+                dv = -(A[k, l] + c[k] * v[l] + v[k] * c[l] + f3 * v[k] * v[l]) / K
+                d2K = C[k, l] + d[k] * v[l] + v[k] * d[l] + f4 * v[k] * v[l] + f3 * dv
+                val = F[k, l] - a[k] * a[l] / K - 0.5 * (d2K / K - dK[k] * dK[l] / (K * K))
+                hess[k, l] += val
+    for k in range(q):
+        for l in range(k):
+            hess[l, k] = hess[k, l]
+    cv, c1, c2 = theta_terms(cnt_gt, t)
+    grad[jt] += c1
+    hess[jt, jt] += c2
+    return total + cv - lgy
+
+
+# --------------------------------------------------------------------------------------------------
+# small dense linear algebra (q is tiny; avoids LAPACK calls and exceptions inside nogil code)
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _cholesky(M, L):
+    """Cholesky of symmetric M into lower L. Returns False if M is not positive definite."""
+    n = M.shape[0]
+    L[:, :] = 0.0
+    for j in range(n):
+        s = M[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0 or not math.isfinite(s):
+            return False
+        L[j, j] = math.sqrt(s)
+        for i in range(j + 1, n):
+            s = M[i, j]
+            for k in range(j):
+                s -= L[i, k] * L[j, k]
+            L[i, j] = s / L[j, j]
+    return True
+
+
+@njit(**_JIT)
+def _chol_solve(L, rhs, out):
+    n = L.shape[0]
+    for i in range(n):
+        s = rhs[i]
+        for k in range(i):
+            s -= L[i, k] * out[k]
+        out[i] = s / L[i, i]
+    for i in range(n - 1, -1, -1):
+        s = out[i]
+        for k in range(i + 1, n):
+            s -= L[k, i] * out[k]
+        out[i] = s / L[i, i]
+
+
+@njit(**_JIT)
+def _spd_inverse(M, out):
+    """Inverse of a symmetric positive definite matrix; False if not PD."""
+    n = M.shape[0]
+    L = np.empty((n, n))
+    if not _cholesky(M, L):
+        return False
+    e = np.zeros(n)
+    col = np.empty(n)
+    for k in range(n):
+        e[:] = 0.0
+        e[k] = 1.0
+        _chol_solve(L, e, col)
+        for i in range(n):
+            out[i, k] = col[i]
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# starting values
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def poisson_glm_start(y, X, off, beta, maxit=25):
+    """Poisson GLM by IRLS (no donor effects); writes ``beta``. Returns mean-model eta."""
+    n, p = X.shape
+    ybar = 0.0
+    ebar = 0.0
+    for j in range(n):
+        ybar += y[j]
+        ebar += math.exp(off[j])
+    beta[:] = 0.0
+    beta[0] = math.log(max(ybar, 0.5) / ebar)  # assumes column 0 is the intercept-like column
+    eta = np.empty(n)
+    M = np.empty((p, p))
+    L = np.empty((p, p))
+    rhs = np.empty(p)
+    step = np.empty(p)
+    for _ in range(maxit):
+        for j in range(n):
+            e = off[j]
+            for k in range(p):
+                e += X[j, k] * beta[k]
+            eta[j] = e
+        M[:, :] = 0.0
+        rhs[:] = 0.0
+        for j in range(n):
+            mu = math.exp(min(eta[j], 50.0))
+            res = y[j] - mu
+            for k in range(p):
+                rhs[k] += res * X[j, k]
+                for l in range(k + 1):
+                    M[k, l] += mu * X[j, k] * X[j, l]
+        for k in range(p):
+            M[k, k] += 1e-8 * (1.0 + M[k, k])
+            for l in range(k):
+                M[l, k] = M[k, l]
+        if not _cholesky(M, L):
+            break
+        _chol_solve(L, rhs, step)
+        mx = 0.0
+        for k in range(p):
+            mx = max(mx, abs(step[k]))
+        scale = 1.0 if mx < 3.0 else 3.0 / mx
+        for k in range(p):
+            beta[k] += scale * step[k]
+        if mx < 1e-8:
+            break
+    for j in range(n):
+        e = off[j]
+        for k in range(p):
+            e += X[j, k] * beta[k]
+        eta[j] = e
+    return eta
+
+
+# --------------------------------------------------------------------------------------------------
+# the outer optimiser for one gene
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _eta0(X, off, phi, eta0):
+    n, p = X.shape
+    for j in range(n):
+        e = off[j]
+        for k in range(p):
+            e += X[j, k] * phi[k]
+        eta0[j] = e
+
+
+@njit(**_JIT)
+def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw):
+    """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail."""
+    p = X.shape[1]
+    _eta0(X, off, phi, eta0)
+    ok = conditional_modes(y, eta0, starts, phi[p], phi[p + 1], b)
+    if not ok:
+        return np.nan
+    if nodes.shape[0] <= 1:
+        return laplace_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy)
+    return agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, nodes, logw)
+
+
+@njit(**_JIT)
+def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, h):
+    """Central finite-difference gradient and Hessian of the objective (used for n_agq > 1)."""
+    q = phi.shape[0]
+    f0 = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    b0 = b.copy()
+    x = phi.copy()
+    fp = np.zeros(q)
+    fm = np.zeros(q)
+    grad[:] = 0.0
+    hess[:, :] = 0.0
+    for k in range(q):
+        if not free[k]:
+            continue
+        x[:] = phi
+        x[k] += h
+        b[:] = b0
+        fp[k] = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+        x[k] -= 2.0 * h
+        b[:] = b0
+        fm[k] = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+        grad[k] = (fp[k] - fm[k]) / (2.0 * h)
+        hess[k, k] = (fp[k] - 2.0 * f0 + fm[k]) / (h * h)
+    for k in range(q):
+        if not free[k]:
+            continue
+        for l in range(k):
+            if not free[l]:
+                continue
+            x[:] = phi
+            x[k] += h
+            x[l] += h
+            b[:] = b0
+            fpp = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+            x[k] -= 2.0 * h
+            x[l] -= 2.0 * h
+            b[:] = b0
+            fmm = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+            val = (fpp - fp[k] - fp[l] + 2.0 * f0 - fm[k] - fm[l] + fmm) / (2.0 * h * h)
+            hess[k, l] = val
+            hess[l, k] = val
+    b[:] = b0
+    _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    return f0
+
+
+@njit(**_JIT)
+def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess):
+    p = X.shape[1]
+    if nodes.shape[0] <= 1:
+        _eta0(X, off, phi, eta0)
+        conditional_modes(y, eta0, starts, phi[p], phi[p + 1], b)
+        return laplace_grad_hess(y, X, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
+    return _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
+
+
+@njit(**_JIT)
+def fit_gene(
+    y,
+    X,
+    off,
+    starts,
+    nodes,
+    logw,
+    phi,
+    b,
+    cov,
+    s_min=-23.0,
+    t_max=18.42,
+    t_min=-10.0,
+    tol=1e-10,
+    maxit=200,
+    sep_bound=25.0,
+):
+    """Maximise the Laplace (or AGQ) marginal likelihood of one gene.
+
+    Parameters
+    ----------
+    y, X, off, starts
+        Counts (float), design, log offsets, all in donor-sorted order; ``starts`` (m + 1,) block bounds.
+    nodes, logw
+        Gauss-Hermite nodes and log(weights) + nodes^2; one node means Laplace.
+    phi
+        (p + 2,) output: beta, log sigma^2, log theta.
+    b
+        (m,) output: conditional modes.
+    cov
+        (p + 2, p + 2) output: inverse negative Hessian over the free parameters (NaN elsewhere).
+
+    Returns
+    -------
+    loglik, n_iter, status bits, max abs gradient over free parameters
+    """
+    n, p = X.shape
+    q = p + 2
+    js = p
+    jt = p + 1
+    m = starts.shape[0] - 1
+    cov[:, :] = np.nan
+    b[:] = 0.0
+    status = 0
+    cnt_gt, lgy = count_table(y)
+    ysum = 0.0
+    for j in range(n):
+        ysum += y[j]
+    if ysum == 0.0:
+        phi[:] = np.nan
+        b[:] = np.nan
+        return np.nan, 0, ALL_ZERO, np.nan
+
+    # starting values: Poisson GLM, then a moment estimate of the dispersion
+    beta0 = np.zeros(p)
+    eta_glm = poisson_glm_start(y, X, off, beta0)
+    num = 0.0
+    den = 0.0
+    for j in range(n):
+        mu = math.exp(min(eta_glm[j], 50.0))
+        num += (y[j] - mu) * (y[j] - mu) - mu
+        den += mu * mu
+    disp = num / den if den > 0.0 else 1.0
+    t0 = -math.log(max(disp, 0.05))
+    t0 = min(max(t0, -3.0), 3.0)
+    for k in range(p):
+        phi[k] = beta0[k]
+    phi[js] = math.log(0.1)
+    phi[jt] = t0
+
+    eta0 = np.empty(n)
+    grad = np.zeros(q)
+    hess = np.zeros((q, q))
+    M = np.zeros((q, q))
+    Lc = np.zeros((q, q))
+    gf = np.zeros(q)
+    step = np.zeros(q)
+    trial = np.zeros(q)
+    btrial = np.zeros(m)
+    free = np.ones(q, dtype=np.bool_)
+    val = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    if not math.isfinite(val):
+        phi[:] = np.nan
+        return np.nan, 0, FAILED, np.nan
+    n_iter = 0
+    converged = False
+    gmax = np.inf
+    for it in range(maxit):
+        n_iter = it + 1
+        free[:] = True
+        val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
+        if phi[js] <= s_min + 1e-9 and grad[js] <= 0.0:
+            free[js] = False
+        if phi[jt] >= t_max - 1e-9 and grad[jt] >= 0.0:
+            free[jt] = False
+        # Newton direction on the free parameters, with a Levenberg shift if not concave
+        lam = 0.0
+        maxdiag = 0.0
+        for k in range(q):
+            maxdiag = max(maxdiag, abs(hess[k, k]))
+        for attempt in range(60):
+            for k in range(q):
+                for l in range(q):
+                    if free[k] and free[l]:
+                        M[k, l] = -hess[k, l]
+                    else:
+                        M[k, l] = 1.0 if k == l else 0.0
+                if free[k]:
+                    M[k, k] += lam
+                gf[k] = grad[k] if free[k] else 0.0
+            if _cholesky(M, Lc):
+                break
+            lam = 1e-8 * (1.0 + maxdiag) if lam == 0.0 else lam * 10.0
+        _chol_solve(Lc, gf, step)
+        dec = 0.0
+        gmax = 0.0
+        for k in range(q):
+            dec += gf[k] * step[k]
+            gmax = max(gmax, abs(gf[k]))
+        if lam == 0.0 and dec < tol:
+            converged = True
+            break
+        mx = 0.0
+        for k in range(q):
+            mx = max(mx, abs(step[k]))
+        if mx > 3.0:
+            for k in range(q):
+                step[k] *= 3.0 / mx
+        # backtracking line search (Armijo), projected onto the bounds
+        alpha = 1.0
+        accepted = False
+        for ls in range(40):
+            for k in range(q):
+                trial[k] = phi[k] + alpha * step[k]
+            trial[js] = max(trial[js], s_min)
+            trial[jt] = min(max(trial[jt], t_min), t_max)
+            btrial[:] = b
+            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
+                accepted = True
+                break
+            alpha *= 0.5
+        if not accepted:
+            # no ascent possible at machine precision: accept as converged if the decrement is small
+            if dec < 1e-6 * (1.0 + abs(val)):
+                converged = True
+            break
+        phi[:] = trial
+        b[:] = btrial
+        val = vt
+        # plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton
+        # crawls there by about one unit of log per iteration; try the bound directly.
+        if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
+            trial[:] = phi
+            trial[jt] = t_max
+            btrial[:] = b
+            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            if math.isfinite(vt) and vt >= val:
+                phi[:] = trial
+                b[:] = btrial
+                val = vt
+        if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
+            trial[:] = phi
+            trial[js] = s_min
+            btrial[:] = b
+            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            if math.isfinite(vt) and vt >= val:
+                phi[:] = trial
+                b[:] = btrial
+                val = vt
+        sep = False
+        for k in range(1, p):
+            if abs(phi[k]) > sep_bound:
+                sep = True
+        if sep:
+            status |= SEPARATION
+            break
+
+    # final derivatives and covariance over the free parameters
+    free[:] = True
+    val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
+    if phi[js] <= s_min + 1e-9 and grad[js] <= 1e-6:
+        free[js] = False
+        status |= SIGMA2_BOUNDARY
+    if phi[jt] >= t_max - 1e-9 and grad[jt] >= -1e-6:
+        free[jt] = False
+        status |= POISSON_LIMIT
+    nf = 0
+    for k in range(q):
+        if free[k]:
+            nf += 1
+    idx = np.empty(nf, dtype=np.int64)
+    nf = 0
+    for k in range(q):
+        if free[k]:
+            idx[nf] = k
+            nf += 1
+    Mf = np.empty((nf, nf))
+    for k in range(nf):
+        for l in range(nf):
+            Mf[k, l] = -hess[idx[k], idx[l]]
+    inv = np.empty((nf, nf))
+    if _spd_inverse(Mf, inv):
+        for k in range(nf):
+            for l in range(nf):
+                cov[idx[k], idx[l]] = inv[k, l]
+    else:
+        status |= NOT_CONVERGED
+    if not converged and (status & SEPARATION) == 0:
+        status |= NOT_CONVERGED
+    if not math.isfinite(val):
+        status |= FAILED
+    return val, n_iter, status, gmax
+
+
+# --------------------------------------------------------------------------------------------------
+# blocks of genes from CSC storage
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def fit_block_csc(
+    data,
+    indices,
+    indptr,
+    pos,
+    X,
+    off,
+    starts,
+    nodes,
+    logw,
+    out_phi,
+    out_b,
+    out_cov,
+    out_ll,
+    out_iter,
+    out_status,
+    out_gmax,
+):
+    """Fit every column of a CSC block (cells x genes). ``pos[row]`` is the cell's donor-sorted
+    position. Outputs are written per gene (row g of each ``out_*`` array)."""
+    n = X.shape[0]
+    y = np.zeros(n)
+    G = indptr.shape[0] - 1
+    for g in range(G):
+        y[:] = 0.0
+        for k in range(indptr[g], indptr[g + 1]):
+            y[pos[indices[k]]] = data[k]
+        ll, it, st, gm = fit_gene(
+            y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g]
+        )
+        out_ll[g] = ll
+        out_iter[g] = it
+        out_status[g] = st
+        out_gmax[g] = gm
