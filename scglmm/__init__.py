@@ -1,0 +1,16 @@
+"""scglmm: donor-aware differential expression with negative binomial GLMMs, for scanpy."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, get, tl
+from ._core._api import GeneFit, GenesFit, fit_gene, fit_genes
+from ._core._status import status_name
+
+try:
+    __version__ = version("scglmm")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["GeneFit", "GenesFit", "fit_gene", "fit_genes", "datasets", "get", "status_name", "tl", "__version__"]

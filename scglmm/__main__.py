@@ -1,0 +1,5 @@
+"""``python -m scglmm``."""
+
+from .cli import main
+
+main()

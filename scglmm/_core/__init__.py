@@ -1,0 +1,1 @@
+"""Numerics: pure-array estimators (no AnnData)."""

@@ -1,0 +1,417 @@
+"""Array-level API: fit one gene or a block of genes from numpy / scipy inputs, no AnnData needed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from scipy import sparse
+from scipy.stats import norm
+
+from . import _kernels as K
+from ._status import UNUSABLE, status_names
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["GeneFit", "GenesFit", "fit_gene", "fit_genes", "check_counts"]
+
+
+@dataclass(frozen=True)
+class GeneFit:
+    """Result of :func:`fit_gene` (one gene). All effects are on the natural-log scale."""
+
+    coef: NDArray[np.float64]
+    """Fixed effects ``beta`` (p,)."""
+    se: NDArray[np.float64]
+    """Standard errors of ``coef`` (p,), from the full Hessian of the marginal log-likelihood."""
+    cov: NDArray[np.float64]
+    """Covariance of ``coef`` (p, p)."""
+    sigma2: float
+    """Donor random-intercept variance (log scale); 0 at the boundary."""
+    theta: float
+    """NB size; ``inf`` in the Poisson limit."""
+    dispersion: float
+    """``1 / theta``; 0 in the Poisson limit."""
+    loglik: float
+    """Approximate marginal log-likelihood (Laplace or AGQ), all constants included."""
+    modes: NDArray[np.float64]
+    """Conditional modes of the donor effects, in the order of ``donors``."""
+    donors: NDArray[np.object_]
+    """Donor labels."""
+    coef_names: list[str]
+    n_iter: int
+    status: int
+    """Status bit flags; see :func:`scglmm.status_name`."""
+    status_str: str
+    converged: bool
+
+    @property
+    def p_value(self) -> NDArray[np.float64]:
+        """Two-sided Wald p-values of ``coef``."""
+        return 2.0 * norm.sf(np.abs(self.coef / self.se))
+
+
+@dataclass(frozen=True)
+class GenesFit:
+    """Result of :func:`fit_genes` for G genes. Row g of every array belongs to gene g."""
+
+    coef: NDArray[np.float64]
+    """(G, p) fixed effects, natural-log scale."""
+    se: NDArray[np.float64]
+    """(G, p) standard errors."""
+    cov: NDArray[np.float64]
+    """(G, p, p) covariance of the fixed effects."""
+    sigma2: NDArray[np.float64]
+    theta: NDArray[np.float64]
+    dispersion: NDArray[np.float64]
+    loglik: NDArray[np.float64]
+    modes: NDArray[np.float64]
+    """(G, m) conditional modes of the donor effects."""
+    n_iter: NDArray[np.int64]
+    status: NDArray[np.int64]
+    grad_max: NDArray[np.float64]
+    """Largest absolute gradient entry at the returned estimate."""
+    n_nonzero: NDArray[np.int64]
+    coef_names: list[str]
+    donors: NDArray[np.object_]
+    log_sigma2_se: NDArray[np.float64] = field(repr=False)
+    log_theta_se: NDArray[np.float64] = field(repr=False)
+
+    @property
+    def status_str(self) -> NDArray[np.object_]:
+        """Readable status per gene (``"ok"``, ``"poisson_limit"``, ...)."""
+        return status_names(self.status)
+
+    @property
+    def converged(self) -> NDArray[np.bool_]:
+        """True where the optimiser converged and the estimates are usable."""
+        return (self.status & (UNUSABLE | K.NOT_CONVERGED)) == 0
+
+    @property
+    def p_value(self) -> NDArray[np.float64]:
+        """(G, p) two-sided Wald p-values."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 2.0 * norm.sf(np.abs(self.coef / self.se))
+
+    def gene(self, g: int) -> GeneFit:
+        """The result of gene ``g`` as a :class:`GeneFit`."""
+        code = int(self.status[g])
+        return GeneFit(
+            coef=self.coef[g],
+            se=self.se[g],
+            cov=self.cov[g],
+            sigma2=float(self.sigma2[g]),
+            theta=float(self.theta[g]),
+            dispersion=float(self.dispersion[g]),
+            loglik=float(self.loglik[g]),
+            modes=self.modes[g],
+            donors=self.donors,
+            coef_names=self.coef_names,
+            n_iter=int(self.n_iter[g]),
+            status=code,
+            status_str=str(self.status_str[g]),
+            converged=bool(self.converged[g]),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts") -> None:
+    """Raise ValueError unless all entries are finite, non-negative integers (never densifies)."""
+    vals = Y.data if sparse.issparse(Y) else np.asarray(Y)
+    if vals.dtype.kind not in "biuf":
+        msg = f"{what} must be numeric, got dtype {vals.dtype}."
+        raise TypeError(msg)
+    if vals.size == 0:
+        return
+    if vals.dtype.kind == "f":
+        if not np.all(np.isfinite(vals)):
+            msg = f"{what} contain NaN or infinite values; pass raw integer counts (e.g. layer='counts')."
+            raise ValueError(msg)
+        if np.any(vals != np.floor(vals)):
+            msg = (
+                f"{what} contain non-integer values (e.g. {vals[vals != np.floor(vals)][0]!r}); "
+                "scglmm needs raw integer counts, not normalised or log-transformed data. "
+                "Use `layer=` to point to the raw counts."
+            )
+            raise ValueError(msg)
+    if vals.dtype.kind != "u" and np.any(vals < 0):
+        msg = f"{what} contain negative values; scglmm needs raw non-negative integer counts."
+        raise ValueError(msg)
+
+
+def _prepare_design(
+    X: ArrayLike, groups: ArrayLike, offset: ArrayLike | None, n: int
+) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray, NDArray]:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] != n:
+        msg = f"X must be a (n_cells, n_coef) design matrix with n_cells = {n}; got shape {X.shape}."
+        raise ValueError(msg)
+    if not np.all(np.isfinite(X)):
+        msg = "X (the design matrix) contains NaN or infinite values."
+        raise ValueError(msg)
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        msg = f"X (the design matrix, {X.shape[1]} columns) is rank deficient; drop redundant columns."
+        raise ValueError(msg)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        msg = f"groups must have one donor label per cell ({n}); got shape {groups.shape}."
+        raise ValueError(msg)
+    codes, donors = pd.factorize(groups, sort=True)
+    if np.any(codes < 0):
+        msg = "groups contains missing values (NaN/None); every cell needs a donor."
+        raise ValueError(msg)
+    if len(donors) < 2:
+        msg = f"at least two donors are needed to estimate a donor variance; got {len(donors)}."
+        raise ValueError(msg)
+    if offset is None:
+        off = np.zeros(n)
+    else:
+        off = np.asarray(offset, dtype=np.float64).ravel()
+        if off.shape != (n,):
+            msg = f"offset must have one value per cell ({n}); got shape {off.shape}."
+            raise ValueError(msg)
+        if not np.all(np.isfinite(off)):
+            msg = "offset (log scale) contains NaN or infinite values (a size factor of 0 gives log(0) = -inf)."
+            raise ValueError(msg)
+    order = np.argsort(codes, kind="stable")
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    starts = np.searchsorted(codes[order], np.arange(len(donors) + 1)).astype(np.int64)
+    Xs = np.ascontiguousarray(X[order])
+    offs = np.ascontiguousarray(off[order])
+    return Xs, offs, starts, pos, np.asarray(donors, dtype=object), order
+
+
+def _gh_nodes(n_agq: int) -> tuple[NDArray, NDArray]:
+    if not isinstance(n_agq, int | np.integer) or n_agq < 1:
+        msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {n_agq!r}."
+        raise ValueError(msg)
+    if n_agq == 1:
+        return np.zeros(1), np.array([0.5 * np.log(np.pi)])
+    z, w = np.polynomial.hermite.hermgauss(int(n_agq))
+    return z, np.log(w) + z * z
+
+
+def _block_bounds(n_genes: int, block_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + block_size, n_genes)) for a in range(0, n_genes, block_size)]
+
+
+# ------------------------------------------------------------------------------------------------
+# public functions
+# ------------------------------------------------------------------------------------------------
+def fit_genes(
+    Y: ArrayLike | sparse.spmatrix | sparse.sparray,
+    X: ArrayLike,
+    groups: ArrayLike,
+    offset: ArrayLike | None = None,
+    *,
+    n_agq: int = 1,
+    n_jobs: int = 1,
+    block_size: int = 64,
+    coef_names: Sequence[str] | None = None,
+    check: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> GenesFit:
+    """Fit the NB GLMM with a donor random intercept to every column of a count matrix.
+
+    The model per gene is ``y | b ~ NB(mu, theta)``, ``log mu = X beta + offset + b[donor]``,
+    ``b ~ N(0, sigma2)``, fitted by maximising the Laplace approximation (or adaptive Gauss-Hermite
+    with ``n_agq`` nodes) of the marginal likelihood jointly over ``beta``, ``log sigma2`` and
+    ``log theta``.
+
+    Parameters
+    ----------
+    Y
+        Counts, cells x genes: a numpy array or a scipy sparse matrix (CSR or CSC). Never densified
+        as a whole; genes are fitted in blocks of ``block_size`` columns.
+    X
+        Fixed-effect design, cells x coefficients (include an intercept column yourself).
+    groups
+        Donor label of each cell.
+    offset
+        Log offset per cell (e.g. ``log(library size)``); zero if omitted.
+    n_agq
+        Number of adaptive Gauss-Hermite nodes; 1 is the Laplace approximation (glmmTMB's).
+    n_jobs
+        Threads over gene blocks (the kernels release the GIL). Results do not depend on it.
+    block_size
+        Genes per compiled call.
+    coef_names
+        Names of the columns of ``X``; ``x0, x1, ...`` if omitted.
+    check
+        Validate that counts are finite non-negative integers.
+    progress
+        Called with the number of genes finished after every block (e.g. a tqdm ``update``).
+
+    Returns
+    -------
+    A :class:`GenesFit` with one row per gene.
+    """
+    if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
+        Y = np.asarray(Y)
+    if Y.ndim != 2:
+        msg = f"Y must be a 2-d cells x genes matrix; got {Y.ndim} dimension(s)."
+        raise ValueError(msg)
+    n, G = Y.shape
+    if check:
+        check_counts(Y)
+    Xs, offs, starts, pos, donors, _ = _prepare_design(X, groups, offset, n)
+    p = Xs.shape[1]
+    if coef_names is None:
+        coef_names = [f"x{k}" for k in range(p)]
+    coef_names = [str(c) for c in coef_names]
+    if len(coef_names) != p:
+        msg = f"coef_names has {len(coef_names)} names for {p} design columns."
+        raise ValueError(msg)
+    nodes, logw = _gh_nodes(n_agq)
+    if not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
+        msg = f"n_jobs must be a non-zero integer (-1 = all cores); got {n_jobs!r}."
+        raise ValueError(msg)
+    if not isinstance(block_size, int | np.integer) or block_size < 1:
+        msg = f"block_size must be a positive integer; got {block_size!r}."
+        raise ValueError(msg)
+
+    m = len(donors)
+    q = p + 2
+    out_phi = np.full((G, q), np.nan)
+    out_b = np.full((G, m), np.nan)
+    out_cov = np.full((G, q, q), np.nan)
+    out_ll = np.full(G, np.nan)
+    out_iter = np.zeros(G, dtype=np.int64)
+    out_status = np.zeros(G, dtype=np.int64)
+    out_gmax = np.full(G, np.nan)
+    nnz = np.zeros(G, dtype=np.int64)
+
+    is_sparse = sparse.issparse(Y)
+    if is_sparse and Y.format not in ("csr", "csc"):
+        Y = sparse.csc_matrix(Y)
+
+    def run(a: int, b: int) -> int:
+        blk = Y[:, a:b]
+        blk = sparse.csc_matrix(blk) if is_sparse else sparse.csc_matrix(np.asarray(blk))
+        blk.sum_duplicates()
+        blk.sort_indices()
+        nnz[a:b] = np.diff(blk.indptr)
+        K.fit_block_csc(
+            blk.data.astype(np.float64),
+            blk.indices.astype(np.int64),
+            blk.indptr.astype(np.int64),
+            pos,
+            Xs,
+            offs,
+            starts,
+            nodes,
+            logw,
+            out_phi[a:b],
+            out_b[a:b],
+            out_cov[a:b],
+            out_ll[a:b],
+            out_iter[a:b],
+            out_status[a:b],
+            out_gmax[a:b],
+        )
+        return b - a
+
+    bounds = _block_bounds(G, int(block_size))
+    if n_jobs == 1 or len(bounds) == 1:
+        for a, b in bounds:
+            done = run(a, b)
+            if progress is not None:
+                progress(done)
+    else:
+        par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator_unordered")
+        for done in par(delayed(run)(a, b) for a, b in bounds):
+            if progress is not None:
+                progress(done)
+    return _assemble(out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz, p, coef_names, donors)
+
+
+def _assemble(out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz, p, coef_names, donors) -> GenesFit:
+    status = out_status.copy()
+    bad = (status & UNUSABLE) != 0
+    coef = out_phi[:, :p].copy()
+    cov = out_cov[:, :p, :p].copy()
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2)).copy()
+    s_bound = (status & K.SIGMA2_BOUNDARY) != 0
+    t_bound = (status & K.POISSON_LIMIT) != 0
+    sigma2 = np.where(s_bound, 0.0, np.exp(out_phi[:, p]))
+    theta = np.where(t_bound, np.inf, np.exp(out_phi[:, p + 1]))
+    dispersion = np.where(t_bound, 0.0, np.exp(-out_phi[:, p + 1]))
+    with np.errstate(invalid="ignore"):
+        log_sigma2_se = np.sqrt(out_cov[:, p, p])
+        log_theta_se = np.sqrt(out_cov[:, p + 1, p + 1])
+    for arr in (coef, se, sigma2, theta, dispersion, out_ll, log_sigma2_se, log_theta_se):
+        arr[bad] = np.nan
+    cov[bad] = np.nan
+    modes = out_b.copy()
+    modes[bad] = np.nan
+    return GenesFit(
+        coef=coef,
+        se=se,
+        cov=cov,
+        sigma2=sigma2,
+        theta=theta,
+        dispersion=dispersion,
+        loglik=out_ll,
+        modes=modes,
+        n_iter=out_iter,
+        status=status,
+        grad_max=out_gmax,
+        n_nonzero=nnz,
+        coef_names=list(coef_names),
+        donors=donors,
+        log_sigma2_se=log_sigma2_se,
+        log_theta_se=log_theta_se,
+    )
+
+
+def fit_gene(
+    y: ArrayLike,
+    X: ArrayLike,
+    groups: ArrayLike,
+    offset: ArrayLike | None = None,
+    *,
+    n_agq: int = 1,
+    coef_names: Sequence[str] | None = None,
+) -> GeneFit:
+    """Fit the NB GLMM with a donor random intercept to one gene.
+
+    Parameters
+    ----------
+    y
+        Counts of the gene, one per cell (numpy vector or a 1-column sparse matrix).
+    X
+        Fixed-effect design, cells x coefficients (include an intercept column yourself).
+    groups
+        Donor label of each cell.
+    offset
+        Log offset per cell (e.g. ``log(library size)``); zero if omitted.
+    n_agq
+        Adaptive Gauss-Hermite nodes; 1 is the Laplace approximation.
+    coef_names
+        Names of the columns of ``X``.
+
+    Returns
+    -------
+    A :class:`GeneFit`.
+    """
+    if sparse.issparse(y):
+        y = y.toarray()
+    y = np.asarray(y)
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.ravel()
+    if y.ndim != 1:
+        msg = f"y must be a vector of counts (one per cell); got shape {y.shape}."
+        raise ValueError(msg)
+    res = fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names)
+    return res.gene(0)

@@ -1,0 +1,40 @@
+"""Per-gene status codes: bit flags combined into one integer, and their names."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels import ALL_ZERO, FAILED, NOT_CONVERGED, POISSON_LIMIT, SEPARATION, SIGMA2_BOUNDARY
+
+#: Set by the AnnData layer for genes removed by the gene filter before fitting.
+FILTERED = 64
+
+#: Bit -> name, in the order names are joined in a status string.
+STATUS_BITS: dict[int, str] = {
+    FILTERED: "filtered",
+    ALL_ZERO: "all_zero",
+    FAILED: "failed",
+    SEPARATION: "separation",
+    NOT_CONVERGED: "not_converged",
+    SIGMA2_BOUNDARY: "sigma2_boundary",
+    POISSON_LIMIT: "poisson_limit",
+}
+
+#: Bits after which a gene's estimates are NaN (nothing can be trusted).
+UNUSABLE = FILTERED | ALL_ZERO | FAILED | SEPARATION
+
+
+def status_name(code: int) -> str:
+    """Readable status of one gene, e.g. ``"ok"`` or ``"sigma2_boundary+poisson_limit"``."""
+    code = int(code)
+    if code == 0:
+        return "ok"
+    return "+".join(name for bit, name in STATUS_BITS.items() if code & bit)
+
+
+def status_names(codes: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`status_name` (object array of strings)."""
+    codes = np.asarray(codes)
+    uniq, inv = np.unique(codes, return_inverse=True)
+    names = np.array([status_name(c) for c in uniq], dtype=object)
+    return names[inv.reshape(codes.shape)]

@@ -1,0 +1,176 @@
+"""Example data: a simulator of the model scglmm fits, and the shipped Kang 2018 subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["simulate", "kang2018_cd14_mono"]
+
+
+def simulate(
+    *,
+    n_donors: int = 8,
+    cells_per_donor: int = 200,
+    n_genes: int = 200,
+    frac_de: float = 0.0,
+    lfc: tuple[float, float] = (0.5, 1.5),
+    mean_range: tuple[float, float] = (0.02, 10.0),
+    sigma2_range: tuple[float, float] = (0.0, 0.5),
+    sigma2_zero_frac: float = 0.1,
+    phi_range: tuple[float, float] = (0.05, 1.0),
+    covariate_sd: float = 0.1,
+    paired: bool = False,
+    slope_sd: float = 0.0,
+    libsize_median: float = 5000.0,
+    libsize_sdlog: float = 0.4,
+    cells_sdlog: float = 0.0,
+    seed: int = 0,
+    dtype: type = np.float32,
+) -> AnnData:
+    """Simulate counts from the NB GLMM with a donor random intercept.
+
+    ``log mu = intercept + beta_condition * stim + beta_covariate * covariate + log(libsize) + b_donor``
+    with ``b ~ N(0, sigma2)`` per gene and NB dispersion ``phi`` (``Var = mu + phi mu^2``).
+
+    Parameters
+    ----------
+    n_donors
+        Donors in total. Unpaired designs put the first half in ``ctrl``, the rest in ``stim``.
+    cells_per_donor
+        Cells per donor (per donor x condition sample when ``paired``).
+    n_genes
+        Number of genes.
+    frac_de
+        Fraction of genes with a non-zero condition effect (natural log, ``+-Uniform(lfc)``).
+    lfc
+        Range of absolute DE effects (natural log).
+    mean_range
+        Range of mean counts per cell (log-uniform) at median library size.
+    sigma2_range
+        Range of the donor variance (uniform) for genes whose variance is not zero.
+    sigma2_zero_frac
+        Fraction of genes with no donor variance.
+    phi_range
+        Range of the NB dispersion (log-uniform).
+    covariate_sd
+        Standard deviation across genes of the effect of the cell-level covariate.
+    paired
+        Every donor contributes cells to both conditions (as in Kang 2018).
+    slope_sd
+        In paired designs: standard deviation of a donor-specific deviation of the condition
+        effect (a donor x condition interaction the ``(1 | donor)`` model does not have).
+    libsize_median, libsize_sdlog
+        Log-normal library sizes (the offset is ``log(libsize)``).
+    cells_sdlog
+        Log-normal spread of the number of cells per donor (0: all equal).
+    seed
+        Seed of :func:`numpy.random.default_rng`.
+    dtype
+        dtype of the CSR count matrix.
+
+    Returns
+    -------
+    AnnData with CSR counts in ``X``; ``obs``: ``donor``, ``condition`` (ctrl/stim), ``sample``,
+    ``covariate`` (standardised), ``libsize``; ``var``: the true ``intercept``, ``beta_condition``,
+    ``beta_covariate``, ``sigma2``, ``phi``, ``is_de``.
+    """
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    donors = np.array([f"D{i + 1:02d}" for i in range(n_donors)])
+    if cells_sdlog > 0:
+        ncell = np.maximum(np.round(cells_per_donor * rng.lognormal(0, cells_sdlog, n_donors)).astype(int), 5)
+    else:
+        ncell = np.full(n_donors, int(cells_per_donor))
+    if paired:
+        d_idx = np.concatenate([np.repeat(i, 2 * ncell[i]) for i in range(n_donors)])
+        stim = np.concatenate([np.repeat([0.0, 1.0], ncell[i]) for i in range(n_donors)])
+    else:
+        d_idx = np.repeat(np.arange(n_donors), ncell)
+        stim = (d_idx >= n_donors // 2).astype(float)
+    n = d_idx.shape[0]
+    mito_d = rng.uniform(2.0, 8.0, n_donors)
+    raw = mito_d[d_idx] * rng.gamma(4.0, 0.25, n)
+    covariate = (raw - raw.mean()) / raw.std()
+    lib_shift = rng.normal(0.0, 0.2, n_donors)
+    libsize = np.maximum(np.round(libsize_median * np.exp(lib_shift[d_idx] + rng.normal(0, libsize_sdlog, n))), 50.0)
+
+    lo, hi = np.log(mean_range[0]), np.log(mean_range[1])
+    mean = np.exp(rng.uniform(lo, hi, n_genes))
+    intercept = np.log(mean) - np.log(libsize_median)
+    sigma2 = rng.uniform(sigma2_range[0], sigma2_range[1], n_genes)
+    sigma2[rng.random(n_genes) < sigma2_zero_frac] = 0.0
+    phi = np.exp(rng.uniform(np.log(phi_range[0]), np.log(phi_range[1]), n_genes))
+    is_de = np.zeros(n_genes, dtype=bool)
+    n_de = int(round(frac_de * n_genes))
+    is_de[rng.choice(n_genes, n_de, replace=False)] = True
+    beta_c = np.where(is_de, rng.choice([-1.0, 1.0], n_genes) * rng.uniform(lfc[0], lfc[1], n_genes), 0.0)
+    beta_x = rng.normal(0.0, covariate_sd, n_genes)
+    b = rng.normal(size=(n_donors, n_genes)) * np.sqrt(sigma2)
+    slope = rng.normal(size=(n_donors, n_genes)) * slope_sd if paired and slope_sd > 0 else 0.0
+
+    cols = []
+    for g0 in range(0, n_genes, 256):
+        g1 = min(g0 + 256, n_genes)
+        sl = slice(g0, g1)
+        eta = (
+            intercept[sl]
+            + np.outer(stim, beta_c[sl])
+            + np.outer(covariate, beta_x[sl])
+            + np.log(libsize)[:, None]
+            + b[d_idx, sl]
+        )
+        if paired and slope_sd > 0:
+            eta = eta + stim[:, None] * slope[d_idx, sl]
+        mu = np.exp(eta)
+        size = 1.0 / phi[sl]
+        lam = rng.gamma(size, mu / size)
+        cols.append(sparse.csr_matrix(rng.poisson(lam).astype(dtype)))
+    X = sparse.hstack(cols, format="csr")
+    cond = np.where(stim > 0, "stim", "ctrl")
+    obs = pd.DataFrame(
+        {
+            "donor": pd.Categorical(donors[d_idx], categories=donors),
+            "condition": pd.Categorical(cond, categories=["ctrl", "stim"]),
+            "sample": pd.Categorical([f"{donors[d]}_{c}" for d, c in zip(d_idx, cond, strict=True)]),
+            "covariate": covariate,
+            "libsize": libsize,
+        },
+        index=[f"cell{j:06d}" for j in range(n)],
+    )
+    var = pd.DataFrame(
+        {
+            "intercept": intercept,
+            "beta_condition": beta_c,
+            "beta_covariate": beta_x,
+            "sigma2": sigma2,
+            "phi": phi,
+            "is_de": is_de,
+        },
+        index=[f"G{g:05d}" for g in range(n_genes)],
+    )
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def kang2018_cd14_mono(path: str | Path | None = None) -> AnnData:
+    """The shipped Kang 2018 CD14 monocyte subset (2,913 cells x 1,000 genes, 8 donors, paired).
+
+    Looks for ``data/kang2018_cd14_mono.h5ad`` in the source tree unless ``path`` is given.
+    """
+    import anndata as ad
+
+    if path is None:
+        path = Path(__file__).resolve().parent.parent / "data" / "kang2018_cd14_mono.h5ad"
+    path = Path(path)
+    if not path.exists():
+        msg = f"{path} not found; pass the path of kang2018_cd14_mono.h5ad (it ships in the repository's data/)."
+        raise FileNotFoundError(msg)
+    return ad.read_h5ad(path)

@@ -1,0 +1,5 @@
+"""Tidy access to stored results."""
+
+from ._results import results
+
+__all__ = ["results"]
