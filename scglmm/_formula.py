@@ -10,6 +10,7 @@ import pandas as pd
 
 _BAR_TERM = re.compile(r"\(([^()]*)\|([^()]*)\)")
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|[\u29da\u29db]")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,16 @@ def parse_formula(formula: str) -> ParsedFormula:
             msg = f"formula {formula!r} must start with '~', e.g. '~ condition + (1 | donor)'."
         raise ValueError(msg)
     if f.count("(") != f.count(")"):
-        msg = f"formula {formula!r} has unbalanced parentheses."
+        msg = (
+            f"formula {formula!r} has unbalanced parentheses ({f.count('(')} '(' but {f.count(')')} ')'); "
+            "close every one, e.g. '~ condition + (1 | donor)'."
+        )
+        raise ValueError(msg)
+    if "||" in f.replace(" ", ""):
+        msg = (
+            f"formula {formula!r}: the double-bar '(1 || donor)' form is not supported; "
+            "use a single random intercept '(1 | donor)'."
+        )
         raise ValueError(msg)
     terms = _BAR_TERM.findall(f)
     if not terms:
@@ -56,6 +66,12 @@ def parse_formula(formula: str) -> ParsedFormula:
         )
         raise ValueError(msg)
     lhs, grp = (s.strip() for s in terms[0])
+    if lhs.replace(" ", "") in ("", "0", "-1", "0+1"):
+        msg = (
+            f"random-effect term '({lhs} | {grp})' has no intercept before the '|'; "
+            f"write the donor random intercept as '(1 | {grp or 'donor'})'."
+        )
+        raise ValueError(msg)
     if lhs.replace(" ", "") not in ("1",):
         msg = (
             f"random-effect term '({lhs} | {grp})' is not supported: only a random intercept "
@@ -96,7 +112,12 @@ def required_variables(fixed: str) -> list[str]:
     try:
         form = Formula(fixed)
     except Exception as err:  # formulaic raises several parser error types
-        msg = f"could not parse the fixed part of the formula {fixed!r}: {err}"
+        detail = " ".join(_ANSI.sub("", str(err)).split("\n\n")[0].split()).rstrip(".")
+        msg = (
+            f"could not parse the fixed part of the formula {fixed!r}: {detail}. Join terms with '+', "
+            "e.g. '~ condition + pct_mito + (1 | donor)'; quote column names that are not Python names "
+            "with backticks, e.g. `cell type`."
+        )
         raise ValueError(msg) from err
     return sorted(str(v) for v in form.required_variables)
 
@@ -108,7 +129,10 @@ def build_design(fixed: str, obs: pd.DataFrame) -> Design:
     variables = required_variables(fixed)
     missing = [v for v in variables if v not in obs.columns]
     if missing:
-        msg = f"column(s) {missing} of the formula are not in adata.obs; available columns: {list(obs.columns)}."
+        msg = (
+            f"column(s) {missing} of the formula are not in adata.obs (nor known functions); "
+            f"available columns: {list(obs.columns)}."
+        )
         raise KeyError(msg)
     ref: dict[str, str] = {}
     for v in variables:
@@ -125,8 +149,20 @@ def build_design(fixed: str, obs: pd.DataFrame) -> Design:
         elif not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             ref[v] = str(sorted(pd.unique(col.astype(str)))[0]) if pd.api.types.is_object_dtype(col) else ""
         elif not np.all(np.isfinite(col.to_numpy(dtype=float))):
-            msg = f"obs column {v!r} has infinite values."
+            n_inf = int((~np.isfinite(col.to_numpy(dtype=float))).sum())
+            msg = (
+                f"obs column {v!r} has {n_inf} infinite value(s); replace them (e.g. clip or log-transform "
+                "the covariate) or subset the cells first."
+            )
             raise ValueError(msg)
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            levels = pd.unique(col.astype(str))
+            if len(levels) < 2:
+                msg = (
+                    f"obs column {v!r} has a single value ({levels[0]!r}) in these cells, so its effect "
+                    f"cannot be estimated; remove {v!r} from the formula or check how the cells were subset."
+                )
+                raise ValueError(msg)
     data = obs[variables].copy() if variables else pd.DataFrame(index=obs.index)
     for v in variables:  # drop unused categories so no all-zero dummy columns appear
         if isinstance(data[v].dtype, pd.CategoricalDtype):
@@ -134,7 +170,8 @@ def build_design(fixed: str, obs: pd.DataFrame) -> Design:
     try:
         mm = model_matrix(fixed, data, na_action="raise")
     except Exception as err:
-        msg = f"could not build the design for {fixed!r}: {err}"
+        detail = " ".join(_ANSI.sub("", str(err)).split("\n\n")[0].split()).rstrip(".")
+        msg = f"could not build the design for {fixed!r}: {detail}. Check the formula's terms and functions."
         raise ValueError(msg) from err
     X = np.asarray(mm, dtype=np.float64)
     cols = [str(c) for c in mm.columns]

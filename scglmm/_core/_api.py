@@ -131,35 +131,58 @@ def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str =
     if vals.size == 0:
         return
     if vals.dtype.kind == "f":
-        if not np.all(np.isfinite(vals)):
-            msg = f"{what} contain NaN or infinite values; pass raw integer counts (e.g. layer='counts')."
-            raise ValueError(msg)
-        if np.any(vals != np.floor(vals)):
+        finite = np.isfinite(vals)
+        if not np.all(finite):
+            n_nan = int(np.isnan(vals).sum())
+            n_inf = int((~finite).sum()) - n_nan
             msg = (
-                f"{what} contain non-integer values (e.g. {vals[vals != np.floor(vals)][0]!r}); "
+                f"{what}: found {n_nan} NaN and {n_inf} infinite value(s); scglmm needs raw integer counts. "
+                "Pass the layer holding them (e.g. layer='counts')."
+            )
+            raise ValueError(msg)
+        frac = vals != np.floor(vals)
+        if np.any(frac):
+            msg = (
+                f"{what}: found {int(frac.sum())} non-integer value(s) (e.g. {float(vals[frac][0])!r}); "
                 "scglmm needs raw integer counts, not normalised or log-transformed data. "
-                "Use `layer=` to point to the raw counts."
+                "Pass the layer holding the raw counts (e.g. layer='counts')."
             )
             raise ValueError(msg)
     if vals.dtype.kind != "u" and np.any(vals < 0):
-        msg = f"{what} contain negative values; scglmm needs raw non-negative integer counts."
+        neg = vals < 0
+        msg = (
+            f"{what}: found {int(neg.sum())} negative value(s) (e.g. {vals[neg][0].item()!r}); scglmm needs "
+            "raw non-negative integer counts. Pass the layer holding them (e.g. layer='counts')."
+        )
         raise ValueError(msg)
 
 
 def _prepare_design(
-    X: ArrayLike, groups: ArrayLike, offset: ArrayLike | None, n: int
+    X: ArrayLike, groups: ArrayLike, offset: ArrayLike | None, n: int, coef_names: Sequence[str] | None = None
 ) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray, NDArray]:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2 or X.shape[0] != n:
-        msg = f"X must be a (n_cells, n_coef) design matrix with n_cells = {n}; got shape {X.shape}."
+        msg = (
+            f"X must be a (n_cells, n_coef) design matrix with one row per cell of the counts "
+            f"({n} cells); got shape {X.shape}. Counts are cells x genes: transpose them if they are genes x cells."
+        )
         raise ValueError(msg)
     if not np.all(np.isfinite(X)):
         msg = "X (the design matrix) contains NaN or infinite values."
         raise ValueError(msg)
-    if np.linalg.matrix_rank(X) < X.shape[1]:
-        msg = f"X (the design matrix, {X.shape[1]} columns) is rank deficient; drop redundant columns."
+    rank = np.linalg.matrix_rank(X)
+    if rank < X.shape[1]:
+        from scipy.linalg import qr
+
+        names = list(coef_names) if coef_names is not None and len(coef_names) == X.shape[1] else None
+        names = names or [f"x{k}" for k in range(X.shape[1])]
+        _, _, piv = qr(X, mode="economic", pivoting=True)
+        msg = (
+            f"X (the design matrix) is rank deficient ({rank} of {X.shape[1]} columns estimable): column(s) "
+            f"{[str(names[i]) for i in piv[rank:]]} are linear combinations of the others {names}; drop them."
+        )
         raise ValueError(msg)
     groups = np.asarray(groups)
     if groups.shape != (n,):
@@ -170,7 +193,10 @@ def _prepare_design(
         msg = "groups contains missing values (NaN/None); every cell needs a donor."
         raise ValueError(msg)
     if len(donors) < 2:
-        msg = f"at least two donors are needed to estimate a donor variance; got {len(donors)}."
+        msg = (
+            f"at least two donors are needed to estimate a donor variance; got {len(donors)} "
+            f"({[str(d) for d in donors]}). Check that groups holds the donor of each cell."
+        )
         raise ValueError(msg)
     if offset is None:
         off = np.zeros(n)
@@ -199,6 +225,61 @@ def _gh_nodes(n_agq: int) -> tuple[NDArray, NDArray]:
         return np.zeros(1), np.array([0.5 * np.log(np.pi)])
     z, w = np.polynomial.hermite.hermgauss(int(n_agq))
     return z, np.log(w) + z * z
+
+
+def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix]:
+    """A function returning genes ``a:b`` of ``Y`` as a CSC matrix (sorted, no duplicates).
+
+    Dense blocks are converted one block at a time, CSR input is sliced by column, so the whole
+    matrix is never densified or converted at once.
+    """
+    is_sparse = sparse.issparse(Y)
+    if is_sparse and Y.format not in ("csr", "csc"):
+        Y = sparse.csc_matrix(Y)
+
+    def get(a: int, b: int) -> sparse.csc_matrix:
+        blk = Y[:, a:b]
+        blk = sparse.csc_matrix(blk) if is_sparse else sparse.csc_matrix(np.asarray(blk))
+        blk.sum_duplicates()
+        blk.sort_indices()
+        return blk
+
+    return get
+
+
+def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
+    """Fit every gene (column) of one CSC block; a pure function, safe to ship to any worker.
+
+    ``design`` is ``(pos, X, offset, starts, nodes, logw)`` as prepared by :func:`fit_genes`.
+    Returns ``(phi, modes, cov, loglik, n_iter, status, grad_max, n_nonzero)`` arrays.
+    """
+    pos, Xs, offs, starts, nodes, logw = design
+    G = blk.shape[1]
+    p = Xs.shape[1]
+    q = p + 2
+    m = starts.shape[0] - 1
+    out = (
+        np.full((G, q), np.nan),
+        np.full((G, m), np.nan),
+        np.full((G, q, q), np.nan),
+        np.full(G, np.nan),
+        np.zeros(G, dtype=np.int64),
+        np.zeros(G, dtype=np.int64),
+        np.full(G, np.nan),
+    )
+    K.fit_block_csc(
+        blk.data.astype(np.float64),
+        blk.indices.astype(np.int64),
+        blk.indptr.astype(np.int64),
+        pos,
+        Xs,
+        offs,
+        starts,
+        nodes,
+        logw,
+        *out,
+    )
+    return (*out, np.diff(blk.indptr).astype(np.int64))
 
 
 def _block_bounds(n_genes: int, block_size: int) -> list[tuple[int, int]]:
@@ -259,12 +340,15 @@ def fit_genes(
     if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
         Y = np.asarray(Y)
     if Y.ndim != 2:
-        msg = f"Y must be a 2-d cells x genes matrix; got {Y.ndim} dimension(s)."
+        msg = (
+            f"Y must be a 2-d cells x genes matrix; got {Y.ndim} dimension(s). "
+            "For one gene use scglmm.fit_gene(y, ...) or pass y[:, None]."
+        )
         raise ValueError(msg)
     n, G = Y.shape
     if check:
         check_counts(Y)
-    Xs, offs, starts, pos, donors, _ = _prepare_design(X, groups, offset, n)
+    Xs, offs, starts, pos, donors, _ = _prepare_design(X, groups, offset, n, coef_names)
     p = Xs.shape[1]
     if coef_names is None:
         coef_names = [f"x{k}" for k in range(p)]
@@ -291,47 +375,24 @@ def fit_genes(
     out_gmax = np.full(G, np.nan)
     nnz = np.zeros(G, dtype=np.int64)
 
-    is_sparse = sparse.issparse(Y)
-    if is_sparse and Y.format not in ("csr", "csc"):
-        Y = sparse.csc_matrix(Y)
-
-    def run(a: int, b: int) -> int:
-        blk = Y[:, a:b]
-        blk = sparse.csc_matrix(blk) if is_sparse else sparse.csc_matrix(np.asarray(blk))
-        blk.sum_duplicates()
-        blk.sort_indices()
-        nnz[a:b] = np.diff(blk.indptr)
-        K.fit_block_csc(
-            blk.data.astype(np.float64),
-            blk.indices.astype(np.int64),
-            blk.indptr.astype(np.int64),
-            pos,
-            Xs,
-            offs,
-            starts,
-            nodes,
-            logw,
-            out_phi[a:b],
-            out_b[a:b],
-            out_cov[a:b],
-            out_ll[a:b],
-            out_iter[a:b],
-            out_status[a:b],
-            out_gmax[a:b],
-        )
-        return b - a
-
+    get_block = block_getter(Y)
+    design = (pos, Xs, offs, starts, nodes, logw)
     bounds = _block_bounds(G, int(block_size))
+
+    def store(a: int, b: int, res: tuple) -> None:
+        for dest, val in zip((out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz), res, strict=True):
+            dest[a:b] = val
+        if progress is not None:
+            progress(b - a)
+
     if n_jobs == 1 or len(bounds) == 1:
         for a, b in bounds:
-            done = run(a, b)
-            if progress is not None:
-                progress(done)
+            store(a, b, fit_block(get_block(a, b), design))
     else:
-        par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator_unordered")
-        for done in par(delayed(run)(a, b) for a, b in bounds):
-            if progress is not None:
-                progress(done)
+        par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
+        results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
+        for (a, b), res in zip(bounds, results, strict=True):
+            store(a, b, res)
     return _assemble(out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz, p, coef_names, donors)
 
 

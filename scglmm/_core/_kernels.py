@@ -667,7 +667,7 @@ def fit_gene(
         maxdiag = 0.0
         for k in range(q):
             maxdiag = max(maxdiag, abs(hess[k, k]))
-        for attempt in range(60):
+        for _attempt in range(60):
             for k in range(q):
                 for l in range(q):
                     if free[k] and free[l]:
@@ -698,7 +698,7 @@ def fit_gene(
         # backtracking line search (Armijo), projected onto the bounds
         alpha = 1.0
         accepted = False
-        for ls in range(40):
+        for _ls in range(40):
             for k in range(q):
                 trial[k] = phi[k] + alpha * step[k]
             trial[js] = max(trial[js], s_min)
@@ -813,9 +813,7 @@ def fit_block_csc(
         y[:] = 0.0
         for k in range(indptr[g], indptr[g + 1]):
             y[pos[indices[k]]] = data[k]
-        ll, it, st, gm = fit_gene(
-            y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g]
-        )
+        ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g])
         out_ll[g] = ll
         out_iter[g] = it
         out_status[g] = st

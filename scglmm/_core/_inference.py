@@ -1,0 +1,369 @@
+"""Pure-array inference: contrasts, Wald statistics with small-sample references, BH.
+
+Nothing here touches an AnnData. The AnnData layer (:mod:`scglmm.tl`) stores what these
+functions need (coefficients, their covariance, ``sigma2``, the donor-level design) and calls them.
+
+Calibration options (``calibration=``), all for a linear contrast ``c' beta`` with model
+variance ``v = c' V c`` (``V`` the ML covariance of MODEL.md section 3):
+
+``"z"``
+    ML Wald z, two-sided normal p-value (glmmTMB's ``summary``).
+``"t"``
+    The same statistic referred to a t distribution with the between-donor degrees of freedom
+    ``m - rank(X_b)`` when the contrast is donor-level (it involves only columns that are constant
+    within every donor); within-donor contrasts keep the normal reference.
+``"t_reml"``
+    ``"t"`` plus a REML-type correction of the donor variance: ML estimates ``sigma2`` with
+    divisor ``m`` instead of ``m - rank(X_b)``, so for a donor-level contrast the variance is
+    increased by ``(sigma2 * m / (m - r) - sigma2) * c_b' (X_b' X_b)^{-1} c_b`` (the donor
+    component of ``c' V c`` with the bias-corrected ``sigma2``).
+``"t_floor"``
+    ``"t_reml"`` with the donor variance of each gene floored at ``sigma2_floor`` (default: a
+    low quantile of the across-gene distribution of the corrected ``sigma2``) before the
+    correction, so genes whose donor variance is estimated at or near 0 do not get the
+    cell-level (much too small) standard error of a donor-level effect.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import stats
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "CALIBRATIONS",
+    "DEFAULT_CALIBRATION",
+    "bh_adjust",
+    "contrast_vector",
+    "donor_level_design",
+    "wald",
+    "wald_pvalues",
+    "lrt_pvalues",
+]
+
+#: Small-sample calibration options of Wald tests (see the module docstring).
+CALIBRATIONS = ("z", "t", "t_reml", "t_floor")
+#: The default, chosen by ``benchmarks/calibration.py`` (see docs/calibration.md).
+DEFAULT_CALIBRATION = "t_reml"
+
+
+def bh_adjust(p: ArrayLike) -> NDArray[np.float64]:
+    """Benjamini-Hochberg adjusted p-values; NaN stays NaN and is not counted."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    pv = p[ok]
+    order = np.argsort(pv, kind="stable")
+    ranked = pv[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(ranked[::-1])[::-1]
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# contrasts
+# ------------------------------------------------------------------------------------------------
+def _resolve(name: str, columns: Sequence[str]) -> str:
+    name = name.strip()
+    if name in columns:
+        return name
+    cands = [c for c in columns if c.startswith(f"{name}[")]
+    if len(cands) == 1:
+        return cands[0]
+    if len(cands) > 1:
+        msg = f"{name!r} matches several design columns {cands}; name one of them."
+        raise KeyError(msg)
+    msg = f"{name!r} is not a design column; choose from {list(columns)}."
+    raise KeyError(msg)
+
+
+def _level_column(factor: str, level: str, columns: Sequence[str], reference: str | None) -> str | None:
+    """Design column of ``level`` of ``factor`` (``None`` for its reference level)."""
+    for col in columns:
+        if col == f"{factor}[T.{level}]" or col == f"{factor}[{level}]":
+            return col
+    if reference is not None and str(level) == str(reference):
+        return None
+    levels = [c[len(factor) + 1 : -1].removeprefix("T.") for c in columns if c.startswith(f"{factor}[")]
+    if not levels:
+        msg = f"{factor!r} is not a factor of the design; design columns are {list(columns)}."
+        raise KeyError(msg)
+    choices = ([str(reference)] if reference is not None else []) + levels
+    msg = f"level {level!r} of {factor!r} is not in the design; levels: {choices}."
+    raise KeyError(msg)
+
+
+def _split_terms(expr: str) -> list[tuple[float, str]]:
+    """Split ``"2*a[T.x] - b + 0.5 c"`` at top-level + and - into (sign, term)."""
+    terms: list[tuple[float, str]] = []
+    depth = 0
+    cur = ""
+    sign = 1.0
+    for i, ch in enumerate(expr):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if depth == 0 and ch in "+-":
+            prev = expr[:i].rstrip()
+            # a sign inside a number such as 1e-3 is part of the term
+            if re.search(r"\d[eE]$", prev) and re.fullmatch(r"\s*[-+]?[\d.]+[eE]", cur or " "):
+                cur += ch
+                continue
+            if cur.strip():
+                terms.append((sign, cur.strip()))
+                cur = ""
+                sign = 1.0
+            sign *= -1.0 if ch == "-" else 1.0
+            continue
+        cur += ch
+    if cur.strip():
+        terms.append((sign, cur.strip()))
+    return terms
+
+
+_WEIGHTED = re.compile(r"^([0-9.]+(?:[eE][-+]?\d+)?)\s*\*?\s*(.+)$")
+
+
+def contrast_vector(
+    contrast: str | Sequence | Mapping[str, float] | ArrayLike,
+    columns: Sequence[str],
+    *,
+    reference_levels: Mapping[str, str] | None = None,
+) -> tuple[NDArray[np.float64], str]:
+    """Turn a contrast specification into a vector over the design columns and a name.
+
+    Accepted forms:
+
+    - a design column or a variable with one column: ``"condition[T.stim]"``, ``"condition"``;
+    - a difference of two levels of a factor: ``("treatment", "B", "A")`` (level ``B`` minus level
+      ``A``; either may be the reference level);
+    - an expression of design columns with ``+``, ``-`` and optional numeric weights:
+      ``"treatment[T.B] - treatment[T.A]"``, ``"0.5*g[T.x] + 0.5*g[T.y]"``;
+    - a mapping ``{column: weight}``;
+    - a numeric vector with one weight per design column.
+
+    Returns
+    -------
+    The contrast vector (p,) and a readable name.
+    """
+    cols = [str(c) for c in columns]
+    p = len(cols)
+    ref = dict(reference_levels or {})
+    vec = np.zeros(p)
+    if isinstance(contrast, str):
+        expr = contrast.strip()
+        if not expr:
+            msg = "contrast is an empty string; name a design column, e.g. 'condition[T.stim]'."
+            raise ValueError(msg)
+        try:  # a whole column name may itself contain '-' or '+' (e.g. a level 'IFN-b')
+            vec[cols.index(_resolve(expr, cols))] = 1.0
+            return vec, _resolve(expr, cols)
+        except KeyError:
+            pass
+        terms = _split_terms(expr)
+        if not terms:
+            msg = f"could not read the contrast {contrast!r}."
+            raise ValueError(msg)
+        for sign, term in terms:
+            weight = 1.0
+            m = _WEIGHTED.match(term)
+            if m and not term.replace(".", "").isdigit():
+                weight = float(m.group(1))
+                term = m.group(2).strip()
+            vec[cols.index(_resolve(term, cols))] += sign * weight
+        name = expr
+    elif isinstance(contrast, Mapping):
+        for k, w in contrast.items():
+            vec[cols.index(_resolve(str(k), cols))] += float(w)
+        name = " + ".join(f"{float(w):g}*{_resolve(str(k), cols)}" for k, w in contrast.items())
+    elif isinstance(contrast, tuple) and len(contrast) == 3 and all(isinstance(s, str) for s in contrast):
+        factor, lev_a, lev_b = contrast
+        if lev_a == lev_b:
+            msg = f"contrast {contrast!r} compares a level with itself."
+            raise ValueError(msg)
+        ca = _level_column(factor, lev_a, cols, ref.get(factor))
+        cb = _level_column(factor, lev_b, cols, ref.get(factor))
+        if ca is not None:
+            vec[cols.index(ca)] += 1.0
+        if cb is not None:
+            vec[cols.index(cb)] -= 1.0
+        name = f"{factor}_{lev_a}_vs_{lev_b}"
+    else:
+        arr = np.asarray(contrast, dtype=float).ravel()
+        if arr.shape != (p,):
+            msg = (
+                f"a numeric contrast needs one weight per design column ({p}: {cols}); got {arr.shape[0]} values."
+            )
+            raise ValueError(msg)
+        vec = arr.copy()
+        name = "contrast_" + "_".join(f"{w:g}" for w in arr)
+    if not np.any(vec != 0) or not np.all(np.isfinite(vec)):
+        msg = f"contrast {contrast!r} has no non-zero finite weight on the design columns {cols}."
+        raise ValueError(msg)
+    return vec, name
+
+
+# ------------------------------------------------------------------------------------------------
+# donor-level part of the design
+# ------------------------------------------------------------------------------------------------
+def donor_level_design(X: ArrayLike, donor_codes: ArrayLike, *, tol: float = 1e-10) -> tuple[NDArray, NDArray]:
+    """Columns of ``X`` that are constant within every donor, and their per-donor values.
+
+    Returns
+    -------
+    ``mask`` (p,) of donor-level columns and ``X_b`` (m, p) with one row per donor (the donor's
+    value of each column; within-donor columns hold the donor mean, unused by the tests).
+    """
+    X = np.asarray(X, dtype=float)
+    codes = np.asarray(donor_codes)
+    m = int(codes.max()) + 1
+    cnt = np.bincount(codes, minlength=m).astype(float)
+    means = np.zeros((m, X.shape[1]))
+    np.add.at(means, codes, X)
+    means /= cnt[:, None]
+    dev = np.abs(X - means[codes]).max(axis=0) if X.shape[0] else np.zeros(X.shape[1])
+    scale = np.maximum(np.abs(X).max(axis=0), 1.0) if X.shape[0] else np.ones(X.shape[1])
+    mask = dev <= tol * scale
+    return mask, means
+
+
+def _between(c: NDArray, mask: NDArray, Xb: NDArray) -> tuple[bool, int, float]:
+    """Is ``c`` donor-level; between-donor df; ``c_b' (X_b' X_b)^-1 c_b``."""
+    m = Xb.shape[0]
+    on = np.abs(c) > 0
+    if not np.all(mask[on]):
+        return False, 0, np.nan
+    Xd = Xb[:, mask]
+    r = int(np.linalg.matrix_rank(Xd))
+    df = m - r
+    if df < 1:
+        return True, 0, np.nan
+    k = float(c[mask] @ np.linalg.pinv(Xd.T @ Xd) @ c[mask])
+    return True, df, k
+
+
+# ------------------------------------------------------------------------------------------------
+# Wald tests
+# ------------------------------------------------------------------------------------------------
+def wald(coef: ArrayLike, cov: ArrayLike, c: ArrayLike) -> tuple[NDArray, NDArray]:
+    """Estimate ``c' beta`` and its model variance ``c' V c`` per gene.
+
+    ``coef`` is (G, p); ``cov`` is (G, p, p) or (G, p*p) row-major.
+    """
+    coef = np.asarray(coef, dtype=float)
+    G, p = coef.shape
+    cov = np.asarray(cov, dtype=float).reshape(G, p, p)
+    c = np.asarray(c, dtype=float)
+    est = coef @ c
+    var = np.einsum("i,gij,j->g", c, cov, c)
+    return est, var
+
+
+def default_sigma2_floor(sigma2_adj: ArrayLike, *, quantile: float = 0.25) -> float:
+    """Across-gene floor of the donor variance for ``"t_floor"``: a low quantile of the
+    bias-corrected estimates of the genes that have one."""
+    s = np.asarray(sigma2_adj, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return 0.0
+    return float(np.quantile(s, quantile))
+
+
+def wald_pvalues(
+    coef: ArrayLike,
+    cov: ArrayLike,
+    c: ArrayLike,
+    *,
+    sigma2: ArrayLike,
+    donor_mask: ArrayLike,
+    donor_design: ArrayLike,
+    calibration: str = DEFAULT_CALIBRATION,
+    sigma2_floor: float | None = None,
+) -> dict[str, NDArray | float | bool]:
+    """Wald test of ``c' beta`` for every gene with the chosen small-sample calibration.
+
+    Parameters
+    ----------
+    coef, cov
+        (G, p) coefficients and (G, p, p) or (G, p*p) covariances.
+    c
+        Contrast vector (p,).
+    sigma2
+        (G,) donor variance estimates (0 at the boundary).
+    donor_mask, donor_design
+        From :func:`donor_level_design`.
+    calibration
+        One of :data:`CALIBRATIONS`.
+    sigma2_floor
+        For ``"t_floor"``: the floor of the donor variance; ``None`` uses
+        :func:`default_sigma2_floor`.
+
+    Returns
+    -------
+    dict with ``estimate``, ``se`` (model), ``se_test`` (used in the statistic), ``stat``,
+    ``df`` (``inf`` for the normal reference), ``p_value``, ``donor_level`` and ``sigma2_floor``.
+    """
+    if calibration not in CALIBRATIONS:
+        msg = f"calibration must be one of {CALIBRATIONS}; got {calibration!r}."
+        raise ValueError(msg)
+    c = np.asarray(c, dtype=float)
+    est, var = wald(coef, cov, c)
+    se = np.sqrt(np.where(var >= 0, var, np.nan))
+    mask = np.asarray(donor_mask, dtype=bool)
+    Xb = np.asarray(donor_design, dtype=float)
+    m = Xb.shape[0]
+    s2 = np.nan_to_num(np.asarray(sigma2, dtype=float), nan=0.0)
+    is_b, df_b, k = _between(c, mask, Xb)
+    var_t = var.copy()
+    df = np.inf
+    floor = np.nan
+    if calibration != "z" and is_b and df_b >= 1:
+        df = float(df_b)
+        if calibration in ("t_reml", "t_floor"):
+            s2_adj = s2 * m / df_b
+            if calibration == "t_floor":
+                floor = default_sigma2_floor(s2_adj[np.isfinite(var)]) if sigma2_floor is None else float(sigma2_floor)
+                s2_adj = np.maximum(s2_adj, floor)
+            var_t = var + (s2_adj - s2) * k
+    se_t = np.sqrt(np.where(var_t >= 0, var_t, np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = est / se_t
+    p = 2.0 * stats.norm.sf(np.abs(stat)) if np.isinf(df) else 2.0 * stats.t.sf(np.abs(stat), df)
+    return {
+        "estimate": est,
+        "se": se,
+        "se_test": se_t,
+        "stat": stat,
+        "df": df,
+        "p_value": p,
+        "donor_level": bool(is_b),
+        "sigma2_floor": floor,
+    }
+
+
+def lrt_pvalues(
+    loglik_full: ArrayLike, loglik_reduced: ArrayLike, df: int, *, bartlett: float | None = None
+) -> tuple[NDArray, NDArray]:
+    """Likelihood-ratio statistic ``2 (l_full - l_reduced)`` and its chi-square(df) p-value.
+
+    ``bartlett`` divides the statistic by a Bartlett-type factor (``E[LR] / df``) first.
+    Slightly negative statistics from optimiser noise are set to 0.
+    """
+    lf = np.asarray(loglik_full, dtype=float)
+    lr = np.asarray(loglik_reduced, dtype=float)
+    stat = 2.0 * (lf - lr)
+    stat = np.where(np.isfinite(stat), np.maximum(stat, 0.0), np.nan)
+    s = stat / bartlett if bartlett else stat
+    return stat, stats.chi2.sf(s, df)
