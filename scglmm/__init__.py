@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, get, tl
+from . import datasets, get, pl, tl
 from ._core._api import GeneFit, GenesFit, fit_gene, fit_genes
 from ._core._status import status_name
 
@@ -13,4 +13,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["GeneFit", "GenesFit", "fit_gene", "fit_genes", "datasets", "get", "status_name", "tl", "__version__"]
+__all__ = ["GeneFit", "GenesFit", "fit_gene", "fit_genes", "datasets", "get", "pl", "status_name", "tl", "__version__"]

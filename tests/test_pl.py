@@ -1,0 +1,392 @@
+"""scglmm.pl: each plot is rendered to PNG (Agg) and its content checked against the stored fit."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
+from scipy import sparse
+from scipy.stats import norm
+from scipy.stats import t as t_dist
+
+import scglmm
+from scglmm.pl._plots import neg_log10_p
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """20 genes, 6 donors (3 ctrl, 3 stim), 6 DE genes; gene 19 all zero (no estimate)."""
+    adata = scglmm.datasets.simulate(n_donors=6, cells_per_donor=40, n_genes=20, frac_de=0.3, lfc=(1.5, 3.0), seed=1)
+    X = adata.X.tolil()
+    X[:, 19] = 0
+    adata.X = sparse.csr_matrix(X)
+    adata.X.eliminate_zeros()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fit may warn about the all-zero gene
+        scglmm.tl.fit(adata, "~ condition + (1 | donor)", progress=False, n_jobs=1)
+    return adata
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def _points(ax) -> list[PathCollection]:
+    return [c for c in ax.collections if isinstance(c, PathCollection)]
+
+
+def _n_points(ax) -> int:
+    return sum(len(c.get_offsets()) for c in _points(ax))
+
+
+def _lines(ax, gid: str):
+    return [ln for ln in ax.get_lines() if ln.get_gid() == gid]
+
+
+def _check_png(path) -> None:
+    img = plt.imread(path)
+    assert img.ndim == 3
+    assert img.shape[0] > 200
+    assert img.shape[1] > 200
+    # not blank: some ink, and more than one colour of it
+    ink = img[..., :3].min(axis=2) < 0.8
+    assert 0.002 < ink.mean() < 0.5
+    assert np.ptp(img[..., :3][ink], axis=0).max() > 0.2
+
+
+# ------------------------------------------------------------------------------------------------
+# volcano
+# ------------------------------------------------------------------------------------------------
+def test_volcano_content(fitted, tmp_path):
+    res = scglmm.get.results(fitted)
+    out = tmp_path / "volcano.png"
+    ax = scglmm.pl.volcano(fitted, lfc_threshold=0.5, p_threshold=0.05, n_labels=2, show=False, save=out)
+    _check_png(out)
+    assert ax.get_xlabel() == "log2 fold change (condition[T.stim])"
+    assert "log_{10}" in ax.get_ylabel()
+    n_ok = int(np.isfinite(res["p_value"]).sum())
+    assert n_ok >= 17
+    assert _n_points(ax) == n_ok
+    assert f"{20 - n_ok} with no estimate not shown" in ax.get_title()
+    # classes: up, down, n.s. with the counts of the calls
+    sig = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= 0.5)
+    n_up, n_down = int((sig & (res["log2_fc"] > 0)).sum()), int((sig & (res["log2_fc"] < 0)).sum())
+    assert n_up + n_down >= 3
+    cols = _points(ax)
+    assert [len(c.get_offsets()) for c in cols] == [n_up, n_down, n_ok - n_up - n_down]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"up ({n_up})", f"down ({n_down})", f"not significant ({n_ok - n_up - n_down})"]
+    assert to_rgba(cols[0].get_facecolor()[0]) != to_rgba(cols[1].get_facecolor()[0])
+    # the y of each drawn point is -log10 p of its gene
+    up = res[sig & (res["log2_fc"] > 0)]
+    np.testing.assert_allclose(cols[0].get_offsets()[:, 1], -np.log10(up["p_value"]), rtol=1e-9)
+    np.testing.assert_allclose(cols[0].get_offsets()[:, 0], up["log2_fc"], rtol=1e-12)
+    # thresholds: +-0.5 vertical, horizontal at the BH cut-off (largest raw p with adj p < 0.05)
+    vx = sorted(ln.get_xdata()[0] for ln in _lines(ax, "lfc_threshold"))
+    assert vx == pytest.approx([-0.5, 0.5])
+    (hline,) = _lines(ax, "p_threshold")
+    cut = res.loc[res["adj_p_value"] < 0.05, "p_value"].max()
+    assert hline.get_ydata()[0] == pytest.approx(-np.log10(cut), rel=1e-9)
+    # the two most significant called genes are labelled, nothing else
+    texts = sorted(t.get_text() for t in ax.texts if t.get_gid() == "gene_label")
+    expected = sorted(res[sig].sort_values("p_value").index[:2])
+    assert texts == expected
+
+
+def test_volcano_group_colours_and_ax(fitted):
+    fig, axes = plt.subplots(1, 2)
+    ret = scglmm.pl.volcano(fitted, group="is_de", lfc_threshold=0.0, n_labels=0, ax=axes[1], show=False)
+    assert ret is axes[1]
+    assert not _points(axes[0])
+    cols = _points(axes[1])
+    ok = np.isfinite(scglmm.get.results(fitted)["p_value"]).to_numpy()
+    is_de = fitted.var["is_de"].to_numpy()
+    assert [len(c.get_offsets()) for c in cols] == [int((ok & ~is_de).sum()), int((ok & is_de).sum())]
+    assert len({tuple(to_rgba(c.get_facecolor()[0])) for c in cols}) == 2
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == [
+        f"False ({int((ok & ~is_de).sum())})",
+        f"True ({int((ok & is_de).sum())})",
+    ]
+    assert not _lines(axes[1], "lfc_threshold")  # threshold 0: no vertical lines
+    assert not [t for t in axes[1].texts if t.get_gid() == "gene_label"]
+
+
+def _with_p_zero(adata, gene="G00000", z=45.0):
+    """A copy in which one gene's p-value underflowed to 0 (Wald statistic ``z``)."""
+    adata = adata.copy()
+    name = "condition[T.stim]"
+    for k, v in (("coef", z * adata.varm["scglmm_se"].loc[gene, name]), ("pval", 0.0), ("stat", z)):
+        df = adata.varm[f"scglmm_{k}"].copy()
+        df.loc[gene, name] = v
+        adata.varm[f"scglmm_{k}"] = df
+    return adata
+
+
+def test_volcano_draws_p_zero_genes(fitted):
+    adata = _with_p_zero(fitted)
+    df = adata.uns["scglmm"]["params"]["df"]["condition[T.stim]"]
+    ax = scglmm.pl.volcano(adata, lfc_threshold=0.0, n_labels=1, show=False)
+    ys = np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)])
+    assert np.all(np.isfinite(ys))
+    assert _n_points(ax) == int(np.isfinite(adata.varm["scglmm_pval"]["condition[T.stim]"]).sum())
+    # exact height from the stored statistic and the fit's reference distribution
+    expected = -(np.log(2.0) + (norm.logsf(45.0) if np.isinf(df) else t_dist.logsf(45.0, df))) / np.log(10.0)
+    assert ys.max() == pytest.approx(expected, rel=1e-9)
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "gene_label"] == ["G00000"]
+    assert "clipped" not in ax.get_title()
+
+
+def test_volcano_clips_p_zero_without_statistic(fitted):
+    adata = _with_p_zero(fitted)
+    del adata.varm["scglmm_stat"]
+    ax = scglmm.pl.volcano(adata, lfc_threshold=0.0, n_labels=1, show=False)
+    assert _n_points(ax) == int(np.isfinite(adata.varm["scglmm_pval"]["condition[T.stim]"]).sum())
+    tri = [c for c in _points(ax) if len(c.get_offsets()) and c.get_paths()[0].vertices.shape[0] == 4]
+    assert len(tri) == 1
+    (xy,) = tri[0].get_offsets()
+    p = adata.varm["scglmm_pval"]["condition[T.stim]"]
+    assert xy[1] == pytest.approx(-np.log10(p[p > 0].min()), rel=1e-12)
+    assert "1 with p = 0 clipped at the smallest p (triangles)" in ax.get_title()
+
+
+def test_neg_log10_p_matches_direct_formula():
+    z = np.array([0.0, 1.0, 1.959963984540054, 5.0, 30.0])
+    np.testing.assert_allclose(neg_log10_p(z), -np.log10(2 * norm.sf(z)), rtol=1e-10)
+    np.testing.assert_allclose(neg_log10_p(z, 4.0), -np.log10(2 * t_dist.sf(z, 4.0)), rtol=1e-10)
+    np.testing.assert_allclose(neg_log10_p([-1.959963984540054]), [-np.log10(0.05)], rtol=1e-10)
+    # 2 * Phi(-45) underflows to 0; the asymptotic tail phi(z) / z gives log10 p = -441.47
+    assert neg_log10_p([45.0])[0] == pytest.approx(441.475, abs=0.002)
+    assert np.isnan(neg_log10_p([np.nan])[0])
+
+
+def test_volcano_errors(fitted):
+    with pytest.raises(KeyError, match="group column 'nope' not in adata.var"):
+        scglmm.pl.volcano(fitted, group="nope", show=False)
+    with pytest.raises(ValueError, match="p_threshold must lie strictly between 0.0 and 1.0"):
+        scglmm.pl.volcano(fitted, p_threshold=1.5, show=False)
+    with pytest.raises(KeyError, match="no scglmm results under key 'other'"):
+        scglmm.pl.volcano(fitted, key="other", show=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# donor effects
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["scglmm", "sf"])
+def test_donor_effects_content(fitted, tmp_path, key):
+    adata = fitted
+    if key == "sf":
+        adata = fitted.copy()
+        with pytest.warns(UserWarning, match="no estimate"):
+            scglmm.tl.fit(adata, "~ condition + (1 | donor)", size_factors="libsize", key_added="sf", progress=False)
+        log_off = np.log(adata.obs["libsize"].to_numpy())
+    else:
+        log_off = np.log(np.asarray(adata.X.sum(axis=1)).ravel())
+    gene = "G00001"
+    out = tmp_path / "donors.png"
+    ax = scglmm.pl.donor_effects(adata, gene, key=key, color_by="condition", show=False, save=out)
+    _check_png(out)
+    assert ax.get_ylabel() == "donor effect on log mean (natural log)"
+    assert ax.get_xlabel() == "donor (donor)"
+
+    g = adata.var_names.get_loc(gene)
+    y = np.asarray(adata.X[:, g].toarray()).ravel()
+    stim = (adata.obs["condition"] == "stim").to_numpy(float)
+    b0, b1 = adata.varm[f"{key}_coef"].iloc[g].to_numpy()
+    fitrow = adata.varm[f"{key}_fit"].iloc[g]
+    sigma2, theta = fitrow["sigma2"], fitrow["theta"]
+    assert sigma2 > 0.05
+    modes = adata.varm[f"{key}_donor_effects"].iloc[g]
+    donors = adata.obs["donor"].astype(str).to_numpy()
+    eta = b0 + b1 * stim + log_off
+    raw, sd = {}, {}
+    for d in modes.index:
+        m = donors == d
+        mu = np.exp(eta[m] + modes[d])
+        # the stored mode solves the inner score equation; this checks the rebuilt offset too
+        score = np.sum(theta * (y[m] - mu) / (theta + mu)) - modes[d] / sigma2
+        assert abs(score) < 1e-3 * np.sum(y[m])
+        H = np.sum(theta * mu * (theta + y[m]) / (theta + mu) ** 2) + 1 / sigma2
+        sd[d] = 1 / np.sqrt(H)
+        raw[d] = np.log(y[m].sum() / np.exp(eta[m]).sum())
+
+    # x tick labels: donors grouped by condition (ctrl first), each group sorted by mode
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    ctrl = sorted(["D01", "D02", "D03"], key=lambda d: modes[d])
+    stim_d = sorted(["D04", "D05", "D06"], key=lambda d: modes[d])
+    assert ticks == ctrl + stim_d
+    # the error bars: one container per condition, with the stored modes and +-1.96 cond. SD
+    assert len(ax.containers) == 2
+    colours = []
+    for cont, ds in zip(ax.containers, (ctrl, stim_d), strict=True):
+        line = cont.lines[0]
+        np.testing.assert_allclose(line.get_ydata(), [modes[d] for d in ds], rtol=1e-12)
+        segs = cont.lines[2][0].get_segments()
+        half = [0.5 * (s[1, 1] - s[0, 1]) for s in segs]
+        np.testing.assert_allclose(half, [1.96 * sd[d] for d in ds], rtol=1e-6)
+        colours.append(to_rgba(line.get_color()))
+    assert colours[0] != colours[1]
+    # the open diamonds: raw log ratios, coloured as their group
+    dia = _points(ax)
+    assert len(dia) == 2
+    assert sum(len(c.get_offsets()) for c in dia) == 6
+    for c, ds, col in zip(dia, (ctrl, stim_d), colours, strict=True):
+        # rtol 1e-6: the test's library sizes are float32 sums
+        np.testing.assert_allclose(c.get_offsets()[:, 1], [raw[d] for d in ds], rtol=1e-6)
+        assert to_rgba(c.get_edgecolor()[0]) == col
+    # shrinkage: the modes are closer to 0 than the raw ratios on average
+    assert np.mean(np.abs(modes.to_numpy())) < np.mean(np.abs([raw[d] for d in modes.index]))
+    # the model band is +-1.96 sigma
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("model spread" in t for t in legend)
+    assert any(t.startswith("raw log(observed / fixed-effect fit)") for t in legend)
+    assert "conditional mode ± 1.96 cond. SD (condition = ctrl)" in legend
+
+
+def test_donor_effects_no_colour_and_errors(fitted):
+    ax = scglmm.pl.donor_effects(fitted, "G00002", show=False)
+    assert len(ax.containers) == 1
+    assert len(ax.containers[0].lines[0].get_ydata()) == 6
+    with pytest.raises(ValueError, match="must be constant within each donor"):
+        scglmm.pl.donor_effects(fitted, "G00002", color_by="covariate", show=False)
+    with pytest.raises(KeyError, match="gene 'nope' found 0 times"):
+        scglmm.pl.donor_effects(fitted, "nope", show=False)
+    with pytest.raises(ValueError, match="has no estimate"):
+        scglmm.pl.donor_effects(fitted, "G00019", show=False)
+
+
+def test_donor_effects_needs_offset_array_again(fitted):
+    adata = fitted[:, :3].copy()
+    off = np.log(adata.obs["libsize"].to_numpy())
+    scglmm.tl.fit(adata, "~ condition + (1 | donor)", offset=off, key_added="arr", progress=False)
+    adata.uns["arr"].pop("log_offset", None)  # as after a fit that did not store its offset
+    with pytest.raises(ValueError, match="cannot rebuild the offset"):
+        scglmm.pl.donor_effects(adata, "G00001", key="arr", show=False)
+    ax = scglmm.pl.donor_effects(adata, "G00001", key="arr", offset=off, show=False)
+    modes = adata.varm["arr_donor_effects"].loc["G00001"]
+    drawn = ax.containers[0].lines[0].get_ydata()
+    np.testing.assert_allclose(np.sort(drawn), np.sort(modes.to_numpy()), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration plots
+# ------------------------------------------------------------------------------------------------
+def test_pvalue_qq_content(fitted, tmp_path):
+    out = tmp_path / "qq.png"
+    ax = scglmm.pl.pvalue_qq(fitted, show=False, save=out)
+    _check_png(out)
+    assert "expected" in ax.get_xlabel()
+    assert "observed" in ax.get_ylabel()
+    res = scglmm.get.results(fitted)
+    p = res["p_value"].dropna().to_numpy()
+    n = p.size
+    (pts,) = _points(ax)
+    xy = pts.get_offsets()
+    assert len(xy) == n
+    assert n >= 17
+    np.testing.assert_allclose(xy[:, 0], -np.log10(np.arange(1, n + 1) / (n + 1)), rtol=1e-12)
+    np.testing.assert_allclose(xy[:, 1], np.sort(-np.log10(p))[::-1], rtol=1e-9)
+    band = [c for c in ax.collections if not isinstance(c, PathCollection)]
+    assert len(band) == 1
+    lam = np.median(norm.isf(p / 2) ** 2) / 0.454936423119572
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"condition[T.stim] (lambda = {lam:.2f})" in legend
+    assert "95% pointwise band (uniform)" in legend
+    assert f"({20 - n} with no estimate not shown)" in ax.get_title()
+
+
+def test_pvalue_qq_band_covers_uniform():
+    """On exactly uniform p-values every point lies inside the 95 % pointwise band."""
+    n = 200
+    p = (np.arange(1, n + 1) - 0.5) / n
+    z = norm.isf(p / 2)
+    genes = pd.Index([f"g{i}" for i in range(n)])
+    import anndata as ad
+
+    adata = ad.AnnData(np.zeros((2, n), dtype=np.float32), var=pd.DataFrame(index=genes))
+    adata.uns["u"] = {"params": {"design_columns": ["Intercept", "x"]}}
+    adata.varm["u_coef"] = pd.DataFrame({"Intercept": 0.0, "x": z}, index=genes)
+    adata.varm["u_se"] = pd.DataFrame({"Intercept": 1.0, "x": np.ones(n)}, index=genes)
+    adata.varm["u_pval"] = pd.DataFrame({"Intercept": 1.0, "x": p}, index=genes)
+    adata.varm["u_fit"] = pd.DataFrame({"sigma2": 0.1, "dispersion": 0.1, "status": "ok"}, index=genes)
+    ax = scglmm.pl.pvalue_qq(adata, key="u", show=False)
+    band = next(c for c in ax.collections if not isinstance(c, PathCollection))
+    verts = band.get_paths()[0].vertices
+    xy = _points(ax)[0].get_offsets()
+    for x, y in xy:
+        ys = verts[np.isclose(verts[:, 0], x), 1]
+        assert ys.min() - 1e-9 <= y <= ys.max() + 1e-9
+    lam_text = next(t.get_text() for t in ax.get_legend().get_texts() if "lambda" in t.get_text())
+    assert lam_text == "x (lambda = 1.00)"
+
+
+def test_pvalue_hist_content(fitted, tmp_path):
+    out = tmp_path / "hist.png"
+    ax = scglmm.pl.pvalue_hist(fitted, bins=10, show=False, save=out)
+    _check_png(out)
+    assert ax.get_xlabel() == "p-value (Wald)"
+    assert ax.get_ylabel() == "number of genes"
+    p = scglmm.get.results(fitted)["p_value"].dropna().to_numpy()
+    heights = np.array([r.get_height() for r in ax.patches])
+    assert heights.size == 10
+    assert heights.sum() == p.size
+    np.testing.assert_array_equal(heights, np.histogram(p, bins=np.linspace(0, 1, 11))[0])
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert line.get_ydata()[0] == pytest.approx(p.size / 10)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"p < 0.05: {np.mean(p < 0.05):.1%} of genes (expected 5%)" in legend
+    with pytest.raises(ValueError, match="bins must be a positive integer"):
+        scglmm.pl.pvalue_hist(fitted, bins=0, show=False)
+
+
+def test_show_none_follows_scanpy_autoshow(fitted, monkeypatch):
+    import scanpy as sc
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(1))
+    before = sc.settings.autoshow
+    try:
+        sc.settings.autoshow = True
+        assert scglmm.pl.pvalue_hist(fitted) is None
+        assert shown == [1]
+        sc.settings.autoshow = False
+        assert scglmm.pl.pvalue_hist(fitted) is not None
+        assert shown == [1]
+        assert scglmm.pl.pvalue_hist(fitted, show=True) is None
+        assert shown == [1, 1]
+    finally:
+        sc.settings.autoshow = before
+
+
+def test_donor_effects_of_a_groupby_fit(fitted):
+    adata = fitted[:, :4].copy()
+    adata.obs["half"] = np.where(np.arange(adata.n_obs) % 2 == 0, "even", "odd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(
+            adata, "~ condition + (1 | donor)", groupby="half", key_added="gb", size_factors="libsize", progress=False
+        )
+    key = "gb:odd"
+    ax = scglmm.pl.donor_effects(adata, "G00001", key=key, color_by="condition", show=False)
+    # the raw ratios use only the odd cells and the offset stored for the whole fit
+    odd = (adata.obs["half"] == "odd").to_numpy()
+    y = np.asarray(adata.X[:, 1].toarray()).ravel()[odd]
+    off = np.asarray(adata.uns["gb"]["log_offset"])[odd]
+    stim = (adata.obs["condition"].to_numpy()[odd] == "stim").astype(float)
+    b0, b1 = adata.varm[f"{key}_coef"].loc["G00001"].to_numpy()
+    donors = adata.obs["donor"].astype(str).to_numpy()[odd]
+    raw = {d: np.log(y[donors == d].sum() / np.exp(b0 + b1 * stim + off)[donors == d].sum()) for d in set(donors)}
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    drawn = np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)])
+    finite = [raw[d] for d in ticks if np.isfinite(raw[d])]
+    np.testing.assert_allclose(drawn, finite, rtol=1e-9)
