@@ -1,0 +1,369 @@
+"""Out-of-core counts: read blocks of genes from an ``.h5ad`` file with bounded memory.
+
+:class:`BackedCounts` wraps the count matrix of an ``.h5ad`` file (a path, an open ``h5py``
+group / dataset, or the ``X`` of an AnnData opened with ``backed="r"``) and gives the fitting code
+what it needs without loading the matrix: streamed checks and sums over chunks of rows, and
+:meth:`BackedCounts.get_block`, the CSC block of genes ``a:b``, identical to the block the
+in-memory path builds, so the fitted numbers are bitwise the same.
+
+How gene blocks are read depends on the layout on disk:
+
+* **CSC** (``csc_matrix`` encoding): a gene block is one contiguous slice of ``data`` /
+  ``indices``; read directly.
+* **dense** (an HDF5 dataset): a gene block is the hyperslab ``[:, a:b]``; read directly.
+* **CSR** (``csr_matrix`` encoding, what scanpy writes): the entries of one gene are spread over
+  the whole file, so a gene block cannot be read alone. Genes are grouped into *panels* holding
+  at most ``panel_nnz`` non-zeros (from a first pass counting non-zeros per gene); a panel is
+  built by one streaming pass over row chunks of the file, keeping the entries of its genes,
+  and then serves all of its gene blocks from memory. Memory is bounded by ``panel_nnz`` (about
+  12 bytes per non-zero, plus one row chunk of ``chunk_nnz`` entries), not by the matrix; the
+  price is ``ceil(nnz / panel_nnz)`` reads of the file. The alternative, transposing once into
+  a temporary CSC file, reads the source once but writes and re-reads a full copy on the
+  temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads are
+  cheap next to the fit, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = ["BackedCounts", "as_backed_counts"]
+
+#: Non-zeros (or dense entries) read per chunk of rows in streaming passes.
+CHUNK_NNZ = 1 << 23
+#: Non-zeros held in memory per panel of genes of a CSR file (about 12 bytes each).
+PANEL_NNZ = 1 << 25
+
+
+def _encoding(elem) -> str:
+    import h5py
+
+    if isinstance(elem, h5py.Dataset):
+        return "dense"
+    enc = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
+    enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+    if enc in ("csr_matrix", "csr"):
+        return "csr"
+    if enc in ("csc_matrix", "csc"):
+        return "csc"
+    msg = f"{elem.name!r} is not a sparse matrix (csr_matrix / csc_matrix encoding) or a dense dataset; got {enc!r}."
+    raise ValueError(msg)
+
+
+class BackedCounts:
+    """A cells x genes count matrix on disk, read in chunks of rows or blocks of genes.
+
+    Parameters
+    ----------
+    source
+        Path of an ``.h5ad`` (or any HDF5) file, an open ``h5py.Group`` (sparse, anndata
+        encoding) or ``h5py.Dataset`` (dense), or an anndata backed sparse dataset
+        (``adata.X`` of ``anndata.read_h5ad(path, backed="r")``).
+    key
+        With a path: the element holding the counts (``"X"``, ``"layers/counts"``, ...).
+    chunk_nnz
+        Entries read per chunk of rows in streaming passes.
+    panel_nnz
+        CSR files only: non-zeros held in memory per panel of genes (see the module notes).
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Any,
+        *,
+        key: str = "X",
+        chunk_nnz: int = CHUNK_NNZ,
+        panel_nnz: int = PANEL_NNZ,
+    ) -> None:
+        import h5py
+
+        self._path: Path | None = None
+        self._elem = None
+        if isinstance(source, str | Path):
+            self._path = Path(source)
+            self._key = key
+            if not self._path.exists():
+                msg = f"{self._path} does not exist."
+                raise FileNotFoundError(msg)
+            with self._open() as elem:
+                self._read_meta(elem)
+        else:
+            elem = getattr(source, "group", source)  # anndata backed sparse dataset -> its h5py group
+            if not isinstance(elem, h5py.Group | h5py.Dataset):
+                msg = f"cannot read counts from {type(source).__name__}; pass a path, an h5py group/dataset or adata.X."
+                raise TypeError(msg)
+            self._elem = elem
+            self._read_meta(elem)
+        self.chunk_nnz = int(chunk_nnz)
+        self.panel_nnz = int(panel_nnz)
+        self._cols: NDArray[np.int64] | None = None  # column subset (a view), None = all genes
+        self._lock = threading.Lock()
+        self._panel: tuple[int, int, sparse.csc_matrix] | None = None
+        self._indptr: NDArray[np.int64] | None = None
+        self._col_nnz: NDArray[np.int64] | None = None
+
+    # ---- file access ---------------------------------------------------------------------------
+    def _read_meta(self, elem) -> None:
+        self.format = _encoding(elem)
+        if self.format == "dense":
+            self._shape = tuple(int(s) for s in elem.shape)
+            self.dtype = elem.dtype
+        else:
+            self._shape = tuple(int(s) for s in elem.attrs["shape"])
+            self.dtype = elem["data"].dtype
+        if len(self._shape) != 2:
+            msg = f"counts must be 2-d (cells x genes); got shape {self._shape}."
+            raise ValueError(msg)
+
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        if self._elem is not None:
+            yield self._elem
+            return
+        import h5py
+
+        with h5py.File(self._path, "r") as fh:
+            if self._key not in fh:
+                msg = f"{self._key!r} not found in {self._path}; available: {list(fh.keys())}."
+                raise KeyError(msg)
+            yield fh[self._key]
+
+    def _get_indptr(self, elem) -> NDArray[np.int64]:
+        if self._indptr is None:
+            self._indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+        return self._indptr
+
+    # ---- shape and views -----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, G = self._shape
+        return (n, G if self._cols is None else int(self._cols.size))
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def _columns(self) -> NDArray[np.int64]:
+        return np.arange(self._shape[1], dtype=np.int64) if self._cols is None else self._cols
+
+    def __getitem__(self, key) -> BackedCounts | sparse.csr_matrix:
+        """``[:, genes]``: a view reading only those genes; ``[rows]`` / ``[rows, :]``: rows in memory (CSR)."""
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        if isinstance(rows, slice) and rows == slice(None):
+            view = object.__new__(BackedCounts)
+            view.__dict__.update(self.__dict__)
+            view._lock = threading.Lock()
+            view._panel = None
+            idx = self._columns()[cols]
+            view._cols = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+            return view
+        if isinstance(cols, slice) and cols == slice(None):
+            return self._read_rows(rows)
+        msg = "BackedCounts supports [:, genes] (a view) or [cells] / [cells, :] (read into memory), not both at once."
+        raise IndexError(msg)
+
+    # ---- streaming passes over chunks of rows --------------------------------------------------
+    def iter_chunks(self) -> Iterator[tuple[int, sparse.csr_matrix]]:
+        """``(first_row, chunk)`` over chunks of rows, each a CSR matrix of the view's genes."""
+        n, G = self._shape
+        sel = self._cols
+        with self._open() as elem:
+            if self.format == "csr":
+                indptr = self._get_indptr(elem)
+                bounds = _row_bounds(indptr, self.chunk_nnz)
+                for r0, r1 in bounds:
+                    s, e = indptr[r0], indptr[r1]
+                    chunk = sparse.csr_matrix(
+                        (elem["data"][s:e], elem["indices"][s:e], indptr[r0 : r1 + 1] - s), shape=(r1 - r0, G)
+                    )
+                    yield r0, (chunk if sel is None else chunk[:, sel])
+            elif self.format == "dense":
+                step = max(1, self.chunk_nnz // max(G, 1))
+                for r0 in range(0, n, step):
+                    r1 = min(r0 + step, n)
+                    chunk = sparse.csr_matrix(np.asarray(elem[r0:r1, :]))
+                    yield r0, (chunk if sel is None else chunk[:, sel])
+            else:  # csc: stream column chunks, hand them out as one "chunk of all rows" per gene range
+                indptr = self._get_indptr(elem)
+                cols = self._columns()
+                for c0, c1 in _row_bounds(indptr, self.chunk_nnz):
+                    keep = cols[(cols >= c0) & (cols < c1)]
+                    if keep.size == 0:
+                        continue
+                    s, e = indptr[c0], indptr[c1]
+                    blk = sparse.csc_matrix(
+                        (elem["data"][s:e], elem["indices"][s:e], indptr[c0 : c1 + 1] - s), shape=(n, c1 - c0)
+                    )
+                    pos = np.searchsorted(cols, keep)
+                    yield 0, _place_columns(blk[:, keep - c0], pos, self.shape[1]).tocsr()
+
+    def check_counts(self, what: str = "counts") -> None:
+        """Raise unless all entries are finite non-negative integers (streamed)."""
+        from ._api import check_counts
+
+        for _, chunk in self.iter_chunks():
+            check_counts(chunk, what=what)
+
+    def sum(self, axis: int | None = None) -> NDArray[np.float64] | float:
+        """Sums over ``axis`` (1: per cell, 0: per gene, None: all), streamed."""
+        n, G = self.shape
+        if axis not in (0, 1, None):
+            msg = f"axis must be 0, 1 or None; got {axis!r}."
+            raise ValueError(msg)
+        rows = np.zeros(n)
+        cols = np.zeros(G)
+        for r0, chunk in self.iter_chunks():
+            if self.format == "csc":
+                rows += np.asarray(chunk.sum(axis=1), dtype=float).ravel()
+            else:
+                rows[r0 : r0 + chunk.shape[0]] += np.asarray(chunk.sum(axis=1), dtype=float).ravel()
+            cols += np.asarray(chunk.sum(axis=0), dtype=float).ravel()
+        return rows if axis == 1 else cols if axis == 0 else float(rows.sum())
+
+    def gene_counts(self, codes: NDArray, m: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per gene: cells with a positive count and donors (``codes`` per cell, ``m`` donors) with one."""
+        n, G = self.shape
+        ncell = np.zeros(G, dtype=np.int64)
+        present = np.zeros((m, G), dtype=bool)
+        for r0, chunk in self.iter_chunks():
+            coo = chunk.tocoo()
+            pos = coo.data > 0
+            r, c = coo.row[pos], coo.col[pos]
+            ncell += np.bincount(c, minlength=G)
+            present[np.asarray(codes)[r + r0], c] = True
+        return ncell, present.sum(axis=0).astype(np.int64)
+
+    def _read_rows(self, rows) -> sparse.csr_matrix:
+        n = self._shape[0]
+        idx = np.arange(n)[rows]
+        mask = np.zeros(n, dtype=bool)
+        mask[idx] = True
+        if self.format == "csc":  # every chunk holds all rows of some genes
+            out = sparse.csr_matrix((idx.size, self.shape[1]), dtype=self.dtype)
+            for _, chunk in self.iter_chunks():
+                out = out + chunk[idx]
+            return sparse.csr_matrix(out)
+        parts = [chunk[mask[r0 : r0 + chunk.shape[0]]] for r0, chunk in self.iter_chunks()]
+        out = sparse.vstack(parts, format="csr") if parts else sparse.csr_matrix((0, self.shape[1]), dtype=self.dtype)
+        if np.all(np.diff(idx) > 0):
+            return out
+        # rows were asked for in another order (or repeated): out holds the sorted unique rows
+        return out[np.searchsorted(np.flatnonzero(mask), idx)]
+
+    # ---- gene blocks ---------------------------------------------------------------------------
+    def get_block(self, a: int, b: int) -> sparse.csc_matrix:
+        """Genes ``a:b`` (of this view) as a CSC matrix with sorted indices and no duplicates."""
+        with self._lock:
+            blk = self._load_columns(self._columns()[a:b])
+        blk.sum_duplicates()
+        blk.sort_indices()
+        return blk
+
+    def _load_columns(self, cols: NDArray[np.int64]) -> sparse.csc_matrix:
+        n, G = self._shape
+        if cols.size == 0:
+            return sparse.csc_matrix((n, 0), dtype=self.dtype)
+        c0, c1 = int(cols.min()), int(cols.max()) + 1
+        if self.format == "csr":
+            p0, p1, panel = self._panel_for(c0, c1)
+            return panel[:, cols - p0]
+        with self._open() as elem:
+            if self.format == "dense":
+                blk = sparse.csc_matrix(np.asarray(elem[:, c0:c1]))
+            else:
+                indptr = self._get_indptr(elem)
+                s, e = indptr[c0], indptr[c1]
+                blk = sparse.csc_matrix(
+                    (elem["data"][s:e], elem["indices"][s:e], indptr[c0 : c1 + 1] - s), shape=(n, c1 - c0)
+                )
+        return blk[:, cols - c0] if not (cols.size == c1 - c0 and np.all(np.diff(cols) == 1)) else blk
+
+    def _gene_nnz(self, elem) -> NDArray[np.int64]:
+        if self._col_nnz is None:
+            indptr = self._get_indptr(elem)
+            G = self._shape[1]
+            nnz = np.zeros(G, dtype=np.int64)
+            for r0, r1 in _row_bounds(indptr, self.chunk_nnz):
+                nnz += np.bincount(elem["indices"][indptr[r0] : indptr[r1]], minlength=G)
+            self._col_nnz = nnz
+        return self._col_nnz
+
+    def _panel_for(self, c0: int, c1: int) -> tuple[int, int, sparse.csc_matrix]:
+        """The in-memory panel holding genes ``c0:c1`` (CSR files); built by one pass over the rows."""
+        if self._panel is not None and self._panel[0] <= c0 and c1 <= self._panel[1]:
+            return self._panel
+        self._panel = None  # free the old panel before reading the next
+        n, G = self._shape
+        with self._open() as elem:
+            cum = np.concatenate([[0], np.cumsum(self._gene_nnz(elem))])
+            # extend the panel to the right as far as the budget allows (at least to c1)
+            p1 = int(np.searchsorted(cum, cum[c0] + self.panel_nnz, side="right")) - 1
+            p1 = min(max(p1, c1), G)
+            indptr = self._get_indptr(elem)
+            rows_l, cols_l, vals_l = [], [], []
+            itype = np.int32 if max(n, G) < 2**31 else np.int64
+            for r0, r1 in _row_bounds(indptr, self.chunk_nnz):
+                s, e = indptr[r0], indptr[r1]
+                ind = elem["indices"][s:e]
+                keep = np.flatnonzero((ind >= c0) & (ind < p1))
+                if keep.size == 0:
+                    continue
+                rowid = np.repeat(np.arange(r0, r1, dtype=itype), np.diff(indptr[r0 : r1 + 1]))
+                rows_l.append(rowid[keep])
+                cols_l.append((ind[keep] - c0).astype(itype))
+                vals_l.append(elem["data"][s:e][keep])
+        if rows_l:
+            rows, cols, vals = (np.concatenate(x) for x in (rows_l, cols_l, vals_l))
+        else:
+            rows = cols = np.zeros(0, dtype=itype)
+            vals = np.zeros(0, dtype=self.dtype)
+        del rows_l, cols_l, vals_l
+        panel = sparse.csc_matrix((vals, (rows, cols)), shape=(n, p1 - c0))
+        panel.sum_duplicates()
+        panel.sort_indices()
+        self._panel = (c0, p1, panel)
+        return self._panel
+
+
+def _row_bounds(indptr: NDArray[np.int64], chunk_nnz: int) -> list[tuple[int, int]]:
+    """Split rows (or columns, for CSC) into consecutive chunks of about ``chunk_nnz`` entries."""
+    n = indptr.size - 1
+    out = []
+    r0 = 0
+    while r0 < n:
+        r1 = int(np.searchsorted(indptr, indptr[r0] + chunk_nnz, side="right")) - 1
+        r1 = min(max(r1, r0 + 1), n)
+        out.append((r0, r1))
+        r0 = r1
+    return out
+
+
+def _place_columns(blk: sparse.csc_matrix, pos: NDArray[np.int64], width: int) -> sparse.csc_matrix:
+    """Put the columns of ``blk`` at positions ``pos`` of an otherwise empty ``width``-column matrix."""
+    coo = blk.tocoo()
+    return sparse.csc_matrix((coo.data, (coo.row, pos[coo.col])), shape=(blk.shape[0], width))
+
+
+def as_backed_counts(Y, **kwargs) -> BackedCounts | None:
+    """``Y`` as :class:`BackedCounts` if it is a path, an h5py object or an anndata backed dataset, else None."""
+    if isinstance(Y, BackedCounts):
+        return Y
+    if isinstance(Y, str | Path):
+        return BackedCounts(Y, **kwargs)
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py comes with anndata
+        return None
+    if isinstance(Y, h5py.Group | h5py.Dataset) or isinstance(getattr(Y, "group", None), h5py.Group):
+        return BackedCounts(Y, **kwargs)
+    return None
