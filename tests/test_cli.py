@@ -1,0 +1,654 @@
+"""The ``scglmm`` command line: success paths, every error path, atomic outputs.
+
+The input is a small real subset made at test time from ``data/kang2018_cd14_mono.h5ad`` (the
+first 19 cells of each of the 16 samples, 300 cells in all, and the first 20 genes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy import sparse
+
+import scglmm
+from scglmm import cli as cli_mod
+from scglmm.cli import cli
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "kang2018_cd14_mono.h5ad"
+FORMULA = "~ condition + (1 | donor)"
+SF = "n_counts_all_genes"  # the full library size; the 20-gene totals can be 0
+COEF = "condition[T.stim]"
+HAS_GROUPBY = "groupby" in inspect.signature(scglmm.tl.fit).parameters
+HAS_TEST = hasattr(scglmm.tl, "test")
+
+
+def small_example() -> ad.AnnData:
+    full = ad.read_h5ad(EXAMPLE)
+    cells = full.obs.groupby("sample", observed=True).head(19).index[:300]
+    small = full[cells, full.var_names[:20]].copy()
+    small.X = sparse.csr_matrix(small.X)
+    return small
+
+
+@pytest.fixture(scope="module")
+def small_h5ad(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "small.h5ad"
+    small_example().write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(small_h5ad) -> ad.AnnData:
+    """The same fit done through the Python API."""
+    adata = ad.read_h5ad(small_h5ad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # genes without an estimate (HES4 is separated)
+        scglmm.tl.fit(adata, FORMULA, size_factors=SF, n_jobs=1, progress=False)
+    return adata
+
+
+def run(*args: str | Path):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# success
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted(small_h5ad, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("fit")
+    before = sha256(small_h5ad)
+    res = run(
+        "fit", small_h5ad, "--formula", FORMULA, "--size-factors", SF, "--out", out_dir / "fit.h5ad",
+        "--table", out_dir / "fit.tsv", "--n-jobs", "1", "--top", "5",
+    )  # fmt: skip
+    return res, out_dir, before
+
+
+def test_fit_writes_h5ad_and_tsv(fitted, small_h5ad, reference):
+    res, out_dir, before = fitted
+    assert res.exit_code == 0, res.stderr
+    assert listing(out_dir) == ["fit.h5ad", "fit.tsv"]  # no temporary file left
+    assert sha256(small_h5ad) == before  # the input is untouched
+    out = ad.read_h5ad(out_dir / "fit.h5ad")
+    assert out.shape == (300, 20)
+    for suffix in ("coef", "se", "pval", "cov", "fit", "donor_effects"):
+        assert f"scglmm_{suffix}" in out.varm
+    assert out.uns["scglmm"]["params"]["formula"] == FORMULA
+    assert out.uns["scglmm"]["params"]["n_jobs"] == 1
+    # the stored fit is the Python API's fit
+    np.testing.assert_allclose(
+        out.varm["scglmm_coef"].to_numpy(), reference.varm["scglmm_coef"].to_numpy(), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        out.varm["scglmm_fit"]["loglik"].to_numpy(), reference.varm["scglmm_fit"]["loglik"].to_numpy(), rtol=1e-12
+    )
+
+
+def test_fit_table_equals_get_results(fitted, reference):
+    _, out_dir, _ = fitted
+    tsv = pd.read_csv(out_dir / "fit.tsv", sep="\t")
+    expected = scglmm.get.results(reference, COEF)
+    assert list(tsv.columns) == ["gene", "coef", *expected.columns]
+    assert len(tsv) == 20
+    assert (tsv["coef"] == COEF).all()
+    assert tsv["gene"].tolist() == reference.var_names.tolist()
+    for col in expected.columns:
+        if pd.api.types.is_numeric_dtype(expected[col]):
+            np.testing.assert_allclose(tsv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-10)
+        else:
+            assert tsv[col].astype(str).tolist() == expected[col].astype(str).tolist()
+    # the interferon gene is the top hit, as expected for stim vs ctrl in monocytes
+    assert tsv.loc[tsv["gene"] == "ISG15", "log2_fc"].item() > 4.0
+    assert tsv.loc[tsv["gene"] == "ISG15", "p_value"].item() < 1e-20
+
+
+def test_fit_stdout_is_the_top_table_and_logs_go_to_stderr(fitted, reference):
+    res, _, _ = fitted
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(f"top 5 of 20 genes for {COEF}")
+    expected = scglmm.get.results(reference, COEF)
+    best = expected.assign(a=expected["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False])
+    shown = [line.split()[0] for line in lines[3:]]  # title, column header, index-name line
+    assert shown == best.index[:5].tolist()
+    assert "[scglmm" not in res.stdout
+    assert "[scglmm" in res.stderr
+    assert "fit.h5ad" in res.stderr
+    assert "Error" not in res.stderr
+
+
+def test_fit_output_permissions_follow_umask(fitted):
+    _, out_dir, _ = fitted
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("fit.h5ad", "fit.tsv"):
+        assert (out_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_quiet_prints_nothing_on_stdout(small_h5ad, tmp_path):
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "q.h5ad", "--quiet")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert all("] WARNING: " in line for line in lines), lines  # warnings only, no info lines
+    assert any("HES4" in line for line in lines)  # the gene without an estimate is still reported
+    assert (tmp_path / "q.h5ad").exists()
+
+
+def test_coef_option_and_key_added(small_h5ad, tmp_path, reference):
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "k.h5ad", "--table",
+        tmp_path / "k.tsv", "--coef", "Intercept", "--coef", "condition", "--key-added", "de", "--top", "0",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""  # --top 0
+    out = ad.read_h5ad(tmp_path / "k.h5ad")
+    assert "de_coef" in out.varm
+    assert "scglmm_coef" not in out.varm
+    tsv = pd.read_csv(tmp_path / "k.tsv", sep="\t")
+    assert tsv["coef"].tolist() == ["Intercept"] * 20 + [COEF] * 20
+    np.testing.assert_allclose(
+        tsv.loc[tsv["coef"] == "Intercept", "log_fc"].to_numpy(),
+        reference.varm["scglmm_coef"]["Intercept"].to_numpy(),
+        rtol=1e-10,
+    )
+
+
+def test_offset_equals_log_size_factors(small_h5ad, tmp_path):
+    adata = ad.read_h5ad(small_h5ad)
+    adata.obs["log_sf"] = np.log(adata.obs[SF])
+    src = tmp_path / "with_offset.h5ad"
+    adata.write_h5ad(src)
+    a = run("fit", src, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "a.h5ad", "--table", tmp_path / "a.tsv")
+    b = run("fit", src, "-f", FORMULA, "--offset", "log_sf", "-o", tmp_path / "b.h5ad", "--table", tmp_path / "b.tsv")
+    assert a.exit_code == 0, a.stderr
+    assert b.exit_code == 0, b.stderr
+    ta = pd.read_csv(tmp_path / "a.tsv", sep="\t")
+    tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
+    np.testing.assert_allclose(ta["log_fc"], tb["log_fc"], rtol=1e-8)
+    np.testing.assert_allclose(ta["se"], tb["se"], rtol=1e-8)
+
+
+def test_layer_option(small_h5ad, tmp_path, reference):
+    adata = ad.read_h5ad(small_h5ad)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.astype(float) / 7.0  # normalised values in X; raw counts in the layer
+    src = tmp_path / "layer.h5ad"
+    adata.write_h5ad(src)
+    res = run("fit", src, "-f", FORMULA, "--size-factors", SF, "--layer", "counts", "-o", tmp_path / "l.h5ad")
+    assert res.exit_code == 0, res.stderr
+    out = ad.read_h5ad(tmp_path / "l.h5ad")
+    np.testing.assert_allclose(out.varm["scglmm_coef"], reference.varm["scglmm_coef"], rtol=1e-10)
+
+
+@pytest.mark.skipif(not HAS_GROUPBY, reason="scglmm.tl.fit has no `groupby` keyword yet (being added elsewhere)")
+def test_groupby(small_h5ad, tmp_path):
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--groupby", "donor_group",
+        "-o", tmp_path / "g.h5ad", "--table", tmp_path / "g.tsv", "--top", "3",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    tsv = pd.read_csv(tmp_path / "g.tsv", sep="\t")
+    assert list(tsv.columns[:3]) == ["gene", "group", "coef"]
+    assert len(tsv) == 40
+    assert sorted(tsv["group"].unique()) == ["A", "B"]
+    adata = ad.read_h5ad(small_h5ad)
+    for g in ("A", "B"):
+        alone = adata[adata.obs["donor_group"] == g].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            scglmm.tl.fit(alone, FORMULA, size_factors=SF, n_jobs=1, progress=False)
+        expected = scglmm.get.results(alone, COEF)
+        part = tsv[tsv["group"] == g]
+        np.testing.assert_allclose(part["log_fc"].to_numpy(), expected["log_fc"].to_numpy(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(part["se"].to_numpy(), expected["se"].to_numpy(), rtol=1e-8)
+    assert res.stdout.count("top 3 of 20 genes for") == 2
+    assert f"A / {COEF}" in res.stdout
+
+
+def test_version_and_help():
+    res = run("--version")
+    assert res.exit_code == 0
+    assert res.stdout.strip() == f"scglmm, version {scglmm.__version__}"
+    main = run("--help")
+    assert main.exit_code == 0
+    for phrase in ("negative binomial", "random", "donor", "scglmm fit cells.h5ad", "Output", "fit", "test"):
+        assert phrase in main.stdout
+    assert run("-h").stdout == main.stdout
+    fit_help = run("fit", "--help")
+    assert fit_help.exit_code == 0
+    for phrase in ("Examples:", "--formula", "--out", "--table", "--size-factors", "--groupby", "--n-jobs", "varm"):
+        assert phrase in fit_help.stdout
+    bare = run("fit")  # no arguments: the help (on stderr, as click does), not an error line
+    assert bare.exit_code in (0, 2)
+    assert "Usage: scglmm fit [OPTIONS] INPUT" in bare.output
+    assert not bare.output.startswith("Error")
+    test_help = run("test", "-h")
+    assert test_help.exit_code == 0
+    assert "--contrast" in test_help.stdout
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    """``python -m scglmm`` runs the program: a real process, its exit code and its one error line."""
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "scglmm"]
+    assert script.value == "scglmm.cli:main"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    missing = tmp_path / "missing.h5ad"
+    res = subprocess.run(
+        [sys.executable, "-m", "scglmm", "fit", str(missing), "-f", FORMULA, "-o", str(tmp_path / "o.h5ad")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert res.stderr.splitlines() == [f"Error: input file {str(missing)!r} does not exist."]
+    assert listing(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# errors: one line, non-zero exit, nothing written
+# ------------------------------------------------------------------------------------------------
+def _variant(small_h5ad: Path, folder: Path, name: str, change) -> Path:
+    adata = ad.read_h5ad(small_h5ad)
+    change(adata)
+    path = folder / name
+    adata.write_h5ad(path)
+    return path
+
+
+def _float_counts(a):
+    a.X = a.X.astype(float) * 0.5
+
+
+def _negative_counts(a):
+    X = a.X.toarray()
+    X[3, 4] = -1
+    a.X = sparse.csr_matrix(X)
+
+
+def _nan_counts(a):
+    X = a.X.toarray().astype(float)
+    X[3, 4] = np.nan
+    a.X = X
+
+
+def _one_donor(a):
+    a.obs["donor"] = "d1"
+
+
+def _nan_condition(a):
+    cond = a.obs["condition"].astype(object)
+    cond.iloc[5] = np.nan
+    a.obs["condition"] = cond
+
+
+def _zero_cells(a):
+    X = a.X.toarray()
+    X[:4] = 0
+    a.X = sparse.csr_matrix(X)
+
+
+def _zero_sf(a):
+    a.obs[SF] = a.obs[SF].to_numpy().copy()
+    a.obs.iloc[0, a.obs.columns.get_loc(SF)] = 0.0
+
+
+def _copy_condition(a):
+    a.obs["stimulated"] = (a.obs["condition"] == "stim").astype(float)
+
+
+# (name, data change or None, extra args (replacing the defaults where named), exit code, words in message)
+ERRORS = [
+    ("unknown fixed column", None, ["-f", "~ conditon + (1 | donor)"], 1, ["conditon", "not in adata.obs"]),
+    ("unknown donor column", None, ["-f", "~ condition + (1 | donr)"], 1, ["donr", "not in adata.obs"]),
+    ("no tilde", None, ["-f", "condition + (1 | donor)"], 1, ["must start with '~'"]),
+    ("no random effect", None, ["-f", "~ condition"], 1, ["no random-effect term"]),
+    ("random slope", None, ["-f", "~ condition + (1 + condition | donor)"], 1, ["not supported"]),
+    ("two random effects", None, ["-f", "~ condition + (1 | donor) + (1 | sample)"], 1, ["2 random-effect terms"]),
+    ("formula syntax", None, ["-f", "~ condition * + (1 | donor)"], 1, ["formula"]),
+    ("missing layer", None, ["--layer", "counts"], 1, ["--layer 'counts'", "leave out --layer"]),
+    ("size factor column", None, ["--size-factors", "libsize"], 1, ["--size-factors 'libsize'", "donor_group"]),
+    ("offset column", None, ["--offset", "log_lib", "--size-factors", None], 1, ["--offset 'log_lib'"]),
+    ("groupby column", None, ["--groupby", "celltype"], 1, ["celltype" if HAS_GROUPBY else "--groupby"]),
+    ("coef not in design", None, ["--coef", "treatment"], 1, ["--coef", "'treatment'", "condition[T.stim]"]),
+    ("non-integer counts", _float_counts, [], 1, ["non-integer", "raw integer counts"]),
+    ("negative counts", _negative_counts, [], 1, ["negative"]),
+    ("NaN counts", _nan_counts, [], 1, ["NaN"]),
+    ("one donor", _one_donor, [], 1, ["donor", "2"]),
+    ("NaN covariate", _nan_condition, [], 1, ["condition", "missing"]),
+    ("zero-count cells", _zero_cells, ["--size-factors", None], 1, ["zero total counts"]),
+    ("zero size factor", _zero_sf, [], 1, ["size_factors", "positive"]),
+    ("rank deficient", _copy_condition, ["-f", "~ condition + stimulated + (1 | donor)"], 1, ["rank deficient"]),
+    ("both offset kinds", None, ["--offset", SF], 2, ["--size-factors", "--offset", "not both"]),
+    ("n-jobs zero", None, ["--n-jobs", "0"], 2, ["--n-jobs"]),
+    ("n-agq zero", None, ["--n-agq", "0"], 2, ["--n-agq"]),
+    ("unknown flag", None, ["--bogus"], 2, ["--bogus", "scglmm fit --help"]),
+]
+
+
+def _args(src: Path, out: Path, extra: list) -> list:
+    base = {"-f": FORMULA, "--size-factors": SF, "-o": str(out)}
+    rest = []
+    it = iter(extra)
+    for tok in it:
+        if tok in base:
+            base[tok] = next(it)
+        elif tok.startswith("--") and tok not in ("--bogus",):
+            rest += [tok, next(it)]
+        else:
+            rest.append(tok)
+    args = ["fit", str(src)]
+    for k, v in base.items():
+        if v is not None:
+            args += [k, v]
+    return args + rest
+
+
+def assert_one_line_error(res, code: int, words: list[str]) -> str:
+    assert res.exit_code == code, (res.exit_code, res.stderr)
+    assert res.stdout == ""
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+    assert res.stderr.rstrip("\n").splitlines()[-1] == errors[0]  # the last line
+    assert "Traceback" not in res.stderr
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    return errors[0]
+
+
+@pytest.mark.parametrize(("name", "change", "extra", "code", "words"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_fit_errors(small_h5ad, tmp_path, name, change, extra, code, words):
+    src = small_h5ad if change is None else _variant(small_h5ad, tmp_path, "bad.h5ad", change)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    res = run(*_args(src, out_dir / "o.h5ad", extra), "--table", out_dir / "o.tsv")
+    assert_one_line_error(res, code, words)
+    assert listing(out_dir) == []
+
+
+def test_missing_input(tmp_path):
+    res = run("fit", tmp_path / "nope.h5ad", "-f", FORMULA, "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 1, ["nope.h5ad", "does not exist"])
+    assert listing(tmp_path) == []
+
+
+def test_input_is_a_folder(tmp_path):
+    res = run("fit", tmp_path, "-f", FORMULA, "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 1, ["is not a file"])
+
+
+def test_unreadable_h5ad(tmp_path):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("cell,gene\n1,2\n")
+    res = run("fit", bad, "-f", FORMULA, "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 1, ["cannot read", "bad.h5ad", ".h5ad (AnnData) file"])
+    assert listing(tmp_path) == ["bad.h5ad"]
+
+
+def test_missing_required_options(small_h5ad, tmp_path):
+    assert_one_line_error(run("fit", small_h5ad, "-o", tmp_path / "o.h5ad"), 2, ["Missing option", "--formula"])
+    assert_one_line_error(run("fit", small_h5ad, "-f", FORMULA), 2, ["Missing option", "--out"])
+    assert_one_line_error(run("fitt", small_h5ad), 2, ["No such command", "fitt"])
+
+
+def test_out_equal_to_input_is_refused(small_h5ad, tmp_path):
+    before = sha256(small_h5ad)
+    same = [small_h5ad, small_h5ad.parent / ".." / small_h5ad.parent.name / small_h5ad.name]
+    link = tmp_path / "link.h5ad"
+    link.symlink_to(small_h5ad)
+    for out in [*same, link]:
+        res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", out)
+        assert_one_line_error(res, 1, ["--out", "is the input file", "never overwrites"])
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "o.h5ad", "--table", small_h5ad)
+    assert_one_line_error(res, 1, ["--table", "is the input file"])
+    res = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "o.h5ad", "--table", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 1, ["--table and --out are the same file"])
+    assert sha256(small_h5ad) == before
+    assert listing(tmp_path) == ["link.h5ad"]
+
+
+def test_output_folder_not_writable(small_h5ad, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = run("fit", small_h5ad, "-f", FORMULA, "-o", blocker / "sub" / "o.h5ad")
+    assert_one_line_error(res, 1, ["cannot write --out", "is not a folder"])
+    res = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path)
+    assert_one_line_error(res, 1, ["is a folder"])
+    if sys.platform.startswith("linux"):  # /proc refuses new files, even for root
+        res = run("fit", small_h5ad, "-f", FORMULA, "-o", "/proc/scglmm_out.h5ad")
+        assert_one_line_error(res, 1, ["cannot write --out", "not writable"])
+    assert listing(tmp_path) == ["a_file"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write to read-only folders")
+def test_output_folder_read_only(small_h5ad, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        res = run("fit", small_h5ad, "-f", FORMULA, "-o", ro / "o.h5ad")
+        assert_one_line_error(res, 1, ["cannot write --out", "not writable"])
+    finally:
+        ro.chmod(0o755)
+
+
+def test_verbose_shows_the_traceback(small_h5ad, tmp_path):
+    res = run("fit", small_h5ad, "-f", "~ conditon + (1 | donor)", "-o", tmp_path / "o.h5ad", "--verbose")
+    assert res.exit_code == 1
+    assert "Traceback" in res.stderr
+    assert res.stderr.rstrip("\n").splitlines()[-1].startswith("Error: column(s) ['conditon']")
+
+
+def test_groupby_not_supported_message(small_h5ad, tmp_path, monkeypatch):
+    """If the installed tl.fit lacks ``groupby``, the flag fails early with one clear line."""
+
+    def old_fit(adata, formula, *, layer=None, size_factors=None, offset=None, key_added="scglmm", **kw):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(scglmm.tl, "fit", old_fit)
+    res = run("fit", small_h5ad, "-f", FORMULA, "--groupby", "cell_type", "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 1, ["--groupby is not supported"])
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic outputs
+# ------------------------------------------------------------------------------------------------
+def _failing_write(exc: type[BaseException]):
+    def write_h5ad(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x89HDF\r\n partial")  # half a file ...
+        raise exc("disk full")  # ... then the failure
+
+    return write_h5ad
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "words"),
+    [
+        (OSError, 1, ["disk full"]),
+        (RuntimeError, 1, ["RuntimeError: disk full"]),
+        (KeyboardInterrupt, 130, ["interrupted"]),
+    ],
+)
+def test_no_partial_file_when_writing_fails(small_h5ad, tmp_path, monkeypatch, exc, code, words):
+    old = tmp_path / "o.h5ad"
+    old.write_bytes(b"previous result")  # an existing output is kept as it was
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", _failing_write(exc))
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", old, "--table", tmp_path / "o.tsv")
+    assert_one_line_error(res, code, words)
+    assert listing(tmp_path) == ["o.h5ad"]  # no table, no temporary file
+    assert old.read_bytes() == b"previous result"
+
+
+def test_no_partial_file_when_the_table_fails(small_h5ad, tmp_path, monkeypatch):
+    def to_csv(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "o.h5ad", "--table", tmp_path / "o.tsv"
+    )
+    assert_one_line_error(res, 130, ["interrupted; no output was written"])
+    assert listing(tmp_path) == []  # the .h5ad, already written to its temporary file, is gone too
+
+
+def test_interrupt_during_the_fit(small_h5ad, tmp_path, monkeypatch):
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scglmm.tl, "fit", interrupted_fit)
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 130, ["interrupted"])
+    assert listing(tmp_path) == []
+
+
+def test_write_atomically_directly(tmp_path):
+    target = tmp_path / "sub" / "t.txt"
+    cli_mod.write_atomically([(target, lambda p: p.write_text("whole"))])
+    assert target.read_text() == "whole"
+    assert listing(target.parent) == ["t.txt"]
+
+    def half(p: Path) -> None:
+        p.write_text("ha")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        cli_mod.write_atomically([(tmp_path / "a.txt", lambda p: p.write_text("a")), (target, half)])
+    assert target.read_text() == "whole"
+    assert listing(tmp_path) == ["sub"]  # a.txt was not renamed into place either
+    assert listing(target.parent) == ["t.txt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_leaves_no_output(tmp_path):
+    """A scheduler's SIGTERM in the middle of a run: exit 130, nothing written, no temporary file."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "scglmm", "fit", str(EXAMPLE), "-f", FORMULA, "-o", str(out_dir / "o.h5ad")]
+    proc = subprocess.Popen(
+        [*cmd, "--table", str(out_dir / "o.tsv"), "--n-jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the fit has started
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "fitting" in line or not line:
+            break
+    assert any("fitting" in s for s in seen), seen
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (seen, stderr)
+    assert stdout == ""
+    assert stderr.rstrip("\n").splitlines()[-1] == "Error: interrupted; no output was written."
+    assert listing(out_dir) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# scglmm test
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_TEST, reason="scglmm.tl.test is not there yet (being written elsewhere)")
+def test_test_command_wald(fitted, tmp_path):
+    _, out_dir, _ = fitted
+    src = out_dir / "fit.h5ad"
+    res = run("test", src, "--contrast", COEF, "-o", tmp_path / "t.h5ad", "--table", tmp_path / "t.tsv", "--top", "3")
+    assert res.exit_code == 0, res.stderr
+    tsv = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    fit_tsv = pd.read_csv(out_dir / "fit.tsv", sep="\t")
+    assert len(tsv) == 20
+    assert list(tsv.columns[:2]) == ["gene", "contrast"]
+    name = tsv["contrast"].iloc[0]
+    out = ad.read_h5ad(tmp_path / "t.h5ad")
+    expected = scglmm.get.results(out, contrast=name)
+    assert list(tsv.columns[2:]) == list(expected.columns)
+    np.testing.assert_allclose(tsv["p_value"].to_numpy(), expected["p_value"].to_numpy(), rtol=1e-12)
+    # a Wald test of one coefficient is that coefficient's own test
+    np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
+    assert res.stdout.startswith(f"top 3 of 20 genes for {name}")
+
+
+@pytest.mark.skipif(not HAS_TEST, reason="scglmm.tl.test is not there yet (being written elsewhere)")
+def test_test_command_level_triple_and_lrt(fitted, tmp_path):
+    _, out_dir, _ = fitted
+    src = out_dir / "fit.h5ad"
+    fit_tsv = pd.read_csv(out_dir / "fit.tsv", sep="\t")
+    # VARIABLE,LEVEL,BASELINE: stim minus ctrl is the coefficient itself; ctrl minus stim flips the sign
+    res = run("test", src, "-c", "condition,ctrl,stim", "-o", tmp_path / "t.h5ad", "--table", tmp_path / "t.tsv")
+    assert res.exit_code == 0, res.stderr
+    tsv = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), -fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
+    # likelihood-ratio test against the intercept-only model: LR = 2 (l_full - l_reduced)
+    res = run(
+        "test", src, "-c", "condition", "--method", "lrt", "--key-added", "lrt_cond", "-o", tmp_path / "l.h5ad",
+        "--table", tmp_path / "l.tsv", "-j", "1", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    lrt = pd.read_csv(tmp_path / "l.tsv", sep="\t")
+    assert (lrt["contrast"] == "lrt_cond").all()
+    stored = ad.read_h5ad(tmp_path / "l.h5ad").varm["scglmm_contrast_lrt_cond"]
+    ok = np.isfinite(stored["loglik_full"].to_numpy())
+    assert ok.sum() >= 15
+    lr = 2 * (stored["loglik_full"] - stored["loglik_reduced"]).to_numpy()
+    np.testing.assert_allclose(lrt["stat"].to_numpy()[ok], lr[ok], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.skipif(not HAS_TEST, reason="scglmm.tl.test is not there yet (being written elsewhere)")
+def test_test_command_errors(fitted, small_h5ad, tmp_path):
+    _, out_dir, _ = fitted
+    src = out_dir / "fit.h5ad"
+    res = run("test", src, "--contrast", "nope", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 1, ["nope"])
+    res = run("test", small_h5ad, "--contrast", COEF, "-o", tmp_path / "t.h5ad")  # not fitted
+    assert_one_line_error(res, 1, ["has no scglmm results under --key 'scglmm'", "run 'scglmm fit'"])
+    res = run("test", src, "--contrast", COEF, "--key", "other", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 1, ["--key 'other'", "keys with results: ['scglmm']"])
+    res = run("test", src, "--contrast", COEF, "-o", src)
+    assert_one_line_error(res, 1, ["is the input file"])
+    res = run("test", src, "--contrast", COEF, "--method", "score", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 2, ["--method", "score"])
+    res = run("test", src, "--contrast", COEF, "--reduced-formula", "~ 1", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 2, ["--reduced-formula", "--method lrt"])
+    assert_one_line_error(run("test", src, "-o", tmp_path / "t.h5ad"), 2, ["Missing option", "--contrast"])
+    assert listing(tmp_path) == []
+
+
+def test_test_command_without_tl_test(fitted, tmp_path, monkeypatch):
+    _, out_dir, _ = fitted
+    monkeypatch.delattr(scglmm.tl, "test", raising=False)
+    res = run("test", out_dir / "fit.h5ad", "--contrast", COEF, "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 1, ["scglmm.tl.test"])
+    assert listing(tmp_path) == []
