@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Small-sample calibration options of Wald tests (see the module docstring).
-CALIBRATIONS = ("z", "t", "t_reml", "t_floor")
+CALIBRATIONS = ("z", "t", "t_reml", "t_floor", "satterthwaite", "satterthwaite_floor")
 #: The default, chosen by ``benchmarks/calibration.py`` (see docs/calibration.md).
 DEFAULT_CALIBRATION = "t_reml"
 
@@ -203,9 +203,7 @@ def contrast_vector(
     else:
         arr = np.asarray(contrast, dtype=float).ravel()
         if arr.shape != (p,):
-            msg = (
-                f"a numeric contrast needs one weight per design column ({p}: {cols}); got {arr.shape[0]} values."
-            )
+            msg = f"a numeric contrast needs one weight per design column ({p}: {cols}); got {arr.shape[0]} values."
             raise ValueError(msg)
         vec = arr.copy()
         name = "contrast_" + "_".join(f"{w:g}" for w in arr)
@@ -271,7 +269,7 @@ def wald(coef: ArrayLike, cov: ArrayLike, c: ArrayLike) -> tuple[NDArray, NDArra
     return est, var
 
 
-def default_sigma2_floor(sigma2_adj: ArrayLike, *, quantile: float = 0.25) -> float:
+def default_sigma2_floor(sigma2_adj: ArrayLike, *, quantile: float = 0.5) -> float:
     """Across-gene floor of the donor variance for ``"t_floor"``: a low quantile of the
     bias-corrected estimates of the genes that have one."""
     s = np.asarray(sigma2_adj, dtype=float)
@@ -331,16 +329,24 @@ def wald_pvalues(
     floor = np.nan
     if calibration != "z" and is_b and df_b >= 1:
         df = float(df_b)
-        if calibration in ("t_reml", "t_floor"):
+        if calibration != "t":
             s2_adj = s2 * m / df_b
-            if calibration == "t_floor":
+            if calibration.endswith("floor"):
                 floor = default_sigma2_floor(s2_adj[np.isfinite(var)]) if sigma2_floor is None else float(sigma2_floor)
                 s2_adj = np.maximum(s2_adj, floor)
             var_t = var + (s2_adj - s2) * k
+            if calibration.startswith("satterthwaite"):
+                # donor part a = s2_adj k has df_b degrees of freedom; the cell-level part
+                # b = var_t - a is estimated from many cells (infinite df)
+                a = s2_adj * k
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    df = np.where(a > 0, df_b * (np.maximum(var_t, a) / a) ** 2, np.inf)
+                df = np.where(np.isfinite(var_t), df, np.nan)
     se_t = np.sqrt(np.where(var_t >= 0, var_t, np.nan))
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = est / se_t
-    p = 2.0 * stats.norm.sf(np.abs(stat)) if np.isinf(df) else 2.0 * stats.t.sf(np.abs(stat), df)
+    df = np.broadcast_to(np.asarray(df, dtype=float), stat.shape) if np.ndim(df) else df
+    p = _two_sided(stat, df)
     return {
         "estimate": est,
         "se": se,
@@ -351,6 +357,16 @@ def wald_pvalues(
         "donor_level": bool(is_b),
         "sigma2_floor": floor,
     }
+
+
+def _two_sided(stat: NDArray, df: float | NDArray) -> NDArray:
+    a = np.abs(stat)
+    if np.ndim(df) == 0:
+        return 2.0 * stats.norm.sf(a) if np.isinf(df) else 2.0 * stats.t.sf(a, df)
+    out = 2.0 * stats.norm.sf(a)
+    fin = np.isfinite(df) & np.isfinite(a)
+    out[fin] = 2.0 * stats.t.sf(a[fin], df[fin])
+    return out
 
 
 def lrt_pvalues(

@@ -1,5 +1,6 @@
 """Tools: model fits and tests that write into an AnnData."""
 
 from ._fit import fit
+from ._test import test
 
-__all__ = ["fit"]
+__all__ = ["fit", "test"]

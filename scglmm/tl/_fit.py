@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from scipy.stats import norm
 
-from .._core._api import check_counts, fit_genes
-from .._core._status import status_names
+from .._core._api import GenesFit, check_counts, fit_genes
+from .._core._inference import CALIBRATIONS, DEFAULT_CALIBRATION, bh_adjust, donor_level_design, wald_pvalues
+from .._core._io import as_backed_counts
+from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
 from .._logging import logger, progress_bar, warn
 
@@ -23,7 +25,15 @@ if TYPE_CHECKING:
 __all__ = ["fit"]
 
 #: Suffixes of the varm keys written by :func:`fit` (``f"{key_added}_{suffix}"``).
-VARM_SUFFIXES = ("coef", "se", "pval", "fit", "cov", "donor_effects")
+VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects")
+
+#: Default gene filter: a gene is fitted only if at least this many cells have a count ...
+MIN_CELLS = 3
+#: ... and at least this many donors have a count in at least one cell.
+MIN_DONORS = 2
+#: Groups of ``groupby`` with fewer cells or donors than these are skipped.
+MIN_CELLS_GROUP = 20
+MIN_DONORS_GROUP = 3
 
 
 def _versions() -> dict[str, str]:
@@ -42,15 +52,19 @@ def _get_counts(adata: AnnData, layer: str | None):
         what = "adata.X"
     else:
         if layer not in adata.layers:
-            msg = f"layer {layer!r} not found; available layers: {list(adata.layers.keys())} (or layer=None for adata.X)."
+            msg = (
+                f"layer {layer!r} not found; available layers: {list(adata.layers.keys())} (or layer=None for adata.X)."
+            )
             raise KeyError(msg)
         Y = adata.layers[layer]
         what = f"adata.layers[{layer!r}]"
     if Y is None:
         msg = "adata.X is empty; pass the layer holding raw counts with `layer=`."
         raise ValueError(msg)
-    if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
-        # backed datasets and other array types: read into memory block-wise later
+    backed = as_backed_counts(Y) if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)) else None
+    if backed is not None:  # backed="r": stream from disk, never load the matrix
+        Y = backed
+    elif not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
         Y = Y[:, :] if hasattr(Y, "shape") else np.asarray(Y)
         if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
             Y = np.asarray(Y)
@@ -69,6 +83,9 @@ def _log_offset(
             if offset not in adata.obs.columns:
                 msg = f"offset column {offset!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
                 raise KeyError(msg)
+            if not pd.api.types.is_numeric_dtype(adata.obs[offset]) or pd.api.types.is_bool_dtype(adata.obs[offset]):
+                msg = f"offset column {offset!r} must be numeric (log scale); it has dtype {adata.obs[offset].dtype}."
+                raise TypeError(msg)
             off = adata.obs[offset].to_numpy(dtype=float)
             src = f"obs[{offset!r}] (log offset)"
         else:
@@ -96,11 +113,14 @@ def _log_offset(
     if isinstance(size_factors, str):
         if size_factors not in adata.obs.columns:
             msg = (
-                f"size_factors column {size_factors!r} not in adata.obs; available columns: "
-                f"{list(adata.obs.columns)}."
+                f"size_factors column {size_factors!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
             )
             raise KeyError(msg)
-        sf = adata.obs[size_factors].to_numpy(dtype=float)
+        col = adata.obs[size_factors]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            msg = f"size_factors column {size_factors!r} must be numeric (positive scale factors), not {col.dtype}."
+            raise TypeError(msg)
+        sf = col.to_numpy(dtype=float)
         src = f"obs[{size_factors!r}] (size factors, logged)"
     else:
         sf = np.asarray(size_factors, dtype=float).ravel()
@@ -109,13 +129,285 @@ def _log_offset(
         msg = f"size_factors must have one value per cell ({n}); got shape {sf.shape}."
         raise ValueError(msg)
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-        nbad = int((~np.isfinite(sf) | (sf <= 0)).sum())
+        kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
+        found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
         msg = (
-            f"size_factors must be positive and finite (a scale, not a log); {nbad} cell(s) are missing, "
-            "zero, negative or infinite. If your column is already on the log scale, pass it as offset=."
+            f"size_factors must be positive and finite (a scale, not a log); found {found}. "
+            "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
         )
         raise ValueError(msg)
     return np.log(sf), src
+
+
+def _check_min(name: str, value: int | None) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+        msg = f"{name} must be a non-negative integer or None (no filter); got {value!r}."
+        raise ValueError(msg)
+    return int(value)
+
+
+def _gene_counts(Y, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells with a count and donors with a count, per gene (never densifies a sparse matrix)."""
+    if hasattr(Y, "gene_counts"):  # counts on disk: streamed
+        return Y.gene_counts(codes, m)
+    n = codes.shape[0]
+    D = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n))
+    if sparse.issparse(Y):
+        B = sparse.csr_matrix(Y) > 0
+        ncell = np.asarray(B.sum(axis=0)).ravel().astype(np.int64)
+        per = D @ B.astype(np.float64)
+        ndon = np.asarray((per > 0).sum(axis=0)).ravel().astype(np.int64)
+    else:
+        B = np.asarray(Y) > 0
+        ncell = B.sum(axis=0).astype(np.int64)
+        per = np.asarray(D @ B.astype(np.float64))
+        ndon = (per > 0).sum(axis=0).astype(np.int64)
+    return ncell, ndon
+
+
+@dataclass
+class _Run:
+    """Everything one fit (all cells, or one group's cells) writes, before it is written."""
+
+    varm: dict
+    status: np.ndarray
+    params: dict
+    res: GenesFit
+
+
+def _fit_cells(
+    obs: pd.DataFrame,
+    Y,
+    log_off: np.ndarray,
+    parsed,
+    design,
+    var_names: pd.Index,
+    *,
+    key: str,
+    min_cells: int,
+    min_donors: int,
+    calibration: str,
+    n_agq: int,
+    n_jobs: int,
+    block_size: int,
+    progress: bool | None,
+    desc: str,
+) -> _Run:
+    """Filter genes, fit the kept ones, scatter back to all genes, compute the calibrated tests."""
+    t0 = time.perf_counter()
+    labels = obs[parsed.group].astype(str).to_numpy()
+    codes, donors = pd.factorize(labels, sort=True)
+    m = len(donors)
+    G = len(var_names)
+    p = len(design.columns)
+    ncell, ndon = _gene_counts(Y, codes, m)
+    keep = (ncell >= min_cells) & (ndon >= min_donors)
+    idx = np.flatnonzero(keep)
+    n_filtered = int(G - idx.size)
+    if n_filtered:
+        logger.info(
+            "%s: %d of %d genes filtered out before fitting (fewer than min_cells=%d cells or min_donors=%d "
+            "donors with counts); their rows are NaN with status 'filtered'",
+            desc,
+            n_filtered,
+            G,
+            min_cells,
+            min_donors,
+        )
+    logger.info(
+        "%s: fitting %d genes x %d cells, %d donors, design %s, n_agq=%d, n_jobs=%d",
+        desc,
+        idx.size,
+        len(obs),
+        m,
+        design.columns,
+        n_agq,
+        n_jobs,
+    )
+    coef = np.full((G, p), np.nan)
+    se = np.full((G, p), np.nan)
+    cov = np.full((G, p, p), np.nan)
+    sigma2 = np.full(G, np.nan)
+    theta = np.full(G, np.nan)
+    dispersion = np.full(G, np.nan)
+    loglik = np.full(G, np.nan)
+    modes = np.full((G, m), np.nan)
+    n_iter = np.zeros(G, dtype=np.int64)
+    status = np.full(G, FILTERED, dtype=np.int64)
+    grad_max = np.full(G, np.nan)
+    n_nonzero = ncell.copy()
+    sub = None
+    if idx.size:
+        Ysub = Y if idx.size == G else Y[:, idx]
+        with progress_bar(total=int(idx.size), enabled=progress, desc=desc) as bar:
+            sub = fit_genes(
+                Ysub,
+                design.matrix,
+                labels,
+                log_off,
+                n_agq=int(n_agq),
+                n_jobs=int(n_jobs),
+                block_size=block_size,
+                coef_names=design.columns,
+                check=False,
+                progress=bar.update if bar is not None else None,
+            )
+        coef[idx], se[idx], cov[idx] = sub.coef, sub.se, sub.cov
+        sigma2[idx], theta[idx], dispersion[idx], loglik[idx] = sub.sigma2, sub.theta, sub.dispersion, sub.loglik
+        modes[idx], n_iter[idx], status[idx], grad_max[idx] = sub.modes, sub.n_iter, sub.status, sub.grad_max
+        n_nonzero[idx] = sub.n_nonzero
+    res = GenesFit(
+        coef=coef,
+        se=se,
+        cov=cov,
+        sigma2=sigma2,
+        theta=theta,
+        dispersion=dispersion,
+        loglik=loglik,
+        modes=modes,
+        n_iter=n_iter,
+        status=status,
+        grad_max=grad_max,
+        n_nonzero=n_nonzero,
+        coef_names=list(design.columns),
+        donors=np.asarray(donors, dtype=object),
+        log_sigma2_se=np.full(G, np.nan),
+        log_theta_se=np.full(G, np.nan),
+    )
+    seconds = time.perf_counter() - t0
+
+    # ---- calibrated Wald tests of each coefficient -------------------------------------------
+    cols = list(design.columns)
+    dmask, Xb = donor_level_design(design.matrix, codes)
+    pval = np.full((G, p), np.nan)
+    stat = np.full((G, p), np.nan)
+    dfs: dict[str, float] = {}
+    for j, col in enumerate(cols):
+        e = np.zeros(p)
+        e[j] = 1.0
+        out = wald_pvalues(coef, cov, e, sigma2=sigma2, donor_mask=dmask, donor_design=Xb, calibration=calibration)
+        pval[:, j] = out["p_value"]
+        stat[:, j] = out["stat"]
+        dfs[col] = float(out["df"])
+
+    status_str = res.status_str
+    fit_df = pd.DataFrame(
+        {
+            "sigma2": res.sigma2,
+            "dispersion": res.dispersion,
+            "theta": res.theta,
+            "loglik": res.loglik,
+            "n_iter": res.n_iter,
+            "converged": res.converged,
+            "status": status_str.astype(str),
+            "status_code": res.status,
+            "n_nonzero": res.n_nonzero,
+            "grad_max": res.grad_max,
+        },
+        index=var_names.copy(),
+    )
+    counts = pd.Series(status_str).value_counts()
+    params = {
+        "formula": parsed.formula,
+        "fixed_formula": parsed.fixed,
+        "donor_key": parsed.group,
+        "design_columns": cols,
+        "reference_levels": dict(design.reference_levels),
+        "n_agq": int(n_agq),
+        "method": "laplace" if n_agq == 1 else f"adaptive Gauss-Hermite ({n_agq} nodes)",
+        "n_cells": len(obs),
+        "n_genes": int(G),
+        "n_donors": int(m),
+        "donors": [str(d) for d in donors],
+        "n_jobs": int(n_jobs),
+        "seconds": float(seconds),
+        "status_counts": {str(k): int(v) for k, v in counts.items()},
+        "scale": "natural log (log2_fc = coef / ln 2)",
+        "calibration": calibration,
+        "df": dfs,
+        "donor_level_columns": [c for c, b in zip(cols, dmask, strict=True) if b],
+        "donor_design": np.asarray(Xb, dtype=float),
+        "min_cells": int(min_cells),
+        "min_donors": int(min_donors),
+        "n_filtered": n_filtered,
+    }
+    new_varm = {
+        f"{key}_coef": pd.DataFrame(res.coef, index=var_names.copy(), columns=cols),
+        f"{key}_se": pd.DataFrame(res.se, index=var_names.copy(), columns=cols),
+        f"{key}_pval": pd.DataFrame(pval, index=var_names.copy(), columns=cols),
+        f"{key}_stat": pd.DataFrame(stat, index=var_names.copy(), columns=cols),
+        f"{key}_cov": res.cov.reshape(res.cov.shape[0], -1),
+        f"{key}_fit": fit_df,
+        f"{key}_donor_effects": pd.DataFrame(res.modes, index=var_names.copy(), columns=[str(d) for d in donors]),
+    }
+    n_bad = int(((status != 0) & ((status & FILTERED) == 0)).sum())
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items() if k not in ("ok", "filtered"))
+    if n_bad:
+        logger.info("%s: status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", desc, n_bad, summary, key)
+    unusable_mask = ~np.isfinite(res.coef[:, 0]) & ((status & FILTERED) == 0) if p else np.zeros(G, bool)
+    unusable = int(unusable_mask.sum())
+    if unusable:
+        examples = list(var_names[unusable_mask][:5])
+        warn(
+            f"{desc}: {unusable} of {G} genes have no estimate (NaN; e.g. {examples}): "
+            f"{summary}. See adata.varm['{key}_fit']['status']."
+        )
+    return _Run(varm=new_varm, status=status_str.astype(str), params=params, res=res)
+
+
+def _group_key(key: str, group: str) -> str:
+    """The key under which the results of one group of ``groupby`` are stored."""
+    return f"{key}:{str(group).replace('/', '_')}"
+
+
+def _rank_block(
+    runs: dict[str, _Run],
+    labels: dict[str, str],
+    coef: str,
+    var_names: pd.Index,
+    *,
+    groupby: str,
+    reference: str,
+    layer: str | None,
+) -> dict:
+    """A ``uns`` block laid out as :func:`scanpy.tl.rank_genes_groups` writes it."""
+    names, scores, lfcs, pvals, padj = [], [], [], [], []
+    fields = []
+    for sub, run in runs.items():
+        st = run.varm[f"{sub}_stat"][coef].to_numpy(dtype=float)
+        lfc = run.varm[f"{sub}_coef"][coef].to_numpy(dtype=float) / np.log(2.0)
+        pv = run.varm[f"{sub}_pval"][coef].to_numpy(dtype=float)
+        key_sort = np.where(np.isfinite(st), -st, np.inf)
+        order = np.argsort(key_sort, kind="stable")
+        names.append(np.asarray(var_names)[order].astype(str))
+        scores.append(st[order].astype(np.float32))
+        lfcs.append(lfc[order].astype(np.float32))
+        pvals.append(pv[order])
+        padj.append(bh_adjust(pv)[order])
+        fields.append(labels[sub])
+    width = max([len(n) for arr in names for n in arr] + [1])
+
+    def rec(arrs, dtype):
+        return np.rec.fromarrays(arrs, dtype=[(f, dtype) for f in fields])
+
+    return {
+        "params": {
+            "groupby": groupby,
+            "reference": reference,
+            "method": "scglmm",
+            "use_raw": False,
+            "layer": "X" if layer is None else str(layer),
+            "corr_method": "benjamini-hochberg",
+            "coef": coef,
+        },
+        "names": rec(names, f"U{width}"),
+        "scores": rec(scores, "float32"),
+        "logfoldchanges": rec(lfcs, "float32"),
+        "pvals": rec(pvals, "float64"),
+        "pvals_adj": rec(padj, "float64"),
+    }
 
 
 def fit(
@@ -126,6 +418,13 @@ def fit(
     size_factors: str | ArrayLike | None = None,
     offset: str | ArrayLike | None = None,
     key_added: str = "scglmm",
+    groupby: str | None = None,
+    min_cells: int | None = MIN_CELLS,
+    min_donors: int | None = MIN_DONORS,
+    min_cells_group: int | None = MIN_CELLS_GROUP,
+    min_donors_group: int | None = MIN_DONORS_GROUP,
+    calibration: str = DEFAULT_CALIBRATION,
+    rank_coef: str | None = None,
     n_agq: int = 1,
     n_jobs: int | None = None,
     block_size: int = 64,
@@ -158,6 +457,33 @@ def fit(
         Alternative to ``size_factors``: a per-cell offset already on the natural-log scale.
     key_added
         Prefix of the keys written to ``varm``, ``var`` and ``uns``.
+    groupby
+        An ``obs`` column (e.g. ``"cell_type"``): fit each group's cells separately. Groups with
+        fewer than ``min_cells_group`` cells or ``min_donors_group`` donors, or whose design cannot
+        be estimated (e.g. one condition missing), are skipped with one log message naming them
+        and the reason. See Returns for where each group's results go.
+    min_cells
+        Gene filter: fit a gene only if at least this many cells (of the group) have a count.
+        ``None`` or 0 disables it. Filtered genes keep their rows, NaN, status ``filtered``.
+    min_donors
+        Gene filter: fit a gene only if at least this many donors have a count in some cell.
+        ``None`` or 0 disables it.
+    min_cells_group
+        With ``groupby``: skip groups with fewer cells. ``None`` or 0 disables it.
+    min_donors_group
+        With ``groupby``: skip groups with fewer donors. ``None`` or 0 disables it (a fit still
+        needs two donors).
+    calibration
+        Reference distribution of the stored Wald p-values: ``"t_reml"`` (default: for
+        coefficients constant within donor, a t distribution with ``n_donors - rank`` degrees of
+        freedom of the donor-level design and the donor variance bias-corrected as REML would),
+        ``"t"`` (the t reference alone), ``"t_floor"`` (``"t_reml"`` with a floor on the donor
+        variance) or ``"z"`` (the ML Wald z test, glmmTMB's ``summary``). Coefficients that vary
+        within donors always use z. See the calibration study in ``docs/calibration.md``.
+    rank_coef
+        Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
+        the first non-intercept column. Only written when that column is a level of a factor (or
+        with ``groupby``).
     n_agq
         1 (default) for the Laplace approximation; K > 1 for adaptive Gauss-Hermite with K nodes.
     n_jobs
@@ -179,13 +505,17 @@ def fit(
     `adata.varm[f'{key}_se']` : :class:`pandas.DataFrame`
         Their standard errors (full Hessian of the marginal log-likelihood).
     `adata.varm[f'{key}_pval']` : :class:`pandas.DataFrame`
-        Two-sided Wald p-values per coefficient.
+        Two-sided Wald p-values per coefficient, with the reference chosen by ``calibration``.
+    `adata.varm[f'{key}_stat']` : :class:`pandas.DataFrame`
+        The test statistic behind each p-value (``coef / se`` for ``"z"`` and ``"t"``; with the
+        corrected standard error for ``"t_reml"``); its degrees of freedom per coefficient are in
+        ``uns[key]['params']['df']`` (``inf``: normal reference).
     `adata.varm[f'{key}_cov']` : :class:`numpy.ndarray`
         Genes x (p * p): the coefficient covariance, row-major, for contrasts without refitting.
     `adata.varm[f'{key}_fit']` : :class:`pandas.DataFrame`
         ``sigma2``, ``dispersion`` (= 1/theta), ``theta``, ``loglik``, ``n_iter``, ``converged``,
         ``status`` (``ok``, ``sigma2_boundary``, ``poisson_limit``, ``not_converged``,
-        ``separation``, ``all_zero``, ``failed``, joined with ``+``), ``status_code``,
+        ``separation``, ``all_zero``, ``failed``, ``filtered``, joined with ``+``), ``status_code``,
         ``n_nonzero``, ``grad_max``.
     `adata.varm[f'{key}_donor_effects']` : :class:`pandas.DataFrame`
         Conditional modes of the donor effects, genes x donors.
@@ -193,7 +523,20 @@ def fit(
         The status string, for quick filtering.
     `adata.uns[key]['params']` : `dict`
         Every setting of the run (formula, design columns, reference levels, offset source,
-        n_agq, n_cells, n_donors, donors, versions, seconds, status counts).
+        n_agq, n_cells, n_donors, donors, calibration, df, the donor-level design, the gene
+        filter, versions, seconds, status counts); ``uns[key]['log_offset']`` holds the per-cell
+        log offset so that :func:`scglmm.tl.test` can refit with identical settings.
+    `adata.uns[f'{key}_rank_genes_groups']` : `dict`
+        ``params``, ``names``, ``scores`` (the test statistic), ``logfoldchanges`` (log2),
+        ``pvals``, ``pvals_adj`` as record arrays with one field per group, laid out as
+        :func:`scanpy.tl.rank_genes_groups` writes them, so :func:`scanpy.get.rank_genes_groups_df`
+        and ``sc.pl.rank_genes_groups_*`` work with ``key=f'{key}_rank_genes_groups'``. Without
+        ``groupby`` the one field is the tested level (e.g. ``stim`` for ``condition[T.stim]``).
+
+    With ``groupby``, each fitted group ``g`` gets all of the varm/var/uns outputs above under
+    its own key ``f'{key}:{g}'`` (``/`` in a group name becomes ``_``), which survives
+    ``write_h5ad``; ``uns[key]['params']`` then lists ``groups`` (group -> key) and ``skipped``
+    (group -> reason), and :func:`scglmm.get.results` takes ``group=``.
 
     Re-running with the same ``key_added`` replaces these keys whole; nothing is written if
     anything fails.
@@ -203,21 +546,48 @@ def fit(
     if not isinstance(key_added, str) or not key_added:
         msg = f"key_added must be a non-empty string; got {key_added!r}."
         raise ValueError(msg)
+    if calibration not in CALIBRATIONS:
+        msg = f"calibration must be one of {CALIBRATIONS}; got {calibration!r}."
+        raise ValueError(msg)
+    min_cells = _check_min("min_cells", min_cells)
+    min_donors = _check_min("min_donors", min_donors)
+    min_cells_group = _check_min("min_cells_group", min_cells_group)
+    min_donors_group = _check_min("min_donors_group", min_donors_group)
     parsed = parse_formula(formula)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"adata has {adata.n_obs} cells x {adata.n_vars} genes; nothing to fit (was it subset to empty?)."
+        raise ValueError(msg)
     if parsed.group not in adata.obs.columns:
-        msg = f"donor column {parsed.group!r} of '(1 | {parsed.group})' is not in adata.obs; available columns: {list(adata.obs.columns)}."
+        msg = (
+            f"donor column {parsed.group!r} of '(1 | {parsed.group})' is not in adata.obs; "
+            f"available columns: {list(adata.obs.columns)}."
+        )
         raise KeyError(msg)
     groups = adata.obs[parsed.group]
     if groups.isna().any():
-        msg = f"donor column {parsed.group!r} has {int(groups.isna().sum())} missing value(s); every cell needs a donor."
+        msg = (
+            f"donor column {parsed.group!r} has {int(groups.isna().sum())} missing value(s); every cell needs a donor."
+        )
         raise ValueError(msg)
+    if groupby is not None:
+        if groupby not in adata.obs.columns:
+            msg = f"groupby column {groupby!r} is not in adata.obs; available columns: {list(adata.obs.columns)}."
+            raise KeyError(msg)
+        if adata.obs[groupby].isna().any():
+            msg = (
+                f"groupby column {groupby!r} has {int(adata.obs[groupby].isna().sum())} missing value(s); "
+                "label every cell or subset the cells first."
+            )
+            raise ValueError(msg)
     n_donors = int(pd.Series(groups).nunique())
     if n_donors < 2:
-        msg = f"donor column {parsed.group!r} has {n_donors} distinct value(s); a donor variance needs at least 2 donors."
+        msg = (
+            f"donor column {parsed.group!r} has {n_donors} distinct value(s) {[str(d) for d in pd.unique(groups)]}; "
+            "a donor variance needs at least 2 donors. Check that the formula's '(1 | ...)' names the donor column "
+            "and that the cells were not subset to one donor."
+        )
         raise ValueError(msg)
-    design = build_design(parsed.fixed, adata.obs)
-    if parsed.group in design.variables:
-        pass  # a fixed effect of the donor itself is allowed but unusual; the design check caught rank problems
+    design = build_design(parsed.fixed, adata.obs) if groupby is None else None
     Y, what = _get_counts(adata, layer)
     check_counts(Y, what=what)
     log_off, off_src = _log_offset(adata, Y, size_factors, offset)
@@ -228,111 +598,178 @@ def fit(
     if not isinstance(n_agq, int | np.integer) or n_agq < 1:
         msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {n_agq!r}."
         raise ValueError(msg)
+    if not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
+        msg = f"n_jobs must be a non-zero integer (-1 = all cores) or None; got {n_jobs!r}."
+        raise ValueError(msg)
+    if not isinstance(block_size, int | np.integer) or block_size < 1:
+        msg = f"block_size must be a positive integer; got {block_size!r}."
+        raise ValueError(msg)
+    var_names = adata.var_names
+    common = {
+        "min_cells": min_cells,
+        "min_donors": min_donors,
+        "calibration": calibration,
+        "n_agq": int(n_agq),
+        "n_jobs": int(n_jobs),
+        "block_size": block_size,
+        "progress": progress,
+    }
+    settings = {
+        "layer": "X" if layer is None else str(layer),
+        "offset_source": off_src,
+        "size_factors": size_factors if isinstance(size_factors, str) else None,
+        "offset": offset if isinstance(offset, str) else None,
+        "versions": _versions(),
+    }
 
     # ---- fit -----------------------------------------------------------------------------------
-    logger.info(
-        "fitting %d genes x %d cells, %d donors, design %s, n_agq=%d, n_jobs=%d",
-        adata.n_vars,
-        adata.n_obs,
-        n_donors,
-        design.columns,
-        n_agq,
-        n_jobs,
-    )
-    with progress_bar(total=adata.n_vars, enabled=progress, desc="scglmm fit") as bar:
-        res = fit_genes(
-            Y,
-            design.matrix,
-            groups.astype(str).to_numpy(),
-            log_off,
-            n_agq=int(n_agq),
-            n_jobs=int(n_jobs),
-            block_size=block_size,
-            coef_names=design.columns,
-            check=False,
-            progress=bar.update if bar is not None else None,
+    runs: dict[str, _Run] = {}
+    labels: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    if groupby is None:
+        runs[key_added] = _fit_cells(
+            adata.obs, Y, log_off, parsed, design, var_names, key=key_added, desc="scglmm fit", **common
         )
+        labels[key_added] = ""
+    else:
+        col = adata.obs[groupby]
+        cats = (
+            [c for c in col.cat.categories if (col == c).any()]
+            if isinstance(col.dtype, pd.CategoricalDtype)
+            else sorted(pd.unique(col), key=str)
+        )
+        for g in cats:
+            mask = (col == g).to_numpy()
+            obs_g = adata.obs.loc[mask]
+            n_c = int(mask.sum())
+            n_d = int(obs_g[parsed.group].nunique())
+            if n_c < min_cells_group:
+                skipped[str(g)] = f"{n_c} cells < min_cells_group={min_cells_group}"
+                continue
+            if n_d < max(min_donors_group, 2):
+                skipped[str(g)] = f"{n_d} donors < min_donors_group={max(min_donors_group, 2)}"
+                continue
+            try:
+                design_g = build_design(parsed.fixed, obs_g)
+            except (ValueError, KeyError) as err:
+                skipped[str(g)] = f"design not estimable in this group ({err})"
+                continue
+            sub = _group_key(key_added, str(g))
+            runs[sub] = _fit_cells(
+                obs_g,
+                Y[mask],
+                log_off[mask],
+                parsed,
+                design_g,
+                var_names,
+                key=sub,
+                desc=f"scglmm fit [{g}]",
+                **common,
+            )
+            labels[sub] = str(g)
+        if skipped:
+            logger.warning(
+                "groupby=%r: skipped %d of %d groups: %s",
+                groupby,
+                len(skipped),
+                len(cats),
+                "; ".join(f"{g!r}: {why}" for g, why in skipped.items()),
+            )
+        if not runs:
+            msg = (
+                f"no group of {groupby!r} could be fitted: "
+                + "; ".join(f"{g!r}: {why}" for g, why in skipped.items())
+                + ". Lower min_cells_group / min_donors_group or check the design."
+            )
+            raise ValueError(msg)
     seconds = time.perf_counter() - t_start
 
     # ---- assemble every output before touching adata ------------------------------------------
-    var_names = adata.var_names
-    cols = design.columns
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pval = 2.0 * norm.sf(np.abs(res.coef / res.se))
-    status_str = res.status_str
-    fit_df = pd.DataFrame(
-        {
-            "sigma2": res.sigma2,
-            "dispersion": res.dispersion,
-            "theta": res.theta,
-            "loglik": res.loglik,
-            "n_iter": res.n_iter,
-            "converged": res.converged,
-            "status": status_str.astype(str),
-            "status_code": res.status,
-            "n_nonzero": res.n_nonzero,
-            "grad_max": res.grad_max,
-        },
-        index=var_names.copy(),
-    )
-    counts = pd.Series(status_str).value_counts()
-    params = {
-        "formula": parsed.formula,
-        "fixed_formula": parsed.fixed,
-        "donor_key": parsed.group,
-        "design_columns": list(cols),
-        "reference_levels": dict(design.reference_levels),
-        "layer": "X" if layer is None else str(layer),
-        "offset_source": off_src,
-        "n_agq": int(n_agq),
-        "method": "laplace" if n_agq == 1 else f"adaptive Gauss-Hermite ({n_agq} nodes)",
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_donors": n_donors,
-        "donors": [str(d) for d in res.donors],
-        "n_jobs": int(n_jobs),
-        "versions": _versions(),
-        "seconds": float(seconds),
-        "status_counts": {str(k): int(v) for k, v in counts.items()},
-        "scale": "natural log (log2_fc = coef / ln 2)",
-    }
-    new_varm = {
-        f"{key_added}_coef": pd.DataFrame(res.coef, index=var_names.copy(), columns=cols),
-        f"{key_added}_se": pd.DataFrame(res.se, index=var_names.copy(), columns=cols),
-        f"{key_added}_pval": pd.DataFrame(pval, index=var_names.copy(), columns=cols),
-        f"{key_added}_cov": res.cov.reshape(res.cov.shape[0], -1),
-        f"{key_added}_fit": fit_df,
-        f"{key_added}_donor_effects": pd.DataFrame(
-            res.modes, index=var_names.copy(), columns=[str(d) for d in res.donors]
-        ),
-    }
-    n_bad = int((res.status != 0).sum())
-    summary = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "ok")
-    if n_bad:
-        logger.info("status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", n_bad, summary, key_added)
-    unusable = int((~np.isfinite(res.coef[:, 0])).sum()) if res.coef.size else 0
-    if unusable:
-        examples = list(var_names[~np.isfinite(res.coef[:, 0])][:5])
-        warn(
-            f"{unusable} of {adata.n_vars} genes have no estimate (NaN; e.g. {examples}): "
-            f"{summary}. See adata.varm['{key_added}_fit']['status']."
-        )
+    for run in runs.values():
+        run.params.update(settings)
+    first = next(iter(runs.values()))
+    cols = list(first.params["design_columns"])
+    non_int = [c for c in cols if c != "Intercept"]
+    rank_block = None
+    if rank_coef is not None:
+        from ..get._results import resolve_coef
+
+        rcoef = resolve_coef(rank_coef, cols)
+    else:
+        rcoef = non_int[0] if non_int else None
+    if rcoef is not None and all(rcoef in r.params["design_columns"] for r in runs.values()):
+        if groupby is not None:
+            rank_block = _rank_block(runs, labels, rcoef, var_names, groupby=groupby, reference="rest", layer=layer)
+        elif "[" in rcoef and rcoef.endswith("]"):
+            var, lev = rcoef[:-1].split("[", 1)
+            lev = lev.removeprefix("T.")
+            ref = first.params["reference_levels"].get(var, "rest")
+            rank_block = _rank_block(
+                runs, {key_added: lev}, rcoef, var_names, groupby=var, reference=str(ref), layer=layer
+            )
+    uns_top: dict = {}
+    if groupby is None:
+        first.params["seconds"] = float(seconds)
+        uns_top[key_added] = {"params": first.params, "log_offset": np.asarray(log_off, dtype=float)}
+    else:
+        top = {
+            "formula": parsed.formula,
+            "fixed_formula": parsed.fixed,
+            "donor_key": parsed.group,
+            "groupby": groupby,
+            "groups": {lab: sub for sub, lab in labels.items()},
+            "skipped": skipped,
+            "min_cells_group": int(min_cells_group),
+            "min_donors_group": int(min_donors_group),
+            "n_cells": int(adata.n_obs),
+            "n_genes": int(adata.n_vars),
+            "seconds": float(seconds),
+            **settings,
+            **{k: v for k, v in common.items() if k in ("min_cells", "min_donors", "calibration", "n_agq")},
+        }
+        uns_top[key_added] = {"params": top, "log_offset": np.asarray(log_off, dtype=float)}
+        for sub, run in runs.items():
+            run.params["group"] = labels[sub]
+            run.params["groupby"] = groupby
+            run.params["parent_key"] = key_added
+            uns_top[sub] = {"params": run.params}
 
     # ---- write (replace whole) ---------------------------------------------------------------
     target = adata.copy() if copy else adata
     _drop_key(target, key_added)
-    for k, v in new_varm.items():
-        target.varm[k] = v
-    target.var[f"{key_added}_status"] = pd.Categorical(status_str.astype(str))
-    target.uns[key_added] = {"params": params}
-    logger.info("finished in %.1f s: added varm %s, var['%s_status'], uns['%s']", seconds, list(new_varm), key_added, key_added)
+    for sub, run in runs.items():
+        for k, v in run.varm.items():
+            target.varm[k] = v
+        target.var[f"{sub}_status"] = pd.Categorical(run.status)
+    for k, v in uns_top.items():
+        target.uns[k] = v
+    if rank_block is not None:
+        target.uns[f"{key_added}_rank_genes_groups"] = rank_block
+    logger.info(
+        "finished in %.1f s: added varm/var/uns under %s%s",
+        seconds,
+        list(runs),
+        f" and uns['{key_added}_rank_genes_groups']" if rank_block is not None else "",
+    )
     return target if copy else None
 
 
 def _drop_key(adata: AnnData, key: str) -> None:
-    """Remove every output of a previous run under ``key``."""
-    for suffix in VARM_SUFFIXES:
-        adata.varm.pop(f"{key}_{suffix}", None)
-    if f"{key}_status" in adata.var.columns:
-        del adata.var[f"{key}_status"]
+    """Remove every output of a previous run under ``key`` (its groups and contrasts included)."""
+    subs = [key]
+    old = adata.uns.get(key)
+    if isinstance(old, dict) and isinstance(old.get("params"), dict):
+        grp = old["params"].get("groups")
+        if isinstance(grp, dict):
+            subs += [str(s) for s in grp.values()]
+    for sub in subs:
+        for suffix in VARM_SUFFIXES:
+            adata.varm.pop(f"{sub}_{suffix}", None)
+        for k in [k for k in adata.varm if k.startswith(f"{sub}_contrast_")]:
+            adata.varm.pop(k, None)
+        if f"{sub}_status" in adata.var.columns:
+            del adata.var[f"{sub}_status"]
+        if sub != key:
+            adata.uns.pop(sub, None)
     adata.uns.pop(key, None)
+    adata.uns.pop(f"{key}_rank_genes_groups", None)

@@ -1,0 +1,240 @@
+"""Contrasts, Wald tests from the stored covariance, likelihood-ratio tests, calibration maths."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import scglmm
+from scglmm._core._inference import (
+    bh_adjust,
+    contrast_vector,
+    donor_level_design,
+    lrt_pvalues,
+    wald_pvalues,
+)
+
+FORMULA = "~ treatment + covariate + (1 | donor)"
+
+
+def _data(levels=("A", "B", "C")) -> ad.AnnData:
+    a = scglmm.datasets.simulate(n_donors=9, cells_per_donor=30, n_genes=16, seed=11)
+    donors = a.obs["donor"].astype(str)
+    order = sorted(donors.unique())
+    lev = {d: "ABC"[i % 3] for i, d in enumerate(order)}
+    a.obs["treatment"] = pd.Categorical(donors.map(lev), categories=list(levels))
+    return a
+
+
+@pytest.fixture(scope="module")
+def fitted() -> ad.AnnData:
+    a = _data()
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False)
+    return a
+
+
+@pytest.fixture(scope="module")
+def releveled() -> ad.AnnData:
+    a = _data(levels=("B", "A", "C"))
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False)
+    return a
+
+
+def _usable(*dfs: pd.DataFrame) -> np.ndarray:
+    ok = np.ones(len(dfs[0]), dtype=bool)
+    for d in dfs:
+        ok &= d["status"].isin(["ok", "sigma2_boundary"]).to_numpy() & np.isfinite(d["log_fc"].to_numpy())
+    return ok
+
+
+@pytest.mark.parametrize("spec", [("treatment", "C", "B"), "treatment[T.C] - treatment[T.B]", [0, -1, 1, 0]])
+def test_contrast_equals_releveled_coefficient(fitted, releveled, spec):
+    name = scglmm.tl.test(fitted, spec)
+    con = scglmm.get.results(fitted, contrast=name)
+    ref = scglmm.get.results(releveled, "treatment[T.C]")
+    ok = _usable(con, ref)
+    assert ok.sum() >= 10
+    # the same model, parameterised differently and refitted: equal to optimiser precision
+    np.testing.assert_allclose(con.log_fc[ok], ref.log_fc[ok], atol=2e-4 * ref.se[ok].max())
+    np.testing.assert_allclose(con.se[ok], ref.se[ok], rtol=2e-3)
+    np.testing.assert_allclose(con.p_value[ok], ref.p_value[ok], rtol=5e-3, atol=1e-4)
+    # a contrast with the reference level equals the stored coefficient exactly
+    name_b = scglmm.tl.test(fitted, ("treatment", "B", "A"))
+    res_b = scglmm.get.results(fitted, contrast=name_b)
+    coef_b = scglmm.get.results(fitted, "treatment[T.B]")
+    np.testing.assert_allclose(res_b.log_fc, coef_b.log_fc, rtol=0, atol=0)
+    np.testing.assert_allclose(res_b.p_value, coef_b.p_value, rtol=1e-12)
+
+
+@pytest.mark.parametrize("calibration", ["z", "t", "t_reml"])
+def test_wald_from_stored_cov_equals_refit_pvalues(calibration):
+    a = _data()
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False, calibration=calibration)
+    name = scglmm.tl.test(a, "treatment[T.C]")
+    res = scglmm.get.results(a, contrast=name)
+    coef = scglmm.get.results(a, "treatment[T.C]")
+    np.testing.assert_allclose(res.p_value, coef.p_value, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(res.stat, coef.stat, rtol=1e-12, equal_nan=True)
+    # the z statistic is beta / se exactly; t uses 9 donors - 3 donor-level columns = 6 df
+    if calibration == "z":
+        np.testing.assert_allclose(res.stat, res.log_fc / res.se, rtol=1e-12)
+        assert np.isinf(res.df).all()
+    else:
+        assert (res.df[np.isfinite(res.p_value)] == 6).all()
+        expect = 2 * stats.t.sf(np.abs(res.stat), 6)
+        np.testing.assert_allclose(res.p_value, expect, rtol=1e-10, equal_nan=True)
+
+
+def test_lrt_equals_twice_loglik_difference(fitted):
+    a = fitted.copy()
+    name = scglmm.tl.test(a, "treatment", method="lrt")
+    assert name == "lrt_treatment[T.B]_treatment[T.C]"
+    res = a.varm[f"scglmm_contrast_{name}"]
+    # the reduced model fitted on its own with the same settings
+    b = _data()
+    scglmm.tl.fit(b, "~ covariate + (1 | donor)", size_factors="libsize", n_jobs=1, progress=False, key_added="red")
+    ll_full = a.varm["scglmm_fit"]["loglik"].to_numpy()
+    ll_red = b.varm["red_fit"]["loglik"].to_numpy()
+    ok = np.isfinite(ll_full) & np.isfinite(ll_red)
+    assert ok.sum() >= 12
+    np.testing.assert_allclose(res["loglik_reduced"][ok], ll_red[ok], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(res["stat"][ok], np.maximum(2 * (ll_full[ok] - ll_red[ok]), 0), atol=1e-8)
+    np.testing.assert_allclose(res["p_value"][ok], stats.chi2.sf(res["stat"][ok], 2), rtol=1e-12)
+    assert (res["df"][ok] == 2).all()
+    # the same with an explicit reduced formula (donor term added automatically)
+    name2 = scglmm.tl.test(a, "treatment", method="lrt", reduced_formula="~ covariate", key_added="lrt2")
+    np.testing.assert_allclose(a.varm[f"scglmm_contrast_{name2}"]["stat"], res["stat"], rtol=1e-12, equal_nan=True)
+    assert a.uns["scglmm"]["contrasts"]["lrt2"]["df"] == 2
+
+
+def test_lrt_one_column_matches_wald_roughly(fitted):
+    a = fitted.copy()
+    name = scglmm.tl.test(a, "covariate", method="lrt")
+    lrt = scglmm.get.results(a, contrast=name)
+    wald = scglmm.get.results(a, "covariate")
+    ok = _usable(lrt, wald) & np.isfinite(lrt.stat)
+    # LR and Wald z^2 agree to first order for a well-estimated cell-level coefficient
+    assert np.corrcoef(lrt.stat[ok], (wald.log_fc / wald.se)[ok] ** 2)[0, 1] > 0.95
+
+
+def test_results_roundtrip_h5ad(fitted, tmp_path):
+    a = fitted.copy()
+    name = scglmm.tl.test(a, ("treatment", "C", "B"))
+    a.write_h5ad(tmp_path / "x.h5ad")
+    b = ad.read_h5ad(tmp_path / "x.h5ad")
+    pd.testing.assert_frame_equal(scglmm.get.results(b, contrast=name), scglmm.get.results(a, contrast=name))
+    # the contrast can also be named as it was passed
+    pd.testing.assert_frame_equal(
+        scglmm.get.results(b, contrast=("treatment", "C", "B")), scglmm.get.results(a, contrast=name)
+    )
+    np.testing.assert_array_equal(b.uns["scglmm"]["contrasts"][name]["vector"], [0, -1, 1, 0])
+
+
+def test_test_errors(fitted):
+    with pytest.raises(KeyError, match="level 'D'"):
+        scglmm.tl.test(fitted, ("treatment", "D", "A"))
+    with pytest.raises(ValueError, match="one weight per design column"):
+        scglmm.tl.test(fitted, [1, 0])
+    with pytest.raises(ValueError, match="method must be"):
+        scglmm.tl.test(fitted, "covariate", method="score")
+    with pytest.raises(ValueError, match="not nested"):
+        scglmm.tl.test(fitted, "x", method="lrt", reduced_formula="~ condition")
+    with pytest.raises(KeyError, match="no tested contrast"):
+        scglmm.get.results(fitted, contrast="nothing_here")
+    with pytest.raises(KeyError, match="no scglmm results"):
+        scglmm.tl.test(fitted, "covariate", key="other")
+
+
+# ------------------------------------------------------------------------------------------------
+# pure-array machinery
+# ------------------------------------------------------------------------------------------------
+COLS = ["Intercept", "g[T.b]", "g[T.c]", "x", "lvl[T.IFN-b]"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expect"),
+    [
+        ("x", [0, 0, 0, 1, 0]),
+        ("g[T.c] - g[T.b]", [0, -1, 1, 0, 0]),
+        ("0.5*g[T.b] + 0.5 g[T.c]", [0, 0.5, 0.5, 0, 0]),
+        ("-x + 2*Intercept", [2, 0, 0, -1, 0]),
+        ("lvl[T.IFN-b]", [0, 0, 0, 0, 1]),
+        ("lvl", [0, 0, 0, 0, 1]),
+        (("g", "c", "b"), [0, -1, 1, 0, 0]),
+        (("g", "a", "c"), [0, 0, -1, 0, 0]),
+        ({"x": 2, "g[T.b]": -1}, [0, -1, 0, 2, 0]),
+        (np.array([0, 1, 0, 0, 0]), [0, 1, 0, 0, 0]),
+    ],
+)
+def test_contrast_vector_forms(spec, expect):
+    vec, name = contrast_vector(spec, COLS, reference_levels={"g": "a"})
+    np.testing.assert_array_equal(vec, expect)
+    assert isinstance(name, str) and name
+
+
+def test_contrast_vector_errors():
+    with pytest.raises(KeyError, match="several design columns"):
+        contrast_vector("g", COLS)
+    with pytest.raises(KeyError, match="not a design column"):
+        contrast_vector("g[T.b] - y", COLS)
+    with pytest.raises(ValueError, match="no non-zero"):
+        contrast_vector("x - x", COLS)
+    with pytest.raises(ValueError, match="itself"):
+        contrast_vector(("g", "b", "b"), COLS)
+
+
+def test_donor_level_design():
+    codes = np.repeat(np.arange(4), 3)
+    X = np.column_stack([np.ones(12), (codes >= 2).astype(float), np.arange(12.0)])
+    mask, Xb = donor_level_design(X, codes)
+    np.testing.assert_array_equal(mask, [True, True, False])
+    np.testing.assert_array_equal(Xb[:, 1], [0, 0, 1, 1])
+
+
+def test_wald_pvalues_by_hand():
+    rng = np.random.default_rng(0)
+    G, m = 50, 6
+    coef = rng.normal(size=(G, 2))
+    v = rng.uniform(0.01, 0.1, G)
+    s2 = np.where(rng.random(G) < 0.3, 0.0, rng.uniform(0, 0.2, G))
+    codes = np.repeat(np.arange(m), 5)
+    X = np.column_stack([np.ones(30), (codes >= 3).astype(float)])
+    mask, Xb = donor_level_design(X, codes)
+    k = np.linalg.inv(Xb.T @ Xb)[1, 1]  # = 1/3 + 1/3
+    cov = np.zeros((G, 2, 2))
+    cov[:, 1, 1] = (s2 + v) * k
+    cov[:, 0, 0] = 1.0
+    c = np.array([0.0, 1.0])
+    kw = {"sigma2": s2, "donor_mask": mask, "donor_design": Xb}
+    z = wald_pvalues(coef, cov, c, calibration="z", **kw)
+    np.testing.assert_allclose(z["p_value"], 2 * stats.norm.sf(np.abs(coef[:, 1] / np.sqrt(cov[:, 1, 1]))))
+    t = wald_pvalues(coef, cov, c, calibration="t", **kw)
+    assert t["df"] == 4 and t["donor_level"]
+    np.testing.assert_allclose(t["p_value"], 2 * stats.t.sf(np.abs(z["stat"]), 4))
+    r = wald_pvalues(coef, cov, c, calibration="t_reml", **kw)
+    np.testing.assert_allclose(r["se_test"] ** 2, (s2 * 6 / 4 + v) * k, rtol=1e-12)
+    f = wald_pvalues(coef, cov, c, calibration="t_floor", sigma2_floor=0.1, **kw)
+    np.testing.assert_allclose(f["se_test"] ** 2, (np.maximum(s2 * 6 / 4, 0.1) + v) * k, rtol=1e-12)
+    s = wald_pvalues(coef, cov, c, calibration="satterthwaite", **kw)
+    a_ = s2 * 6 / 4 * k
+    expect_df = np.where(a_ > 0, 4 * ((a_ + v * k) / np.where(a_ > 0, a_, 1)) ** 2, np.inf)
+    np.testing.assert_allclose(s["df"], expect_df, rtol=1e-12)
+    assert (s["df"] >= 4).all()
+    # a cell-level contrast keeps the normal reference whatever the calibration
+    Xc = np.column_stack([np.ones(30), np.arange(30.0)])
+    mask_c, Xb_c = donor_level_design(Xc, codes)
+    w = wald_pvalues(coef, cov, c, sigma2=s2, donor_mask=mask_c, donor_design=Xb_c, calibration="t_reml")
+    assert np.isinf(w["df"]) and not w["donor_level"]
+    np.testing.assert_allclose(w["p_value"], z["p_value"])
+
+
+def test_bh_and_lrt_helpers():
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.5])
+    np.testing.assert_allclose(bh_adjust(p), [0.04, np.nan, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+    stat, pv = lrt_pvalues(np.array([-10.0, -5.0, np.nan]), np.array([-12.0, -5.0 + 1e-9, -1.0]), 1)
+    np.testing.assert_allclose(stat[:2], [4.0, 0.0])
+    np.testing.assert_allclose(pv[:2], [stats.chi2.sf(4.0, 1), 1.0])
+    assert np.isnan(stat[2]) and np.isnan(pv[2])
