@@ -28,14 +28,14 @@ def _modes(y, X, off, starts, phi):
     p = X.shape[1]
     eta0 = X @ phi[:p] + off
     b = np.zeros(starts.shape[0] - 1)
-    assert K.conditional_modes(y, eta0, starts, phi[p], phi[p + 1], b, 1e-13, 200)
+    assert K.conditional_modes(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, 1e-13, 200)
     return eta0, b
 
 
 def _laplace(y, X, off, starts, phi):
     cnt, lgy = K.count_table(y)
     eta0, b = _modes(y, X, off, starts, phi)
-    return K.laplace_value(y, eta0, starts, phi[-2], phi[-1], b, cnt, lgy)
+    return K.laplace_value(y, eta0, np.exp(eta0), starts, phi[-2], phi[-1], b, cnt, lgy)
 
 
 @pytest.mark.parametrize(("y", "eta", "t"), [(0, 0.3, 0.5), (3, -1.0, 2.0), (17, 2.5, -1.0), (1, -2.0, 6.0)])
@@ -116,7 +116,7 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
     q = p + 2
     grad = np.zeros(q)
     hess = np.zeros((q, q))
-    val = K.laplace_grad_hess(y, X, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess)
+    val = K.laplace_grad_hess(y, X, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess)
     assert val == pytest.approx(_laplace(y, X, off, starts, phi), rel=1e-12)
     h = 1e-5
     fd_grad = np.zeros(q)
@@ -131,7 +131,7 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
         for sign, g in ((1, gp), (-1, gm)):
             ph = phi + sign * e
             e0, bb = _modes(y, X, off, starts, ph)
-            K.laplace_grad_hess(y, X, e0, starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp)
+            K.laplace_grad_hess(y, X, e0, np.exp(e0), starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp)
         fd_hess[k] = (gp - gm) / (2 * h)
     np.testing.assert_allclose(grad, fd_grad, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(hess, fd_hess, rtol=1e-5, atol=1e-4)
@@ -174,7 +174,7 @@ def test_agq25_matches_adaptive_quadrature(seed, phi_st):
         total += math.log(val) + shift
     assert agq == pytest.approx(total, abs=1e-6)
     # and Laplace is the 1-node rule
-    lap = K.laplace_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy)
+    lap = K.laplace_value(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy)
     z1, lw1 = _gh(1)
     assert K.agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, z1, lw1) == pytest.approx(lap, rel=1e-13)
     assert abs(lap - total) > 1e-6  # the Laplace error is real on these sparse toy genes

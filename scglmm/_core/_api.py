@@ -13,6 +13,7 @@ from scipy import sparse
 from scipy.stats import norm
 
 from . import _kernels as K
+from ._io import as_backed_counts
 from ._status import UNUSABLE, status_names
 
 if TYPE_CHECKING:
@@ -124,6 +125,9 @@ class GenesFit:
 # ------------------------------------------------------------------------------------------------
 def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts") -> None:
     """Raise ValueError unless all entries are finite, non-negative integers (never densifies)."""
+    if hasattr(Y, "iter_chunks"):  # counts on disk (BackedCounts): streamed
+        Y.check_counts(what)
+        return
     vals = Y.data if sparse.issparse(Y) else np.asarray(Y)
     if vals.dtype.kind not in "biuf":
         msg = f"{what} must be numeric, got dtype {vals.dtype}."
@@ -174,14 +178,13 @@ def _prepare_design(
         raise ValueError(msg)
     rank = np.linalg.matrix_rank(X)
     if rank < X.shape[1]:
-        from scipy.linalg import qr
+        from .._formula import redundant_columns
 
         names = list(coef_names) if coef_names is not None and len(coef_names) == X.shape[1] else None
         names = names or [f"x{k}" for k in range(X.shape[1])]
-        _, _, piv = qr(X, mode="economic", pivoting=True)
         msg = (
             f"X (the design matrix) is rank deficient ({rank} of {X.shape[1]} columns estimable): column(s) "
-            f"{[str(names[i]) for i in piv[rank:]]} are linear combinations of the others {names}; drop them."
+            f"{redundant_columns(X, names)} are linear combinations of the others {names}; drop them."
         )
         raise ValueError(msg)
     groups = np.asarray(groups)
@@ -233,6 +236,8 @@ def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix]:
     Dense blocks are converted one block at a time, CSR input is sliced by column, so the whole
     matrix is never densified or converted at once.
     """
+    if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
+        return Y.get_block
     is_sparse = sparse.issparse(Y)
     if is_sparse and Y.format not in ("csr", "csc"):
         Y = sparse.csc_matrix(Y)
@@ -247,13 +252,43 @@ def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix]:
     return get
 
 
+class Design:
+    """The prepared design handed to :func:`fit_block`: iterates as its arrays.
+
+    A weak-referenceable object reporting its size, so that joblib's Dask backend scatters it to
+    the workers once instead of pickling it with every gene block.
+    """
+
+    __slots__ = ("__weakref__", "arrays")
+
+    def __init__(self, *arrays: NDArray) -> None:
+        self.arrays = arrays
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __sizeof__(self) -> int:
+        def nbytes(a) -> int:
+            if isinstance(a, tuple):
+                return sum(nbytes(x) for x in a)
+            return int(getattr(a, "nbytes", 8))
+
+        return object.__sizeof__(self) + nbytes(self.arrays)
+
+    def __getstate__(self) -> tuple:
+        return self.arrays
+
+    def __setstate__(self, state: tuple) -> None:
+        self.arrays = state
+
+
 def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
     """Fit every gene (column) of one CSC block; a pure function, safe to ship to any worker.
 
-    ``design`` is ``(pos, X, offset, starts, nodes, logw)`` as prepared by :func:`fit_genes`.
+    ``design`` is ``(pos, X, offset, starts, nodes, logw, dl)`` as prepared by :func:`fit_genes`.
     Returns ``(phi, modes, cov, loglik, n_iter, status, grad_max, n_nonzero)`` arrays.
     """
-    pos, Xs, offs, starts, nodes, logw = design
+    pos, Xs, offs, starts, nodes, logw, dl = design
     G = blk.shape[1]
     p = Xs.shape[1]
     q = p + 2
@@ -277,9 +312,45 @@ def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
         starts,
         nodes,
         logw,
+        *dl,
         *out,
     )
     return (*out, np.diff(blk.indptr).astype(np.int64))
+
+
+def donor_level_data(Xs: NDArray, offs: NDArray, starts: NDArray, *, enable: bool = True) -> tuple:
+    """Precomputed quantities for designs whose columns are all constant within each donor.
+
+    Returns ``(on, Xd, Lw, o_ref, PA, Lmax)`` for :func:`scglmm._core._kernels.fit_block_csc`;
+    ``on`` is False (and the arrays are placeholders) when a column varies within a donor.
+    """
+    m = starts.shape[0] - 1
+    p = Xs.shape[1]
+    kk = K.DL_KMAX + 1
+    on = bool(enable)
+    if on:
+        for i in range(m):
+            blk = Xs[starts[i] : starts[i + 1]]
+            if blk.shape[0] and np.any(blk.max(axis=0) != blk.min(axis=0)):
+                on = False
+                break
+    if not on:
+        return (False, np.zeros((m, p)), np.zeros(1), 0.0, np.zeros((m, kk)), np.zeros(m))
+    Xd = np.ascontiguousarray(Xs[starts[:-1]])
+    o_ref = float(offs.max())
+    Lw = np.exp(offs - o_ref)
+    PA = np.zeros((m, kk))
+    Lmax = np.zeros(m)
+    for i in range(m):
+        lw = Lw[starts[i] : starts[i + 1]]
+        if lw.size == 0:
+            continue
+        Lmax[i] = lw.max()
+        pw = np.ones_like(lw)
+        for k in range(kk):
+            PA[i, k] = pw.sum()
+            pw *= lw
+    return (True, Xd, Lw, o_ref, PA, Lmax)
 
 
 def _block_bounds(n_genes: int, block_size: int) -> list[tuple[int, int]]:
@@ -301,6 +372,7 @@ def fit_genes(
     coef_names: Sequence[str] | None = None,
     check: bool = True,
     progress: Callable[[int], None] | None = None,
+    _donor_level: bool = True,
 ) -> GenesFit:
     """Fit the NB GLMM with a donor random intercept to every column of a count matrix.
 
@@ -313,7 +385,10 @@ def fit_genes(
     ----------
     Y
         Counts, cells x genes: a numpy array or a scipy sparse matrix (CSR or CSC). Never densified
-        as a whole; genes are fitted in blocks of ``block_size`` columns.
+        as a whole; genes are fitted in blocks of ``block_size`` columns. Counts on disk are read
+        block by block with bounded memory: the path of an ``.h5ad`` file (its ``X``), an ``h5py``
+        group/dataset (e.g. ``f["layers/counts"]``), ``adata.X`` of an AnnData opened with
+        ``backed="r"``, or a :class:`scglmm._core._io.BackedCounts`.
     X
         Fixed-effect design, cells x coefficients (include an intercept column yourself).
     groups
@@ -324,6 +399,8 @@ def fit_genes(
         Number of adaptive Gauss-Hermite nodes; 1 is the Laplace approximation (glmmTMB's).
     n_jobs
         Threads over gene blocks (the kernels release the GIL). Results do not depend on it.
+        Inside ``joblib.parallel_config(backend="dask")`` the blocks go to the Dask cluster
+        instead (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
     block_size
         Genes per compiled call.
     coef_names
@@ -337,7 +414,10 @@ def fit_genes(
     -------
     A :class:`GenesFit` with one row per gene.
     """
-    if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
+    Yb = as_backed_counts(Y)  # a path, h5py object or anndata backed dataset: read blocks from disk
+    if Yb is not None:
+        Y = Yb
+    elif not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
         Y = np.asarray(Y)
     if Y.ndim != 2:
         msg = (
@@ -376,7 +456,7 @@ def fit_genes(
     nnz = np.zeros(G, dtype=np.int64)
 
     get_block = block_getter(Y)
-    design = (pos, Xs, offs, starts, nodes, logw)
+    design = Design(pos, Xs, offs, starts, nodes, logw, donor_level_data(Xs, offs, starts, enable=_donor_level))
     bounds = _block_bounds(G, int(block_size))
 
     def store(a: int, b: int, res: tuple) -> None:

@@ -119,6 +119,56 @@ def _cell_all(y: float, eta: float, t: float, theta: float):
 
 
 @njit(**_JIT)
+def _x_parts(x: float) -> tuple[float, float]:
+    """r = x / (1 + x) and rho = 1 / (1 + x) for x = mu / theta >= 0, without overflow."""
+    if x > 1e200:
+        return 1.0, 1.0 / x
+    rho = 1.0 / (1.0 + x)
+    return x * rho, rho
+
+
+@njit(**_JIT)
+def _g0_x(x: float, z: float) -> float:
+    """log1p(x) given x and z = log(x)."""
+    if x > 1e15:
+        return z + 1.0 / x
+    return math.log1p(x)
+
+
+@njit(**_JIT)
+def _cell_d12_x(y: float, x: float, theta: float) -> tuple[float, float]:
+    """As :func:`_cell_d12` from x = mu / theta (no transcendental function)."""
+    r, rho = _x_parts(x)
+    yt = y + theta
+    return y - yt * r, -yt * r * rho
+
+
+@njit(**_JIT)
+def _cell_all_x(y: float, eta: float, x: float, z: float, theta: float):
+    """As :func:`_cell_all` from x = mu / theta and z = log(x) (one log1p, no exp)."""
+    r, rho = _x_parts(x)
+    g0 = _g0_x(x, z)
+    g1 = r
+    g2 = r * rho
+    g3 = g2 * (rho - r)
+    g4 = g2 * (1.0 - 6.0 * r * rho)
+    yt = y + theta
+    q = y * eta - yt * g0
+    e1 = y - yt * g1
+    e2 = -yt * g2
+    e3 = -yt * g3
+    e4 = -yt * g4
+    t0 = -theta * g0 + yt * g1
+    t1 = -theta * g1 + yt * g2
+    t2 = -theta * g2 + yt * g3
+    t3 = -theta * g3 + yt * g4
+    tt0 = -theta * g0 + 2.0 * theta * g1 - yt * g2
+    tt1 = -theta * g1 + 2.0 * theta * g2 - yt * g3
+    tt2 = -theta * g2 + 2.0 * theta * g3 - yt * g4
+    return q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2
+
+
+@njit(**_JIT)
 def theta_terms(cnt_gt: np.ndarray, t: float) -> tuple[float, float, float]:
     """sum_cells C(y, theta) and its first two derivatives in t = log theta."""
     theta = math.exp(t)
@@ -164,9 +214,13 @@ def count_table(y: np.ndarray) -> tuple[np.ndarray, float]:
 # conditional modes and the Laplace objective
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def conditional_modes(y, eta0, starts, s, t, b, tol=1e-11, maxit=100):
+def conditional_modes(y, eta0, w, starts, s, t, b, tol=1e-8, maxit=100):
     """Newton on each donor's b_i (h_i is strictly concave in b). Updates ``b`` in place.
 
+    Newton converges quadratically here, so once a step is below ``tol`` (relative) the error left
+    after applying it is of order ``tol^2`` and no further pass over the cells is made.
+    ``w = exp(eta0)`` (one exponential per cell per change of beta); mu / theta is then
+    ``w * exp(b - t)``, so the passes over the cells need no transcendental function.
     Returns False if some donor did not converge.
     """
     theta = math.exp(t)
@@ -178,8 +232,9 @@ def conditional_modes(y, eta0, starts, s, t, b, tol=1e-11, maxit=100):
         for _ in range(maxit):
             f1 = -bi * prec
             f2 = -prec
+            eb = math.exp(bi - t)
             for j in range(starts[i], starts[i + 1]):
-                e1, e2 = _cell_d12(y[j], eta0[j] + bi, t, theta)
+                e1, e2 = _cell_d12_x(y[j], w[j] * eb, theta)
                 f1 += e1
                 f2 += e2
             step = -f1 / f2
@@ -207,8 +262,8 @@ def _donor_h(y, eta0, lo, hi, bi, t, theta, prec):
 
 
 @njit(**_JIT)
-def laplace_value(y, eta0, starts, s, t, b, cnt_gt, lgy):
-    """Laplace log-likelihood at modes ``b`` (which must be the conditional modes)."""
+def laplace_value(y, eta0, w, starts, s, t, b, cnt_gt, lgy):
+    """Laplace log-likelihood at modes ``b`` (which must be the conditional modes); ``w = exp(eta0)``."""
     theta = math.exp(t)
     prec = math.exp(-s)
     total = 0.0
@@ -216,10 +271,14 @@ def laplace_value(y, eta0, starts, s, t, b, cnt_gt, lgy):
         bi = b[i]
         h = -0.5 * bi * bi * prec
         f2 = -prec
+        eb = math.exp(bi - t)
         for j in range(starts[i], starts[i + 1]):
             eta = eta0[j] + bi
-            h += _cell_q(y[j], eta, t, theta)
-            f2 += _cell_d12(y[j], eta, t, theta)[1]
+            x = w[j] * eb
+            yt = y[j] + theta
+            r, rho = _x_parts(x)
+            h += y[j] * eta - yt * _g0_x(x, eta - t)
+            f2 -= yt * r * rho
         total += h - 0.5 * s - 0.5 * math.log(-f2)
     c, _, _ = theta_terms(cnt_gt, t)
     return total + c - lgy
@@ -260,7 +319,50 @@ def agq_value(y, eta0, starts, s, t, b, cnt_gt, lgy, nodes, logw):
 
 
 @njit(**_JIT)
-def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
+def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess):
+    """Add one donor's Laplace term to ``grad`` and the lower triangle of ``hess``; return L_i.
+
+    On entry g, a, c, d hold f_phi, f_bphi, f_bbphi, f_bbbphi and F, A, C the lower triangle and
+    the t column of the beta rows of f_phiphi, f_bphiphi, f_bbphiphi, all without the prior term.
+    """
+    q = p + 2
+    js = p
+    jt = p + 1
+    # the prior term -b^2 exp(-s) / 2
+    g[js] = 0.5 * bi * bi * prec
+    a[js] = bi * prec
+    c[js] = prec
+    d[js] = 0.0
+    F[js, js] = -0.5 * bi * bi * prec
+    A[js, js] = -bi * prec
+    C[js, js] = -prec
+    # symmetrize (only lower triangle and the t column of the beta rows were filled)
+    for k in range(p):
+        F[jt, k] = F[k, jt]
+        A[jt, k] = A[k, jt]
+        C[jt, k] = C[k, jt]
+        for l in range(k):
+            F[l, k] = F[k, l]
+            A[l, k] = A[k, l]
+            C[l, k] = C[k, l]
+    K = f2
+    for k in range(q):
+        v[k] = -a[k] / K
+    for k in range(q):
+        dK[k] = c[k] + f3 * v[k]
+    for k in range(q):
+        grad[k] += g[k] - 0.5 * dK[k] / K
+    grad[js] -= 0.5
+    for k in range(q):
+        for l in range(k + 1):
+            dv = -(A[k, l] + c[k] * v[l] + v[k] * c[l] + f3 * v[k] * v[l]) / K
+            d2K = C[k, l] + d[k] * v[l] + v[k] * d[l] + f4 * v[k] * v[l] + f3 * dv
+            hess[k, l] += F[k, l] - a[k] * a[l] / K - 0.5 * (d2K / K - dK[k] * dK[l] / (K * K))
+    return h - 0.5 * s - 0.5 * math.log(-K)
+
+
+@njit(**_JIT)
+def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
     """Laplace log-likelihood with its exact gradient and Hessian in phi = (beta, s, t).
 
     ``b`` must hold the conditional modes. ``grad`` (q,) and ``hess`` (q, q) are overwritten.
@@ -274,7 +376,6 @@ def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
     """
     n, p = X.shape
     q = p + 2
-    js = p
     jt = p + 1
     theta = math.exp(t)
     prec = math.exp(-s)
@@ -303,8 +404,10 @@ def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
         f2 = -prec
         f3 = 0.0
         f4 = 0.0
+        eb = math.exp(bi - t)
         for j in range(starts[i], starts[i + 1]):
-            qv, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all(y[j], eta0[j] + bi, t, theta)
+            eta = eta0[j] + bi
+            qv, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all_x(y[j], eta, w[j] * eb, eta - t, theta)
             h += qv
             f2 += e2
             f3 += e3
@@ -330,38 +433,7 @@ def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
             F[jt, jt] += tt0
             A[jt, jt] += tt1
             C[jt, jt] += tt2
-        # the prior term -b^2 exp(-s) / 2
-        g[js] = 0.5 * bi * bi * prec
-        a[js] = bi * prec
-        c[js] = prec
-        d[js] = 0.0
-        F[js, js] = -0.5 * bi * bi * prec
-        A[js, js] = -bi * prec
-        C[js, js] = -prec
-        # symmetrize (only lower triangle and the t column of the beta rows were filled)
-        for k in range(p):
-            F[jt, k] = F[k, jt]
-            A[jt, k] = A[k, jt]
-            C[jt, k] = C[k, jt]
-            for l in range(k):
-                F[l, k] = F[k, l]
-                A[l, k] = A[k, l]
-                C[l, k] = C[k, l]
-        K = f2
-        total += h - 0.5 * s - 0.5 * math.log(-K)
-        for k in range(q):
-            v[k] = -a[k] / K
-        for k in range(q):
-            dK[k] = c[k] + f3 * v[k]
-        for k in range(q):
-            grad[k] += g[k] - 0.5 * dK[k] / K
-        grad[js] -= 0.5
-        for k in range(q):
-            for l in range(k + 1):
-                dv = -(A[k, l] + c[k] * v[l] + v[k] * c[l] + f3 * v[k] * v[l]) / K
-                d2K = C[k, l] + d[k] * v[l] + v[k] * d[l] + f4 * v[k] * v[l] + f3 * dv
-                val = F[k, l] - a[k] * a[l] / K - 0.5 * (d2K / K - dK[k] * dK[l] / (K * K))
-                hess[k, l] += val
+        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess)
     for k in range(q):
         for l in range(k):
             hess[l, k] = hess[k, l]
@@ -369,6 +441,295 @@ def laplace_grad_hess(y, X, eta0, starts, s, t, b, cnt_gt, lgy, grad, hess):
     grad[jt] += c1
     hess[jt, jt] += c2
     return total + cv - lgy
+
+
+# --------------------------------------------------------------------------------------------------
+# donor-level designs: every column of X is constant within each donor
+# --------------------------------------------------------------------------------------------------
+# Then mu_ij = exp(c_i) * exp(o_ij) with c_i = x_i' beta + b_i, and the zero counts of a donor
+# contribute through x_ij = mu_ij / theta = u_i * Lw_ij only (u_i = exp(c_i - t + o_ref),
+# Lw = exp(o - o_ref) <= 1). Their sums of log1p(x) and its derivatives in z = log x are power
+# series in u_i with coefficients P_k = sum over the donor's zero cells of Lw^k, which are computed
+# once per gene from all-cell power sums minus the non-zero cells. The series is used only when
+# u_i * max(Lw) <= DL_XMAX and is summed until xmax^K < e^-49 (K <= 64), so the remainder relative to
+# the leading term is below 1e-16 for the value and below 1e-14 for the fourth derivative (k^3
+# weights): exact to rounding. Otherwise the donor's cells are summed one by one, as for any design.
+DL_KMAX = 64
+DL_XMAX = 0.5
+
+
+@njit(**_JIT)
+def dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ):
+    """PZ[i, k] = sum over the zero cells of donor i of Lw^k (k = 0..KMAX)."""
+    m = starts.shape[0] - 1
+    KK = PA.shape[1]
+    for i in range(m):
+        for k in range(KK):
+            PZ[i, k] = PA[i, k]
+        for idx in range(nzs[i], nzs[i + 1]):
+            lw = Lw[nzp[idx]]
+            pw = 1.0
+            for k in range(KK):
+                PZ[i, k] -= pw
+                pw *= lw
+                if pw == 0.0:
+                    break
+
+
+@njit(**_JIT)
+def _dl_donor_sums(i, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, level, S):
+    """Sums over donor i's cells of (q, e1..e4, t0..t3, tt0..tt2) into S[0..11].
+
+    level 1: only e1, e2 (S[1], S[2]); level 2: also q (S[0]); level 3: everything.
+    """
+    S[:] = 0.0
+    u = math.exp(c - t + o_ref)
+    xmax = u * Lmax[i]
+    if xmax <= DL_XMAX:
+        # zero cells by the power series (k = 1 .. K); the k-th term of sum_j log1p(x_j) is
+        # (-1)^(k+1) u^k P_k / k and each derivative in z multiplies it by k.
+        if xmax > 0.0:
+            K = int(math.ceil(-49.0 / math.log(xmax))) + 1
+            K = min(K, PZ.shape[1] - 1)
+        else:
+            K = 1
+        uk = 1.0
+        sign = 1.0
+        G0 = 0.0
+        G1 = 0.0
+        G2 = 0.0
+        G3 = 0.0
+        G4 = 0.0
+        T0 = 0.0
+        T1 = 0.0
+        T2 = 0.0
+        T3 = 0.0
+        TT0 = 0.0
+        TT1 = 0.0
+        TT2 = 0.0
+        for k in range(1, K + 1):
+            uk *= u
+            term = sign * uk * PZ[i, k]
+            sign = -sign
+            kf = float(k)
+            G1 += term
+            G2 += kf * term
+            if level >= 2:
+                G0 += term / kf
+            if level >= 3:
+                G3 += kf * kf * term
+                G4 += kf * kf * kf * term
+                km1 = kf - 1.0
+                T0 += term * km1 / kf
+                T1 += term * km1
+                T2 += term * kf * km1
+                T3 += term * kf * kf * km1
+                TT0 -= term * km1 * km1 / kf
+                TT1 -= term * km1 * km1
+                TT2 -= term * kf * km1 * km1
+        S[0] = -theta * G0
+        S[1] = -theta * G1
+        S[2] = -theta * G2
+        S[3] = -theta * G3
+        S[4] = -theta * G4
+        S[5] = theta * T0
+        S[6] = theta * T1
+        S[7] = theta * T2
+        S[8] = theta * T3
+        S[9] = theta * TT0
+        S[10] = theta * TT1
+        S[11] = theta * TT2
+        for idx in range(nzs[i], nzs[i + 1]):
+            j = nzp[idx]
+            if level == 1:
+                e1, e2 = _cell_d12_x(nzy[idx], u * Lw[j], theta)
+                S[1] += e1
+                S[2] += e2
+            else:
+                eta = c + off[j]
+                r = _cell_all_x(nzy[idx], eta, u * Lw[j], eta - t, theta)
+                for k in range(12):
+                    S[k] += r[k]
+    else:
+        for j in range(starts[i], starts[i + 1]):
+            if level == 1:
+                e1, e2 = _cell_d12_x(y[j], u * Lw[j], theta)
+                S[1] += e1
+                S[2] += e2
+            else:
+                eta = c + off[j]
+                r = _cell_all_x(y[j], eta, u * Lw[j], eta - t, theta)
+                for k in range(12):
+                    S[k] += r[k]
+
+
+@njit(**_JIT)
+def _dl_c(Xd, phi, i):
+    c = 0.0
+    for k in range(Xd.shape[1]):
+        c += Xd[i, k] * phi[k]
+    return c
+
+
+@njit(**_JIT)
+def dl_modes(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, tol=1e-8, maxit=100):
+    """Conditional modes for a donor-level design (as :func:`conditional_modes`)."""
+    p = Xd.shape[1]
+    s = phi[p]
+    t = phi[p + 1]
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    S = np.empty(12)
+    ok = True
+    for i in range(starts.shape[0] - 1):
+        c0 = _dl_c(Xd, phi, i)
+        bi = b[i]
+        done = False
+        for _ in range(maxit):
+            _dl_donor_sums(i, c0 + bi, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, 1, S)
+            step = -(S[1] - bi * prec) / (S[2] - prec)
+            if step > 2.0:
+                step = 2.0
+            elif step < -2.0:
+                step = -2.0
+            bi += step
+            if abs(step) <= tol * (1.0 + abs(bi)):
+                done = True
+                break
+        if not done or not math.isfinite(bi):
+            ok = False
+        b[i] = bi
+    return ok
+
+
+@njit(**_JIT)
+def dl_laplace(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess):
+    """Laplace value (and, if ``derivs``, exact gradient and Hessian) for a donor-level design.
+
+    ``b`` must hold the conditional modes.
+    """
+    p = Xd.shape[1]
+    q = p + 2
+    js = p
+    jt = p + 1
+    s = phi[js]
+    t = phi[jt]
+    theta = math.exp(t)
+    prec = math.exp(-s)
+    S = np.empty(12)
+    g = np.empty(q)
+    a = np.empty(q)
+    c = np.empty(q)
+    d = np.empty(q)
+    F = np.empty((q, q))
+    A = np.empty((q, q))
+    C = np.empty((q, q))
+    v = np.empty(q)
+    dK = np.empty(q)
+    if derivs:
+        grad[:] = 0.0
+        hess[:, :] = 0.0
+    total = 0.0
+    for i in range(starts.shape[0] - 1):
+        bi = b[i]
+        ci = _dl_c(Xd, phi, i) + bi
+        _dl_donor_sums(i, ci, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, 3 if derivs else 2, S)
+        h = -0.5 * bi * bi * prec + S[0]
+        f2 = S[2] - prec
+        if not derivs:
+            total += h - 0.5 * s - 0.5 * math.log(-f2)
+            continue
+        F[:, :] = 0.0
+        A[:, :] = 0.0
+        C[:, :] = 0.0
+        for k in range(p):
+            xk = Xd[i, k]
+            g[k] = S[1] * xk
+            a[k] = S[2] * xk
+            c[k] = S[3] * xk
+            d[k] = S[4] * xk
+            F[k, jt] = S[6] * xk
+            A[k, jt] = S[7] * xk
+            C[k, jt] = S[8] * xk
+            for l in range(k + 1):
+                xx = xk * Xd[i, l]
+                F[k, l] = S[2] * xx
+                A[k, l] = S[3] * xx
+                C[k, l] = S[4] * xx
+        g[jt] = S[5]
+        a[jt] = S[6]
+        c[jt] = S[7]
+        d[jt] = S[8]
+        F[jt, jt] = S[9]
+        A[jt, jt] = S[10]
+        C[jt, jt] = S[11]
+        total += _donor_terms(bi, s, prec, h, f2, S[3], S[4], g, a, c, d, F, A, C, v, dK, p, grad, hess)
+    cv, c1, c2 = theta_terms(cnt_gt, t)
+    if derivs:
+        for k in range(q):
+            for l in range(k):
+                hess[l, k] = hess[k, l]
+        grad[jt] += c1
+        hess[jt, jt] += c2
+    return total + cv - lgy
+
+
+@njit(**_JIT)
+def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
+    """Poisson GLM start from donor sums, and a moment estimate of the NB dispersion."""
+    m, p = Xd.shape
+    eo = math.exp(o_ref)
+    Ysum = np.zeros(m)
+    YL = np.zeros(m)
+    Y2 = 0.0
+    for i in range(m):
+        for idx in range(nzs[i], nzs[i + 1]):
+            Ysum[i] += nzy[idx]
+            YL[i] += nzy[idx] * Lw[nzp[idx]]
+            Y2 += nzy[idx] * nzy[idx]
+    tot_y = 0.0
+    tot_e = 0.0
+    for i in range(m):
+        tot_y += Ysum[i]
+        tot_e += eo * PA[i, 1]
+    beta[:] = 0.0
+    M = np.empty((p, p))
+    L = np.empty((p, p))
+    rhs = np.empty(p)
+    step = np.empty(p)
+    # intercept-only start, then Newton on the donor sums
+    beta[0] = math.log(max(tot_y, 0.5) / tot_e) / max(Xd[0, 0], 1e-12) if Xd[0, 0] != 0.0 else 0.0
+    for _ in range(maxit):
+        M[:, :] = 0.0
+        rhs[:] = 0.0
+        for i in range(m):
+            mu = math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo * PA[i, 1]
+            for k in range(p):
+                rhs[k] += (Ysum[i] - mu) * Xd[i, k]
+                for l in range(k + 1):
+                    M[k, l] += mu * Xd[i, k] * Xd[i, l]
+        for k in range(p):
+            M[k, k] += 1e-8 * (1.0 + M[k, k])
+            for l in range(k):
+                M[l, k] = M[k, l]
+        if not _cholesky(M, L):
+            break
+        _chol_solve(L, rhs, step)
+        mx = 0.0
+        for k in range(p):
+            mx = max(mx, abs(step[k]))
+        sc = 1.0 if mx < 3.0 else 3.0 / mx
+        for k in range(p):
+            beta[k] += sc * step[k]
+        if mx < 1e-8:
+            break
+    num = Y2
+    den = 0.0
+    for i in range(m):
+        mi = math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo
+        num += -2.0 * mi * YL[i] + mi * mi * PA[i, 2] - mi * PA[i, 1]
+        den += mi * mi * PA[i, 2]
+    return num / den if den > 0.0 else 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,25 +849,28 @@ def poisson_glm_start(y, X, off, beta, maxit=25):
 # the outer optimiser for one gene
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def _eta0(X, off, phi, eta0):
+def _eta0(X, off, phi, eta0, w):
+    """eta0 = X beta + offset and w = exp(eta0) (capped to stay finite)."""
     n, p = X.shape
     for j in range(n):
         e = off[j]
         for k in range(p):
             e += X[j, k] * phi[k]
         eta0[j] = e
+        w[j] = math.exp(min(e, 700.0))
 
 
 @njit(**_JIT)
 def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw):
     """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail."""
     p = X.shape[1]
-    _eta0(X, off, phi, eta0)
-    ok = conditional_modes(y, eta0, starts, phi[p], phi[p + 1], b)
+    w = np.empty(eta0.shape[0])
+    _eta0(X, off, phi, eta0, w)
+    ok = conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
     if not ok:
         return np.nan
     if nodes.shape[0] <= 1:
-        return laplace_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy)
+        return laplace_value(y, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy)
     return agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, nodes, logw)
 
 
@@ -557,12 +921,40 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
 
 
 @njit(**_JIT)
+def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess):
+    """Modes (warm-started from ``b``), then value, gradient and Hessian. NaN if modes fail."""
+    p = X.shape[1]
+    w = np.empty(eta0.shape[0])
+    _eta0(X, off, phi, eta0, w)
+    if not conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b):
+        return np.nan
+    return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
+
+
+@njit(**_JIT)
+def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs, grad, hess):
+    """Refresh the modes in ``b`` (warm start) and return the objective; with ``derivs`` (Laplace
+    only) also its exact gradient and Hessian. Uses the donor-level kernels when ``dl[0]``."""
+    if dl[0] and nodes.shape[0] <= 1:
+        Xd, Lw, o_ref, Lmax, nzp, nzy, nzs, PZ = dl[1], dl[2], dl[3], dl[5], dl[6], dl[7], dl[8], dl[9]
+        if not dl_modes(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b):
+            return np.nan
+        return dl_laplace(
+            y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess
+        )
+    if derivs:
+        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess)
+    return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+
+
+@njit(**_JIT)
 def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess):
     p = X.shape[1]
     if nodes.shape[0] <= 1:
-        _eta0(X, off, phi, eta0)
-        conditional_modes(y, eta0, starts, phi[p], phi[p + 1], b)
-        return laplace_grad_hess(y, X, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
+        w = np.empty(eta0.shape[0])
+        _eta0(X, off, phi, eta0, w)
+        conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
+        return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
     return _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
 
 
@@ -577,6 +969,7 @@ def fit_gene(
     phi,
     b,
     cov,
+    dl,
     s_min=-23.0,
     t_max=18.42,
     t_min=-10.0,
@@ -598,6 +991,9 @@ def fit_gene(
         (m,) output: conditional modes.
     cov
         (p + 2, p + 2) output: inverse negative Hessian over the free parameters (NaN elsewhere).
+    dl
+        Donor-level design data ``(on, Xd, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ)`` (see
+        :func:`fit_block_csc`); with ``on`` False only its types matter.
 
     Returns
     -------
@@ -622,14 +1018,17 @@ def fit_gene(
 
     # starting values: Poisson GLM, then a moment estimate of the dispersion
     beta0 = np.zeros(p)
-    eta_glm = poisson_glm_start(y, X, off, beta0)
-    num = 0.0
-    den = 0.0
-    for j in range(n):
-        mu = math.exp(min(eta_glm[j], 50.0))
-        num += (y[j] - mu) * (y[j] - mu) - mu
-        den += mu * mu
-    disp = num / den if den > 0.0 else 1.0
+    if dl[0]:
+        disp = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0)
+    else:
+        eta_glm = poisson_glm_start(y, X, off, beta0)
+        num = 0.0
+        den = 0.0
+        for j in range(n):
+            mu = math.exp(min(eta_glm[j], 50.0))
+            num += (y[j] - mu) * (y[j] - mu) - mu
+            den += mu * mu
+        disp = num / den if den > 0.0 else 1.0
     t0 = -math.log(max(disp, 0.05))
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
@@ -640,6 +1039,8 @@ def fit_gene(
     eta0 = np.empty(n)
     grad = np.zeros(q)
     hess = np.zeros((q, q))
+    gtrial = np.zeros(q)
+    htrial = np.zeros((q, q))
     M = np.zeros((q, q))
     Lc = np.zeros((q, q))
     gf = np.zeros(q)
@@ -647,7 +1048,15 @@ def fit_gene(
     trial = np.zeros(q)
     btrial = np.zeros(m)
     free = np.ones(q, dtype=np.bool_)
-    val = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    laplace = nodes.shape[0] <= 1
+    # Laplace: every accepted point comes with its exact derivatives (one pass over the cells);
+    # AGQ: values in the line search, finite-difference derivatives at accepted points.
+    if laplace:
+        val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess)
+    else:
+        val = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+        if math.isfinite(val):
+            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
     if not math.isfinite(val):
         phi[:] = np.nan
         return np.nan, 0, FAILED, np.nan
@@ -657,7 +1066,6 @@ def fit_gene(
     for it in range(maxit):
         n_iter = it + 1
         free[:] = True
-        val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
         if phi[js] <= s_min + 1e-9 and grad[js] <= 0.0:
             free[js] = False
         if phi[jt] >= t_max - 1e-9 and grad[jt] >= 0.0:
@@ -698,13 +1106,17 @@ def fit_gene(
         # backtracking line search (Armijo), projected onto the bounds
         alpha = 1.0
         accepted = False
+        vt = np.nan
         for _ls in range(40):
             for k in range(q):
                 trial[k] = phi[k] + alpha * step[k]
             trial[js] = max(trial[js], s_min)
             trial[jt] = min(max(trial[jt], t_min), t_max)
             btrial[:] = b
-            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            if laplace:
+                vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, True, gtrial, htrial)
+            else:
+                vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
             if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
                 accepted = True
                 break
@@ -717,26 +1129,37 @@ def fit_gene(
         phi[:] = trial
         b[:] = btrial
         val = vt
+        if laplace:
+            grad[:] = gtrial
+            hess[:, :] = htrial
         # plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton
         # crawls there by about one unit of log per iteration; try the bound directly.
+        jumped = False
         if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
             trial[:] = phi
             trial[jt] = t_max
             btrial[:] = b
-            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial)
             if math.isfinite(vt) and vt >= val:
                 phi[:] = trial
                 b[:] = btrial
                 val = vt
+                jumped = True
         if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
             trial[:] = phi
             trial[js] = s_min
             btrial[:] = b
-            vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial)
             if math.isfinite(vt) and vt >= val:
                 phi[:] = trial
                 b[:] = btrial
                 val = vt
+                jumped = True
+        if jumped and laplace:
+            val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess)
+        elif not laplace:
+            free[:] = True
+            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
         sep = False
         for k in range(1, p):
             if abs(phi[k]) > sep_bound:
@@ -745,9 +1168,8 @@ def fit_gene(
             status |= SEPARATION
             break
 
-    # final derivatives and covariance over the free parameters
+    # final derivatives (at the accepted point) and covariance over the free parameters
     free[:] = True
-    val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
     if phi[js] <= s_min + 1e-9 and grad[js] <= 1e-6:
         free[js] = False
         status |= SIGMA2_BOUNDARY
@@ -796,6 +1218,12 @@ def fit_block_csc(
     starts,
     nodes,
     logw,
+    dl_on,
+    Xd,
+    Lw,
+    o_ref,
+    PA,
+    Lmax,
     out_phi,
     out_b,
     out_cov,
@@ -805,15 +1233,37 @@ def fit_block_csc(
     out_gmax,
 ):
     """Fit every column of a CSC block (cells x genes). ``pos[row]`` is the cell's donor-sorted
-    position. Outputs are written per gene (row g of each ``out_*`` array)."""
+    position. Outputs are written per gene (row g of each ``out_*`` array).
+
+    With ``dl_on`` (all design columns constant within donors), ``Xd`` (m, p) is the donor design,
+    ``Lw = exp(off - o_ref)``, ``PA[i, k]`` the sum of ``Lw^k`` over donor i's cells and ``Lmax``
+    the largest ``Lw`` per donor; zero counts are then summed by power series (see above).
+    """
     n = X.shape[0]
+    m = starts.shape[0] - 1
     y = np.zeros(n)
     G = indptr.shape[0] - 1
+    nzp = np.empty(n, dtype=np.int64)
+    nzy = np.empty(n)
+    nzs = np.zeros(m + 1, dtype=np.int64)
+    PZ = np.empty((m, PA.shape[1]))
     for g in range(G):
         y[:] = 0.0
         for k in range(indptr[g], indptr[g + 1]):
-            y[pos[indices[k]]] = data[k]
-        ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g])
+            y[pos[indices[k]]] += data[k]
+        nnz = 0
+        for i in range(m):
+            nzs[i] = nnz
+            for j in range(starts[i], starts[i + 1]):
+                if y[j] != 0.0:
+                    nzp[nnz] = j
+                    nzy[nnz] = y[j]
+                    nnz += 1
+        nzs[m] = nnz
+        if dl_on:
+            dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ)
+        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ)
+        ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g], dl)
         out_ll[g] = ll
         out_iter[g] = it
         out_status[g] = st

@@ -1,0 +1,82 @@
+"""The donor-level fast path (zero counts summed by power series) equals the general path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scglmm
+from scglmm._core import _kernels as K
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return scglmm.datasets.simulate(
+        n_donors=6, cells_per_donor=300, n_genes=40, frac_de=0.2, mean_range=(0.005, 8.0), seed=11
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_series_path_equals_cell_by_cell(sim, fmt):
+    Y = sim.X if fmt == "csr" else (sparse.csc_matrix(sim.X) if fmt == "csc" else sim.X.toarray())
+    X = np.column_stack([np.ones(sim.n_obs), sim.obs.condition == "stim"])
+    off = np.log(sim.obs.libsize.to_numpy())
+    fast = scglmm.fit_genes(Y, X, sim.obs.donor.to_numpy(), off)
+    slow = scglmm.fit_genes(Y, X, sim.obs.donor.to_numpy(), off, _donor_level=False)
+    np.testing.assert_array_equal(fast.status, slow.status)
+    ok = np.isfinite(slow.coef[:, 0])
+    assert ok.sum() >= 35
+    np.testing.assert_allclose(fast.coef[ok], slow.coef[ok], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fast.se[ok], slow.se[ok], rtol=1e-8)
+    np.testing.assert_allclose(fast.loglik[ok], slow.loglik[ok], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fast.sigma2[ok], slow.sigma2[ok], rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(fast.dispersion[ok], slow.dispersion[ok], rtol=1e-7, atol=1e-12)
+
+
+def test_donor_level_detection(sim):
+    from scglmm._core._api import _prepare_design, donor_level_data
+
+    X_dl = np.column_stack([np.ones(sim.n_obs), sim.obs.condition == "stim"])
+    X_cell = np.column_stack([X_dl, sim.obs.covariate])
+    off = np.log(sim.obs.libsize.to_numpy())
+    for X, expect in ((X_dl, True), (X_cell, False)):
+        Xs, offs, starts, *_ = _prepare_design(X, sim.obs.donor.to_numpy(), off, sim.n_obs)
+        dl = donor_level_data(Xs, offs, starts)
+        assert dl[0] is expect
+    # power sums: PA[i, k] = sum over donor i of Lw^k, checked directly
+    Xs, offs, starts, *_ = _prepare_design(X_dl, sim.obs.donor.to_numpy(), off, sim.n_obs)
+    on, Xd, Lw, o_ref, PA, Lmax = donor_level_data(Xs, offs, starts)
+    i = 2
+    lw = np.exp(offs[starts[i] : starts[i + 1]] - o_ref)
+    for k in (0, 1, 5, 30):
+        assert PA[i, k] == pytest.approx(np.sum(lw**k), rel=1e-12)
+    assert K.DL_XMAX <= 0.5
+
+
+@pytest.mark.parametrize("x", [1e-6, 0.01, 0.2, 0.49])
+def test_zero_cell_series_matches_direct_sums(x):
+    """Sums of q and its derivatives over zero-count cells, series vs cell by cell."""
+    rng = np.random.default_rng(3)
+    n = 50
+    off = np.log(rng.uniform(1000, 5000, n))
+    o_ref = off.max()
+    Lw = np.exp(off - o_ref)
+    starts = np.array([0, n], dtype=np.int64)
+    kk = K.DL_KMAX + 1
+    PA = np.array([[np.sum(Lw**k) for k in range(kk)]])
+    nzp = np.zeros(0, dtype=np.int64)
+    nzy = np.zeros(0)
+    nzs = np.zeros(2, dtype=np.int64)
+    PZ = np.empty_like(PA)
+    K.dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ)
+    t = 0.7
+    theta = np.exp(t)
+    c = np.log(x / Lw.max()) + t - o_ref  # so that max_j mu_j / theta = x
+    S = np.empty(12)
+    y = np.zeros(n)
+    K._dl_donor_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, np.array([Lw.max()]), o_ref, 3, S)
+    direct = np.zeros(12)
+    for j in range(n):
+        direct += np.array(K._cell_all(0.0, c + off[j], t, theta))
+    np.testing.assert_allclose(S, direct, rtol=1e-11, atol=1e-14 * np.abs(direct).max())
