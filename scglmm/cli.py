@@ -51,6 +51,34 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip()
 
 
+#: Python keywords that the library's messages name, and the flags a command-line user types instead.
+_FLAGS = {
+    "size_factors": "--size-factors",
+    "offset": "--offset",
+    "layer": "--layer",
+    "groupby": "--groupby",
+    "key_added": "--key-added",
+    "min_cells_group": "--min-cells-group",
+    "min_donors_group": "--min-donors-group",
+    "min_cells": "--min-cells",
+    "min_donors": "--min-donors",
+    "calibration": "--calibration",
+    "reduced_formula": "--reduced-formula",
+    "n_agq": "--n-agq",
+    "n_jobs": "--n-jobs",
+}
+
+
+def _as_flags(text: str) -> str:
+    """Name flags, not keywords: ``layer='counts'`` -> ``--layer counts``, ``size_factors`` -> ``--size-factors``."""
+    for kw, flag in _FLAGS.items():
+        text = re.sub(rf"(?<![\w-]){kw}='([^']*)'", rf"{flag} \1", text)
+        text = re.sub(rf"(?<![\w-]){kw}=(?=[\s.,;)]|$)", flag, text)
+        if "_" in kw:  # snake_case names are unambiguous as words
+            text = re.sub(rf"(?<![\w-]){kw}\b", flag, text)
+    return text
+
+
 def _is_user_error(err: BaseException) -> bool:
     """The library's own input errors carry a sentence; a bare ``KeyError('x')`` is a bug."""
     if isinstance(err, OSError):
@@ -105,7 +133,7 @@ def _session(*, quiet: bool, verbose: bool) -> Iterator[None]:
     except Exception as err:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        msg = _message(err)
+        msg = _as_flags(_message(err))
         if not _is_user_error(err):
             msg += " (unexpected; rerun with --verbose and report the traceback)"
         raise CLIError(msg) from None
