@@ -264,7 +264,9 @@ def volcano(
     if clipped.any():
         title += f"\n{int(clipped.sum())} with p = 0 clipped at the smallest p (triangles)"
     ax.set_title(title, fontsize=9)
-    ax.legend(title=legend_title, fontsize=7, title_fontsize=7, loc="best", frameon=False)
+    ax.legend(
+        title=legend_title, fontsize=7, title_fontsize=7, loc="best", frameon=True, framealpha=0.85, edgecolor="none"
+    )
     return _finish(ax, show, save)
 
 
@@ -511,7 +513,7 @@ def donor_effects(
     ax.set_ylabel("donor effect on log mean (natural log)")
     disp = "Poisson" if np.isinf(theta) else f"theta = {theta:.3g}"
     ax.set_title(f"{names[g]}: sigma2 = {sigma2:.3g}, {disp}, status {fitrow['status']}", fontsize=9)
-    ax.legend(fontsize=7, loc="best", frameon=False)
+    ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.85, edgecolor="none")
     return _finish(ax, show, save)
 
 
@@ -607,7 +609,7 @@ def pvalue_qq(
     if clip.any():
         title += f"\n{int(clip.sum())} with p = 0 clipped at the smallest p (triangles)"
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none")
     return _finish(ax, show, save)
 
 
@@ -685,5 +687,5 @@ def pvalue_hist(
     if n_nan:
         title += f" ({n_nan} with no estimate not shown)"
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    ax.legend(fontsize=7, loc="upper right", frameon=True, framealpha=0.85, edgecolor="none")
     return _finish(ax, show, save)
