@@ -133,11 +133,6 @@ def test_nearly_absent_in_one_condition_is_a_large_but_honest_effect() -> None:
     assert 0.5 < res.se[0, 1] < 2.0  # one count: the SE of the log ratio is about 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: when every count is in one ctrl donor (donor-level design), |beta_stim| stays just below "
-    "sep_bound=25 because sigma2 -> ~70 absorbs it; status is 'ok' with beta_stim ~ -24, sigma2 ~ 69",
-)
 def test_absent_in_one_condition_and_present_in_one_donor_is_separation() -> None:
     rng = np.random.default_rng(2)
     mu = 2e-4 * np.exp(_offset())
@@ -148,11 +143,6 @@ def test_absent_in_one_condition_and_present_in_one_donor_is_separation() -> Non
     assert "separation" in res.status_str[0], (res.status_str[0], res.coef[0], res.sigma2[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: counts in only one donor drive sigma2 -> ~100 and the intercept -> ~-20 and report status "
-    "'ok' (the random-effect analogue of separation); expected a flag (separation or not_converged)",
-)
 def test_counts_in_one_donor_only_is_flagged() -> None:
     rng = np.random.default_rng(2)
     mu = 2e-4 * np.exp(_offset())
@@ -223,11 +213,6 @@ def test_poisson_limit_reports_zero_dispersion() -> None:
     assert not any("not_converged" in s for s in res.status_str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: a Poisson gene (no donor effect) can run to maxit=200 with log theta just below t_max "
-    "(theta ~ 1e8) and end 'not_converged+sigma2_boundary' with NaN SE instead of 'poisson_limit'",
-)
 def _poisson_recipe() -> tuple[np.ndarray, np.ndarray]:
     """The exact draws that produced the failing gene (seed 0, paired design, 6 x 30 cells)."""
     rng = np.random.default_rng(0)
@@ -249,14 +234,9 @@ def _poisson_recipe() -> tuple[np.ndarray, np.ndarray]:
 
 def test_poisson_recipe_is_reproduced() -> None:
     y, off = _poisson_recipe()
-    assert y.sum() == 1147  # the draws the xfail below was written for
+    assert y.sum() == 1147  # the draws the test below was written for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: a Poisson gene (no donor effect) runs to maxit=200 with log theta just below t_max "
-    "(theta ~ 1e8) and ends 'not_converged+sigma2_boundary' with NaN SE instead of 'poisson_limit'",
-)
 def test_poisson_gene_without_donor_effect_converges() -> None:
     y, off = _poisson_recipe()
     res = scglmm.fit_genes(y[:, None], _design(True), DONOR, off)

@@ -455,6 +455,8 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
 # the leading term is below 1e-16 for the value and below 1e-14 for the fourth derivative (k^3
 # weights): exact to rounding. Otherwise the donor's cells are summed one by one, as for any design.
 DL_KMAX = 64
+#: log(sigma^2) above which a gene with counts in a single donor is flagged as separated.
+SIGMA2_SEPARATION = math.log(20.0)
 DL_XMAX = 0.5
 
 
@@ -959,6 +961,44 @@ def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, gra
 
 
 @njit(**_JIT)
+def _n_donors_with_counts(y, starts):
+    out = 0
+    for i in range(starts.shape[0] - 1):
+        for j in range(starts[i], starts[i + 1]):
+            if y[j] > 0.0:
+                out += 1
+                break
+    return out
+
+
+@njit(**_JIT)
+def _separated(y, X, starts):
+    """True if some two-valued column of X has zero total count on one of its values."""
+    n, p = X.shape
+    for k in range(p):
+        v0 = X[0, k]
+        v1 = v0
+        two = True
+        s0 = 0.0
+        s1 = 0.0
+        for j in range(n):
+            x = X[j, k]
+            if x == v0:
+                s0 += y[j]
+            else:
+                if v1 == v0:
+                    v1 = x
+                if x == v1:
+                    s1 += y[j]
+                else:
+                    two = False
+                    break
+        if two and v1 != v0 and (s0 == 0.0 or s1 == 0.0):
+            return True
+    return False
+
+
+@njit(**_JIT)
 def fit_gene(
     y,
     X,
@@ -1016,6 +1056,13 @@ def fit_gene(
         b[:] = np.nan
         return np.nan, 0, ALL_ZERO, np.nan
 
+    # separation: a two-valued design column (a factor level) with no counts on one side sends the
+    # estimates to infinity; flag it instead of reporting a huge effect.
+    if _separated(y, X, starts):
+        phi[:] = np.nan
+        b[:] = np.nan
+        return np.nan, 0, SEPARATION, np.nan
+
     # starting values: Poisson GLM, then a moment estimate of the dispersion
     beta0 = np.zeros(p)
     if dl[0]:
@@ -1066,9 +1113,13 @@ def fit_gene(
     for it in range(maxit):
         n_iter = it + 1
         free[:] = True
-        if phi[js] <= s_min + 1e-9 and grad[js] <= 0.0:
+        # near a bound the objective is flat to rounding (theta > 2e6 or sigma^2 < 2e-9): if the
+        # gradient does not point away from the bound, move onto it and hold it there
+        if phi[js] <= s_min + 3.0 and grad[js] <= 1e-6:
+            phi[js] = s_min
             free[js] = False
-        if phi[jt] >= t_max - 1e-9 and grad[jt] >= 0.0:
+        if phi[jt] >= t_max - 3.0 and grad[jt] >= -1e-6:
+            phi[jt] = t_max
             free[jt] = False
         # Newton direction on the free parameters, with a Levenberg shift if not concave
         lam = 0.0
@@ -1094,7 +1145,7 @@ def fit_gene(
         for k in range(q):
             dec += gf[k] * step[k]
             gmax = max(gmax, abs(gf[k]))
-        if lam == 0.0 and dec < tol:
+        if lam == 0.0 and (dec < tol or gmax < 1e-9):
             converged = True
             break
         mx = 0.0
@@ -1197,6 +1248,9 @@ def fit_gene(
                 cov[idx[k], idx[l]] = inv[k, l]
     else:
         status |= NOT_CONVERGED
+    # the random-effect analogue: counts in a single donor can drive sigma^2 to infinity
+    if phi[js] > SIGMA2_SEPARATION and _n_donors_with_counts(y, starts) < 2:
+        status |= SEPARATION
     if not converged and (status & SEPARATION) == 0:
         status |= NOT_CONVERGED
     if not math.isfinite(val):
