@@ -17,10 +17,12 @@ def sim():
     )
 
 
-@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
-def test_series_path_equals_cell_by_cell(sim, fmt):
+@pytest.mark.parametrize(("fmt", "paired"), [("csr", False), ("csc", False), ("dense", False), ("csr", True)])
+def test_series_path_equals_cell_by_cell(sim, fmt, paired):
     Y = sim.X if fmt == "csr" else (sparse.csc_matrix(sim.X) if fmt == "csc" else sim.X.toarray())
     X = np.column_stack([np.ones(sim.n_obs), sim.obs.condition == "stim"])
+    if paired:  # a cell-level factor within each donor: blocks of (donor, factor level)
+        X = np.column_stack([X, (np.arange(sim.n_obs) // 7) % 2])
     off = np.log(sim.obs.libsize.to_numpy())
     fast = scglmm.fit_genes(Y, X, sim.obs.donor.to_numpy(), off)
     slow = scglmm.fit_genes(Y, X, sim.obs.donor.to_numpy(), off, _donor_level=False)
@@ -39,14 +41,18 @@ def test_donor_level_detection(sim):
 
     X_dl = np.column_stack([np.ones(sim.n_obs), sim.obs.condition == "stim"])
     X_cell = np.column_stack([X_dl, sim.obs.covariate])
+    # a cell-level factor (two design rows per donor) still takes the fast path
+    X_fac = np.column_stack([X_dl, np.arange(sim.n_obs) % 2])
     off = np.log(sim.obs.libsize.to_numpy())
-    for X, expect in ((X_dl, True), (X_cell, False)):
+    for X, expect in ((X_dl, True), (X_cell, False), (X_fac, True)):
         Xs, offs, starts, *_ = _prepare_design(X, sim.obs.donor.to_numpy(), off, sim.n_obs)
         dl = donor_level_data(Xs, offs, starts)
         assert dl[0] is expect
     # power sums: PA[i, k] = sum over donor i of Lw^k, checked directly
     Xs, offs, starts, *_ = _prepare_design(X_dl, sim.obs.donor.to_numpy(), off, sim.n_obs)
-    on, Xd, Lw, o_ref, PA, Lmax = donor_level_data(Xs, offs, starts)
+    on, Xd, Lw, o_ref, PA, Lmax, bstarts, dblk = donor_level_data(Xs, offs, starts)
+    assert on
+    np.testing.assert_array_equal(bstarts, starts)  # one block per donor
     i = 2
     lw = np.exp(offs[starts[i] : starts[i + 1]] - o_ref)
     for k in (0, 1, 5, 30):
@@ -75,7 +81,7 @@ def test_zero_cell_series_matches_direct_sums(x):
     c = np.log(x / Lw.max()) + t - o_ref  # so that max_j mu_j / theta = x
     S = np.empty(12)
     y = np.zeros(n)
-    K._dl_donor_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, np.array([Lw.max()]), o_ref, 3, S)
+    K._dl_block_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, np.array([Lw.max()]), o_ref, 3, S)
     direct = np.zeros(12)
     for j in range(n):
         direct += np.array(K._cell_all(0.0, c + off[j], t, theta))

@@ -461,9 +461,9 @@ DL_XMAX = 0.5
 
 
 @njit(**_JIT)
-def dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ):
-    """PZ[i, k] = sum over the zero cells of donor i of Lw^k (k = 0..KMAX)."""
-    m = starts.shape[0] - 1
+def dl_gene_power_sums(PA, Lw, bstarts, nzp, nzs, PZ):
+    """PZ[i, k] = sum over the zero cells of block i of Lw^k (k = 0..KMAX)."""
+    m = bstarts.shape[0] - 1
     KK = PA.shape[1]
     for i in range(m):
         for k in range(KK):
@@ -479,8 +479,9 @@ def dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ):
 
 
 @njit(**_JIT)
-def _dl_donor_sums(i, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, level, S):
-    """Sums over donor i's cells of (q, e1..e4, t0..t3, tt0..tt2) into S[0..11].
+def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PZ, Lmax, o_ref, level, S):
+    """Sums over block i's cells (linear predictor c + offset) of (q, e1..e4, t0..t3, tt0..tt2)
+    into S[0..11].
 
     level 1: only e1, e2 (S[1], S[2]); level 2: also q (S[0]); level 3: everything.
     """
@@ -553,7 +554,7 @@ def _dl_donor_sums(i, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, 
                 for k in range(12):
                     S[k] += r[k]
     else:
-        for j in range(starts[i], starts[i + 1]):
+        for j in range(bstarts[i], bstarts[i + 1]):
             if level == 1:
                 e1, e2 = _cell_d12_x(y[j], u * Lw[j], theta)
                 S[1] += e1
@@ -574,22 +575,27 @@ def _dl_c(Xd, phi, i):
 
 
 @njit(**_JIT)
-def dl_modes(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, tol=1e-8, maxit=100):
-    """Conditional modes for a donor-level design (as :func:`conditional_modes`)."""
-    p = Xd.shape[1]
+def dl_modes(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, tol=1e-8, maxit=100):
+    """Conditional modes for a design with few distinct rows (as :func:`conditional_modes`)."""
+    p = Xb.shape[1]
     s = phi[p]
     t = phi[p + 1]
     theta = math.exp(t)
     prec = math.exp(-s)
     S = np.empty(12)
     ok = True
-    for i in range(starts.shape[0] - 1):
-        c0 = _dl_c(Xd, phi, i)
+    for i in range(dblk.shape[0] - 1):
         bi = b[i]
         done = False
         for _ in range(maxit):
-            _dl_donor_sums(i, c0 + bi, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, 1, S)
-            step = -(S[1] - bi * prec) / (S[2] - prec)
+            f1 = -bi * prec
+            f2 = -prec
+            for blk in range(dblk[i], dblk[i + 1]):
+                c = _dl_c(Xb, phi, blk) + bi
+                _dl_block_sums(blk, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PZ, Lmax, o_ref, 1, S)
+                f1 += S[1]
+                f2 += S[2]
+            step = -f1 / f2
             if step > 2.0:
                 step = 2.0
             elif step < -2.0:
@@ -605,12 +611,10 @@ def dl_modes(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, tol
 
 
 @njit(**_JIT)
-def dl_laplace(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess):
-    """Laplace value (and, if ``derivs``, exact gradient and Hessian) for a donor-level design.
-
-    ``b`` must hold the conditional modes.
-    """
-    p = Xd.shape[1]
+def dl_laplace(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess):
+    """Laplace value (and, if ``derivs``, exact gradient and Hessian) for a design with few
+    distinct rows. ``b`` must hold the conditional modes."""
+    p = Xb.shape[1]
     q = p + 2
     js = p
     jt = p + 1
@@ -631,41 +635,55 @@ def dl_laplace(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, c
     if derivs:
         grad[:] = 0.0
         hess[:, :] = 0.0
+    level = 3 if derivs else 2
     total = 0.0
-    for i in range(starts.shape[0] - 1):
+    for i in range(dblk.shape[0] - 1):
         bi = b[i]
-        ci = _dl_c(Xd, phi, i) + bi
-        _dl_donor_sums(i, ci, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, Lmax, o_ref, 3 if derivs else 2, S)
-        h = -0.5 * bi * bi * prec + S[0]
-        f2 = S[2] - prec
-        if not derivs:
-            total += h - 0.5 * s - 0.5 * math.log(-f2)
-            continue
+        h = -0.5 * bi * bi * prec
+        f2 = -prec
+        f3 = 0.0
+        f4 = 0.0
+        g[:] = 0.0
+        a[:] = 0.0
+        c[:] = 0.0
+        d[:] = 0.0
         F[:, :] = 0.0
         A[:, :] = 0.0
         C[:, :] = 0.0
-        for k in range(p):
-            xk = Xd[i, k]
-            g[k] = S[1] * xk
-            a[k] = S[2] * xk
-            c[k] = S[3] * xk
-            d[k] = S[4] * xk
-            F[k, jt] = S[6] * xk
-            A[k, jt] = S[7] * xk
-            C[k, jt] = S[8] * xk
-            for l in range(k + 1):
-                xx = xk * Xd[i, l]
-                F[k, l] = S[2] * xx
-                A[k, l] = S[3] * xx
-                C[k, l] = S[4] * xx
-        g[jt] = S[5]
-        a[jt] = S[6]
-        c[jt] = S[7]
-        d[jt] = S[8]
-        F[jt, jt] = S[9]
-        A[jt, jt] = S[10]
-        C[jt, jt] = S[11]
-        total += _donor_terms(bi, s, prec, h, f2, S[3], S[4], g, a, c, d, F, A, C, v, dK, p, grad, hess)
+        for blk in range(dblk[i], dblk[i + 1]):
+            ci = _dl_c(Xb, phi, blk) + bi
+            _dl_block_sums(blk, ci, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PZ, Lmax, o_ref, level, S)
+            h += S[0]
+            f2 += S[2]
+            if not derivs:
+                continue
+            f3 += S[3]
+            f4 += S[4]
+            for k in range(p):
+                xk = Xb[blk, k]
+                g[k] += S[1] * xk
+                a[k] += S[2] * xk
+                c[k] += S[3] * xk
+                d[k] += S[4] * xk
+                F[k, jt] += S[6] * xk
+                A[k, jt] += S[7] * xk
+                C[k, jt] += S[8] * xk
+                for l in range(k + 1):
+                    xx = xk * Xb[blk, l]
+                    F[k, l] += S[2] * xx
+                    A[k, l] += S[3] * xx
+                    C[k, l] += S[4] * xx
+            g[jt] += S[5]
+            a[jt] += S[6]
+            c[jt] += S[7]
+            d[jt] += S[8]
+            F[jt, jt] += S[9]
+            A[jt, jt] += S[10]
+            C[jt, jt] += S[11]
+        if not derivs:
+            total += h - 0.5 * s - 0.5 * math.log(-f2)
+            continue
+        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess)
     cv, c1, c2 = theta_terms(cnt_gt, t)
     if derivs:
         for k in range(q):
@@ -678,7 +696,7 @@ def dl_laplace(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, c
 
 @njit(**_JIT)
 def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
-    """Poisson GLM start from donor sums, and a moment estimate of the NB dispersion."""
+    """Poisson GLM start from block sums, and a moment estimate of the NB dispersion."""
     m, p = Xd.shape
     eo = math.exp(o_ref)
     Ysum = np.zeros(m)
@@ -938,11 +956,12 @@ def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs,
     """Refresh the modes in ``b`` (warm start) and return the objective; with ``derivs`` (Laplace
     only) also its exact gradient and Hessian. Uses the donor-level kernels when ``dl[0]``."""
     if dl[0] and nodes.shape[0] <= 1:
-        Xd, Lw, o_ref, Lmax, nzp, nzy, nzs, PZ = dl[1], dl[2], dl[3], dl[5], dl[6], dl[7], dl[8], dl[9]
-        if not dl_modes(y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b):
+        Xb, Lw, o_ref, Lmax, nzp, nzy, nzs, PZ = dl[1], dl[2], dl[3], dl[5], dl[6], dl[7], dl[8], dl[9]
+        bst, dblk = dl[10], dl[11]
+        if not dl_modes(y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b):
             return np.nan
         return dl_laplace(
-            y, off, Lw, starts, Xd, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess
+            y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess
         )
     if derivs:
         return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess)
@@ -1032,7 +1051,7 @@ def fit_gene(
     cov
         (p + 2, p + 2) output: inverse negative Hessian over the free parameters (NaN elsewhere).
     dl
-        Donor-level design data ``(on, Xd, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ)`` (see
+        Fast-path data ``(on, Xb, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ, bstarts, dblk)`` (see
         :func:`fit_block_csc`); with ``on`` False only its types matter.
 
     Returns
@@ -1278,6 +1297,8 @@ def fit_block_csc(
     o_ref,
     PA,
     Lmax,
+    bstarts,
+    dblk,
     out_phi,
     out_b,
     out_cov,
@@ -1289,34 +1310,38 @@ def fit_block_csc(
     """Fit every column of a CSC block (cells x genes). ``pos[row]`` is the cell's donor-sorted
     position. Outputs are written per gene (row g of each ``out_*`` array).
 
-    With ``dl_on`` (all design columns constant within donors), ``Xd`` (m, p) is the donor design,
-    ``Lw = exp(off - o_ref)``, ``PA[i, k]`` the sum of ``Lw^k`` over donor i's cells and ``Lmax``
-    the largest ``Lw`` per donor; zero counts are then summed by power series (see above).
+    With ``dl_on`` (few distinct design rows), cells of a donor with the same design row form
+    blocks ``bstarts[k]:bstarts[k + 1]`` (donor i owns blocks ``dblk[i]:dblk[i + 1]``), ``Xd`` is
+    the design row of each block, ``Lw = exp(off - o_ref)``, ``PA[k, :]`` the power sums of ``Lw``
+    over block k and ``Lmax`` the largest ``Lw`` per block; zero counts are then summed by power
+    series (see above).
     """
     n = X.shape[0]
-    m = starts.shape[0] - 1
     y = np.zeros(n)
     G = indptr.shape[0] - 1
     nzp = np.empty(n, dtype=np.int64)
     nzy = np.empty(n)
-    nzs = np.zeros(m + 1, dtype=np.int64)
-    PZ = np.empty((m, PA.shape[1]))
+    # non-zero cells are listed per block (per donor when the fast path is off)
+    bnd = bstarts if dl_on else starts
+    nb = bnd.shape[0] - 1
+    nzs = np.zeros(nb + 1, dtype=np.int64)
+    PZ = np.empty((PA.shape[0], PA.shape[1]))
     for g in range(G):
         y[:] = 0.0
         for k in range(indptr[g], indptr[g + 1]):
             y[pos[indices[k]]] += data[k]
         nnz = 0
-        for i in range(m):
+        for i in range(nb):
             nzs[i] = nnz
-            for j in range(starts[i], starts[i + 1]):
+            for j in range(bnd[i], bnd[i + 1]):
                 if y[j] != 0.0:
                     nzp[nnz] = j
                     nzy[nnz] = y[j]
                     nnz += 1
-        nzs[m] = nnz
+        nzs[nb] = nnz
         if dl_on:
-            dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ)
-        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ)
+            dl_gene_power_sums(PA, Lw, bstarts, nzp, nzs, PZ)
+        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk)
         ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g], dl)
         out_ll[g] = ll
         out_iter[g] = it
