@@ -15,8 +15,9 @@ How gene blocks are read depends on the layout on disk:
   the whole file, so a gene block cannot be read alone. Genes are grouped into *panels* holding
   at most ``panel_nnz`` non-zeros (from a first pass counting non-zeros per gene); a panel is
   built by one streaming pass over row chunks of the file, keeping the entries of its genes,
-  and then serves all of its gene blocks from memory. Memory is bounded by ``panel_nnz`` (about
-  12 bytes per non-zero, plus one row chunk of ``chunk_nnz`` entries), not by the matrix; the
+  and then serves all of its gene blocks from memory. Memory is bounded by ``panel_nnz`` (the
+  panel's CSC arrays, 8 bytes per non-zero for float32 counts, plus the temporaries of one row
+  chunk of ``chunk_nnz`` entries, about 40 bytes each), not by the matrix; the
   price is ``ceil(nnz / panel_nnz)`` reads of the file. The alternative, transposing once into
   a temporary CSC file, reads the source once but writes and re-reads a full copy on the
   temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads are
@@ -39,9 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BackedCounts", "as_backed_counts"]
 
-#: Non-zeros (or dense entries) read per chunk of rows in streaming passes.
-CHUNK_NNZ = 1 << 23
-#: Non-zeros held in memory per panel of genes of a CSR file (about 12 bytes each).
+#: Non-zeros (or dense entries) read per chunk of rows in streaming passes (~40 bytes each at peak).
+CHUNK_NNZ = 1 << 22
+#: Non-zeros held in memory per panel of genes of a CSR file (index + value: 8-12 bytes each).
 PANEL_NNZ = 1 << 25
 
 
@@ -276,6 +277,8 @@ class BackedCounts:
         c0, c1 = int(cols.min()), int(cols.max()) + 1
         if self.format == "csr":
             p0, p1, panel = self._panel_for(c0, c1)
+            if cols.size == c1 - c0 and np.all(np.diff(cols) == 1):  # contiguous: cheap slice of indptr
+                return _csc_columns(panel, c0 - p0, c1 - p0)
             return panel[:, cols - p0]
         with self._open() as elem:
             if self.format == "dense":
@@ -310,27 +313,31 @@ class BackedCounts:
             p1 = int(np.searchsorted(cum, cum[c0] + self.panel_nnz, side="right")) - 1
             p1 = min(max(p1, c1), G)
             indptr = self._get_indptr(elem)
-            rows_l, cols_l, vals_l = [], [], []
-            itype = np.int32 if max(n, G) < 2**31 else np.int64
+            itype = np.int32 if n < 2**31 else np.int64
+            # the panel's CSC arrays, allocated once at their final size (counting sort by gene)
+            pptr = cum[c0 : p1 + 1] - cum[c0]
+            p_ind = np.empty(int(pptr[-1]), dtype=itype)
+            p_val = np.empty(int(pptr[-1]), dtype=self.dtype)
+            nxt = pptr[:-1].copy()  # next free slot of each gene
             for r0, r1 in _row_bounds(indptr, self.chunk_nnz):
                 s, e = indptr[r0], indptr[r1]
                 ind = elem["indices"][s:e]
                 keep = np.flatnonzero((ind >= c0) & (ind < p1))
                 if keep.size == 0:
                     continue
-                rowid = np.repeat(np.arange(r0, r1, dtype=itype), np.diff(indptr[r0 : r1 + 1]))
-                rows_l.append(rowid[keep])
-                cols_l.append((ind[keep] - c0).astype(itype))
-                vals_l.append(elem["data"][s:e][keep])
-        if rows_l:
-            rows, cols, vals = (np.concatenate(x) for x in (rows_l, cols_l, vals_l))
-        else:
-            rows = cols = np.zeros(0, dtype=itype)
-            vals = np.zeros(0, dtype=self.dtype)
-        del rows_l, cols_l, vals_l
-        panel = sparse.csc_matrix((vals, (rows, cols)), shape=(n, p1 - c0))
-        panel.sum_duplicates()
-        panel.sort_indices()
+                col = ind[keep].astype(np.int64) - c0
+                row = (np.searchsorted(indptr[r0 : r1 + 1], keep + s, side="right") - 1 + r0).astype(itype)
+                val = elem["data"][s:e][keep]
+                order = np.argsort(col, kind="stable")  # rows stay increasing within each gene
+                col, row, val = col[order], row[order], val[order]
+                cnt = np.bincount(col, minlength=p1 - c0)
+                first = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+                dest = nxt[col] + (np.arange(col.size) - first[col])
+                p_ind[dest] = row
+                p_val[dest] = val
+                nxt += cnt
+        panel = sparse.csc_matrix((p_val, p_ind, pptr), shape=(n, p1 - c0))
+        panel.sum_duplicates()  # no-op for canonical files
         self._panel = (c0, p1, panel)
         return self._panel
 
@@ -346,6 +353,14 @@ def _row_bounds(indptr: NDArray[np.int64], chunk_nnz: int) -> list[tuple[int, in
         out.append((r0, r1))
         r0 = r1
     return out
+
+
+def _csc_columns(M: sparse.csc_matrix, a: int, b: int) -> sparse.csc_matrix:
+    """Columns ``a:b`` of a CSC matrix, copying only their entries."""
+    s, e = M.indptr[a], M.indptr[b]
+    return sparse.csc_matrix(
+        (M.data[s:e].copy(), M.indices[s:e].copy(), M.indptr[a : b + 1] - s), shape=(M.shape[0], b - a)
+    )
 
 
 def _place_columns(blk: sparse.csc_matrix, pos: NDArray[np.int64], width: int) -> sparse.csc_matrix:
