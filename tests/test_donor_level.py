@@ -61,28 +61,30 @@ def test_donor_level_detection(sim):
 
 
 @pytest.mark.parametrize("x", [1e-6, 0.01, 0.2, 0.49])
-def test_zero_cell_series_matches_direct_sums(x):
-    """Sums of q and its derivatives over zero-count cells, series vs cell by cell."""
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_block_series_matches_direct_sums(x, level):
+    """Block sums of q and its derivatives (zero and non-zero cells), series vs cell by cell."""
     rng = np.random.default_rng(3)
     n = 50
     off = np.log(rng.uniform(1000, 5000, n))
+    y = np.where(rng.random(n) < 0.3, rng.integers(1, 6, n), 0).astype(float)
     o_ref = off.max()
     Lw = np.exp(off - o_ref)
     starts = np.array([0, n], dtype=np.int64)
     kk = K.DL_KMAX + 1
     PA = np.array([[np.sum(Lw**k) for k in range(kk)]])
-    nzp = np.zeros(0, dtype=np.int64)
-    nzy = np.zeros(0)
-    nzs = np.zeros(2, dtype=np.int64)
-    PZ = np.empty_like(PA)
-    K.dl_gene_power_sums(PA, Lw, starts, nzp, nzs, PZ)
+    nzp = np.flatnonzero(y).astype(np.int64)
+    nzy = y[nzp]
+    nzs = np.array([0, nzp.size], dtype=np.int64)
+    PZ = np.empty((1, kk + 2))
+    K.dl_gene_power_sums(PA, Lw, off, starts, nzp, nzy, nzs, PZ)
     t = 0.7
     theta = np.exp(t)
     c = np.log(x / Lw.max()) + t - o_ref  # so that max_j mu_j / theta = x
     S = np.empty(12)
-    y = np.zeros(n)
-    K._dl_block_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PZ, np.array([Lw.max()]), o_ref, 3, S)
+    K._dl_block_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PA, PZ, np.array([Lw.max()]), o_ref, level, S)
     direct = np.zeros(12)
     for j in range(n):
-        direct += np.array(K._cell_all(0.0, c + off[j], t, theta))
-    np.testing.assert_allclose(S, direct, rtol=1e-11, atol=1e-14 * np.abs(direct).max())
+        direct += np.array(K._cell_all(y[j], c + off[j], t, theta))
+    idx = {1: [1, 2], 2: [0, 1, 2], 3: list(range(12))}[level]
+    np.testing.assert_allclose(S[idx], direct[idx], rtol=1e-11, atol=1e-13 * np.abs(direct).max())
