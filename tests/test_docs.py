@@ -29,7 +29,13 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-5000:]
     # every page of the reference and the guide is there, with its content
-    for page in ("index", "api", "model", "status", "tutorials/01_scanpy_workflow", "tutorials/02_array_api"):
+    for page in (
+        "index",
+        "api",
+        "model",
+        "status",
+        *(f"tutorials/{p.stem}" for p in (ROOT / "tutorials").glob("*.ipynb")),
+    ):
         assert (out / f"{page}.html").is_file(), page
     for func in ("tl.fit", "get.results", "pl.volcano", "pl.donor_effects", "pl.pvalue_qq", "pl.pvalue_hist"):
         assert (out / "generated" / f"scglmm.{func}.html").is_file(), func
@@ -67,3 +73,11 @@ def test_plots_document_that_they_write_nothing(func):
     for name in ("ax", "show", "save"):
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
         assert sig.parameters[name].default is None
+
+
+def test_every_tutorial_is_linked_into_the_docs():
+    for nb in (ROOT / "tutorials").glob("*.ipynb"):
+        link = DOCS / "tutorials" / nb.name
+        assert link.exists(), f"add the symlink docs/tutorials/{nb.name} -> ../../tutorials/{nb.name}"
+        assert link.resolve() == nb.resolve()
+        assert f"tutorials/{nb.stem}" in (DOCS / "index.md").read_text()
