@@ -269,8 +269,16 @@ def _read_h5ad(path: Path) -> AnnData:
     return adata
 
 
-def _write_outputs(adata: AnnData, out: Path, table: Path | None, df: pd.DataFrame | None) -> None:
-    targets: list[tuple[Path, Callable[[Path], None]]] = [(out, lambda p: adata.write_h5ad(p))]
+def _write_outputs(
+    adata: AnnData, out: Path, table: Path | None, df: pd.DataFrame | None, *, compression: str | None = None
+) -> None:
+    def write_h5ad(p: Path) -> None:
+        if compression is None:
+            adata.write_h5ad(p)
+        else:
+            adata.write_h5ad(p, compression=compression)
+
+    targets: list[tuple[Path, Callable[[Path], None]]] = [(out, write_h5ad)]
     if table is not None and df is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
     write_atomically(targets)
@@ -396,6 +404,11 @@ def _verbosity(f: Callable) -> Callable:
 
 def _outputs(f: Callable) -> Callable:
     f = click.option(
+        "--compression",
+        type=click.Choice(["gzip", "lzf"]),
+        help="Compress the arrays of the output .h5ad (smaller, slower to write).  [default: none]",
+    )(f)
+    f = click.option(
         "--table", metavar="TSV", type=click.Path(path_type=Path), help="Also write the per-gene results as a TSV file."
     )(f)
     f = click.option(
@@ -453,6 +466,9 @@ def _check_io(input_h5ad: Path, out: Path, table: Path | None) -> None:
     _check_output(out, "--out", inputs=[input_h5ad], taken=taken)
     if table is not None:
         _check_output(table, "--table", inputs=[input_h5ad], taken=taken)
+    if out.suffix.lower() in (".tsv", ".csv", ".txt") or (table is not None and table.suffix.lower() == ".h5ad"):
+        msg = f"--out {str(out)!r} is the .h5ad output and --table the text table; are they swapped?"
+        raise click.UsageError(msg)
 
 
 _FIT_HELP = """Fit the donor-aware model to every gene of INPUT (an .h5ad file).
@@ -591,6 +607,7 @@ def fit_cmd(
     formula: str,
     out: Path,
     table: Path | None,
+    compression: str | None,
     layer: str | None,
     size_factors: str | None,
     offset: str | None,
@@ -645,7 +662,7 @@ def fit_cmd(
             **extra,
         )
         df = _fit_table(adata, coef, key_added)
-        _write_outputs(adata, out, table, df if table is not None else None)
+        _write_outputs(adata, out, table, df if table is not None else None, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "coef"))
 
@@ -749,6 +766,7 @@ def test_cmd(
     contrast: str,
     out: Path,
     table: Path | None,
+    compression: str | None,
     key: str,
     method: str,
     reduced_formula: str | None,
@@ -805,7 +823,7 @@ def test_cmd(
         res = get.results(adata, contrast=name, key=key, **({"group": list(group)} if group else {}))
         df = res.rename_axis("gene").reset_index()
         df.insert(2 if "group" in df.columns else 1, "contrast", name)
-        _write_outputs(adata, out, table, df if table is not None else None)
+        _write_outputs(adata, out, table, df if table is not None else None, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "contrast"))
 

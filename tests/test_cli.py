@@ -177,6 +177,21 @@ def test_coef_option_and_key_added(small_h5ad, tmp_path, reference):
     )
 
 
+def test_compression(small_h5ad, tmp_path, reference):
+    import h5py
+
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "c.h5ad", "--compression", "gzip"
+    )
+    assert res.exit_code == 0, res.stderr
+    with h5py.File(tmp_path / "c.h5ad") as f:
+        assert f["X"]["data"].compression == "gzip"
+    out = ad.read_h5ad(tmp_path / "c.h5ad")
+    np.testing.assert_allclose(out.varm["scglmm_coef"], reference.varm["scglmm_coef"], rtol=1e-10)
+    bad = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "x.h5ad", "--compression", "zip")
+    assert_one_line_error(bad, 2, ["--compression", "zip"])
+
+
 def test_offset_equals_log_size_factors(small_h5ad, tmp_path):
     adata = ad.read_h5ad(small_h5ad)
     adata.obs["log_sf"] = np.log(adata.obs[SF])
@@ -430,6 +445,8 @@ def test_out_equal_to_input_is_refused(small_h5ad, tmp_path):
     assert_one_line_error(res, 1, ["--table", "is the input file"])
     res = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "o.h5ad", "--table", tmp_path / "o.h5ad")
     assert_one_line_error(res, 1, ["--table and --out are the same file"])
+    res = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "o.tsv", "--table", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 2, ["are they swapped?"])
     assert sha256(small_h5ad) == before
     assert listing(tmp_path) == ["link.h5ad"]
 
