@@ -386,7 +386,7 @@ def _rank_block(
         lfcs.append(lfc[order].astype(np.float32))
         pvals.append(pv[order])
         padj.append(bh_adjust(pv)[order])
-        fields.append(labels[sub])
+        fields.append(labels[sub].replace("/", "_"))  # "/" cannot be written to h5ad
     width = max([len(n) for arr in names for n in arr] + [1])
 
     def rec(arrs, dtype):
@@ -535,7 +535,8 @@ def fit(
 
     With ``groupby``, each fitted group ``g`` gets all of the varm/var/uns outputs above under
     its own key ``f'{key}:{g}'`` (``/`` in a group name becomes ``_``), which survives
-    ``write_h5ad``; ``uns[key]['params']`` then lists ``groups`` (group -> key) and ``skipped``
+    ``write_h5ad``; ``uns[key]['params']`` then lists ``groups`` and their ``group_keys``, and
+    ``skipped_groups`` with ``skipped_reasons``
     (group -> reason), and :func:`scglmm.get.results` takes ``group=``.
 
     Re-running with the same ``key_added`` replaces these keys whole; nothing is written if
@@ -567,6 +568,12 @@ def fit(
     if groups.isna().any():
         msg = (
             f"donor column {parsed.group!r} has {int(groups.isna().sum())} missing value(s); every cell needs a donor."
+        )
+        raise ValueError(msg)
+    if (groups.astype(str).str.strip() == "").any():
+        msg = (
+            f"donor column {parsed.group!r} has {int((groups.astype(str).str.strip() == '').sum())} empty label(s) "
+            "''; every cell needs a donor name (an empty name cannot be stored in .h5ad either)."
         )
         raise ValueError(msg)
     if groupby is not None:
@@ -717,8 +724,11 @@ def fit(
             "fixed_formula": parsed.fixed,
             "donor_key": parsed.group,
             "groupby": groupby,
-            "groups": {lab: sub for sub, lab in labels.items()},
-            "skipped": skipped,
+            # lists, not dicts keyed by group: group names may hold characters h5ad keys cannot
+            "groups": list(labels.values()),
+            "group_keys": list(labels.keys()),
+            "skipped_groups": list(skipped.keys()),
+            "skipped_reasons": list(skipped.values()),
             "min_cells_group": int(min_cells_group),
             "min_donors_group": int(min_donors_group),
             "n_cells": int(adata.n_obs),
@@ -759,9 +769,9 @@ def _drop_key(adata: AnnData, key: str) -> None:
     subs = [key]
     old = adata.uns.get(key)
     if isinstance(old, dict) and isinstance(old.get("params"), dict):
-        grp = old["params"].get("groups")
-        if isinstance(grp, dict):
-            subs += [str(s) for s in grp.values()]
+        grp = old["params"].get("group_keys")
+        if grp is not None:
+            subs += [str(s) for s in grp]
     for sub in subs:
         for suffix in VARM_SUFFIXES:
             adata.varm.pop(f"{sub}_{suffix}", None)

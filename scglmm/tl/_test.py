@@ -36,19 +36,18 @@ def _fit_params(adata: AnnData, key: str) -> dict:
 def subkeys(adata: AnnData, key: str, group: str | Sequence[str] | None = None) -> dict[str, str]:
     """``{group label: storage key}`` of a fit (``{"": key}`` without ``groupby``)."""
     params = _fit_params(adata, key)
-    groups = params.get("groups")
-    if not isinstance(groups, Mapping):
+    if "group_keys" not in params:
         if group is not None:
             msg = f"the fit under key {key!r} was not run with groupby; leave group=None."
             raise ValueError(msg)
         return {"": key}
-    groups = {str(g): str(s) for g, s in groups.items()}
+    groups = {str(g): str(s) for g, s in zip(params["groups"], params["group_keys"], strict=True)}
     if group is None:
         return groups
     wanted = [group] if isinstance(group, str) else list(group)
     missing = [g for g in wanted if str(g) not in groups]
     if missing:
-        skipped = dict(params.get("skipped", {}))
+        skipped = dict(zip(params.get("skipped_groups", []), params.get("skipped_reasons", []), strict=True))
         extra = f" (skipped in the fit: {skipped})" if skipped else ""
         msg = f"group(s) {missing} not fitted under key {key!r}; fitted groups: {list(groups)}{extra}."
         raise KeyError(msg)
