@@ -357,25 +357,26 @@ def _print_top(df: pd.DataFrame, n: int, by: tuple[str, ...] = ("coef",)) -> Non
 _MAIN_HELP = """Donor-aware differential expression for single-cell RNA-seq.
 
 \b
-scglmm fits, for every gene, a negative binomial mixed model with a random
-intercept per donor (a GLMM, as glmmTMB or lme4 would fit it):
-  log E[count] = X beta + log(size factor) + b_donor,   b_donor ~ N(0, sigma^2)
+For every gene, scglmm fits a negative binomial mixed model with a random
+intercept per donor (a GLMM, fitted as glmmTMB does):
+  log E[count] = X beta + log(size factor) + b_donor,  b_donor ~ N(0, sigma^2)
 
-Cells from one donor share that donor's effect, so the p-values stay honest
-with few donors; cell-level tests (Wilcoxon, t-test) treat every cell as an
+Cells of one donor share that donor's effect, so the donors, not the cells, are
+the replicates. Cell-level tests (Wilcoxon, t-test) treat every cell as an
 independent replicate and report many false hits.
 
 \b
 Typical use:
   scglmm fit cells.h5ad --formula "~ condition + (1 | donor)" \\
       --out fit.h5ad --table fit.tsv --n-jobs 4
+  scglmm test fit.h5ad --contrast condition,stim,ctrl --out tested.h5ad
 
 \b
 Input : an .h5ad file (AnnData) with raw integer counts in X or a layer,
         and the formula's columns (condition, donor, ...) in obs.
-Output: a copy of the AnnData with the results added (adata.varm['scglmm_coef'],
-        ..., see 'scglmm fit --help'), and optionally a tab-separated table
-        with one row per gene. The input file is never modified.
+Output: a new .h5ad, the AnnData with the results added (varm['scglmm_coef'],
+        ...; see 'scglmm fit --help'), and optionally a tab-separated table,
+        one row per gene. The input file is never modified.
 
 Run 'scglmm COMMAND --help' for the options and examples of each command.
 """
