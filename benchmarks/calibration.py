@@ -49,6 +49,12 @@ OTHER_METHODS = ["scanpy_wilcoxon", "scanpy_t-test", "pseudobulk"]
 SIM = {"sigma2_range": (0.0, 0.08), "sigma2_zero_frac": 0.3, "phi_range": (0.05, 1.0), "covariate_sd": 0.1}
 
 log = logging.getLogger("calibration")
+# formulas compared in paired designs: (label, random-effect column, donor as fixed effect)
+PAIRED_MODELS = [
+    ("~ condition + (1 | donor)", "donor", False),
+    ("~ condition + (1 | sample)", "sample", False),
+    ("~ donor + condition + (1 | sample)", "sample", True),
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,13 +68,23 @@ def _neglogp(stat: np.ndarray, df: float) -> np.ndarray:
     return -(lp + np.log(2.0))
 
 
-def fit_scglmm(Y, obs: pd.DataFrame, off: np.ndarray, donor: str = "donor", *, lrt: bool = True) -> dict:
-    """Fit once (plus the reduced model for the LRT); what every test option needs."""
+def fit_scglmm(
+    Y, obs: pd.DataFrame, off: np.ndarray, donor: str = "donor", *, lrt: bool = True, donor_fixed: bool = False
+) -> dict:
+    """Fit once (plus the reduced model for the LRT); what every test option needs.
+
+    ``donor_fixed`` adds donor dummies as fixed effects (``~ donor + condition + (1 | sample)`` in
+    paired designs).
+    """
     X = np.column_stack([np.ones(len(obs)), (obs["condition"] == "stim").to_numpy(float)])
     cols = ["Intercept", "condition[T.stim]"]
     if "covariate" in obs:
         X = np.column_stack([X, obs["covariate"].to_numpy(float)])
         cols.append("covariate")
+    if donor_fixed:
+        d = pd.get_dummies(obs["donor"].astype(str)).to_numpy(float)[:, 1:]
+        X = np.column_stack([X, d])
+        cols += [f"donor{i}" for i in range(d.shape[1])]
     labels = obs[donor].astype(str).to_numpy()
     res = fit_genes(Y, X, labels, off, n_jobs=2, coef_names=cols, check=False)
     codes, _ = pd.factorize(labels, sort=True)
@@ -336,12 +352,15 @@ def paired_study(n_donors_list, slope_sds, cpd, n_genes, n_rep, seed0) -> pd.Dat
                 keep = np.asarray((Y > 0).sum(axis=0)).ravel() >= 3
                 Y = Y[:, keep]
                 off = np.log(a.obs["libsize"].to_numpy(float))
-                for rterm in ("donor", "sample"):
-                    r = run_scglmm(Y, a.obs, off, donor=rterm, lrt=False)
-                    for cal in ("z", "t_reml"):
-                        pooled.setdefault(f"(1 | {rterm}) {cal}", []).append(r[f"scglmm_{cal}"][0])
-                pooled.setdefault("pseudobulk (donor sums per sample)", []).append(
+                for label, rterm, dfix in PAIRED_MODELS:
+                    r = scglmm_tests(fit_scglmm(Y, a.obs, off, rterm, lrt=False, donor_fixed=dfix))
+                    for cal in ("z", "t", "t_reml"):
+                        pooled.setdefault(f"{label} {cal}", []).append(r[f"scglmm_{cal}"][0])
+                pooled.setdefault("pseudobulk ~ condition (sample sums)", []).append(
                     run_pseudobulk(Y, a.obs, "sample")[0]
+                )
+                pooled.setdefault("pseudobulk ~ donor + condition (sample sums)", []).append(
+                    run_pseudobulk_paired(Y, a.obs)[0]
                 )
             for meth, ps in pooled.items():
                 p = np.concatenate(ps)
@@ -411,6 +430,7 @@ def kang_study(path: Path, n_splits: int, seed: int) -> tuple[pd.DataFrame, pd.D
         lambda: {
             "_raw (1 | donor)": fit_scglmm(Y, obs, off, "donor", lrt=False),
             "_raw (1 | sample)": fit_scglmm(Y, obs, off, "sample", lrt=False),
+            "_raw ~ donor + condition + (1 | sample)": fit_scglmm(Y, obs, off, "sample", lrt=False, donor_fixed=True),
             "scanpy_wilcoxon": run_scanpy(mono.X, obs, "wilcoxon"),
             "pseudobulk (paired: ~ donor + condition)": run_pseudobulk_paired(Y, obs),
             "pseudobulk (unpaired)": run_pseudobulk(Y, obs, "sample"),
@@ -525,6 +545,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kang", type=Path, default=KANG, help="path of kang2018_ifnb_pbmc.h5ad")
     ap.add_argument("--seed", type=int, default=20260)
     ap.add_argument("--parts", default="null,de,paired,kang", help="comma-separated parts to run")
+    ap.add_argument(
+        "--warm",
+        metavar="DPG:CPD[,DPG:CPD...]",
+        help="only fill the fit cache for these grid cells (to spread the work over processes); no tables",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -537,6 +562,14 @@ def main(argv: list[str] | None = None) -> None:
         dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5, 10, 20], [50, 200, 1000], 300, 3, 400, 2, 1000
         paired = ([4, 8], [0.0, 0.2, 0.4], 200, 300, 2)
         n_splits = 5
+    if args.warm:
+        cells = [tuple(int(v) for v in c.split(":")) for c in args.warm.split(",")]
+        for dpg, cpd in cells:
+            if "null" in parts:
+                null_grid([dpg], [cpd], n_null, rep_null, args.seed, lrt_max)
+            if "de" in parts:
+                de_grid([dpg], [cpd], n_de, rep_de, args.seed, lrt_max)
+        return
     t0 = time.perf_counter()
     suffix = "_quick" if args.quick else ""
     settings = {"seed": args.seed, "n_null": n_null, "rep_null": rep_null, "n_de": n_de, "rep_de": rep_de,

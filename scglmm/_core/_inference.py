@@ -18,10 +18,21 @@ variance ``v = c' V c`` (``V`` the ML covariance of MODEL.md section 3):
     increased by ``(sigma2 * m / (m - r) - sigma2) * c_b' (X_b' X_b)^{-1} c_b`` (the donor
     component of ``c' V c`` with the bias-corrected ``sigma2``).
 ``"t_floor"``
-    ``"t_reml"`` with the donor variance of each gene floored at ``sigma2_floor`` (default: a
-    low quantile of the across-gene distribution of the corrected ``sigma2``) before the
-    correction, so genes whose donor variance is estimated at or near 0 do not get the
-    cell-level (much too small) standard error of a donor-level effect.
+    ``"t_reml"`` with the donor variance of each gene floored at ``sigma2_floor`` (default: the
+    median across genes of the corrected ``sigma2``) before the correction, so genes whose donor
+    variance is estimated at or near 0 do not get the cell-level (too small) standard error of a
+    donor-level effect.
+``"satterthwaite"``
+    The corrected variance of ``"t_reml"`` with Satterthwaite degrees of freedom: the donor part
+    ``a = sigma2_adj * k`` of the contrast variance has ``m - r`` df, the cell-level part (the
+    rest) is treated as known, so ``df = (m - r) * (var / a)^2``: ``m - r`` when the donor variance
+    dominates, growing to the normal reference when it is 0.
+``"satterthwaite_floor"``
+    ``"satterthwaite"`` with the floor of ``"t_floor"`` on the donor variance (in the variance and
+    in the df).
+
+``k = c_b' (X_b' X_b)^{-1} c_b`` treats donors as equally informative (balanced designs); with
+unequal cells per donor it is an approximation of the donor part of ``c' V c``.
 """
 
 from __future__ import annotations
