@@ -724,6 +724,8 @@ def fit(
             "fixed_formula": parsed.fixed,
             "donor_key": parsed.group,
             "groupby": groupby,
+            "design_columns": cols,
+            "reference_levels": dict(first.params["reference_levels"]),
             # lists, not dicts keyed by group: group names may hold characters h5ad keys cannot
             "groups": list(labels.values()),
             "group_keys": list(labels.keys()),
