@@ -13,7 +13,7 @@ from scglmm._core import _kernels as K
 @pytest.fixture(scope="module")
 def sim():
     return scglmm.datasets.simulate(
-        n_donors=6, cells_per_donor=300, n_genes=40, frac_de=0.2, mean_range=(0.005, 8.0), seed=11
+        n_donors=6, cells_per_donor=600, n_genes=40, frac_de=0.2, mean_range=(0.005, 8.0), seed=11
     )
 
 
@@ -29,11 +29,13 @@ def test_series_path_equals_cell_by_cell(sim, fmt, paired):
     np.testing.assert_array_equal(fast.status, slow.status)
     ok = np.isfinite(slow.coef[:, 0])
     assert ok.sum() >= 35
-    np.testing.assert_allclose(fast.coef[ok], slow.coef[ok], rtol=0, atol=1e-8)
-    np.testing.assert_allclose(fast.se[ok], slow.se[ok], rtol=1e-8)
-    np.testing.assert_allclose(fast.loglik[ok], slow.loglik[ok], rtol=0, atol=1e-8)
-    np.testing.assert_allclose(fast.sigma2[ok], slow.sigma2[ok], rtol=1e-7, atol=1e-12)
-    np.testing.assert_allclose(fast.dispersion[ok], slow.dispersion[ok], rtol=1e-7, atol=1e-12)
+    # the same optimum up to the optimiser's tolerance (the objectives agree to rounding)
+    np.testing.assert_allclose(fast.coef[ok], slow.coef[ok], rtol=0, atol=1e-4 * slow.se[ok].max())
+    assert np.max(np.abs(fast.coef[ok] - slow.coef[ok]) / slow.se[ok]) < 1e-3
+    np.testing.assert_allclose(fast.se[ok], slow.se[ok], rtol=1e-4)
+    np.testing.assert_allclose(fast.loglik[ok], slow.loglik[ok], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.sigma2[ok], slow.sigma2[ok], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(fast.dispersion[ok], slow.dispersion[ok], rtol=1e-3, atol=1e-6)
 
 
 def test_donor_level_detection(sim):
@@ -50,41 +52,48 @@ def test_donor_level_detection(sim):
         assert dl[0] is expect
     # power sums: PA[i, k] = sum over donor i of Lw^k, checked directly
     Xs, offs, starts, *_ = _prepare_design(X_dl, sim.obs.donor.to_numpy(), off, sim.n_obs)
-    on, Xd, Lw, o_ref, PA, Lmax, bstarts, dblk = donor_level_data(Xs, offs, starts)
+    on, Xb, Lw, o_ref, PA, Lc, bstarts, dblk = donor_level_data(Xs, offs, starts)
     assert on
-    np.testing.assert_array_equal(bstarts, starts)  # one block per donor
-    i = 2
-    lw = np.exp(offs[starts[i] : starts[i + 1]] - o_ref)
-    for k in (0, 1, 5, 30):
-        assert PA[i, k] == pytest.approx(np.sum(lw**k), rel=1e-12)
-    assert K.DL_XMAX <= 0.5
+    assert set(starts.tolist()) <= set(bstarts.tolist())  # blocks never straddle donors
+    np.testing.assert_array_equal(bstarts[dblk], starts)
+    for i in range(len(bstarts) - 1):
+        lw = Lw[bstarts[i] : bstarts[i + 1]]
+        eps = lw / Lc[i] - 1
+        assert np.all(np.abs(eps) <= K.DL_RHO + 1e-12)
+        for k in (0, 1, 5, 20):
+            assert PA[i, k] == pytest.approx(np.sum(eps**k), rel=1e-10, abs=1e-300)
 
 
-@pytest.mark.parametrize("x", [1e-6, 0.01, 0.2, 0.49])
+@pytest.mark.parametrize("x", [1e-7, 0.01, 0.3, 2.0, 50.0, 1e4])
 @pytest.mark.parametrize("level", [1, 2, 3])
 def test_block_series_matches_direct_sums(x, level):
-    """Block sums of q and its derivatives (zero and non-zero cells), series vs cell by cell."""
+    """Block sums of q and its derivatives (zero and non-zero cells): Taylor series around the
+    block centre vs cell by cell, for means far below and far above theta."""
     rng = np.random.default_rng(3)
-    n = 50
-    off = np.log(rng.uniform(1000, 5000, n))
-    y = np.where(rng.random(n) < 0.3, rng.integers(1, 6, n), 0).astype(float)
-    o_ref = off.max()
+    n = 60
+    lw = np.sort(rng.uniform(0.9, 1.1, n) * 0.3)  # within +-DL_RHO of the centre
+    off = np.log(lw) + 8.0
+    y = np.where(rng.random(n) < 0.4, rng.integers(1, 40, n), 0).astype(float)
+    o_ref = 8.0 + np.log(0.5)
     Lw = np.exp(off - o_ref)
     starts = np.array([0, n], dtype=np.int64)
+    Lc = np.array([0.5 * (Lw.min() + Lw.max())])
+    assert np.all(np.abs(Lw / Lc[0] - 1) <= K.DL_RHO)
     kk = K.DL_KMAX + 1
-    PA = np.array([[np.sum(Lw**k) for k in range(kk)]])
+    eps = Lw / Lc[0] - 1
+    PA = np.array([[np.sum(eps**k) for k in range(kk)]])
     nzp = np.flatnonzero(y).astype(np.int64)
     nzy = y[nzp]
     nzs = np.array([0, nzp.size], dtype=np.int64)
     PZ = np.empty((1, kk + 2))
-    K.dl_gene_power_sums(PA, Lw, off, starts, nzp, nzy, nzs, PZ)
+    K.dl_gene_power_sums(PA, Lw, Lc, off, starts, nzp, nzy, nzs, PZ)
     t = 0.7
     theta = np.exp(t)
-    c = np.log(x / Lw.max()) + t - o_ref  # so that max_j mu_j / theta = x
+    c = np.log(x / Lc[0]) + t - o_ref  # so that the block centre has mu / theta = x
     S = np.empty(12)
-    K._dl_block_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PA, PZ, np.array([Lw.max()]), o_ref, level, S)
+    K._dl_block_sums(0, c, t, theta, y, off, Lw, starts, nzp, nzy, nzs, PA, PZ, Lc, o_ref, level, S)
     direct = np.zeros(12)
     for j in range(n):
         direct += np.array(K._cell_all(y[j], c + off[j], t, theta))
     idx = {1: [1, 2], 2: [0, 1, 2], 3: list(range(12))}[level]
-    np.testing.assert_allclose(S[idx], direct[idx], rtol=1e-11, atol=1e-13 * np.abs(direct).max())
+    np.testing.assert_allclose(S[idx], direct[idx], rtol=1e-10, atol=1e-12 * np.abs(direct).max())

@@ -211,10 +211,10 @@ def _prepare_design(
         if not np.all(np.isfinite(off)):
             msg = "offset (log scale) contains NaN or infinite values (a size factor of 0 gives log(0) = -inf)."
             raise ValueError(msg)
-    # cells sorted by donor, and within a donor by design row, so that cells sharing a design row
-    # form contiguous blocks (used by the fast path for designs with few distinct rows)
+    # cells sorted by donor, then design row, then offset, so that cells sharing a design row and a
+    # narrow range of offsets form contiguous blocks (the fast path for designs with few distinct rows)
     _, row_id = np.unique(X, axis=0, return_inverse=True)
-    order = np.lexsort((np.arange(n), np.asarray(row_id).ravel(), codes))
+    order = np.lexsort((off, np.asarray(row_id).ravel(), codes))
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n)
     starts = np.searchsorted(codes[order], np.arange(len(donors) + 1)).astype(np.int64)
@@ -322,45 +322,60 @@ def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
 
 
 def donor_level_data(Xs: NDArray, offs: NDArray, starts: NDArray, *, enable: bool = True) -> tuple:
-    """Precomputed quantities for designs with few distinct rows (cells sorted by donor, then row).
+    """Precomputed quantities for designs with few distinct rows.
 
-    Within each donor, cells with the same design row form a block (e.g. one block per donor for a
-    donor-level condition, two per donor in a paired design). When blocks hold on average at least
-    20 cells, zero counts are summed per block by power series (see the kernels).
+    Cells come sorted by donor, design row and offset. Within a donor, cells with the same design
+    row are cut into blocks whose offsets lie within a relative half-width ``DL_RHO`` of the block
+    centre ``Lc`` (``Lw = exp(offset - o_ref)``), so that each gene is summed per block by
+    convergent Taylor series (see the kernels). Used when blocks hold on average at least 20 cells.
 
-    Returns ``(on, Xb, Lw, o_ref, PA, Lmax, bstarts, dblk)`` for
-    :func:`scglmm._core._kernels.fit_block_csc`; ``on`` is False (placeholder arrays) otherwise.
+    Returns ``(on, Xb, Lw, o_ref, PA, Lc, bstarts, dblk)`` for
+    :func:`scglmm._core._kernels.fit_block_csc`, with ``PA[k, :]`` the centred power sums
+    ``sum_j (Lw_j / Lc_k - 1)^k`` of block k; ``on`` is False (placeholder arrays) otherwise.
     """
     n, p = Xs.shape
     m = starts.shape[0] - 1
     kk = K.DL_KMAX + 1
-    # block boundaries: a new block starts at each donor start and wherever the design row changes
+    placeholder = (
+        False, np.zeros((1, p)), np.zeros(1), 0.0, np.zeros((1, kk)), np.ones(1),
+        np.zeros(2, dtype=np.int64), np.zeros(m + 1, dtype=np.int64),
+    )  # fmt: skip
+    if not enable or n == 0:
+        return placeholder
+    # groups of cells sharing donor and design row
     change = np.zeros(n, dtype=bool)
     change[starts[:-1][starts[:-1] < n]] = True
     if n > 1:
         change[1:] |= np.any(Xs[1:] != Xs[:-1], axis=1)
-    bstarts = np.append(np.flatnonzero(change), n).astype(np.int64)
-    nb = bstarts.shape[0] - 1
-    on = bool(enable) and nb * 20 <= n
-    dblk = np.searchsorted(bstarts, starts).astype(np.int64)
-    if not on:
-        return (
-            False, np.zeros((1, p)), np.zeros(1), 0.0, np.zeros((1, kk)), np.zeros(1),
-            np.zeros(2, dtype=np.int64), np.zeros(m + 1, dtype=np.int64),
-        )  # fmt: skip
-    Xb = np.ascontiguousarray(Xs[bstarts[:-1]])
+    if np.count_nonzero(change) * 20 > n:
+        return placeholder
     o_ref = float(offs.max())
     Lw = np.exp(offs - o_ref)
+    # cut each group into offset bins: Lw_max / Lw_min <= (1 + rho) / (1 - rho)
+    ratio = (1.0 + K.DL_RHO) / (1.0 - K.DL_RHO)
+    cuts = []
+    lo = 0.0
+    for j in range(n):
+        if change[j] or Lw[j] > lo * ratio:
+            cuts.append(j)
+            lo = Lw[j]
+    bstarts = np.append(np.asarray(cuts, dtype=np.int64), n)
+    nb = bstarts.shape[0] - 1
+    if nb * 20 > n:
+        return placeholder
+    dblk = np.searchsorted(bstarts, starts).astype(np.int64)
+    Xb = np.ascontiguousarray(Xs[bstarts[:-1]])
     PA = np.zeros((nb, kk))
-    Lmax = np.zeros(nb)
+    Lc = np.zeros(nb)
     for i in range(nb):
         lw = Lw[bstarts[i] : bstarts[i + 1]]
-        Lmax[i] = lw.max()
-        pw = np.ones_like(lw)
+        Lc[i] = 0.5 * (lw.min() + lw.max())
+        eps = lw / Lc[i] - 1.0
+        pw = np.ones_like(eps)
         for k in range(kk):
             PA[i, k] = pw.sum()
-            pw *= lw
-    return (True, Xb, Lw, o_ref, PA, Lmax, bstarts, dblk)
+            pw *= eps
+    return (True, Xb, Lw, o_ref, PA, Lc, bstarts, dblk)
 
 
 def _block_bounds(n_genes: int, block_size: int) -> list[tuple[int, int]]:

@@ -455,130 +455,137 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
 # u_i * max(Lw) <= DL_XMAX and is summed until xmax^K < e^-49 (K <= 64), so the remainder relative to
 # the leading term is below 1e-16 for the value and below 1e-14 for the fourth derivative (k^3
 # weights): exact to rounding. Otherwise the donor's cells are summed one by one, as for any design.
-DL_KMAX = 64
+DL_KMAX = 24
+#: relative half-width of the offset bins: every cell of a block has |Lw / Lc - 1| <= DL_RHO
+DL_RHO = 0.1
 #: log(sigma^2) above which a gene with counts in a single donor is flagged as separated.
 SIGMA2_SEPARATION = math.log(20.0)
 DL_XMAX = 0.5
 
 
 @njit(**_JIT)
-def dl_gene_power_sums(PA, Lw, off, bstarts, nzp, nzy, nzs, PZ):
-    """Per block i: PZ[i, k] = sum over its non-zero cells of y * Lw^k (k < KMAX + 1), and in the
-    last two columns the block's total count and sum of y * offset."""
+def dl_gene_power_sums(PA, Lw, Lc, off, bstarts, nzp, nzy, nzs, PZ):
+    """Per block i: PZ[i, k] = sum over its non-zero cells of y * eps^k with eps = Lw / Lc[i] - 1
+    (k < KMAX + 1), and in the last two columns the block's total count and sum of y * offset."""
     m = bstarts.shape[0] - 1
     KK = PA.shape[1]
     for i in range(m):
         PZ[i, :] = 0.0
         for idx in range(nzs[i], nzs[i + 1]):
             j = nzp[idx]
-            lw = Lw[j]
+            eps = Lw[j] / Lc[i] - 1.0
             yy = nzy[idx]
             PZ[i, KK] += yy
             PZ[i, KK + 1] += yy * off[j]
             pw = yy
             for k in range(KK):
                 PZ[i, k] += pw
-                pw *= lw
-                if pw == 0.0:
-                    break
+                pw *= eps
 
 
 @njit(**_JIT)
-def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, level, S):
-    """Sums over block i's cells (linear predictor c + offset) of (q, e1..e4, t0..t3, tt0..tt2)
-    into S[0..11].
+def _centered_series(M, i, KK, K, lx, rc, alpha, level, G):
+    """G[m] = sum over a block's cells of w_j g_m(x_c (1 + eps_j)), m = 0..4, from the weighted
+    centred power sums M[i, k] = sum_j w_j eps_j^k, with x_c the block centre, rc = x_c / (1 + x_c),
+    alpha = 1 - rc and lx = log1p(x_c). With beta_k = (-1)^(k+1) rc^k:
 
-    level 1: only e1, e2 (S[1], S[2]); level 2: also q (S[0]); level 3: everything.
+        g0 = log1p(x_c) + sum_k beta_k eps^k / k
+        g1 = rc + alpha sum_k beta_k eps^k
+        g2 = alpha sum_k k beta_k (eps^(k-1) + eps^k)
+        g3 = alpha sum_k k beta_k ((k-1) eps^(k-2) + (2k-1) eps^(k-1) + k eps^k)
+        g4 = alpha sum_k k beta_k ((k-1)(k-2) eps^(k-3) + 3(k-1)^2 eps^(k-2) + (3k^2-3k+1) eps^(k-1) + k^2 eps^k)
 
-    With x_j = mu_j / theta = u Lw_j, every term is a combination of sums over the block's cells of
-    (y_j + theta) g_m(x_j) (plus terms linear in y), where g_0 = log1p(x), g_1 = x / (1 + x) and
-    g_m is the (m-1)-th derivative of g_1 in log x. While u max(Lw) <= DL_XMAX these sums are power
-    series: sum_j w_j g_m(x_j) = sum_k (-1)^(k+1) k^(m-1) u^k sum_j w_j Lw_j^k, with the power sums
-    of the block (PA, all cells, weight 1) and of the gene (PZ, weight y). The combinations that
-    enter the t-derivatives are summed as series of their own, so nothing cancels.
+    (Taylor series in eps of log1p(x) and of its derivatives in log x; |rc eps| <= DL_RHO.)
     """
-    S[:] = 0.0
+    G[:] = 0.0
+    M0 = M[i, 0]
+    bk = 1.0
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    for k in range(1, K + 1):
+        bk = bk * rc if k > 1 else rc
+        sg = bk if (k % 2 == 1) else -bk
+        kf = float(k)
+        Mk = M[i, k]
+        Mk1 = M[i, k - 1]
+        s1 += sg * Mk
+        s2 += kf * sg * (Mk1 + Mk)
+        if level >= 2:
+            s0 += sg * Mk / kf
+        if level >= 3:
+            Mk2 = M[i, k - 2] if k >= 2 else 0.0
+            Mk3 = M[i, k - 3] if k >= 3 else 0.0
+            s3 += kf * sg * ((kf - 1.0) * Mk2 + (2.0 * kf - 1.0) * Mk1 + kf * Mk)
+            s4 += (
+                kf
+                * sg
+                * (
+                    (kf - 1.0) * (kf - 2.0) * Mk3
+                    + 3.0 * (kf - 1.0) * (kf - 1.0) * Mk2
+                    + (3.0 * kf * kf - 3.0 * kf + 1.0) * Mk1
+                    + kf * kf * Mk
+                )
+            )
+    G[0] = M0 * lx + s0
+    G[1] = M0 * rc + alpha * s1
+    G[2] = alpha * s2
+    G[3] = alpha * s3
+    G[4] = alpha * s4
+
+
+@njit(**_JIT)
+def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lc, o_ref, level, S):
+    """Sums over block i's cells (linear predictor c + offset) of (q, e1..e4, t0..t3, tt0..tt2)
+    into S[0..11]; level 1: only e1, e2 (S[1], S[2]); level 2: also q (S[0]); level 3: everything.
+
+    With x_j = mu_j / theta = x_c (1 + eps_j) (x_c at the block's centre offset), every term is a
+    combination of sums over the block of (y_j + theta) g_m(x_j) plus terms linear in y, where
+    g_0 = log1p(x) and g_m is its m-th derivative in log x. These sums are Taylor series around x_c
+    (see :func:`_centered_series`) in the block's centred power sums of eps (PA, gene-independent)
+    and their y-weighted versions (PZ, once per gene). Since |eps| <= DL_RHO and 0 < rc < 1, the
+    series converge geometrically for every parameter value; K terms leave a remainder below
+    (rc DL_RHO)^K K^3, under 1e-19 relative.
+    """
     KK = PA.shape[1]
-    u = math.exp(c - t + o_ref)
-    xmax = u * Lmax[i]
-    if xmax <= DL_XMAX:
-        if xmax > 0.0:
-            K = int(math.ceil(-49.0 / math.log(xmax))) + 1
-            K = min(K, KK - 1)
-        else:
-            K = 1
-        uk = 1.0
-        sign = 1.0
-        # P: weight 1 (all cells); Q: weight y (non-zero cells)
-        P0 = 0.0
-        P1 = 0.0
-        P2 = 0.0
-        P3 = 0.0
-        P4 = 0.0
-        Q0 = 0.0
-        Q1 = 0.0
-        Q2 = 0.0
-        Q3 = 0.0
-        Q4 = 0.0
-        T0 = 0.0
-        T1 = 0.0
-        T2 = 0.0
-        T3 = 0.0
-        TT0 = 0.0
-        TT1 = 0.0
-        TT2 = 0.0
-        for k in range(1, K + 1):
-            uk *= u
-            kf = float(k)
-            tp = sign * uk * PA[i, k]
-            tq = sign * uk * PZ[i, k]
-            sign = -sign
-            P1 += tp
-            P2 += kf * tp
-            Q1 += tq
-            Q2 += kf * tq
-            if level >= 2:
-                P0 += tp / kf
-                Q0 += tq / kf
-            if level >= 3:
-                k2 = kf * kf
-                P3 += k2 * tp
-                P4 += k2 * kf * tp
-                Q3 += k2 * tq
-                Q4 += k2 * kf * tq
-                km1 = kf - 1.0
-                T0 += tp * km1 / kf
-                T1 += tp * km1
-                T2 += tp * kf * km1
-                T3 += tp * k2 * km1
-                TT0 -= tp * km1 * km1 / kf
-                TT1 -= tp * km1 * km1
-                TT2 -= tp * kf * km1 * km1
-        ysum = PZ[i, KK]
-        S[0] = c * ysum + PZ[i, KK + 1] - theta * P0 - Q0
-        S[1] = ysum - theta * P1 - Q1
-        S[2] = -theta * P2 - Q2
-        S[3] = -theta * P3 - Q3
-        S[4] = -theta * P4 - Q4
-        S[5] = theta * T0 + Q1
-        S[6] = theta * T1 + Q2
-        S[7] = theta * T2 + Q3
-        S[8] = theta * T3 + Q4
-        S[9] = theta * TT0 - Q2
-        S[10] = theta * TT1 - Q3
-        S[11] = theta * TT2 - Q4
-        return
+    z = c - t + o_ref + math.log(Lc[i])  # log x_c
+    if z >= 0.0:
+        ez = math.exp(-z)
+        rc = 1.0 / (1.0 + ez)
+        alpha = ez * rc
+        lx = z + math.log1p(ez)
     else:
-        for j in range(bstarts[i], bstarts[i + 1]):
-            if level == 1:
-                e1, e2 = _cell_d12_x(y[j], u * Lw[j], theta)
-                S[1] += e1
-                S[2] += e2
-            else:
-                eta = c + off[j]
-                r = _cell_all_x(y[j], eta, u * Lw[j], eta - t, theta)
-                for k in range(12):
-                    S[k] += r[k]
+        ez = math.exp(z)
+        alpha = 1.0 / (1.0 + ez)
+        rc = ez * alpha
+        lx = math.log1p(ez)
+    ratio = rc * DL_RHO
+    if ratio > 0.0:
+        K = int(math.ceil(-46.0 / math.log(ratio)))
+        K = max(1, min(K, KK - 1))
+    else:
+        K = 1
+    GP = np.empty(5)
+    GQ = np.empty(5)
+    _centered_series(PA, i, KK, K, lx, rc, alpha, level, GP)
+    _centered_series(PZ, i, KK, K, lx, rc, alpha, level, GQ)
+    ysum = PZ[i, KK]
+    S[:] = 0.0
+    S[0] = c * ysum + PZ[i, KK + 1] - theta * GP[0] - GQ[0]
+    S[1] = ysum - theta * GP[1] - GQ[1]
+    S[2] = -theta * GP[2] - GQ[2]
+    if level >= 3:
+        S[3] = -theta * GP[3] - GQ[3]
+        S[4] = -theta * GP[4] - GQ[4]
+        S[5] = theta * (GP[1] - GP[0]) + GQ[1]
+        S[6] = theta * (GP[2] - GP[1]) + GQ[2]
+        S[7] = theta * (GP[3] - GP[2]) + GQ[3]
+        S[8] = theta * (GP[4] - GP[3]) + GQ[4]
+        S[9] = theta * (-GP[0] + 2.0 * GP[1] - GP[2]) - GQ[2]
+        S[10] = theta * (-GP[1] + 2.0 * GP[2] - GP[3]) - GQ[3]
+        S[11] = theta * (-GP[2] + 2.0 * GP[3] - GP[4]) - GQ[4]
 
 
 @njit(**_JIT)
@@ -712,8 +719,11 @@ def dl_laplace(
 
 
 @njit(**_JIT)
-def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
-    """Poisson GLM start from block sums, and a moment estimate of the NB dispersion."""
+def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, maxit=25):
+    """Poisson GLM start from block sums, and a moment estimate of the NB dispersion.
+
+    Block sums of Lw and Lw^2 come from the centred power sums: Lc (M0 + M1), Lc^2 (M0 + 2 M1 + M2).
+    """
     m, p = Xd.shape
     eo = math.exp(o_ref)
     Ysum = np.zeros(m)
@@ -728,7 +738,7 @@ def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
     tot_e = 0.0
     for i in range(m):
         tot_y += Ysum[i]
-        tot_e += eo * PA[i, 1]
+        tot_e += eo * Lc[i] * (PA[i, 0] + PA[i, 1])
     beta[:] = 0.0
     M = np.empty((p, p))
     L = np.empty((p, p))
@@ -740,7 +750,7 @@ def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
         M[:, :] = 0.0
         rhs[:] = 0.0
         for i in range(m):
-            mu = math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo * PA[i, 1]
+            mu = math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo * Lc[i] * (PA[i, 0] + PA[i, 1])
             for k in range(p):
                 rhs[k] += (Ysum[i] - mu) * Xd[i, k]
                 for l in range(k + 1):
@@ -764,8 +774,10 @@ def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, maxit=25):
     den = 0.0
     for i in range(m):
         mi = math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo
-        num += -2.0 * mi * YL[i] + mi * mi * PA[i, 2] - mi * PA[i, 1]
-        den += mi * mi * PA[i, 2]
+        s1 = Lc[i] * (PA[i, 0] + PA[i, 1])
+        s2 = Lc[i] * Lc[i] * (PA[i, 0] + 2.0 * PA[i, 1] + PA[i, 2])
+        num += -2.0 * mi * YL[i] + mi * mi * s2 - mi * s1
+        den += mi * mi * s2
     return num / den if den > 0.0 else 1.0
 
 
@@ -1102,7 +1114,7 @@ def fit_gene(
     # starting values: Poisson GLM, then a moment estimate of the dispersion
     beta0 = np.zeros(p)
     if dl[0]:
-        disp = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0)
+        disp = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5])
     else:
         eta_glm = poisson_glm_start(y, X, off, beta0)
         num = 0.0
@@ -1357,7 +1369,7 @@ def fit_block_csc(
                     nnz += 1
         nzs[nb] = nnz
         if dl_on:
-            dl_gene_power_sums(PA, Lw, off, bstarts, nzp, nzy, nzs, PZ)
+            dl_gene_power_sums(PA, Lw, Lmax, off, bstarts, nzp, nzy, nzs, PZ)
         dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk)
         ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g], dl)
         out_ll[g] = ll
