@@ -15,7 +15,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
 from scipy import sparse
-from scipy.stats import norm
+from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
 import scglmm
@@ -106,7 +106,7 @@ def test_volcano_content(fitted, tmp_path):
 
 def test_volcano_group_colours_and_ax(fitted):
     fig, axes = plt.subplots(1, 2)
-    ret = scglmm.pl.volcano(fitted, group="is_de", lfc_threshold=0.0, n_labels=0, ax=axes[1], show=False)
+    ret = scglmm.pl.volcano(fitted, color_by="is_de", lfc_threshold=0.0, n_labels=0, ax=axes[1], show=False)
     assert ret is axes[1]
     assert not _points(axes[0])
     cols = _points(axes[1])
@@ -149,7 +149,9 @@ def test_volcano_draws_p_zero_genes(fitted):
 
 def test_volcano_clips_p_zero_without_statistic(fitted):
     adata = _with_p_zero(fitted)
-    del adata.varm["scglmm_stat"]
+    stat = adata.varm["scglmm_stat"].copy()
+    stat.loc["G00000", "condition[T.stim]"] = np.nan  # no statistic to compute the height from
+    adata.varm["scglmm_stat"] = stat
     ax = scglmm.pl.volcano(adata, lfc_threshold=0.0, n_labels=1, show=False)
     assert _n_points(ax) == int(np.isfinite(adata.varm["scglmm_pval"]["condition[T.stim]"]).sum())
     tri = [c for c in _points(ax) if len(c.get_offsets()) and c.get_paths()[0].vertices.shape[0] == 4]
@@ -171,8 +173,10 @@ def test_neg_log10_p_matches_direct_formula():
 
 
 def test_volcano_errors(fitted):
-    with pytest.raises(KeyError, match="group column 'nope' not in adata.var"):
-        scglmm.pl.volcano(fitted, group="nope", show=False)
+    with pytest.raises(KeyError, match="color_by column 'nope' not in adata.var"):
+        scglmm.pl.volcano(fitted, color_by="nope", show=False)
+    with pytest.raises(ValueError, match="was not run with groupby"):
+        scglmm.pl.volcano(fitted, group="A", show=False)
     with pytest.raises(ValueError, match="p_threshold must lie strictly between 0.0 and 1.0"):
         scglmm.pl.volcano(fitted, p_threshold=1.5, show=False)
     with pytest.raises(KeyError, match="no scglmm results under key 'other'"):
@@ -334,7 +338,7 @@ def test_pvalue_hist_content(fitted, tmp_path):
     out = tmp_path / "hist.png"
     ax = scglmm.pl.pvalue_hist(fitted, bins=10, show=False, save=out)
     _check_png(out)
-    assert ax.get_xlabel() == "p-value (Wald)"
+    assert ax.get_xlabel() == "p-value"
     assert ax.get_ylabel() == "number of genes"
     p = scglmm.get.results(fitted)["p_value"].dropna().to_numpy()
     heights = np.array([r.get_height() for r in ax.patches])
@@ -368,7 +372,7 @@ def test_show_none_follows_scanpy_autoshow(fitted, monkeypatch):
         sc.settings.autoshow = before
 
 
-def test_donor_effects_of_a_groupby_fit(fitted):
+def test_plots_of_a_groupby_fit(fitted):
     adata = fitted[:, :4].copy()
     adata.obs["half"] = np.where(np.arange(adata.n_obs) % 2 == 0, "even", "odd")
     with warnings.catch_warnings():
@@ -376,17 +380,64 @@ def test_donor_effects_of_a_groupby_fit(fitted):
         scglmm.tl.fit(
             adata, "~ condition + (1 | donor)", groupby="half", key_added="gb", size_factors="libsize", progress=False
         )
-    key = "gb:odd"
-    ax = scglmm.pl.donor_effects(adata, "G00001", key=key, color_by="condition", show=False)
+    with pytest.raises(ValueError, match=r"choose one group with group=, one of \['even', 'odd'\]"):
+        scglmm.pl.donor_effects(adata, "G00001", key="gb", show=False)
+    with pytest.raises(ValueError, match="choose one group with group="):
+        scglmm.pl.volcano(adata, key="gb", show=False)
+    with pytest.raises(KeyError, match="not fitted under key 'gb'"):
+        scglmm.pl.pvalue_hist(adata, key="gb", group="third", show=False)
+    ax = scglmm.pl.donor_effects(adata, "G00001", key="gb", group="odd", color_by="condition", show=False)
     # the raw ratios use only the odd cells and the offset stored for the whole fit
+    sub = "gb:odd"
     odd = (adata.obs["half"] == "odd").to_numpy()
     y = np.asarray(adata.X[:, 1].toarray()).ravel()[odd]
     off = np.asarray(adata.uns["gb"]["log_offset"])[odd]
     stim = (adata.obs["condition"].to_numpy()[odd] == "stim").astype(float)
-    b0, b1 = adata.varm[f"{key}_coef"].loc["G00001"].to_numpy()
+    b0, b1 = adata.varm[f"{sub}_coef"].loc["G00001"].to_numpy()
     donors = adata.obs["donor"].astype(str).to_numpy()[odd]
     raw = {d: np.log(y[donors == d].sum() / np.exp(b0 + b1 * stim + off)[donors == d].sum()) for d in set(donors)}
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     drawn = np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)])
     finite = [raw[d] for d in ticks if np.isfinite(raw[d])]
     np.testing.assert_allclose(drawn, finite, rtol=1e-9)
+    # the volcano of one group shows that group's genes and p-values
+    ax = scglmm.pl.volcano(adata, key="gb", group="even", lfc_threshold=0.0, show=False)
+    res = scglmm.get.results(adata, key="gb", group="even")
+    assert _n_points(ax) == int(res["p_value"].notna().sum())
+    assert ax.get_title().startswith("condition[T.stim] [even]:")
+    ys = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)]))
+    np.testing.assert_allclose(ys, np.sort(-np.log10(res["p_value"].dropna())), rtol=1e-9)
+
+
+def test_plots_of_a_tested_contrast(fitted):
+    adata = fitted.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        name = scglmm.tl.test(adata, "condition[T.stim]", method="lrt", progress=False)
+    res = scglmm.get.results(adata, contrast=name)
+    ok = res["p_value"].notna()
+    ax = scglmm.pl.volcano(adata, contrast=name, lfc_threshold=0.0, show=False)
+    assert _n_points(ax) == int(ok.sum())
+    assert ax.get_xlabel() == f"log2 fold change ({name})"
+    ys = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)]))
+    np.testing.assert_allclose(ys, np.sort(-np.log10(res.loc[ok, "p_value"])), rtol=1e-9)
+    ax = scglmm.pl.pvalue_qq(adata, contrast=name, show=False)
+    assert len(_points(ax)[0].get_offsets()) == int(ok.sum())
+    # a likelihood-ratio p-value that underflowed gets its chi-square height
+    from scglmm.pl._plots import _height
+
+    fake = res.copy()
+    g = fake.index[0]
+    fake.loc[g, "p_value"] = 0.0
+    fake.loc[g, "stat"] = 2000.0
+    fake.loc[g, "df"] = 1.0
+    y, clipped = _height(fake)
+    assert not clipped.any()
+    # chi-square(1) of 2000 is z = sqrt(2000) two-sided: 436.043 (the sf itself underflows to 0)
+    assert chi2.sf(2000.0, 1) == 0.0
+    assert y[0] == pytest.approx(neg_log10_p([np.sqrt(2000.0)])[0], rel=1e-6)
+    # with 3 degrees of freedom where scipy still has it: the same as chi2.logsf
+    fake.loc[g, "stat"] = 1400.0
+    fake.loc[g, "df"] = 3.0
+    y, _ = _height(fake)
+    assert y[0] == pytest.approx(-chi2.logsf(1400.0, 3) / np.log(10.0), rel=1e-9)

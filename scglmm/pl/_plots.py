@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.special import gammaln
 from scipy.stats import beta as beta_dist
 from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
@@ -59,24 +60,60 @@ def _finish(ax: Axes, show: bool | None, save: str | Path | None) -> Axes | None
     return ax
 
 
-def neg_log10_p(stat: ArrayLike, df: float = np.inf) -> np.ndarray:
-    """``-log10`` of the two-sided p-value of ``stat`` (normal, or t with ``df``), exact in the far tail.
+def neg_log10_p(stat: ArrayLike, df: ArrayLike = np.inf) -> np.ndarray:
+    """``-log10`` of the two-sided p-value of ``stat`` (normal where ``df`` is inf, else t), exact in the far tail.
 
     Computed as ``-(log 2 + log S(|stat|)) / log 10`` with the log survival function ``S``, so it
-    stays finite where the p-value itself underflows to 0 (z = 45 gives 442.0).
+    stays finite where the p-value itself underflows to 0 (z = 45 gives 441.5).
     """
     z = np.abs(np.asarray(stat, dtype=float))
+    d = np.broadcast_to(np.asarray(df, dtype=float), z.shape)
+    normal = np.isinf(d)
     with np.errstate(invalid="ignore"):
-        logsf = norm.logsf(z) if np.isinf(df) else t_dist.logsf(z, df)
+        logsf = np.where(normal, norm.logsf(z), t_dist.logsf(z, np.where(normal, 1.0, d)))
     return -(np.log(2.0) + logsf) / np.log(10.0)
 
 
-def _height(adata: AnnData, key: str, res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _chi2_neg_log10_sf(x: ArrayLike, df: ArrayLike) -> np.ndarray:
+    """``-log10`` of the chi-square survival function, finite far beyond where it underflows.
+
+    Where ``chi2.logsf`` gives ``-inf``, the leading terms of the asymptotic expansion of the
+    upper incomplete gamma function are used: with ``a = df / 2`` and ``u = x / 2``,
+    ``log Q(a, u) = (a - 1) log u - u - lgamma(a) + log(1 + (a - 1) / u) + O(u^-2)``.
+    """
+    x = np.asarray(x, dtype=float)
+    df = np.broadcast_to(np.asarray(df, dtype=float), x.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = chi2.logsf(x, df)
+        a, u = df / 2.0, x / 2.0
+        asym = (a - 1.0) * np.log(u) - u - gammaln(a) + np.log1p((a - 1.0) / u)
+    out = np.where(np.isneginf(out) & np.isfinite(asym), asym, out)
+    return -out / np.log(10.0)
+
+
+def _one_result(adata: AnnData, coef: str | None, contrast: str | None, group: str | None, key: str) -> pd.DataFrame:
+    """:func:`scglmm.get.results` for exactly one coefficient or contrast of one fit or group."""
+    from ..tl._test import subkeys
+
+    if group is not None and not isinstance(group, str):
+        msg = f"group must be the name of one group of the groupby fit; got {group!r}."
+        raise TypeError(msg)
+    subs = subkeys(adata, key, group)
+    if group is None and list(subs) != [""]:
+        msg = f"the fit under key {key!r} was run with groupby; choose one group with group=, one of {list(subs)}."
+        raise ValueError(msg)
+    res = results(adata, coef, contrast=contrast, group=group, key=key)
+    res.attrs["name"] = str(res.attrs.get("contrast", res.attrs.get("coef", "")))
+    return res
+
+
+def _height(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """``-log10 p`` of the stored p-values; genes whose p-value is 0 get their exact height.
 
-    The exact height comes from the stored Wald statistic (``varm[f'{key}_stat']``) and the
-    reference degrees of freedom of the fit (``uns[key]['params']['df']``). Where these are not
-    stored, p = 0 is clipped at the smallest positive p-value and flagged in the second output.
+    The exact height comes from the test statistic and its reference distribution as
+    :func:`scglmm.get.results` reports them (``stat`` with ``attrs['df']`` or a ``df`` column; a
+    chi-square for likelihood-ratio contrasts). Where that is not possible, p = 0 is clipped at
+    the smallest positive p-value and flagged in the second output.
     """
     p = res["p_value"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -85,25 +122,24 @@ def _height(adata: AnnData, key: str, res: pd.DataFrame) -> tuple[np.ndarray, np
     zero = p == 0
     if not zero.any():
         return y, clipped
-    name = res.attrs["coef"]
-    params = _params(adata, key)
-    stat_df = adata.varm.get(f"{key}_stat", None)
-    df = params.get("df", {}).get(name) if isinstance(params.get("df"), dict) else None
-    if stat_df is not None and name in stat_df.columns and df is not None:
-        y[zero] = neg_log10_p(stat_df[name].to_numpy(dtype=float)[zero], float(df))
-    if not np.all(np.isfinite(y[zero])):
-        bad = zero & ~np.isfinite(y)
+    stat = res["stat"].to_numpy(dtype=float)[zero]
+    if "df" in res.columns:
+        df = res["df"].to_numpy(dtype=float)[zero]
+    else:
+        df = np.full(stat.shape, float(res.attrs.get("df", np.nan)))
+    lrt = res.attrs.get("method") == "lrt"
+    with np.errstate(invalid="ignore"):
+        y[zero] = _chi2_neg_log10_sf(stat, df) if lrt else neg_log10_p(stat, df)
+    bad = zero & ~np.isfinite(y)
+    if bad.any():
         pos = p[p > 0]
         y[bad] = -np.log10(pos.min()) if pos.size else 0.0
         clipped = bad
     return y, clipped
 
 
-def _rank_stat(adata: AnnData, key: str, res: pd.DataFrame) -> np.ndarray:
-    """|Wald statistic| used to order genes with equal p-values."""
-    name = res.attrs["coef"]
-    if f"{key}_stat" in adata.varm and name in adata.varm[f"{key}_stat"].columns:
-        return np.abs(adata.varm[f"{key}_stat"][name].to_numpy(dtype=float))
+def _rank_stat(res: pd.DataFrame) -> np.ndarray:
+    """|test statistic|, to order genes with equal p-values."""
     return np.abs(res["stat"].to_numpy(dtype=float))
 
 
@@ -129,8 +165,10 @@ def volcano(
     adata: AnnData,
     coef: str | None = None,
     *,
-    key: str = "scglmm",
+    contrast: str | None = None,
     group: str | None = None,
+    key: str = "scglmm",
+    color_by: str | None = None,
     lfc_threshold: float = 1.0,
     p_threshold: float = 0.05,
     n_labels: int = 10,
@@ -141,12 +179,13 @@ def volcano(
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Axes | None:
-    r"""Volcano plot of one coefficient: log2 fold change against :math:`-\log_{10} p`.
+    r"""Volcano plot of one coefficient or contrast: log2 fold change against :math:`-\log_{10} p`.
 
-    The y axis is the stored two-sided Wald p-value (with the fit's calibration). Genes whose
-    p-value underflowed to 0 are drawn at their exact height, computed from the stored statistic
-    with the log survival function of its reference distribution; only if the fit stored no
-    statistic are they clipped at the smallest positive p-value and drawn as triangles.
+    The y axis is the stored p-value (Wald with the fit's calibration, or the likelihood-ratio
+    p-value of a contrast tested with ``method="lrt"``). Genes whose p-value underflowed to 0 are
+    drawn at their exact height, computed from the test statistic with the log survival function
+    of its reference distribution; only where that is impossible are they clipped at the smallest
+    positive p-value and drawn as triangles.
 
     A gene is called significant when its Benjamini-Hochberg adjusted p-value is below
     ``p_threshold`` **and** its absolute log2 fold change is at least ``lfc_threshold``. The
@@ -162,9 +201,13 @@ def volcano(
     coef
         The design column to plot, as in :func:`scglmm.get.results`; ``None`` takes the only
         non-intercept column.
+    contrast
+        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
+    group
+        For a fit with ``groupby``: the group to plot.
     key
         The ``key_added`` of the fit.
-    group
+    color_by
         An ``adata.var`` column (categorical, boolean or string) to colour the genes by, one colour
         per category. ``None`` colours by the call: up, down, not significant.
     lfc_threshold
@@ -198,11 +241,11 @@ def volcano(
     if not isinstance(n_labels, int | np.integer) or n_labels < 0:
         msg = f"n_labels must be a non-negative integer; got {n_labels!r}."
         raise ValueError(msg)
-    res = results(adata, coef, key=key)
+    res = _one_result(adata, coef, contrast, group, key)
     names = _labels(adata, gene_symbols)
     x = res["log2_fc"].to_numpy()
-    y, clipped = _height(adata, key, res)
-    rank = _rank_stat(adata, key, res)
+    y, clipped = _height(res)
+    rank = _rank_stat(res)
     ok = np.isfinite(x) & np.isfinite(y)
     n_nan = int((~ok).sum())
     adj = res["adj_p_value"].to_numpy()
@@ -211,7 +254,7 @@ def volcano(
         passed_p = ok & (adj < p_threshold)
 
     ax = _new_ax(ax, figsize)
-    if group is None:
+    if color_by is None:
         classes = [
             (f"up ({int((sig & (x > 0)).sum())})", sig & (x > 0), _UP),
             (f"down ({int((sig & (x < 0)).sum())})", sig & (x < 0), _DOWN),
@@ -219,10 +262,10 @@ def volcano(
         ]
         legend_title = f"adj. p < {p_threshold:g}, |log2 FC| >= {lfc_threshold:g}"
     else:
-        if group not in adata.var.columns:
-            msg = f"group column {group!r} not in adata.var; available columns: {list(adata.var.columns)}."
+        if color_by not in adata.var.columns:
+            msg = f"color_by column {color_by!r} not in adata.var; available columns: {list(adata.var.columns)}."
             raise KeyError(msg)
-        col = adata.var[group]
+        col = adata.var[color_by]
         cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(pd.unique(col))
         vals = col.to_numpy()
         from matplotlib import colormaps
@@ -233,7 +276,7 @@ def volcano(
             m = ok & (vals == c)
             if m.any():
                 classes.append((f"{c} ({int(m.sum())})", m, cmap(i % 10)))
-        legend_title = group
+        legend_title = color_by
     for label, m, color in classes:
         ax.scatter(x[m & ~clipped], y[m & ~clipped], s=point_size, c=[color], label=label, linewidths=0)
         if (m & clipped).any():
@@ -256,9 +299,10 @@ def volcano(
             fontsize=7,
             gid="gene_label",
         )
-    ax.set_xlabel(f"log2 fold change ({res.attrs['coef']})")
-    ax.set_ylabel(r"$-\log_{10}$ p (Wald)")
-    title = f"{res.attrs['coef']}: {int(ok.sum())} genes"
+    name = res.attrs["name"]
+    ax.set_xlabel(f"log2 fold change ({name})")
+    ax.set_ylabel(r"$-\log_{10}$ p")
+    title = f"{name}{'' if group is None else f' [{group}]'}: {int(ok.sum())} genes"
     if n_nan:
         title += f" ({n_nan} with no estimate not shown)"
     if clipped.any():
@@ -333,6 +377,7 @@ def donor_effects(
     adata: AnnData,
     gene: str,
     *,
+    group: str | None = None,
     key: str = "scglmm",
     color_by: str | None = None,
     size_factors: str | ArrayLike | None = None,
@@ -362,8 +407,8 @@ def donor_effects(
 
     The design is rebuilt from ``adata.uns[key]['params']`` and ``adata.obs``, the offset taken
     from ``adata.uns[key]['log_offset']`` (or rebuilt from its recorded source; pass
-    ``size_factors`` or ``offset`` again if neither is possible). For a fit with ``groupby``, pass
-    the group's key (e.g. ``"scglmm:CD14 Mono"``): only that group's cells are used.
+    ``size_factors`` or ``offset`` again if neither is possible). For a fit with ``groupby``,
+    ``group`` chooses the group, and only its cells are used.
 
     Parameters
     ----------
@@ -371,6 +416,8 @@ def donor_effects(
         The AnnData that :func:`scglmm.tl.fit` was run on (same cells). Nothing is written to it.
     gene
         A var name (or a value of ``gene_symbols``).
+    group
+        For a fit with ``groupby``: the group to plot.
     key
         The ``key_added`` of the fit.
     color_by
@@ -396,7 +443,13 @@ def donor_effects(
     """
     from .._formula import build_design
     from ..tl._fit import _get_counts
+    from ..tl._test import subkeys
 
+    subs = subkeys(adata, key, group)
+    if group is None and list(subs) != [""]:
+        msg = f"the fit under key {key!r} was run with groupby; choose one group with group=, one of {list(subs)}."
+        raise ValueError(msg)
+    key = key if group is None else subs[str(group)]
     params = _params(adata, key)
     names = _labels(adata, gene_symbols)
     hits = np.flatnonzero(np.asarray(names == gene))
@@ -520,8 +573,10 @@ def donor_effects(
 # ------------------------------------------------------------------------------------------------
 # calibration
 # ------------------------------------------------------------------------------------------------
-def _pvals(adata: AnnData, coef: str | None, key: str) -> tuple[pd.DataFrame, np.ndarray, int]:
-    res = results(adata, coef, key=key)
+def _pvals(
+    adata: AnnData, coef: str | None, contrast: str | None, group: str | None, key: str
+) -> tuple[pd.DataFrame, np.ndarray, int]:
+    res = _one_result(adata, coef, contrast, group, key)
     ok = np.isfinite(res["p_value"].to_numpy(dtype=float))
     return res, ok, int((~ok).sum())
 
@@ -530,6 +585,8 @@ def pvalue_qq(
     adata: AnnData,
     coef: str | None = None,
     *,
+    contrast: str | None = None,
+    group: str | None = None,
     key: str = "scglmm",
     ci: float = 0.95,
     point_size: float = 8.0,
@@ -538,7 +595,7 @@ def pvalue_qq(
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Axes | None:
-    r"""QQ plot of the Wald p-values of one coefficient against the uniform distribution.
+    r"""QQ plot of the p-values of one coefficient or contrast against the uniform distribution.
 
     The k-th smallest of n p-values is drawn at expected :math:`-\log_{10}(k/(n+1))` against
     observed :math:`-\log_{10} p` (the stored p-values; exact heights where p underflowed to 0,
@@ -556,6 +613,10 @@ def pvalue_qq(
         An AnnData on which :func:`scglmm.tl.fit` has run. Nothing is written to it.
     coef
         The design column, as in :func:`scglmm.get.results`.
+    contrast
+        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
+    group
+        For a fit with ``groupby``: the group to plot.
     key
         The ``key_added`` of the fit.
     ci
@@ -576,14 +637,14 @@ def pvalue_qq(
     The Axes if ``show`` is False, else ``None``.
     """
     _check_unit("ci", ci, low=0.0, high=1.0)
-    res, ok, n_nan = _pvals(adata, coef, key)
-    name = res.attrs["coef"]
+    res, ok, n_nan = _pvals(adata, coef, contrast, group, key)
+    name = res.attrs["name"]
     n = int(ok.sum())
     if n == 0:
         msg = f"no gene has a p-value for {name!r}; nothing to plot."
         raise ValueError(msg)
-    height, clipped = _height(adata, key, res)
-    order = np.lexsort((-_rank_stat(adata, key, res)[ok], -height[ok]))
+    height, clipped = _height(res)
+    order = np.lexsort((-_rank_stat(res)[ok], -height[ok]))
     obs = height[ok][order]
     clip = clipped[ok][order]
     k = np.arange(1, n + 1)
@@ -602,8 +663,8 @@ def pvalue_qq(
     if clip.any():
         ax.scatter(exp[clip], obs[clip], s=2 * point_size, c="#1f4e79", marker="^", linewidths=0, zorder=3)
     ax.set_xlabel(r"expected $-\log_{10}$ p (uniform)")
-    ax.set_ylabel(r"observed $-\log_{10}$ p (Wald)")
-    title = f"{name}: {n} genes"
+    ax.set_ylabel(r"observed $-\log_{10}$ p")
+    title = f"{name}{'' if group is None else f' [{group}]'}: {n} genes"
     if n_nan:
         title += f" ({n_nan} with no estimate not shown)"
     if clip.any():
@@ -617,6 +678,8 @@ def pvalue_hist(
     adata: AnnData,
     coef: str | None = None,
     *,
+    contrast: str | None = None,
+    group: str | None = None,
     key: str = "scglmm",
     bins: int = 20,
     alpha: float = 0.05,
@@ -625,7 +688,7 @@ def pvalue_hist(
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Axes | None:
-    """Histogram of the Wald p-values of one coefficient, with the count expected if all are null.
+    """Histogram of the p-values of one coefficient or contrast, with the count expected if all are null.
 
     Under a true null for every gene the p-values are uniform: each of the ``bins`` equal bins on
     [0, 1] expects ``n / bins`` genes (dashed line). A peak at 0 on data where nothing should be
@@ -639,6 +702,10 @@ def pvalue_hist(
         An AnnData on which :func:`scglmm.tl.fit` has run. Nothing is written to it.
     coef
         The design column, as in :func:`scglmm.get.results`.
+    contrast
+        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
+    group
+        For a fit with ``groupby``: the group to plot.
     key
         The ``key_added`` of the fit.
     bins
@@ -662,8 +729,8 @@ def pvalue_hist(
         msg = f"bins must be a positive integer; got {bins!r}."
         raise ValueError(msg)
     _check_unit("alpha", alpha, low=0.0, high=1.0)
-    res, ok, n_nan = _pvals(adata, coef, key)
-    name = res.attrs["coef"]
+    res, ok, n_nan = _pvals(adata, coef, contrast, group, key)
+    name = res.attrs["name"]
     p = res["p_value"].to_numpy(dtype=float)[ok]
     n = p.size
     if n == 0:
@@ -681,9 +748,9 @@ def pvalue_hist(
     )
     ax.plot([], [], " ", label=f"p < {alpha:g}: {frac:.1%} of genes (expected {alpha:.0%})")
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("p-value (Wald)")
+    ax.set_xlabel("p-value")
     ax.set_ylabel("number of genes")
-    title = f"{name}: {n} genes"
+    title = f"{name}{'' if group is None else f' [{group}]'}: {n} genes"
     if n_nan:
         title += f" ({n_nan} with no estimate not shown)"
     ax.set_title(title, fontsize=9)
