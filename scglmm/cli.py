@@ -11,6 +11,7 @@ option), 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -341,14 +342,20 @@ def _print_top(df: pd.DataFrame, n: int, by: tuple[str, ...] = ("coef",)) -> Non
         return
     cols = [c for c in ("log2_fc", "se", "p_value", "adj_p_value", "sigma2", "dispersion", "status") if c in df]
     by = tuple(c for c in by if c in df)
-    for label, part in df.groupby(list(by), sort=False):
-        ranked = part.assign(_abs=np.abs(part["stat"]) if "stat" in part else 0.0)
-        ranked = ranked.sort_values(["p_value", "_abs"], ascending=[True, False], na_position="last")
-        best = ranked.head(n).set_index("gene")[cols]
-        n_sig = int((part["adj_p_value"] < 0.05).sum()) if "adj_p_value" in part else 0
-        name = " / ".join(str(v) for v in label)
-        click.echo(f"top {len(best)} of {len(part)} genes for {name} ({n_sig} with adj_p_value < 0.05):")
-        click.echo(best.to_string(float_format=lambda v: f"{v:.3g}"))
+    try:
+        for label, part in df.groupby(list(by), sort=False):
+            ranked = part.assign(_abs=np.abs(part["stat"]) if "stat" in part else 0.0)
+            ranked = ranked.sort_values(["p_value", "_abs"], ascending=[True, False], na_position="last")
+            best = ranked.head(n).set_index("gene")[cols]
+            n_sig = int((part["adj_p_value"] < 0.05).sum()) if "adj_p_value" in part else 0
+            name = " / ".join(str(v) for v in label)
+            click.echo(f"top {len(best)} of {len(part)} genes for {name} ({n_sig} with adj_p_value < 0.05):")
+            click.echo(best.to_string(float_format=lambda v: f"{v:.3g}"))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `scglmm fit ... | head`: the reader has seen enough; the files are written
+        # silence the flush at exit, which would fail again (no file descriptor: a captured stream)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ------------------------------------------------------------------------------------------------

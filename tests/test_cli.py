@@ -535,6 +535,21 @@ def test_no_partial_file_when_the_table_fails(small_h5ad, tmp_path, monkeypatch)
     assert listing(tmp_path) == []  # the .h5ad, already written to its temporary file, is gone too
 
 
+def test_closed_stdout_is_not_an_error(small_h5ad, tmp_path, monkeypatch):
+    """``scglmm fit ... | head -1``: the reader goes away, the files are written, the exit code is 0."""
+
+    def echo(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli_mod.click, "echo", echo)
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "o.h5ad", "--table", tmp_path / "o.tsv"
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "Error" not in res.stderr
+    assert listing(tmp_path) == ["o.h5ad", "o.tsv"]
+
+
 def test_interrupt_during_the_fit(small_h5ad, tmp_path, monkeypatch):
     def interrupted_fit(*args, **kwargs):
         raise KeyboardInterrupt
