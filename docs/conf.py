@@ -63,3 +63,27 @@ except ImportError:  # pragma: no cover - the docs extra installs furo
     html_theme = "alabaster"
 html_title = f"scglmm {release}"
 html_static_path: list[str] = []
+
+
+# ---- the toctrees of index.md: every page in docs/ that exists, in a sensible order --------------
+_GUIDE_ORDER = ["model", "status", "calibration", "scaling", "errors"]
+_REFERENCE = ["api", "cli"]
+
+
+def _pages() -> tuple[list[str], list[str]]:
+    pages = sorted(p.stem for p in HERE.glob("*.md") if p.stem != "index")
+    reference = [p for p in _REFERENCE if p in pages]
+    guide = [p for p in _GUIDE_ORDER if p in pages]
+    guide += [p for p in pages if p not in guide and p not in reference]
+    return guide, reference
+
+
+def _fill_toctrees(app, docname: str, source: list[str]) -> None:
+    if docname != "index":
+        return
+    guide, reference = _pages()
+    source[0] = source[0].replace("GUIDE_PAGES", "\n".join(guide)).replace("REFERENCE_PAGES", "\n".join(reference))
+
+
+def setup(app) -> None:
+    app.connect("source-read", _fill_toctrees)
