@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import warnings
@@ -24,9 +25,14 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
 def _interactive() -> bool:
     try:
-        return sys.stderr.isatty()
+        if sys.stderr.isatty():
+            return True
     except (AttributeError, ValueError):
-        return False
+        pass
+    # a Jupyter kernel: its stderr is not a tty, but tqdm.auto draws a widget there (needs ipywidgets)
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel") and importlib.util.find_spec("ipywidgets") is not None
 
 
 @contextmanager

@@ -231,6 +231,28 @@ def test_interactive_follows_stderr_tty(monkeypatch):
     assert slog._interactive() is False
 
 
+def test_interactive_in_a_jupyter_kernel(monkeypatch):
+    """A notebook's stderr is no tty; the bar is on in a kernel when ipywidgets can draw it."""
+    import importlib.util
+    import types
+
+    class Shell:
+        kernel = object()
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: Shell()
+    monkeypatch.setitem(__import__("sys").modules, "IPython", fake)
+    monkeypatch.setattr("sys.stderr", type("NoTTY", (), {"isatty": lambda self: False})())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ipywidgets" else real(name))
+    assert slog._interactive() is True
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name))
+    assert slog._interactive() is False
+    fake.get_ipython = lambda: None  # IPython imported, but no running shell (a plain script)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert slog._interactive() is False
+
+
 # ------------------------------------------------------------------------------------------------
 # Dask
 # ------------------------------------------------------------------------------------------------
