@@ -97,6 +97,9 @@ def test_backed_counts_views_sums_and_rows(small, tmp_path, fmt):
     assert view.shape == (small.n_obs, idx.size)
     got = sparse.hstack([view.get_block(0, 4), view.get_block(4, 7)]).toarray()
     np.testing.assert_array_equal(got, M[:, idx].toarray())
+    odd = np.array([7, 2, 2, 23, 0])  # unsorted and repeated genes
+    np.testing.assert_array_equal(Y[:, odd].get_block(0, 5).toarray(), M[:, odd].toarray())
+    np.testing.assert_array_equal(Y[:, odd].sum(axis=0), np.asarray(M[:, odd].sum(axis=0)).ravel())
     mask = np.arange(small.n_obs) % 3 == 1
     np.testing.assert_array_equal(Y[mask].toarray(), M[mask].toarray())
     np.testing.assert_array_equal(view[mask].toarray(), M[mask][:, idx].toarray())

@@ -198,15 +198,14 @@ class BackedCounts:
                 indptr = self._get_indptr(elem)
                 cols = self._columns()
                 for c0, c1 in _row_bounds(indptr, self.chunk_nnz):
-                    keep = cols[(cols >= c0) & (cols < c1)]
-                    if keep.size == 0:
+                    pos = np.flatnonzero((cols >= c0) & (cols < c1))  # view columns stored in this chunk
+                    if pos.size == 0:
                         continue
                     s, e = indptr[c0], indptr[c1]
                     blk = sparse.csc_matrix(
                         (elem["data"][s:e], elem["indices"][s:e], indptr[c0 : c1 + 1] - s), shape=(n, c1 - c0)
                     )
-                    pos = np.searchsorted(cols, keep)
-                    yield 0, _place_columns(blk[:, keep - c0], pos, self.shape[1]).tocsr()
+                    yield 0, _place_columns(blk[:, cols[pos] - c0], pos, self.shape[1]).tocsr()
 
     def check_counts(self, what: str = "counts") -> None:
         """Raise unless all entries are finite non-negative integers (streamed)."""
