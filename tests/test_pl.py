@@ -441,3 +441,21 @@ def test_plots_of_a_tested_contrast(fitted):
     fake.loc[g, "df"] = 3.0
     y, _ = _height(fake)
     assert y[0] == pytest.approx(-chi2.logsf(1400.0, 3) / np.log(10.0), rel=1e-9)
+
+
+def test_plots_after_an_h5ad_round_trip(fitted, tmp_path):
+    """What the CLI and Snakemake write is read back and plotted the same."""
+    import anndata as ad
+
+    path = tmp_path / "fit.h5ad"
+    fitted.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    for func in (scglmm.pl.volcano, scglmm.pl.pvalue_qq):
+        a = np.concatenate([c.get_offsets() for c in _points(func(fitted, show=False))])
+        b = np.concatenate([c.get_offsets() for c in _points(func(back, show=False))])
+        np.testing.assert_array_equal(a, b)
+    a = scglmm.pl.donor_effects(fitted, "G00001", color_by="condition", show=False)
+    b = scglmm.pl.donor_effects(back, "G00001", color_by="condition", show=False)
+    for ca, cb in zip(_points(a), _points(b), strict=True):
+        np.testing.assert_allclose(ca.get_offsets(), cb.get_offsets(), rtol=1e-12)
+    assert [t.get_text() for t in a.get_xticklabels()] == [t.get_text() for t in b.get_xticklabels()]
