@@ -258,20 +258,54 @@ def write_atomically(targets: list[tuple[Path, Callable[[Path], None]]]) -> None
         raise
 
 
-def _read_h5ad(path: Path) -> AnnData:
+def _read_h5ad(path: Path, *, backed: bool = False) -> AnnData:
     import anndata as ad
 
     try:
-        adata = ad.read_h5ad(path)
+        adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except Exception as err:
         msg = f"cannot read {str(path)!r} as an .h5ad (AnnData) file: {_message(err)}"
         raise CLIError(msg) from None
-    logger.info("read %s: %d cells x %d genes", path, adata.n_obs, adata.n_vars)
+    how = " (counts stay on disk)" if backed else ""
+    logger.info("read %s: %d cells x %d genes%s", path, adata.n_obs, adata.n_vars, how)
     return adata
 
 
+def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
+    """A writer for ``--backed``: copy INPUT byte for byte, then replace its var, varm and uns.
+
+    The count matrix is never loaded: the copy carries it over, and only the (small) per-gene
+    results and settings are written.
+    """
+
+    def writer(tmp: Path) -> None:
+        import shutil
+
+        import h5py
+
+        try:
+            from anndata.io import write_elem
+        except ImportError:  # pragma: no cover - anndata < 0.11
+            from anndata.experimental import write_elem
+
+        shutil.copyfile(src, tmp)
+        with h5py.File(tmp, "a") as f:
+            for name, value in (("var", adata.var), ("varm", dict(adata.varm)), ("uns", dict(adata.uns))):
+                if name in f:
+                    del f[name]
+                write_elem(f, name, value)
+
+    return writer
+
+
 def _write_outputs(
-    adata: AnnData, out: Path, table: Path | None, df: pd.DataFrame | None, *, compression: str | None = None
+    adata: AnnData,
+    out: Path,
+    table: Path | None,
+    df: pd.DataFrame | None,
+    *,
+    compression: str | None = None,
+    backed_from: Path | None = None,
 ) -> None:
     def write_h5ad(p: Path) -> None:
         if compression is None:
@@ -279,7 +313,8 @@ def _write_outputs(
         else:
             adata.write_h5ad(p, compression=compression)
 
-    targets: list[tuple[Path, Callable[[Path], None]]] = [(out, write_h5ad)]
+    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata)
+    targets: list[tuple[Path, Callable[[Path], None]]] = [(out, writer)]
     if table is not None and df is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
     write_atomically(targets)
@@ -581,6 +616,12 @@ when interrupted).
     f"[default: {_library_default('.tl._fit', 'MIN_DONORS_GROUP')}]",
 )
 @click.option(
+    "--backed",
+    is_flag=True,
+    help="Leave the counts on disk and read them block by block (for files larger than memory); "
+    "the output is a copy of INPUT with the results added.",
+)
+@click.option(
     "--n-agq",
     type=click.IntRange(min=1),
     metavar="K",
@@ -626,6 +667,7 @@ def fit_cmd(
     min_donors: int | None,
     min_cells_group: int | None,
     min_donors_group: int | None,
+    backed: bool,
     n_agq: int,
     n_jobs: int,
     key_added: str,
@@ -653,24 +695,38 @@ def fit_cmd(
                 "min_donors_group": ("--min-donors-group", min_donors_group),
             },
         )
-        adata = _read_h5ad(input_h5ad)
-        _check_columns(adata, layer=layer, size_factors=size_factors, offset=offset, groupby=groupby)
-        if coef:
-            _check_coefs(adata, formula, coef)
-        tl.fit(
-            adata,
-            formula,
-            layer=layer,
-            size_factors=size_factors,
-            offset=offset,
-            key_added=key_added,
-            n_agq=n_agq,
-            n_jobs=n_jobs,
-            progress=False if quiet else None,
-            **extra,
-        )
-        df = _fit_table(adata, coef, key_added)
-        _write_outputs(adata, out, table, df if table is not None else None, compression=compression)
+        if backed and compression is not None:
+            msg = "--compression cannot be used with --backed (the output is a copy of INPUT as it is stored)."
+            raise click.UsageError(msg)
+        adata = _read_h5ad(input_h5ad, backed=backed)
+        try:
+            _check_columns(adata, layer=layer, size_factors=size_factors, offset=offset, groupby=groupby)
+            if coef:
+                _check_coefs(adata, formula, coef)
+            tl.fit(
+                adata,
+                formula,
+                layer=layer,
+                size_factors=size_factors,
+                offset=offset,
+                key_added=key_added,
+                n_agq=n_agq,
+                n_jobs=n_jobs,
+                progress=False if quiet else None,
+                **extra,
+            )
+            df = _fit_table(adata, coef, key_added)
+            _write_outputs(
+                adata,
+                out,
+                table,
+                df if table is not None else None,
+                compression=compression,
+                backed_from=input_h5ad if backed else None,
+            )
+        finally:
+            if backed:
+                adata.file.close()
         if not quiet:
             _print_top(df, top, by=("group", "coef"))
 

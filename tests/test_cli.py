@@ -177,6 +177,44 @@ def test_coef_option_and_key_added(small_h5ad, tmp_path, reference):
     )
 
 
+def test_backed_equals_in_memory(fitted, small_h5ad, tmp_path):
+    """--backed streams the counts from disk; the outputs are the same as a normal run."""
+    _, out_dir, _ = fitted
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--backed", "-o", tmp_path / "b.h5ad",
+        "--table", tmp_path / "b.tsv", "-j", "1",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert "counts stay on disk" in res.stderr
+    assert listing(tmp_path) == ["b.h5ad", "b.tsv"]
+    backed, normal = ad.read_h5ad(tmp_path / "b.h5ad"), ad.read_h5ad(out_dir / "fit.h5ad")
+    inp = ad.read_h5ad(small_h5ad)
+    assert (backed.X != inp.X).nnz == 0
+    assert list(backed.obs.columns) == list(inp.obs.columns)
+    assert sorted(backed.varm) == sorted(normal.varm)
+    for k in ("scglmm_coef", "scglmm_se", "scglmm_pval"):
+        np.testing.assert_allclose(backed.varm[k].to_numpy(), normal.varm[k].to_numpy(), rtol=1e-10, atol=1e-300)
+    assert backed.var["scglmm_status"].astype(str).tolist() == normal.var["scglmm_status"].astype(str).tolist()
+    tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
+    tn = pd.read_csv(out_dir / "fit.tsv", sep="\t")
+    pd.testing.assert_frame_equal(tb, tn, rtol=1e-10)
+    bad = run("fit", small_h5ad, "-f", FORMULA, "--backed", "--compression", "gzip", "-o", tmp_path / "c.h5ad")
+    assert_one_line_error(bad, 2, ["--compression", "--backed"])
+
+
+def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
+    import shutil
+
+    def copyfile(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--backed", "-o", tmp_path / "b.h5ad")
+    assert_one_line_error(res, 130, ["interrupted"])
+    assert listing(tmp_path) == []
+
+
 def test_compression(small_h5ad, tmp_path, reference):
     import h5py
 
