@@ -280,6 +280,29 @@ def test_groupby(small_h5ad, tmp_path):
         np.testing.assert_allclose(part["se"].to_numpy(), expected["se"].to_numpy(), rtol=1e-8)
     assert res.stdout.count("top 3 of 20 genes for") == 2
     assert f"A / {COEF}" in res.stdout
+    if not HAS_TEST:
+        return
+    # a contrast on one group of the grouped fit
+    res = run(
+        "test",
+        tmp_path / "g.h5ad",
+        "-c",
+        COEF,
+        "--group",
+        "A",
+        "-o",
+        tmp_path / "t.h5ad",
+        "--table",
+        tmp_path / "t.tsv",
+    )
+    assert res.exit_code == 0, res.stderr
+    t = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    assert list(t.columns[:3]) == ["gene", "group", "contrast"]
+    assert (t["group"] == "A").all()
+    assert len(t) == 20
+    part = tsv[tsv["group"] == "A"]
+    np.testing.assert_allclose(t["log2_fc"].to_numpy(), part["log2_fc"].to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(t["p_value"].to_numpy(), part["p_value"].to_numpy(), rtol=1e-8)
 
 
 def test_version_and_help():
