@@ -244,6 +244,63 @@ def test_poisson_gene_without_donor_effect_converges() -> None:
     assert "not_converged" not in res.status_str[0], (res.status_str[0], res.theta[0], res.n_iter[0])
 
 
+_HUGE_GENE_SCRIPT = """
+import sys, time, numpy as np, scglmm
+z = np.load(sys.argv[1])
+scglmm.fit_genes(np.ones((6, 1)), np.ones((6, 1)), np.repeat([0, 1], 3))  # compile / load the kernels
+t0 = time.perf_counter()
+res = scglmm.fit_genes(z["y"][:, None], z["X"], z["donor"], z["offset"])
+print(res.status_str[0], int(res.n_iter[0]), float(res.theta[0]), time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kernel: Poisson counts of ~1e5 per cell (67 cells, 3 donors, donor-level factor) run to maxit=200 "
+    "(about 60 s for this one gene: each evaluation walks a count table as long as max(y) = 345604) and end "
+    "'not_converged+sigma2_boundary' with theta ~ 4e6 instead of 'poisson_limit'",
+)
+def test_huge_poisson_gene_converges_quickly() -> None:
+    """Found by test_properties.py (pattern 'huge'); stored in tests/data/hard_gene_huge_poisson.npz.
+
+    Run in a child process with a time limit, so that a slow kernel costs this suite 20 s at most.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "hard_gene_huge_poisson.npz"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _HUGE_GENE_SCRIPT, str(data)], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.split()
+    except subprocess.TimeoutExpired:
+        pytest.fail("the fit of one gene of 67 cells took more than 20 s (with the interpreter start)")
+    status, n_iter, seconds = out[0], int(out[1]), float(out[3])
+    assert "not_converged" not in status, (status, n_iter)
+    assert seconds < 5.0, seconds
+
+
+_POISSON_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="kernel: Poisson counts with a large mean (paired design, 6 donors x 30 cells) run to maxit=200 and "
+    "end 'not_converged' (seed 1: '+poisson_limit'), although the likelihood is smooth there",
+)
+
+
+@pytest.mark.parametrize("mean", [1e4, 1e5])
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=_POISSON_XFAIL), 2, 3, pytest.param(4, marks=_POISSON_XFAIL)]
+)
+def test_large_mean_poisson_genes_converge(seed: int, mean: float) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.poisson(mean * np.exp(_offset() - np.log(5000.0))).astype(float)
+    res = _fit(y[:, None], paired=True)
+    assert_contract(res)
+    assert "not_converged" not in res.status_str[0], (res.status_str[0], res.n_iter[0], res.theta[0])
+    np.testing.assert_allclose(res.coef[0, 0], np.log(mean / 5000.0), atol=0.01)
+
+
 def test_single_cell_burst_is_flagged_or_finite() -> None:
     """One cell with 1e6 counts, or bursts of 1000 in one cell per donor."""
     y1 = np.zeros(N)
@@ -282,7 +339,7 @@ def _hard_matrix() -> np.ndarray:
     y = _nb(rng, mu, 2.0)
     y[STIM_CELL == 1] = 0
     cols.append(y)
-    cols.append(_nb(rng, mu * 4e4, 5.0))
+    cols.append(_nb(rng, mu * 4e3, 5.0))  # ~10^4 per cell (1e5 is test_huge_counts; slower per iteration)
     cols.append(rng.poisson(mu).astype(float))
     cols += [_nb(rng, mu * np.exp(np.repeat(rng.normal(0, 0.5, M), C)), 2.0) for _ in range(6)]
     return np.column_stack(cols)

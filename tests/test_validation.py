@@ -296,6 +296,13 @@ FIT_CASES: list[Case] = [
         mutate=_set_obs("donor", None, as_object=True),
     ),
     Case(
+        "donor_empty",
+        "an empty donor label",
+        ValueError,
+        r"donor column 'donor' has 15 empty label\(s\) ''; every cell needs a donor name",
+        mutate=_put_obs("donor", lambda a: a.obs["donor"].astype(str).replace({"D01": ""})),
+    ),
+    Case(
         "one_donor",
         "fewer than two donors",
         ValueError,
