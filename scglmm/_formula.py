@@ -122,6 +122,18 @@ def required_variables(fixed: str) -> list[str]:
     return sorted(str(v) for v in form.required_variables)
 
 
+def redundant_columns(X: np.ndarray, names: list[str]) -> list[str]:
+    """Columns that add nothing to the ones before them (in formula order), i.e. the ones to drop."""
+    kept: list[int] = []
+    out = []
+    for k in range(X.shape[1]):
+        if np.linalg.matrix_rank(X[:, [*kept, k]]) > len(kept):
+            kept.append(k)
+        else:
+            out.append(str(names[k]))
+    return out
+
+
 def build_design(fixed: str, obs: pd.DataFrame) -> Design:
     """Treatment-coded fixed design, with checks for unknown columns, NaN and rank deficiency."""
     from formulaic import model_matrix
@@ -180,10 +192,7 @@ def build_design(fixed: str, obs: pd.DataFrame) -> Design:
         raise ValueError(msg)
     rank = np.linalg.matrix_rank(X)
     if rank < X.shape[1]:
-        from scipy.linalg import qr
-
-        _, _, piv = qr(X, mode="economic", pivoting=True)
-        dropped = [cols[i] for i in piv[rank:]]
+        dropped = redundant_columns(X, cols)
         msg = (
             f"the fixed-effect design is rank deficient ({rank} of {X.shape[1]} columns estimable): "
             f"column(s) {dropped} are linear combinations of the others {cols}. Remove or merge "
