@@ -221,10 +221,12 @@ def run(args) -> tuple[list[dict], dict]:
 
     bs = args.block_size
     rep = args.repeats
+    if args.large_only:
+        args.ref_genes, args.gene_sizes, args.cell_sizes = 0, [], []
     # -- reference point + n_jobs 1 vs 2 --------------------------------------------------------
     g_ref = args.ref_genes
-    ad = make_data(50_000, g_ref, 20, MEAN_RANGE_REF, seed=5)
-    for kind in ("a", "b"):
+    ad = make_data(50_000, g_ref, 20, MEAN_RANGE_REF, seed=5) if g_ref else None
+    for kind in ("a", "b") if g_ref else ():
         for nj in (1, 2):
             record("reference", time_fit(ad, kind, n_jobs=nj, repeats=rep, block_size=bs))
     # -- scaling in genes (50k cells) -----------------------------------------------------------
@@ -249,13 +251,19 @@ def run(args) -> tuple[list[dict], dict]:
         adl = make_data(100_000, args.large_genes, 40, MEAN_RANGE_SPARSE, seed=11)
         Y = adl.X
         meta["large_simulate_s"] = time.perf_counter() - t0
+        meta["large_n_genes"] = int(adl.n_vars)
         meta["large_csr_mb"] = (Y.data.nbytes + Y.indices.nbytes + Y.indptr.nbytes) / 2**20
         meta["large_csr_dtypes"] = f"data {Y.data.dtype}, indices {Y.indices.dtype}"
         meta["large_rss_before_mb"] = rss_bytes() / 2**20
         for kind in args.large_designs:
-            r = time_fit(adl, kind, n_jobs=2, repeats=1, block_size=bs)
+            sub = adl
+            if kind == "b" and args.large_genes_b and args.large_genes_b < adl.n_vars:
+                sub = adl[:, : args.large_genes_b].copy()  # the first genes of the same matrix
+            r = time_fit(sub, kind, n_jobs=2, repeats=1, block_size=bs)
             r["csr_mb"] = meta["large_csr_mb"]
+            r["extrapolated_s_all_genes"] = r["seconds"] * adl.n_vars / r["n_genes"]
             record("large", r)
+            del sub
         meta["large_maxrss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return rows, meta
 
@@ -268,8 +276,8 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
     lines = [
         f"# scglmm speed benchmark{' (' + args.tag + ')' if args.tag else ''}",
         "",
-        f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  ",
-        f"Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}; git {meta.get('git', '?')}; "
+        f"Command: `{meta.get('command', 'python benchmarks/speed.py ' + ' '.join(sys.argv[1:]))}`  ",
+        f"Date (UTC): {meta.get('date', time.strftime('%Y-%m-%d %H:%M', time.gmtime()))}; git {meta.get('git', '?')}; "
         f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}, "
         f"scglmm {scglmm.__version__}.  ",
@@ -278,7 +286,10 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
         "Designs: (a) `~ condition + (1 | donor)`, (b) `~ condition + covariate + (1 | donor)` "
         "(cell-level covariate).  ",
         "Memory: peak RSS during the fit minus RSS before it (sampled every 2 ms from /proc/self/statm after "
-        "malloc_trim; the input matrix is not included).",
+        "malloc_trim; the input matrix is not included).  ",
+        f"Load average (1 min) when each fit finished: {', '.join(f'{x:.1f}' for x in df.loadavg_1min)} "
+        f"(the machine has {os.cpu_count()} CPUs; above that, other jobs shared the cores, so the timings, "
+        "and the n_jobs 2 / 1 ratio above all, are pessimistic).",
         "",
     ]
     if "compile" in meta:
@@ -294,6 +305,8 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
             f"| {c['warm_cache']['first_fit_s']:.2f} |",
             "",
         ]
+        if meta.get("compile_note"):
+            lines += [str(meta["compile_note"]), ""]
     ref = df[df.section == "reference"]
     if len(ref):
         lines += [
@@ -349,6 +362,18 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
                 f"| {r.peak_rss_delta_mb:.0f} |"
             )
         lines.append("")
+    lg = df[df.section == "large"] if len(df) else df
+    for _, r in lg.iterrows():
+        if r.n_genes < meta.get("large_n_genes", r.n_genes):
+            lines.append(
+                f"Large, design {r.design}: fitted the first {r.n_genes:,} of {meta['large_n_genes']:,} genes; "
+                f"all genes extrapolated linearly: {r.extrapolated_s_all_genes:.0f} s "
+                f"({r.extrapolated_s_all_genes / 60:.1f} min) on 2 cores."
+            )
+        else:
+            lines.append(f"Large, design {r.design}: all {r.n_genes:,} genes in {r.seconds / 60:.1f} min on 2 cores.")
+    if len(lg):
+        lines.append("")
     if "large_csr_mb" in meta:
         lines += [
             f"Large: CSR matrix {meta['large_csr_mb']:.0f} MB ({meta['large_csr_dtypes']}); RSS before the fit "
@@ -363,8 +388,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small subset (a few minutes)")
     p.add_argument("--large", action="store_true", help="also 20,000 genes x 100,000 cells x 40 donors on 2 cores")
+    p.add_argument("--large-only", action="store_true", help="only the large run (implies --large)")
     p.add_argument("--large-genes", type=int, default=20_000)
-    p.add_argument("--large-designs", nargs="+", default=["b"], choices=["a", "b"])
+    p.add_argument("--large-designs", nargs="+", default=["a", "b"], choices=["a", "b"])
+    p.add_argument(
+        "--large-genes-b", type=int, default=0, help="fit design b on only the first N genes of the large matrix"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--ref-genes", type=int, default=500, help="genes at the reference point")
@@ -373,7 +402,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gene-sizes", type=int, nargs="+", default=[100, 250, 500, 1000])
     p.add_argument("--no-compile", action="store_true", help="skip the compilation timing")
     p.add_argument("--tag", default="", help="suffix of the result files (speed_<tag>.md)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the stored .csv and meta")
     args = p.parse_args(argv)
+    args.large = args.large or args.large_only
+    stem = "speed" + (f"_{args.tag}" if args.tag else "")
+    if args.render:
+        rows = pd.read_csv(RESULTS / f"{stem}.csv").to_dict("records")
+        meta = json.loads((RESULTS / f"{stem}_meta.json").read_text())
+        args.repeats = int(rows[0]["repeats"]) if rows else args.repeats
+        (RESULTS / f"{stem}.md").write_text(markdown(rows, meta, args) + "\n")
+        return
     if args.quick:
         args.repeats = min(args.repeats, 2)
         args.ref_genes = min(args.ref_genes, 100)
@@ -381,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
         args.cell_sizes = [n for n in args.cell_sizes if n <= 20_000] or [5_000]
         args.gene_sizes = [g for g in args.gene_sizes if g <= args.ref_genes][:2]
     rows, meta = run(args)
+    meta["command"] = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     try:
         meta["git"] = subprocess.run(
             ["git", "-C", str(RESULTS.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -391,7 +431,6 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(md)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "speed" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{stem}.md").write_text(md + "\n")
     pd.DataFrame(rows).to_csv(RESULTS / f"{stem}.csv", index=False)
     (RESULTS / f"{stem}_meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
