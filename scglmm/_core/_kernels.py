@@ -1099,6 +1099,15 @@ def fit_gene(
     ysum = 0.0
     for j in range(n):
         ysum += y[j]
+    # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
+    # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
+    scale = 1.0
+    for j in range(n):
+        if y[j] > 0.0:
+            scale += y[j] * (1.0 + math.log1p(y[j]))
+    tol_eff = max(tol, 1e-15 * scale)
+    gtol = max(1e-9, 1e-11 * scale)
+    btol = max(1e-6, 1e-11 * scale)
     if ysum == 0.0:
         phi[:] = np.nan
         b[:] = np.nan
@@ -1163,10 +1172,10 @@ def fit_gene(
         free[:] = True
         # near a bound the objective is flat to rounding (theta > 2e6 or sigma^2 < 2e-9): if the
         # gradient does not point away from the bound, move onto it and hold it there
-        if phi[js] <= s_min + 3.0 and grad[js] <= 1e-6:
+        if phi[js] <= s_min + 7.0 and grad[js] <= btol:
             phi[js] = s_min
             free[js] = False
-        if phi[jt] >= t_max - 3.0 and grad[jt] >= -1e-6:
+        if phi[jt] >= t_max - 3.0 and grad[jt] >= -btol:
             phi[jt] = t_max
             free[jt] = False
         # Newton direction on the free parameters, with a Levenberg shift if not concave
@@ -1193,7 +1202,7 @@ def fit_gene(
         for k in range(q):
             dec += gf[k] * step[k]
             gmax = max(gmax, abs(gf[k]))
-        if lam == 0.0 and (dec < tol or gmax < 1e-9):
+        if lam == 0.0 and (dec < tol_eff or gmax < gtol):
             converged = True
             break
         mx = 0.0
@@ -1269,10 +1278,10 @@ def fit_gene(
 
     # final derivatives (at the accepted point) and covariance over the free parameters
     free[:] = True
-    if phi[js] <= s_min + 1e-9 and grad[js] <= 1e-6:
+    if phi[js] <= s_min + 1e-9 and grad[js] <= btol:
         free[js] = False
         status |= SIGMA2_BOUNDARY
-    if phi[jt] >= t_max - 1e-9 and grad[jt] >= -1e-6:
+    if phi[jt] >= t_max - 1e-9 and grad[jt] >= -btol:
         free[jt] = False
         status |= POISSON_LIMIT
     nf = 0
