@@ -238,3 +238,15 @@ def test_bh_and_lrt_helpers():
     np.testing.assert_allclose(stat[:2], [4.0, 0.0])
     np.testing.assert_allclose(pv[:2], [stats.chi2.sf(4.0, 1), 1.0])
     assert np.isnan(stat[2]) and np.isnan(pv[2])
+
+
+def test_default_calibration_is_between_donor_t(fitted):
+    p = fitted.uns["scglmm"]["params"]
+    assert p["calibration"] == "t"
+    # 9 donors, donor-level columns Intercept + 2 treatment levels: 6 df; covariate is cell-level
+    assert dict(p["df"]) == {"Intercept": 6.0, "treatment[T.B]": 6.0, "treatment[T.C]": 6.0, "covariate": np.inf}
+    assert list(p["donor_level_columns"]) == ["Intercept", "treatment[T.B]", "treatment[T.C]"]
+    res = scglmm.get.results(fitted, "treatment[T.B]")
+    np.testing.assert_allclose(res.p_value, 2 * stats.t.sf(np.abs(res.log_fc / res.se), 6), rtol=1e-10)
+    cov = scglmm.get.results(fitted, "covariate")
+    np.testing.assert_allclose(cov.p_value, 2 * stats.norm.sf(np.abs(cov.log_fc / cov.se)), rtol=1e-10)

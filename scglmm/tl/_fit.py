@@ -95,7 +95,10 @@ def _log_offset(
             msg = f"offset must have one value per cell ({n}); got shape {off.shape}."
             raise ValueError(msg)
         if not np.all(np.isfinite(off)):
-            msg = "offset contains NaN or infinite values."
+            msg = (
+                f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
+                "size factor gives -inf); fix them or remove those cells."
+            )
             raise ValueError(msg)
         return off, src
     if size_factors is None:
@@ -474,12 +477,14 @@ def fit(
         With ``groupby``: skip groups with fewer donors. ``None`` or 0 disables it (a fit still
         needs two donors).
     calibration
-        Reference distribution of the stored Wald p-values: ``"t_reml"`` (default: for
-        coefficients constant within donor, a t distribution with ``n_donors - rank`` degrees of
-        freedom of the donor-level design and the donor variance bias-corrected as REML would),
-        ``"t"`` (the t reference alone), ``"t_floor"`` (``"t_reml"`` with a floor on the donor
-        variance) or ``"z"`` (the ML Wald z test, glmmTMB's ``summary``). Coefficients that vary
-        within donors always use z. See the calibration study in ``docs/calibration.md``.
+        Reference distribution of the stored Wald p-values. ``"t"`` (default): a coefficient that
+        is constant within every donor (a donor-level condition) is referred to a t distribution
+        with ``n_donors - r`` degrees of freedom, ``r`` the rank of the donor-level columns of the
+        design; coefficients that vary within donors keep the normal reference. ``"z"``: the ML
+        Wald z test (glmmTMB's ``summary``), anti-conservative with few donors. Also
+        ``"t_reml"``, ``"t_floor"``, ``"satterthwaite"``, ``"satterthwaite_floor"``; the
+        calibration study behind the default and what each option does are in
+        ``docs/calibration.md``.
     rank_coef
         Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
         the first non-intercept column. Only written when that column is a level of a factor (or
@@ -508,8 +513,8 @@ def fit(
         Two-sided Wald p-values per coefficient, with the reference chosen by ``calibration``.
     `adata.varm[f'{key}_stat']` : :class:`pandas.DataFrame`
         The test statistic behind each p-value (``coef / se`` for ``"z"`` and ``"t"``; with the
-        corrected standard error for ``"t_reml"``); its degrees of freedom per coefficient are in
-        ``uns[key]['params']['df']`` (``inf``: normal reference).
+        corrected standard error for the other options); its degrees of freedom per coefficient
+        are in ``uns[key]['params']['df']`` (``inf``: normal reference).
     `adata.varm[f'{key}_cov']` : :class:`numpy.ndarray`
         Genes x (p * p): the coefficient covariance, row-major, for contrasts without refitting.
     `adata.varm[f'{key}_fit']` : :class:`pandas.DataFrame`

@@ -108,7 +108,8 @@ def test(
         Name of the stored results; default: derived from the contrast (``condition[T.stim]``,
         ``treatment_B_vs_A``, ``treatment[T.B]-treatment[T.A]``, ``lrt_condition``).
     calibration
-        Reference distribution of Wald tests, one of ``"z"``, ``"t"``, ``"t_reml"``, ``"t_floor"``,
+        Reference distribution of Wald tests (see :func:`scglmm.tl.fit` and docs/calibration.md),
+        one of ``"z"``, ``"t"``, ``"t_reml"``, ``"t_floor"``,
         ``"satterthwaite"``, ``"satterthwaite_floor"``; ``None`` uses the fit's.
     group
         With a ``groupby`` fit: the group(s) to test; ``None`` tests every fitted group.
