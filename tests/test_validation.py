@@ -392,7 +392,7 @@ FIT_CASES: list[Case] = [
         "offset_nan",
         "a NaN log offset",
         ValueError,
-        r"offset contains NaN or infinite values",
+        r"offset contains (1 )?NaN or infinite value",
         kwargs={"offset": np.r_[np.nan, np.zeros(59)]},
     ),
     Case(

@@ -129,8 +129,9 @@ def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str =
         Y.check_counts(what)
         return
     vals = Y.data if sparse.issparse(Y) else np.asarray(Y)
+    hint = "Pass the layer holding them (e.g. layer='counts')." if what.startswith("adata") else "Pass raw counts."
     if vals.dtype.kind not in "biuf":
-        msg = f"{what} must be numeric, got dtype {vals.dtype}."
+        msg = f"{what} must be numeric, got dtype {vals.dtype}; convert it (e.g. .astype(np.float32)). {hint}"
         raise TypeError(msg)
     if vals.size == 0:
         return
@@ -139,24 +140,20 @@ def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str =
         if not np.all(finite):
             n_nan = int(np.isnan(vals).sum())
             n_inf = int((~finite).sum()) - n_nan
-            msg = (
-                f"{what}: found {n_nan} NaN and {n_inf} infinite value(s); scglmm needs raw integer counts. "
-                "Pass the layer holding them (e.g. layer='counts')."
-            )
+            msg = f"{what}: found {n_nan} NaN and {n_inf} infinite value(s); scglmm needs raw integer counts. {hint}"
             raise ValueError(msg)
         frac = vals != np.floor(vals)
         if np.any(frac):
             msg = (
                 f"{what}: found {int(frac.sum())} non-integer value(s) (e.g. {float(vals[frac][0])!r}); "
-                "scglmm needs raw integer counts, not normalised or log-transformed data. "
-                "Pass the layer holding the raw counts (e.g. layer='counts')."
+                f"scglmm needs raw integer counts, not normalised or log-transformed data. {hint}"
             )
             raise ValueError(msg)
     if vals.dtype.kind != "u" and np.any(vals < 0):
         neg = vals < 0
         msg = (
             f"{what}: found {int(neg.sum())} negative value(s) (e.g. {vals[neg][0].item()!r}); scglmm needs "
-            "raw non-negative integer counts. Pass the layer holding them (e.g. layer='counts')."
+            f"raw non-negative integer counts. {hint}"
         )
         raise ValueError(msg)
 
@@ -174,7 +171,7 @@ def _prepare_design(
         )
         raise ValueError(msg)
     if not np.all(np.isfinite(X)):
-        msg = "X (the design matrix) contains NaN or infinite values."
+        msg = "X (the design matrix) contains NaN or infinite values; fill them or drop those cells from every input."
         raise ValueError(msg)
     rank = np.linalg.matrix_rank(X)
     if rank < X.shape[1]:
@@ -459,7 +456,7 @@ def fit_genes(
         coef_names = [f"x{k}" for k in range(p)]
     coef_names = [str(c) for c in coef_names]
     if len(coef_names) != p:
-        msg = f"coef_names has {len(coef_names)} names for {p} design columns."
+        msg = f"coef_names has {len(coef_names)} names for {p} design columns; pass one name per column of X."
         raise ValueError(msg)
     nodes, logw = _gh_nodes(n_agq)
     if not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
