@@ -496,20 +496,26 @@ def figures(null: pd.DataFrame, de: pd.DataFrame, suffix: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     methods = [m for m in SCGLMM_METHODS + OTHER_METHODS if m in set(null["method"])]
+    style = {
+        m: {"color": plt.cm.tab20(i / 20), "ls": "-" if m.startswith("scglmm") else "--", "marker": "o"}
+        for i, m in enumerate(methods)
+    }
     cpds = sorted(null["cells_per_donor"].unique())
     fig, axes = plt.subplots(1, len(cpds), figsize=(4.2 * len(cpds), 3.6), sharey=True, squeeze=False)
     for ax, cpd in zip(axes[0], cpds, strict=True):
         for m in methods:
             d = null[(null["cells_per_donor"] == cpd) & (null["method"] == m)]
-            ax.plot(d["donors_per_group"], d["fp_05"], marker="o", label=m)
+            ax.plot(d["donors_per_group"], d["fp_05"], label=m, **style[m])
         ax.axhline(0.05, color="k", lw=0.8, ls="--")
         ax.axhspan(0.03, 0.065, color="0.9", zorder=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(sorted(null["donors_per_group"].unique()))
         ax.set_xticklabels(sorted(null["donors_per_group"].unique()))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{cpd} cells per donor")
         ax.set_xlabel("donors per group")
     axes[0][0].set_ylabel("false-positive rate at p < 0.05")
@@ -525,8 +531,8 @@ def figures(null: pd.DataFrame, de: pd.DataFrame, suffix: str) -> None:
     settings = list(dict.fromkeys(lab))
     for m in methods:
         d = de[de["method"] == m].set_index("setting").loc[settings]
-        axes[0].plot(range(len(settings)), d["auprc"], marker="o", label=m)
-        axes[1].plot(range(len(settings)), d["fdr"], marker="o", label=m)
+        axes[0].plot(range(len(settings)), d["auprc"], label=m, **style[m])
+        axes[1].plot(range(len(settings)), d["fdr"], label=m, **style[m])
     for ax, t in zip(axes, ("AUPRC", "FDR at BH 0.05"), strict=True):
         ax.set_xticks(range(len(settings)))
         ax.set_xticklabels(settings, rotation=60, fontsize=7)
@@ -561,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5, 10, 20], [50, 200, 1000], 300, 3, 400, 1, 1000
         paired = ([4, 8], [0.0, 0.2, 0.4], 200, 300, 2)
-        n_splits = 5
+        n_splits = 3
     if args.warm:
         cells = [tuple(int(v) for v in c.split(":")) for c in args.warm.split(",")]
         for dpg, cpd in cells:
@@ -642,7 +648,10 @@ def report(suffix: str, settings: dict, seconds: float, quick: bool) -> None:
         md += ["## Kang 2018 CD14 monocytes, stim vs ctrl: rank of interferon genes (1 = top)", "",
                ranks.set_index("method").to_markdown(), ""]  # fmt: skip
     md.append(f"Time of this run: {seconds:.0f} s.")
-    (OUT / f"calibration{suffix}.md").write_text("\n".join(md) + "\n")
+    text = "\n".join(md) + "\n"
+    # a '|' inside a table cell (formula labels) must be escaped in markdown tables
+    text = "\n".join(ln.replace("(1 | ", "(1 \\| ") if ln.startswith("|") else ln for ln in text.split("\n"))
+    (OUT / f"calibration{suffix}.md").write_text(text)
     log.info("wrote %s", OUT / f"calibration{suffix}.md")
 
 
