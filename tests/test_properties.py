@@ -113,8 +113,7 @@ def _counts(pattern: str, d: dict[str, Any], rng: np.random.Generator) -> np.nda
     if pattern == "constant":
         return np.full(n, float(rng.integers(1, 20)))
     if pattern == "huge":
-        # 2e4 per cell: at 1e5 one gene can take a minute (see test_robustness.py), too slow for this file
-        return rng.poisson(2e4 * base).astype(float)
+        return rng.poisson(1e5 * base).astype(float)
     raise AssertionError(pattern)
 
 
