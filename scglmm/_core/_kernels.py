@@ -64,17 +64,7 @@ def _cell_q(y: float, eta: float, t: float, theta: float) -> float:
 @njit(**_JIT)
 def _cell_d12(y: float, eta: float, t: float, theta: float) -> tuple[float, float]:
     """First and second derivative of q in eta."""
-    z = eta - t
-    if z >= 0.0:
-        ez = math.exp(-z)
-        r = 1.0 / (1.0 + ez)
-        rho = ez * r
-    else:
-        ez = math.exp(z)
-        rho = 1.0 / (1.0 + ez)
-        r = ez * rho
-    yt = y + theta
-    return y - yt * r, -yt * r * rho
+    return _cell_d12_x(y, math.exp(min(eta - t, 709.0)), theta)
 
 
 @njit(**_JIT)
@@ -88,34 +78,7 @@ def _cell_all(y: float, eta: float, t: float, theta: float):
     -theta g_k + (y+theta) g_{k+1}, and d^2/dt^2 is -theta g_k + 2 theta g_{k+1} - (y+theta) g_{k+2}.
     """
     z = eta - t
-    if z >= 0.0:
-        ez = math.exp(-z)
-        r = 1.0 / (1.0 + ez)
-        rho = ez * r
-        g0 = z + math.log1p(ez)
-    else:
-        ez = math.exp(z)
-        rho = 1.0 / (1.0 + ez)
-        r = ez * rho
-        g0 = math.log1p(ez)
-    g1 = r
-    g2 = r * rho
-    g3 = g2 * (rho - r)
-    g4 = g2 * (1.0 - 6.0 * r * rho)
-    yt = y + theta
-    q = y * eta - yt * g0
-    e1 = y - yt * g1
-    e2 = -yt * g2
-    e3 = -yt * g3
-    e4 = -yt * g4
-    t0 = -theta * g0 + yt * g1
-    t1 = -theta * g1 + yt * g2
-    t2 = -theta * g2 + yt * g3
-    t3 = -theta * g3 + yt * g4
-    tt0 = -theta * g0 + 2.0 * theta * g1 - yt * g2
-    tt1 = -theta * g1 + 2.0 * theta * g2 - yt * g3
-    tt2 = -theta * g2 + 2.0 * theta * g3 - yt * g4
-    return q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2
+    return _cell_all_x(y, eta, math.exp(min(z, 709.0)), z, theta)
 
 
 @njit(**_JIT)
@@ -145,7 +108,7 @@ def _cell_d12_x(y: float, x: float, theta: float) -> tuple[float, float]:
 
 @njit(**_JIT)
 def _cell_all_x(y: float, eta: float, x: float, z: float, theta: float):
-    """As :func:`_cell_all` from x = mu / theta and z = log(x) (one log1p, no exp)."""
+    """:func:`_cell_all` from x = mu / theta and z = log(x) (one log1p, no exp)."""
     r, rho = _x_parts(x)
     g0 = _g0_x(x, z)
     g1 = r
