@@ -265,3 +265,16 @@ def test_cli_failure_mid_run_writes_no_file(tmp_path: Path, monkeypatch) -> None
     assert res.exit_code == 1, res.output
     assert not out.exists() and not table.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad"]  # no temporary file left either
+
+
+def test_fit_on_a_view_leaves_the_parent_untouched() -> None:
+    """As with scanpy tools, a view becomes its own object (anndata warns); the parent is not written to."""
+    from anndata import ImplicitModificationWarning
+
+    a = _fitted("other")
+    before = a.copy()
+    v = a[:, :12]
+    with pytest.warns(ImplicitModificationWarning, match="initializing view as actual"):
+        scglmm.tl.fit(v, FORMULA, size_factors="libsize", n_jobs=1)
+    assert not v.is_view and "scglmm_coef" in v.varm and v.varm["scglmm_coef"].shape[0] == 12
+    assert_adata_equal(a, before)
