@@ -25,7 +25,17 @@ def ref() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def fitted() -> ad.AnnData:
     adata = ad.read_h5ad(DATA / "data.h5ad")
-    scglmm.tl.fit(adata, FORMULA, size_factors="libsize", n_jobs=2, progress=False)
+    # calibration="z": the ML Wald test compared with glmmTMB's summary; no gene filter, every gene compared
+    scglmm.tl.fit(
+        adata,
+        FORMULA,
+        size_factors="libsize",
+        n_jobs=2,
+        progress=False,
+        calibration="z",
+        min_cells=None,
+        min_donors=None,
+    )
     return adata
 
 

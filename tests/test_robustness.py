@@ -244,36 +244,19 @@ def test_poisson_gene_without_donor_effect_converges() -> None:
     assert "not_converged" not in res.status_str[0], (res.status_str[0], res.theta[0], res.n_iter[0])
 
 
-_HUGE_GENE_SCRIPT = """
-import sys, time, numpy as np, scglmm
-z = np.load(sys.argv[1])
-scglmm.fit_genes(np.ones((6, 1)), np.ones((6, 1)), np.repeat([0, 1], 3))  # compile / load the kernels
-t0 = time.perf_counter()
-res = scglmm.fit_genes(z["y"][:, None], z["X"], z["donor"], z["offset"])
-print(res.status_str[0], int(res.n_iter[0]), float(res.theta[0]), time.perf_counter() - t0)
-"""
-
-
-def test_huge_poisson_gene_converges_quickly() -> None:
+def test_huge_poisson_gene_converges() -> None:
     """Found by test_properties.py (pattern 'huge'); stored in tests/data/hard_gene_huge_poisson.npz.
 
-    Run in a child process with a time limit, so that a slow kernel costs this suite 20 s at most.
+    67 cells with counts up to 345,604: it ran to maxit = 200 and ended 'not_converged' before the
+    convergence test was made relative to the scale of the log-likelihood.
     """
-    import subprocess
-    import sys
     from pathlib import Path
 
-    data = Path(__file__).parent / "data" / "hard_gene_huge_poisson.npz"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", _HUGE_GENE_SCRIPT, str(data)], capture_output=True, text=True, timeout=20, check=True
-        ).stdout.split()
-    except subprocess.TimeoutExpired:
-        pytest.fail("the fit of one gene of 67 cells took more than 20 s (with the interpreter start)")
-    status, n_iter, seconds = out[0], int(out[1]), float(out[3])
+    z = np.load(Path(__file__).parent / "data" / "hard_gene_huge_poisson.npz")
+    res = scglmm.fit_genes(z["y"][:, None], z["X"], z["donor"], z["offset"])
+    status, n_iter = res.status_str[0], int(res.n_iter[0])
     assert "not_converged" not in status, (status, n_iter)
-    assert n_iter < 150, n_iter  # ran to maxit = 200 before the relative convergence test
-    del seconds  # speed is measured in benchmarks/, not asserted here
+    assert n_iter < 150, n_iter
 
 
 @pytest.mark.parametrize("mean", [1e4, 1e5])
