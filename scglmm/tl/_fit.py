@@ -178,6 +178,8 @@ class _Run:
     status: np.ndarray
     params: dict
     res: GenesFit
+    warning: str | None = None
+    """Summary of the genes without an estimate; :func:`fit` emits one warning per run."""
 
 
 def _fit_cells(
@@ -351,13 +353,14 @@ def _fit_cells(
         logger.info("%s: status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", desc, n_bad, summary, key)
     unusable_mask = ~np.isfinite(res.coef[:, 0]) & ((status & FILTERED) == 0) if p else np.zeros(G, bool)
     unusable = int(unusable_mask.sum())
+    message = None
     if unusable:
         examples = list(var_names[unusable_mask][:5])
-        warn(
+        message = (
             f"{desc}: {unusable} of {G} genes have no estimate (NaN; e.g. {examples}): "
             f"{summary}. See adata.varm['{key}_fit']['status']."
         )
-    return _Run(varm=new_varm, status=status_str.astype(str), params=params, res=res)
+    return _Run(varm=new_varm, status=status_str.astype(str), params=params, res=res, warning=message)
 
 
 def _group_key(key: str, group: str) -> str:
@@ -695,6 +698,12 @@ def fit(
             )
             raise ValueError(msg)
     seconds = time.perf_counter() - t_start
+    # one summary warning per run (all groups together), never one per gene or per group
+    messages = [run.warning for run in runs.values() if run.warning]
+    if len(messages) == 1:
+        warn(messages[0])
+    elif messages:
+        warn(f"{len(messages)} groups have genes without an estimate: " + " | ".join(messages))
 
     # ---- assemble every output before touching adata ------------------------------------------
     for run in runs.values():
