@@ -1058,16 +1058,14 @@ def fit_gene(
     cov[:, :] = np.nan
     b[:] = 0.0
     status = 0
-    cnt_gt, lgy = count_table(y)
+    cnt_gt, lgy = count_table(dl[7] if dl[0] else y)  # only non-zero counts matter
     ysum = 0.0
     for j in range(n):
         ysum += y[j]
     # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
     # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
-    scale = 1.0
-    for j in range(n):
-        if y[j] > 0.0:
-            scale += y[j] * (1.0 + math.log1p(y[j]))
+    # (an upper bound from the total and the largest count: no pass over the cells)
+    scale = 1.0 + ysum * (1.0 + math.log1p(float(cnt_gt.shape[0])))
     tol_eff = max(tol, 1e-15 * scale)
     gtol = max(1e-9, 1e-11 * scale)
     btol = max(1e-6, 1e-11 * scale)
