@@ -682,8 +682,8 @@ def dl_laplace(
 
 
 @njit(**_JIT)
-def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, maxit=25):
-    """Poisson GLM start from block sums, and a moment estimate of the NB dispersion.
+def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, dblk, maxit=25):
+    """Poisson GLM start from block sums; moment estimates of the NB dispersion and donor variance.
 
     Block sums of Lw and Lw^2 come from the centred power sums: Lc (M0 + M1), Lc^2 (M0 + 2 M1 + M2).
     """
@@ -741,7 +741,20 @@ def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, maxit=25):
         s2 = Lc[i] * Lc[i] * (PA[i, 0] + 2.0 * PA[i, 1] + PA[i, 2])
         num += -2.0 * mi * YL[i] + mi * mi * s2 - mi * s1
         den += mi * mi * s2
-    return num / den if den > 0.0 else 1.0
+    disp = num / den if den > 0.0 else 1.0
+    # donor variance by moments of the donors' observed / expected ratios (as in fit_gene)
+    nd = dblk.shape[0] - 1
+    v = 0.0
+    for d in range(nd):
+        yd = 0.0
+        md = 0.0
+        for i in range(dblk[d], dblk[d + 1]):
+            yd += Ysum[i]
+            md += math.exp(min(_dl_c(Xd, beta, i), 50.0)) * eo * Lc[i] * (PA[i, 0] + PA[i, 1])
+        if md > 0.0:
+            v += (yd / md - 1.0) ** 2 - 1.0 / md
+    v = min(max(v / max(nd, 1), 0.01), 2.0)
+    return disp - v, math.log1p(v)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1083,8 +1096,9 @@ def fit_gene(
 
     # starting values: Poisson GLM, then a moment estimate of the dispersion
     beta0 = np.zeros(p)
+    sigma2_0 = 0.1
     if dl[0]:
-        disp = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5])
+        disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
     else:
         eta_glm = poisson_glm_start(y, X, off, beta0)
         num = 0.0
@@ -1098,7 +1112,7 @@ def fit_gene(
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
         phi[k] = beta0[k]
-    phi[js] = math.log(0.1)
+    phi[js] = math.log(sigma2_0)
     phi[jt] = t0
 
     eta0 = np.empty(n)
