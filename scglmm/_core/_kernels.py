@@ -682,6 +682,28 @@ def dl_laplace(
 
 
 @njit(**_JIT)
+def _glm_newton_step(M, rhs, beta, L, step):
+    """Complete the lower triangle ``M`` (with a tiny ridge), solve ``M step = rhs`` and move
+    ``beta`` by the step, damped to a largest component of 3. Returns the largest component of
+    the undamped step, or -1 if ``M`` is not positive definite."""
+    p = beta.shape[0]
+    for k in range(p):
+        M[k, k] += 1e-8 * (1.0 + M[k, k])
+        for l in range(k):
+            M[l, k] = M[k, l]
+    if not _cholesky(M, L):
+        return -1.0
+    _chol_solve(L, rhs, step)
+    mx = 0.0
+    for k in range(p):
+        mx = max(mx, abs(step[k]))
+    sc = 1.0 if mx < 3.0 else 3.0 / mx
+    for k in range(p):
+        beta[k] += sc * step[k]
+    return mx
+
+
+@njit(**_JIT)
 def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, dblk, maxit=25):
     """Poisson GLM start from block sums; moment estimates of the NB dispersion and donor variance.
 
@@ -718,20 +740,8 @@ def dl_start(Xd, PA, Lw, o_ref, nzp, nzy, nzs, beta, Lc, dblk, maxit=25):
                 rhs[k] += (Ysum[i] - mu) * Xd[i, k]
                 for l in range(k + 1):
                     M[k, l] += mu * Xd[i, k] * Xd[i, l]
-        for k in range(p):
-            M[k, k] += 1e-8 * (1.0 + M[k, k])
-            for l in range(k):
-                M[l, k] = M[k, l]
-        if not _cholesky(M, L):
-            break
-        _chol_solve(L, rhs, step)
-        mx = 0.0
-        for k in range(p):
-            mx = max(mx, abs(step[k]))
-        sc = 1.0 if mx < 3.0 else 3.0 / mx
-        for k in range(p):
-            beta[k] += sc * step[k]
-        if mx < 1e-8:
+        mx = _glm_newton_step(M, rhs, beta, L, step)
+        if mx < 1e-8:  # converged, or not positive definite (-1)
             break
     num = Y2
     den = 0.0
@@ -847,20 +857,8 @@ def poisson_glm_start(y, X, off, beta, maxit=25):
                 rhs[k] += res * X[j, k]
                 for l in range(k + 1):
                     M[k, l] += mu * X[j, k] * X[j, l]
-        for k in range(p):
-            M[k, k] += 1e-8 * (1.0 + M[k, k])
-            for l in range(k):
-                M[l, k] = M[k, l]
-        if not _cholesky(M, L):
-            break
-        _chol_solve(L, rhs, step)
-        mx = 0.0
-        for k in range(p):
-            mx = max(mx, abs(step[k]))
-        scale = 1.0 if mx < 3.0 else 3.0 / mx
-        for k in range(p):
-            beta[k] += scale * step[k]
-        if mx < 1e-8:
+        mx = _glm_newton_step(M, rhs, beta, L, step)
+        if mx < 1e-8:  # converged, or not positive definite (-1)
             break
     for j in range(n):
         e = off[j]
@@ -886,10 +884,13 @@ def _eta0(X, off, phi, eta0, w):
 
 
 @njit(**_JIT)
-def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw):
-    """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail."""
+def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw):
+    """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail.
+
+    ``scratch`` (2, n) is reused for eta0 = X beta + offset and w = exp(eta0)."""
     p = X.shape[1]
-    w = np.empty(eta0.shape[0])
+    eta0 = scratch[0]
+    w = scratch[1]
     _eta0(X, off, phi, eta0, w)
     ok = conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
     if not ok:
@@ -946,10 +947,11 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
 
 
 @njit(**_JIT)
-def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess):
+def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess):
     """Modes (warm-started from ``b``), then value, gradient and Hessian. NaN if modes fail."""
     p = X.shape[1]
-    w = np.empty(eta0.shape[0])
+    eta0 = scratch[0]
+    w = scratch[1]
     _eta0(X, off, phi, eta0, w)
     if not conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b):
         return np.nan
@@ -975,12 +977,8 @@ def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs,
 
 @njit(**_JIT)
 def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess):
-    p = X.shape[1]
     if nodes.shape[0] <= 1:
-        w = np.empty(eta0.shape[0])
-        _eta0(X, off, phi, eta0, w)
-        conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
-        return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
+        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess)
     return _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
 
 
@@ -1115,7 +1113,7 @@ def fit_gene(
     phi[js] = math.log(sigma2_0)
     phi[jt] = t0
 
-    eta0 = np.empty(n)
+    eta0 = np.empty((2, n))  # scratch: eta0 and exp(eta0), reused by every evaluation
     grad = np.zeros(q)
     hess = np.zeros((q, q))
     gtrial = np.zeros(q)
