@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         paired = ([4], [0.0, 0.3], 100, 200, 1)
         n_splits = 1
     else:
-        dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5, 10, 20], [50, 200, 1000], 300, 3, 400, 1, 1000
+        dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5, 10, 20], [50, 200, 1000], 300, 8, 400, 4, 1000
         paired = ([4, 8], [0.0, 0.2, 0.4], 200, 300, 2)
         n_splits = 3
     if args.warm:

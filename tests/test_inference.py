@@ -10,6 +10,7 @@ from scipy import stats
 
 import scglmm
 from scglmm._core._inference import (
+    EB_MIN_GENES,
     bh_adjust,
     contrast_vector,
     donor_level_design,
@@ -231,6 +232,75 @@ def test_wald_pvalues_by_hand():
     np.testing.assert_allclose(w["p_value"], z["p_value"])
 
 
+def _normal_means(rng, G, n1, n2, sigma2, w):
+    """Donor means of G genes, n1 vs n2 donors, no effect; what the GLMM fit returns for them."""
+    m = n1 + n2
+    Xb = np.column_stack([np.ones(m), np.r_[np.zeros(n1), np.ones(n2)]])
+    ymeans = rng.normal(size=(G, m)) * np.sqrt(sigma2 + w)[:, None]
+    beta = np.linalg.lstsq(Xb, ymeans.T, rcond=None)[0].T
+    rss = ((ymeans - beta @ Xb.T) ** 2).sum(axis=1)
+    s2_ml = np.maximum(rss / m - w, 0.0)  # ML donor variance with known within-donor variance
+    k = np.linalg.inv(Xb.T @ Xb)[1, 1]
+    cov = np.zeros((G, 2, 2))
+    cov[:, 0, 0] = 1.0
+    cov[:, 1, 1] = k * (s2_ml + w)
+    codes = np.repeat(np.arange(m), 4)
+    mask, Xb_cells = donor_level_design(Xb[codes], codes)
+    return beta, cov, s2_ml, mask, Xb_cells, k
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(3, 3), (5, 5), (4, 8)])
+def test_eb_calibration_is_exact_in_the_normal_means_model(n1, n2):
+    # Donor variances: 30 % zero, the rest uniform; within-donor variances vary 30-fold across
+    # genes. In this model the "eb" p-value is exact once the prior is learnt, while "t" is
+    # conservative at the boundary and "z" is anti-conservative.
+    rng = np.random.default_rng(n1 * 100 + n2)
+    G = 6000
+    sigma2 = np.where(rng.random(G) < 0.3, 0.0, rng.uniform(0.0, 0.1, G))
+    w = np.exp(rng.uniform(np.log(0.005), np.log(0.15), G))
+    coef, cov, s2, mask, Xb, k = _normal_means(rng, G, n1, n2, sigma2, w)
+    c = np.array([0.0, 1.0])
+    kw = {"sigma2": s2, "donor_mask": mask, "donor_design": Xb}
+    eb = wald_pvalues(coef, cov, c, calibration="eb", **kw)
+    z = wald_pvalues(coef, cov, c, calibration="z", **kw)
+    assert eb["donor_level"] and np.isinf(eb["df"])
+    se = np.sqrt(0.05 * 0.95 / G)  # 0.0028
+    assert abs(np.mean(eb["p_value"] < 0.05) - 0.05) < 3.5 * se
+    assert abs(np.mean(eb["p_value"] < 0.01) - 0.01) < 3.5 * np.sqrt(0.01 * 0.99 / G)
+    assert np.mean(z["p_value"] < 0.05) > 0.065
+    # the stored statistic is the normal quantile of the p-value, and se_test matches it
+    np.testing.assert_allclose(2 * stats.norm.sf(np.abs(eb["stat"])), eb["p_value"], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(coef[:, 1] / eb["se_test"]), np.abs(eb["stat"]), rtol=1e-9)
+    # the learnt prior has the true share of zero donor variances and mean donor variance
+    prior, grid = eb["eb_prior"], eb["eb_grid"]
+    assert prior.sum() == pytest.approx(1.0)
+    assert abs(prior @ grid - sigma2.mean()) < 0.005
+    assert abs(prior[grid < 1e-3].sum() - np.mean(sigma2 < 1e-3)) < 0.08
+    # posterior means shrink the ML estimates towards the prior: closer to the truth on average
+    assert np.mean((eb["sigma2_post"] - sigma2) ** 2) < 0.5 * np.mean((s2 * (n1 + n2) / (n1 + n2 - 2) - sigma2) ** 2)
+
+
+def test_eb_falls_back_to_t_with_few_genes_and_keeps_nan_rows():
+    rng = np.random.default_rng(5)
+    G = 200
+    coef, cov, s2, mask, Xb, k = _normal_means(rng, G, 3, 3, np.full(G, 0.05), np.full(G, 0.02))
+    c = np.array([0.0, 1.0])
+    kw = {"donor_mask": mask, "donor_design": Xb}
+    few = wald_pvalues(coef[: EB_MIN_GENES - 1], cov[: EB_MIN_GENES - 1], c, sigma2=s2[: EB_MIN_GENES - 1],
+                       calibration="eb", **kw)  # fmt: skip
+    t = wald_pvalues(coef[: EB_MIN_GENES - 1], cov[: EB_MIN_GENES - 1], c, sigma2=s2[: EB_MIN_GENES - 1],
+                     calibration="t", **kw)  # fmt: skip
+    assert few["df"] == 4
+    np.testing.assert_array_equal(few["p_value"], t["p_value"])
+    coef[7] = np.nan
+    eb = wald_pvalues(coef, cov, c, sigma2=s2, calibration="eb", **kw)
+    assert np.isnan(eb["p_value"][7]) and np.isfinite(np.delete(eb["p_value"], 7)).all()
+    rest = np.delete(eb["p_value"], 7)
+    assert ((rest > 0) & (rest <= 1)).all()
+    # with one shared donor variance, the learnt prior concentrates near it
+    assert abs(eb["eb_prior"] @ eb["eb_grid"] - 0.05) < 0.02
+
+
 def test_bh_and_lrt_helpers():
     p = np.array([0.01, np.nan, 0.04, 0.03, 0.5])
     np.testing.assert_allclose(bh_adjust(p), [0.04, np.nan, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
@@ -240,9 +310,10 @@ def test_bh_and_lrt_helpers():
     assert np.isnan(stat[2]) and np.isnan(pv[2])
 
 
-def test_default_calibration_is_between_donor_t(fitted):
+def test_default_calibration_with_few_genes_is_between_donor_t(fitted):
+    # the default "eb" needs EB_MIN_GENES genes; this fit has 16, so it falls back to "t"
     p = fitted.uns["scglmm"]["params"]
-    assert p["calibration"] == "t"
+    assert p["calibration"] == "eb" and fitted.n_vars < EB_MIN_GENES
     # 9 donors, donor-level columns Intercept + 2 treatment levels: 6 df; covariate is cell-level
     assert dict(p["df"]) == {"Intercept": 6.0, "treatment[T.B]": 6.0, "treatment[T.C]": 6.0, "covariate": np.inf}
     assert list(p["donor_level_columns"]) == ["Intercept", "treatment[T.B]", "treatment[T.C]"]

@@ -31,6 +31,19 @@ variance ``v = c' V c`` (``V`` the ML covariance of MODEL.md section 3):
     ``"satterthwaite"`` with the floor of ``"t_floor"`` on the donor variance (in the variance and
     in the df).
 
+``"eb"``
+    Empirical Bayes across genes (the default). For a donor-level contrast, the model variance
+    splits as ``v = k (sigma2 + w)``, ``w`` the within-donor (sampling) variance of a donor's mean
+    log expression. The between-donor residual sum of squares ``m (sigma2 + w)`` of each gene is a
+    ``(sigma2_g + w_g) chi2(m - r)`` observation of its true donor variance ``sigma2_g`` (censored
+    to ``<= m w`` when ``sigma2`` is at the boundary 0). A prior for ``sigma2`` on a grid (0 and
+    log-spaced values) is estimated from all genes by maximum marginal likelihood (EM), each gene
+    gets the posterior of its ``sigma2``, and the p-value is the posterior-averaged normal p-value
+    ``sum_k w_gk 2 (1 - Phi(|c' beta| / sqrt(k (s_k + w_g))))``: the exact null distribution of the
+    estimate given the data on donor variance when the prior is right. Genes borrow strength where
+    donors are few, and the test becomes the ``"t"`` of ``m - r`` df as the prior flattens.
+    Within-donor contrasts, or fewer than ``EB_MIN_GENES`` genes, fall back to ``"t"``.
+
 ``k = c_b' (X_b' X_b)^{-1} c_b`` treats donors as equally informative (balanced designs); with
 unequal cells per donor it is an approximation of the donor part of ``c' V c``.
 """
@@ -50,7 +63,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATIONS",
     "DEFAULT_CALIBRATION",
+    "EB_MIN_GENES",
     "bh_adjust",
+    "eb_donor_variance",
     "contrast_vector",
     "donor_level_design",
     "wald",
@@ -59,9 +74,13 @@ __all__ = [
 ]
 
 #: Small-sample calibration options of Wald tests (see the module docstring).
-CALIBRATIONS = ("z", "t", "t_reml", "t_floor", "satterthwaite", "satterthwaite_floor")
+CALIBRATIONS = ("eb", "z", "t", "t_reml", "t_floor", "satterthwaite", "satterthwaite_floor")
 #: The default, chosen by ``benchmarks/calibration.py`` (see docs/calibration.md).
-DEFAULT_CALIBRATION = "t"
+DEFAULT_CALIBRATION = "eb"
+#: ``"eb"`` needs at least this many genes with a donor-level test to estimate its prior.
+EB_MIN_GENES = 50
+#: Grid of donor variances of the ``"eb"`` prior.
+EB_GRID = np.concatenate([[0.0], np.logspace(-4.0, 1.0, 41)])
 
 
 def bh_adjust(p: ArrayLike) -> NDArray[np.float64]:
@@ -290,6 +309,75 @@ def default_sigma2_floor(sigma2_adj: ArrayLike, *, quantile: float = 0.5) -> flo
     return float(np.quantile(s, quantile))
 
 
+def eb_donor_variance(
+    est: ArrayLike,
+    var: ArrayLike,
+    sigma2: ArrayLike,
+    *,
+    n_donors: int,
+    df: int,
+    k: float,
+    grid: ArrayLike = EB_GRID,
+    max_iter: int = 1000,
+    tol: float = 1e-8,
+) -> dict[str, NDArray]:
+    """Empirical-Bayes p-values of a donor-level contrast (calibration ``"eb"``).
+
+    Parameters
+    ----------
+    est, var
+        (G,) estimates ``c' beta`` and model variances ``c' V c``.
+    sigma2
+        (G,) ML donor variances (0 at the boundary).
+    n_donors, df, k
+        Number of donors ``m``, between-donor df ``m - r`` and ``c_b' (X_b' X_b)^{-1} c_b``.
+    grid
+        Support of the prior of ``sigma2``.
+
+    Returns
+    -------
+    dict with ``p_value``, ``stat`` (the normal quantile of the p-value, signed), ``se_test``
+    (``|estimate| / |stat|``), ``sigma2_post`` (posterior mean of ``sigma2``), ``prior`` (weights on
+    ``grid``) and ``grid``.
+    """
+    est = np.asarray(est, dtype=float)
+    var = np.asarray(var, dtype=float)
+    s2 = np.nan_to_num(np.asarray(sigma2, dtype=float), nan=0.0)
+    grid = np.asarray(grid, dtype=float)
+    ok = np.isfinite(est) & np.isfinite(var) & (var > 0)
+    G = est.shape[0]
+    p = np.full(G, np.nan)
+    s2_post = np.full(G, np.nan)
+    e, v, s = est[ok], var[ok], np.maximum(s2[ok], 0.0)
+    w = np.maximum(v / k - s, 1e-12 * np.maximum(v / k, 1e-300))  # within-donor variance of a donor mean
+    tot = w[:, None] + grid[None, :]  # total donor-level variance under each grid value
+    at0 = s <= 1e-8 * w  # sigma2 at the boundary: the residual sum of squares is only known to be <= m w
+    loglik = np.empty_like(tot)
+    rss = n_donors * (s + w)
+    loglik[~at0] = stats.chi2.logpdf(rss[~at0, None] / tot[~at0], df) - np.log(tot[~at0])
+    loglik[at0] = stats.chi2.logcdf(n_donors * w[at0, None] / tot[at0], df)
+    loglik -= loglik.max(axis=1, keepdims=True)
+    lik = np.exp(loglik)
+    prior = np.full(grid.size, 1.0 / grid.size)
+    for _ in range(max_iter):
+        post = lik * prior
+        post /= post.sum(axis=1, keepdims=True)
+        new = post.mean(axis=0)
+        done = np.max(np.abs(new - prior)) < tol
+        prior = new
+        if done:
+            break
+    post = lik * prior
+    post /= post.sum(axis=1, keepdims=True)
+    pk = 2.0 * stats.norm.sf(np.abs(e)[:, None] / np.sqrt(k * tot))
+    p[ok] = np.minimum((post * pk).sum(axis=1), 1.0)
+    s2_post[ok] = post @ grid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.sign(est) * stats.norm.isf(p / 2.0)
+        se_test = np.abs(est) / np.abs(stat)
+    return {"p_value": p, "stat": stat, "se_test": se_test, "sigma2_post": s2_post, "prior": prior, "grid": grid}
+
+
 def wald_pvalues(
     coef: ArrayLike,
     cov: ArrayLike,
@@ -314,7 +402,7 @@ def wald_pvalues(
     donor_mask, donor_design
         From :func:`donor_level_design`.
     calibration
-        One of :data:`CALIBRATIONS`.
+        One of :data:`CALIBRATIONS`. ``"eb"`` uses all genes at once (rows of ``coef``).
     sigma2_floor
         For ``"t_floor"``: the floor of the donor variance; ``None`` uses
         :func:`default_sigma2_floor`.
@@ -322,7 +410,8 @@ def wald_pvalues(
     Returns
     -------
     dict with ``estimate``, ``se`` (model), ``se_test`` (used in the statistic), ``stat``,
-    ``df`` (``inf`` for the normal reference), ``p_value``, ``donor_level`` and ``sigma2_floor``.
+    ``df`` (``inf`` for the normal reference), ``p_value``, ``donor_level`` and ``sigma2_floor``;
+    with ``"eb"`` on a donor-level contrast also ``eb_prior``, ``eb_grid`` and ``sigma2_post``.
     """
     if calibration not in CALIBRATIONS:
         msg = f"calibration must be one of {CALIBRATIONS}; got {calibration!r}."
@@ -335,6 +424,24 @@ def wald_pvalues(
     m = Xb.shape[0]
     s2 = np.nan_to_num(np.asarray(sigma2, dtype=float), nan=0.0)
     is_b, df_b, k = _between(c, mask, Xb)
+    if calibration == "eb":
+        n_ok = int(np.sum(np.isfinite(est) & np.isfinite(var) & (var > 0)))
+        if is_b and df_b >= 1 and n_ok >= EB_MIN_GENES:
+            eb = eb_donor_variance(est, var, s2, n_donors=m, df=df_b, k=k)
+            return {
+                "estimate": est,
+                "se": se,
+                "se_test": eb["se_test"],
+                "stat": eb["stat"],
+                "df": np.inf,
+                "p_value": eb["p_value"],
+                "donor_level": True,
+                "sigma2_floor": np.nan,
+                "eb_prior": eb["prior"],
+                "eb_grid": eb["grid"],
+                "sigma2_post": eb["sigma2_post"],
+            }
+        calibration = "t"
     var_t = var.copy()
     df = np.inf
     floor = np.nan

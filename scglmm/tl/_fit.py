@@ -12,7 +12,14 @@ import pandas as pd
 from scipy import sparse
 
 from .._core._api import GenesFit, check_counts, fit_genes
-from .._core._inference import CALIBRATIONS, DEFAULT_CALIBRATION, bh_adjust, donor_level_design, wald_pvalues
+from .._core._inference import (
+    CALIBRATIONS,
+    DEFAULT_CALIBRATION,
+    EB_GRID,
+    bh_adjust,
+    donor_level_design,
+    wald_pvalues,
+)
 from .._core._io import as_backed_counts
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
@@ -289,6 +296,7 @@ def _fit_cells(
     pval = np.full((G, p), np.nan)
     stat = np.full((G, p), np.nan)
     dfs: dict[str, float] = {}
+    eb_prior: dict[str, np.ndarray] = {}
     for j, col in enumerate(cols):
         e = np.zeros(p)
         e[j] = 1.0
@@ -296,6 +304,8 @@ def _fit_cells(
         pval[:, j] = out["p_value"]
         stat[:, j] = out["stat"]
         dfs[col] = float(out["df"])
+        if "eb_prior" in out:
+            eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
 
     status_str = res.status_str
     fit_df = pd.DataFrame(
@@ -332,6 +342,8 @@ def _fit_cells(
         "scale": "natural log (log2_fc = coef / ln 2)",
         "calibration": calibration,
         "df": dfs,
+        # "eb": the learnt prior of the donor variance (weights on eb_grid) per donor-level column
+        **({"eb_grid": np.asarray(EB_GRID, dtype=float), "eb_prior": eb_prior} if eb_prior else {}),
         "donor_level_columns": [c for c, b in zip(cols, dmask, strict=True) if b],
         "donor_design": np.asarray(Xb, dtype=float),
         "min_cells": int(min_cells),
@@ -480,14 +492,16 @@ def fit(
         With ``groupby``: skip groups with fewer donors. ``None`` or 0 disables it (a fit still
         needs two donors).
     calibration
-        Reference distribution of the stored Wald p-values. ``"t"`` (default): a coefficient that
-        is constant within every donor (a donor-level condition) is referred to a t distribution
-        with ``n_donors - r`` degrees of freedom, ``r`` the rank of the donor-level columns of the
-        design; coefficients that vary within donors keep the normal reference. ``"z"``: the ML
-        Wald z test (glmmTMB's ``summary``), anti-conservative with few donors. Also
-        ``"t_reml"``, ``"t_floor"``, ``"satterthwaite"``, ``"satterthwaite_floor"``; the
-        calibration study behind the default and what each option does are in
-        ``docs/calibration.md``.
+        Reference distribution of the stored Wald p-values. ``"eb"`` (default): a coefficient
+        that is constant within every donor (a donor-level condition) is tested with an
+        empirical-Bayes estimate of its gene's donor variance, borrowing strength from all genes
+        (needs 50 genes; fewer fall back to ``"t"``); coefficients that vary within donors keep the
+        normal reference. ``"t"``: the ML Wald statistic on a t distribution with
+        ``n_donors - r`` degrees of freedom, ``r`` the rank of the donor-level columns of the
+        design. ``"z"``: the ML Wald z test (glmmTMB's ``summary``), anti-conservative with few
+        donors. Also ``"t_reml"``, ``"t_floor"``, ``"satterthwaite"``,
+        ``"satterthwaite_floor"``; the calibration study behind the default and what each option
+        does are in ``docs/calibration.md``.
     rank_coef
         Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
         the first non-intercept column. Only written when that column is a level of a factor (or
