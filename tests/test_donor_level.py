@@ -98,3 +98,6 @@ def test_block_series_matches_direct_sums(x, level):
         direct += np.array(K._cell_all(y[j], c + off[j], t, theta))
     idx = {1: [1, 2], 2: [0, 1, 2], 3: list(range(12))}[level]
     np.testing.assert_allclose(S[idx], direct[idx], rtol=1e-10, atol=1e-12 * np.abs(direct).max())
+    # the scratch-free first and second derivative used by the conditional modes
+    d12 = K._dl_block_d12(0, c, t, theta, PA, PZ, Lc, o_ref)
+    np.testing.assert_allclose(d12, direct[1:3], rtol=1e-10, atol=1e-12 * np.abs(direct).max())

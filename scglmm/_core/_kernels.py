@@ -422,6 +422,7 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
 DL_KMAX = 24
 #: relative half-width of the offset bins: every cell of a block has |Lw / Lc - 1| <= DL_RHO
 DL_RHO = 0.2
+LOG_DL_RHO = math.log(DL_RHO)
 #: log(sigma^2) above which a gene with counts in a single donor is flagged as separated.
 SIGMA2_SEPARATION = math.log(20.0)
 
@@ -429,21 +430,50 @@ SIGMA2_SEPARATION = math.log(20.0)
 @njit(**_JIT)
 def dl_gene_power_sums(PA, Lw, Lc, off, bstarts, nzp, nzy, nzs, PZ):
     """Per block i: PZ[i, k] = sum over its non-zero cells of y * eps^k with eps = Lw / Lc[i] - 1
-    (k < KMAX + 1), and in the last two columns the block's total count and sum of y * offset."""
+    (k < KMAX + 1), and in the last two columns the block's total count and sum of y * offset.
+
+    Four cells at a time, so that their chains of multiplications run side by side."""
     m = bstarts.shape[0] - 1
     KK = PA.shape[1]
     for i in range(m):
-        PZ[i, :] = 0.0
-        for idx in range(nzs[i], nzs[i + 1]):
+        lo = nzs[i]
+        hi = nzs[i + 1]
+        inv = 1.0 / Lc[i]
+        for k in range(KK + 2):
+            PZ[i, k] = 0.0
+        idx = lo
+        while idx + 4 <= hi:
+            j0 = nzp[idx]
+            j1 = nzp[idx + 1]
+            j2 = nzp[idx + 2]
+            j3 = nzp[idx + 3]
+            e0 = Lw[j0] * inv - 1.0
+            e1 = Lw[j1] * inv - 1.0
+            e2 = Lw[j2] * inv - 1.0
+            e3 = Lw[j3] * inv - 1.0
+            p0 = nzy[idx]
+            p1 = nzy[idx + 1]
+            p2 = nzy[idx + 2]
+            p3 = nzy[idx + 3]
+            PZ[i, KK] += (p0 + p1) + (p2 + p3)
+            PZ[i, KK + 1] += (p0 * off[j0] + p1 * off[j1]) + (p2 * off[j2] + p3 * off[j3])
+            for k in range(KK):
+                PZ[i, k] += (p0 + p1) + (p2 + p3)
+                p0 *= e0
+                p1 *= e1
+                p2 *= e2
+                p3 *= e3
+            idx += 4
+        while idx < hi:
             j = nzp[idx]
-            eps = Lw[j] / Lc[i] - 1.0
-            yy = nzy[idx]
-            PZ[i, KK] += yy
-            PZ[i, KK + 1] += yy * off[j]
-            pw = yy
+            e = Lw[j] * inv - 1.0
+            pw = nzy[idx]
+            PZ[i, KK] += pw
+            PZ[i, KK + 1] += pw * off[j]
             for k in range(KK):
                 PZ[i, k] += pw
-                pw *= eps
+                pw *= e
+            idx += 1
 
 
 @njit(**_JIT)
@@ -500,7 +530,7 @@ def _centered_series(M, i, KK, K, lx, rc, alpha, level, G):
 
 
 @njit(**_JIT)
-def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lc, o_ref, level, S):
+def _dl_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, GQ):
     """Sums over block i's cells (linear predictor c + offset) of (q, e1..e4, t0..t3, tt0..tt2)
     into S[0..11]; level 1: only e1, e2 (S[1], S[2]); level 2: also q (S[0]); level 3: everything.
 
@@ -510,7 +540,7 @@ def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, L
     (see :func:`_centered_series`) in the block's centred power sums of eps (PA, gene-independent)
     and their y-weighted versions (PZ, once per gene). Since |eps| <= DL_RHO and 0 < rc < 1, the
     series converge geometrically for every parameter value; K terms leave a remainder below
-    (rc DL_RHO)^K K^3, under 1e-19 relative.
+    (rc DL_RHO)^K K^3, under 1e-19 relative. ``GP`` and ``GQ`` (5,) are scratch.
     """
     KK = PA.shape[1]
     z = c - t + o_ref + math.log(Lc[i])  # log x_c
@@ -524,14 +554,7 @@ def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, L
         alpha = 1.0 / (1.0 + ez)
         rc = ez * alpha
         lx = math.log1p(ez)
-    ratio = rc * DL_RHO
-    if ratio > 0.0:
-        K = int(math.ceil(-38.0 / math.log(ratio)))
-        K = max(1, min(K, KK - 1))
-    else:
-        K = 1
-    GP = np.empty(5)
-    GQ = np.empty(5)
+    K = _dl_terms(z, lx, rc, KK)
     _centered_series(PA, i, KK, K, lx, rc, alpha, level, GP)
     _centered_series(PZ, i, KK, K, lx, rc, alpha, level, GQ)
     ysum = PZ[i, KK]
@@ -552,6 +575,57 @@ def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, L
 
 
 @njit(**_JIT)
+def _dl_terms(z, lx, rc, KK):
+    """Number of series terms for the block centre log x_c = z (lx = log1p(x_c), rc = x_c / (1 + x_c)):
+    the remainder (rc DL_RHO)^K is below e^-38; log rc = z - lx needs no further logarithm."""
+    if rc <= 0.0:
+        return 1
+    K = int(math.ceil(-38.0 / (z - lx + LOG_DL_RHO)))
+    return max(1, min(K, KK - 1))
+
+
+@njit(**_JIT)
+def _dl_block_sums(i, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lc, o_ref, level, S):
+    """:func:`_dl_block_sums_into` with its own scratch (the signature used by the tests)."""
+    GP = np.empty(5)
+    GQ = np.empty(5)
+    _dl_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, GQ)
+
+
+@njit(**_JIT)
+def _dl_block_d12(i, c, t, theta, PA, PZ, Lc, o_ref):
+    """First and second derivative in eta of block i's sum of q (S[1], S[2] of
+    :func:`_dl_block_sums`) without scratch arrays: both are linear in the power sums, so one
+    series runs over W_k = theta PA[i, k] + PZ[i, k]."""
+    KK = PA.shape[1]
+    z = c - t + o_ref + math.log(Lc[i])
+    if z >= 0.0:
+        ez = math.exp(-z)
+        rc = 1.0 / (1.0 + ez)
+        alpha = ez * rc
+        lx = z + math.log1p(ez)
+    else:
+        ez = math.exp(z)
+        alpha = 1.0 / (1.0 + ez)
+        rc = ez * alpha
+        lx = math.log1p(ez)
+    K = _dl_terms(z, lx, rc, KK)
+    w0 = theta * PA[i, 0] + PZ[i, 0]
+    wprev = w0
+    bk = 1.0
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(1, K + 1):
+        bk *= rc
+        sg = bk if (k % 2 == 1) else -bk
+        wk = theta * PA[i, k] + PZ[i, k]
+        s1 += sg * wk
+        s2 += k * sg * (wprev + wk)
+        wprev = wk
+    return PZ[i, KK] - (w0 * rc + alpha * s1), -alpha * s2
+
+
+@njit(**_JIT)
 def _dl_c(Xd, phi, i):
     c = 0.0
     for k in range(Xd.shape[1]):
@@ -567,7 +641,6 @@ def dl_modes(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, 
     t = phi[p + 1]
     theta = math.exp(t)
     prec = math.exp(-s)
-    S = np.empty(12)
     ok = True
     for i in range(dblk.shape[0] - 1):
         bi = b[i]
@@ -576,10 +649,9 @@ def dl_modes(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, 
             f1 = -bi * prec
             f2 = -prec
             for blk in range(dblk[i], dblk[i + 1]):
-                c = _dl_c(Xb, phi, blk) + bi
-                _dl_block_sums(blk, c, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, 1, S)
-                f1 += S[1]
-                f2 += S[2]
+                e1, e2 = _dl_block_d12(blk, _dl_c(Xb, phi, blk) + bi, t, theta, PA, PZ, Lmax, o_ref)
+                f1 += e1
+                f2 += e2
             step = -f1 / f2
             if step > 2.0:
                 step = 2.0
@@ -610,6 +682,8 @@ def dl_laplace(
     theta = math.exp(t)
     prec = math.exp(-s)
     S = np.empty(12)
+    GP = np.empty(5)
+    GQ = np.empty(5)
     g = np.empty(q)
     a = np.empty(q)
     c = np.empty(q)
@@ -639,7 +713,7 @@ def dl_laplace(
         C[:, :] = 0.0
         for blk in range(dblk[i], dblk[i + 1]):
             ci = _dl_c(Xb, phi, blk) + bi
-            _dl_block_sums(blk, ci, t, theta, y, off, Lw, bstarts, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, level, S)
+            _dl_block_sums_into(blk, ci, t, theta, PA, PZ, Lmax, o_ref, level, S, GP, GQ)
             h += S[0]
             f2 += S[2]
             if not derivs:
@@ -994,6 +1068,46 @@ def _n_donors_with_counts(y, starts):
 
 
 @njit(**_JIT)
+def _dl_donors_with_counts(nzs, dblk):
+    """:func:`_n_donors_with_counts` from the per-block lists of non-zero cells."""
+    out = 0
+    for i in range(dblk.shape[0] - 1):
+        if nzs[dblk[i + 1]] > nzs[dblk[i]]:
+            out += 1
+    return out
+
+
+@njit(**_JIT)
+def _dl_separated(Xb, PZ):
+    """:func:`_separated` from the blocks: each block has one design row ``Xb`` and total count
+    ``PZ[:, -2]``, and every cell is in a block, so the values of a column and the counts on each
+    are the same as over the cells."""
+    nb, p = Xb.shape
+    tot = PZ.shape[1] - 2
+    for k in range(p):
+        v0 = Xb[0, k]
+        v1 = v0
+        two = True
+        s0 = 0.0
+        s1 = 0.0
+        for i in range(nb):
+            x = Xb[i, k]
+            if x == v0:
+                s0 += PZ[i, tot]
+            else:
+                if v1 == v0:
+                    v1 = x
+                if x == v1:
+                    s1 += PZ[i, tot]
+                else:
+                    two = False
+                    break
+        if two and v1 != v0 and (s0 == 0.0 or s1 == 0.0):
+            return True
+    return False
+
+
+@njit(**_JIT)
 def _separated(y, X, starts):
     """True if some two-valued column of X has zero total count on one of its values."""
     n, p = X.shape
@@ -1069,10 +1183,15 @@ def fit_gene(
     cov[:, :] = np.nan
     b[:] = 0.0
     status = 0
+    fast = dl[0] and nodes.shape[0] <= 1  # y is not filled in then: use the non-zero lists
     cnt_gt, lgy = count_table(dl[7] if dl[0] else y)  # only non-zero counts matter
     ysum = 0.0
-    for j in range(n):
-        ysum += y[j]
+    if fast:
+        for j in range(dl[7].shape[0]):
+            ysum += dl[7][j]
+    else:
+        for j in range(n):
+            ysum += y[j]
     # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
     # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
     # (an upper bound from the total and the largest count: no pass over the cells)
@@ -1087,7 +1206,7 @@ def fit_gene(
 
     # separation: a two-valued design column (a factor level) with no counts on one side sends the
     # estimates to infinity; flag it instead of reporting a huge effect.
-    if _separated(y, X, starts):
+    if _dl_separated(dl[1], dl[9]) if fast else _separated(y, X, starts):
         phi[:] = np.nan
         b[:] = np.nan
         return np.nan, 0, SEPARATION, np.nan
@@ -1113,7 +1232,7 @@ def fit_gene(
     phi[js] = math.log(sigma2_0)
     phi[jt] = t0
 
-    eta0 = np.empty((2, n))  # scratch: eta0 and exp(eta0), reused by every evaluation
+    eta0 = np.empty((2, 0 if fast else n))  # scratch: eta0 and exp(eta0), reused by every evaluation
     grad = np.zeros(q)
     hess = np.zeros((q, q))
     gtrial = np.zeros(q)
@@ -1279,7 +1398,7 @@ def fit_gene(
     else:
         status |= NOT_CONVERGED
     # the random-effect analogue: counts in a single donor can drive sigma^2 to infinity
-    if phi[js] > SIGMA2_SEPARATION and _n_donors_with_counts(y, starts) < 2:
+    if phi[js] > SIGMA2_SEPARATION and (_dl_donors_with_counts(dl[8], dl[11]) if fast else _n_donors_with_counts(y, starts)) < 2:
         status |= SEPARATION
     if not converged and (status & SEPARATION) == 0:
         status |= NOT_CONVERGED
@@ -1337,19 +1456,52 @@ def fit_block_csc(
     nb = bnd.shape[0] - 1
     nzs = np.zeros(nb + 1, dtype=np.int64)
     PZ = np.empty((PA.shape[0], PA.shape[1] + 2))
-    for g in range(G):
-        y[:] = 0.0
-        for k in range(indptr[g], indptr[g + 1]):
-            y[pos[indices[k]]] += data[k]
-        nnz = 0
+    # the fast path with the Laplace objective never looks at the cells one by one: its non-zero
+    # cells are bucketed by block straight from the sparse column, without a dense y
+    lists_only = dl_on and nodes.shape[0] <= 1
+    bid = np.empty(n if lists_only else 0, dtype=np.int64)
+    tb = np.empty(n if lists_only else 0, dtype=np.int64)
+    tj = np.empty(n if lists_only else 0, dtype=np.int64)
+    cur = np.empty(nb + 1, dtype=np.int64)
+    if lists_only:
         for i in range(nb):
-            nzs[i] = nnz
-            for j in range(bnd[i], bnd[i + 1]):
-                if y[j] != 0.0:
-                    nzp[nnz] = j
-                    nzy[nnz] = y[j]
-                    nnz += 1
-        nzs[nb] = nnz
+            bid[bnd[i] : bnd[i + 1]] = i
+    for g in range(G):
+        if lists_only:
+            # counting sort of the column's non-zero cells by block (one random access per cell)
+            nzs[:] = 0
+            a = indptr[g]
+            for k in range(a, indptr[g + 1]):
+                j = pos[indices[k]]
+                blk = bid[j] if data[k] != 0.0 else -1
+                tj[k - a] = j
+                tb[k - a] = blk
+                nzs[blk + 1] += 1
+            nzs[0] = 0  # explicit zeros were counted there
+            for i in range(nb):
+                nzs[i + 1] += nzs[i]
+            cur[:] = nzs
+            for k in range(a, indptr[g + 1]):
+                blk = tb[k - a]
+                if blk >= 0:
+                    c = cur[blk]
+                    nzp[c] = tj[k - a]
+                    nzy[c] = data[k]
+                    cur[blk] = c + 1
+            nnz = nzs[nb]
+        else:
+            y[:] = 0.0
+            for k in range(indptr[g], indptr[g + 1]):
+                y[pos[indices[k]]] += data[k]
+            nnz = 0
+            for i in range(nb):
+                nzs[i] = nnz
+                for j in range(bnd[i], bnd[i + 1]):
+                    if y[j] != 0.0:
+                        nzp[nnz] = j
+                        nzy[nnz] = y[j]
+                        nnz += 1
+            nzs[nb] = nnz
         if dl_on:
             dl_gene_power_sums(PA, Lw, Lmax, off, bstarts, nzp, nzy, nzs, PZ)
         dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk)
