@@ -1398,7 +1398,11 @@ def fit_gene(
     else:
         status |= NOT_CONVERGED
     # the random-effect analogue: counts in a single donor can drive sigma^2 to infinity
-    if phi[js] > SIGMA2_SEPARATION and (_dl_donors_with_counts(dl[8], dl[11]) if fast else _n_donors_with_counts(y, starts)) < 2:
+    if phi[js] > SIGMA2_SEPARATION:
+        n_with = _dl_donors_with_counts(dl[8], dl[11]) if fast else _n_donors_with_counts(y, starts)
+    else:
+        n_with = 2
+    if n_with < 2:
         status |= SEPARATION
     if not converged and (status & SEPARATION) == 0:
         status |= NOT_CONVERGED
