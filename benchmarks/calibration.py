@@ -354,7 +354,7 @@ def paired_study(n_donors_list, slope_sds, cpd, n_genes, n_rep, seed0) -> pd.Dat
                 off = np.log(a.obs["libsize"].to_numpy(float))
                 for label, rterm, dfix in PAIRED_MODELS:
                     r = scglmm_tests(fit_scglmm(Y, a.obs, off, rterm, lrt=False, donor_fixed=dfix))
-                    for cal in ("z", "t", "t_reml"):
+                    for cal in ("eb", "z", "t", "t_reml"):
                         pooled.setdefault(f"{label} {cal}", []).append(r[f"scglmm_{cal}"][0])
                 pooled.setdefault("pseudobulk ~ condition (sample sums)", []).append(
                     run_pseudobulk(Y, a.obs, "sample")[0]

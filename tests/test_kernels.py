@@ -116,7 +116,9 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
     q = p + 2
     grad = np.zeros(q)
     hess = np.zeros((q, q))
-    val = K.laplace_grad_hess(y, X, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess)
+    VB = np.zeros((starts.size - 1, q))
+    val = K.laplace_grad_hess(y, X, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess, VB)
+    VB0 = VB.copy()
     assert val == pytest.approx(_laplace(y, X, off, starts, phi), rel=1e-12)
     h = 1e-5
     fd_grad = np.zeros(q)
@@ -131,8 +133,12 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
         for sign, g in ((1, gp), (-1, gm)):
             ph = phi + sign * e
             e0, bb = _modes(y, X, off, starts, ph)
-            K.laplace_grad_hess(y, X, e0, np.exp(e0), starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp)
+            K.laplace_grad_hess(y, X, e0, np.exp(e0), starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp, VB)
         fd_hess[k] = (gp - gm) / (2 * h)
+        # sensitivities of the conditional modes (used to warm-start them) vs finite differences
+        bp = _modes(y, X, off, starts, phi + e)[1]
+        bm = _modes(y, X, off, starts, phi - e)[1]
+        np.testing.assert_allclose(VB0[:, k], (bp - bm) / (2 * h), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(grad, fd_grad, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(hess, fd_hess, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(hess, hess.T, rtol=1e-12, atol=1e-12)

@@ -282,8 +282,9 @@ def agq_value(y, eta0, starts, s, t, b, cnt_gt, lgy, nodes, logw):
 
 
 @njit(**_JIT)
-def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess):
+def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess, vout):
     """Add one donor's Laplace term to ``grad`` and the lower triangle of ``hess``; return L_i.
+    ``vout`` (q,) receives v = db_i / dphi, the sensitivity of the mode (to predict it elsewhere).
 
     On entry g, a, c, d hold f_phi, f_bphi, f_bbphi, f_bbbphi and F, A, C the lower triangle and
     the t column of the beta rows of f_phiphi, f_bphiphi, f_bbphiphi, all without the prior term.
@@ -311,6 +312,7 @@ def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad
     K = f2
     for k in range(q):
         v[k] = -a[k] / K
+        vout[k] = v[k]
     for k in range(q):
         dK[k] = c[k] + f3 * v[k]
     for k in range(q):
@@ -325,10 +327,11 @@ def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad
 
 
 @njit(**_JIT)
-def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
+def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess, VB):
     """Laplace log-likelihood with its exact gradient and Hessian in phi = (beta, s, t).
 
-    ``b`` must hold the conditional modes. ``grad`` (q,) and ``hess`` (q, q) are overwritten.
+    ``b`` must hold the conditional modes. ``grad`` (q,) and ``hess`` (q, q) are overwritten, and
+    ``VB`` (m, q) receives the sensitivities db_i / dphi of the modes.
     Per donor, with f(b, phi) = h_i and b^(phi) its maximiser, v = db^/dphi = -f_bphi / f_bb:
 
         L_i      = f - s/2 - log(-f_bb)/2
@@ -396,7 +399,7 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess):
             F[jt, jt] += tt0
             A[jt, jt] += tt1
             C[jt, jt] += tt2
-        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess)
+        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess, VB[i])
     for k in range(q):
         for l in range(k):
             hess[l, k] = hess[k, l]
@@ -669,7 +672,7 @@ def dl_modes(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, 
 
 @njit(**_JIT)
 def dl_laplace(
-    y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess
+    y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess, VB
 ):
     """Laplace value (and, if ``derivs``, exact gradient and Hessian) for a design with few
     distinct rows. ``b`` must hold the conditional modes."""
@@ -744,7 +747,7 @@ def dl_laplace(
         if not derivs:
             total += h - 0.5 * s - 0.5 * math.log(-f2)
             continue
-        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess)
+        total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess, VB[i])
     cv, c1, c2 = theta_terms(cnt_gt, t)
     if derivs:
         for k in range(q):
@@ -1021,7 +1024,7 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
 
 
 @njit(**_JIT)
-def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess):
+def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, VB):
     """Modes (warm-started from ``b``), then value, gradient and Hessian. NaN if modes fail."""
     p = X.shape[1]
     eta0 = scratch[0]
@@ -1029,30 +1032,31 @@ def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess):
     _eta0(X, off, phi, eta0, w)
     if not conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b):
         return np.nan
-    return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess)
+    return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess, VB)
 
 
 @njit(**_JIT)
-def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs, grad, hess):
+def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs, grad, hess, VB):
     """Refresh the modes in ``b`` (warm start) and return the objective; with ``derivs`` (Laplace
-    only) also its exact gradient and Hessian. Uses the donor-level kernels when ``dl[0]``."""
+    only) also its exact gradient and Hessian (and the sensitivities of the modes in ``VB``).
+    Uses the donor-level kernels when ``dl[0]``."""
     if dl[0] and nodes.shape[0] <= 1:
         Xb, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ = dl[1], dl[2], dl[3], dl[4], dl[5], dl[6], dl[7], dl[8], dl[9]
         bst, dblk = dl[10], dl[11]
         if not dl_modes(y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b):
             return np.nan
         return dl_laplace(
-            y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess
+            y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess, VB
         )
     if derivs:
-        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess)
+        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB)
     return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
 
 
 @njit(**_JIT)
-def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess):
+def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB):
     if nodes.shape[0] <= 1:
-        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess)
+        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB)
     return _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
 
 
@@ -1243,16 +1247,18 @@ def fit_gene(
     step = np.zeros(q)
     trial = np.zeros(q)
     btrial = np.zeros(m)
+    VB = np.zeros((m, q))  # sensitivities of the modes at the accepted point, and at a trial
+    VBt = np.zeros((m, q))
     free = np.ones(q, dtype=np.bool_)
     laplace = nodes.shape[0] <= 1
     # Laplace: every accepted point comes with its exact derivatives (one pass over the cells);
     # AGQ: values in the line search, finite-difference derivatives at accepted points.
     if laplace:
-        val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess)
+        val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess, VB)
     else:
         val = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
         if math.isfinite(val):
-            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
+            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB)
     if not math.isfinite(val):
         phi[:] = np.nan
         return np.nan, 0, FAILED, np.nan
@@ -1312,10 +1318,18 @@ def fit_gene(
                 trial[k] = phi[k] + alpha * step[k]
             trial[js] = max(trial[js], s_min)
             trial[jt] = min(max(trial[jt], t_min), t_max)
-            btrial[:] = b
             if laplace:
-                vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, True, gtrial, htrial)
+                # warm start of the modes, to first order: b + (db / dphi) (trial - phi)
+                for i in range(m):
+                    bi = b[i]
+                    for k in range(q):
+                        bi += VB[i, k] * (trial[k] - phi[k])
+                    btrial[i] = bi if math.isfinite(bi) else b[i]
+                vt = _eval(
+                    y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, True, gtrial, htrial, VBt
+                )
             else:
+                btrial[:] = b
                 vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
             if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
                 accepted = True
@@ -1332,6 +1346,7 @@ def fit_gene(
         if laplace:
             grad[:] = gtrial
             hess[:, :] = htrial
+            VB[:, :] = VBt
         # plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton
         # crawls there by about one unit of log per iteration; try the bound directly.
         jumped = False
@@ -1339,7 +1354,7 @@ def fit_gene(
             trial[:] = phi
             trial[jt] = t_max
             btrial[:] = b
-            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial)
+            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial, VBt)
             if math.isfinite(vt) and vt >= val:
                 phi[:] = trial
                 b[:] = btrial
@@ -1349,17 +1364,17 @@ def fit_gene(
             trial[:] = phi
             trial[js] = s_min
             btrial[:] = b
-            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial)
+            vt = _eval(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, dl, False, gtrial, htrial, VBt)
             if math.isfinite(vt) and vt >= val:
                 phi[:] = trial
                 b[:] = btrial
                 val = vt
                 jumped = True
         if jumped and laplace:
-            val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess)
+            val = _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, True, grad, hess, VB)
         elif not laplace:
             free[:] = True
-            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess)
+            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB)
         sep = False
         for k in range(1, p):
             if abs(phi[k]) > sep_bound:

@@ -109,8 +109,9 @@ def test(
         ``treatment_B_vs_A``, ``treatment[T.B]-treatment[T.A]``, ``lrt_condition``).
     calibration
         Reference distribution of Wald tests (see :func:`scglmm.tl.fit` and docs/calibration.md),
-        one of ``"z"``, ``"t"``, ``"t_reml"``, ``"t_floor"``,
-        ``"satterthwaite"``, ``"satterthwaite_floor"``; ``None`` uses the fit's.
+        one of ``"eb"``, ``"z"``, ``"t"``, ``"t_reml"``, ``"t_floor"``,
+        ``"satterthwaite"``, ``"satterthwaite_floor"``; ``None`` uses the fit's. ``"eb"`` estimates
+        its prior from the genes tested here (with ``group``, from each group's genes).
     group
         With a ``groupby`` fit: the group(s) to test; ``None`` tests every fitted group.
     n_jobs
