@@ -327,11 +327,138 @@ def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad
 
 
 @njit(**_JIT)
-def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess, VB):
+def cell_level_column(X, starts):
+    """Index of the only column of ``X`` that varies within some donor, -1 if none does, -2 if
+    several do (see :func:`laplace_grad_hess`)."""
+    n, p = X.shape
+    jc = -1
+    for k in range(p):
+        varies = False
+        for i in range(starts.shape[0] - 1):
+            x0 = X[starts[i], k] if starts[i] < n else 0.0
+            for j in range(starts[i] + 1, starts[i + 1]):
+                if X[j, k] != x0:
+                    varies = True
+                    break
+            if varies:
+                break
+        if varies:
+            if jc >= 0:
+                return -2
+            jc = k
+    return jc
+
+
+@njit(**_JIT)
+def _donor_sums_one_cell_column(y, X, eta0, w, lo, hi, bi, eb, t, theta, jc, h, f2, g, a, c, d, F, A, C):
+    """One donor's sums for :func:`laplace_grad_hess` when only column ``jc`` varies within donors
+    (-1: none). Weighted sums over the cells of 1, z and z^2 (z the cell's value of column ``jc``)
+    in scalars; the donor's constant row multiplies them afterwards. Fills g, a, c, d, F, A, C
+    (lower triangle and t column, without the prior term); returns h, f2, f3, f4."""
+    p = X.shape[1]
+    jt = p + 1
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    st0 = 0.0
+    st1 = 0.0
+    st2 = 0.0
+    st3 = 0.0
+    stt0 = 0.0
+    stt1 = 0.0
+    stt2 = 0.0
+    z1 = 0.0
+    z2 = 0.0
+    z3 = 0.0
+    z4 = 0.0
+    zt1 = 0.0
+    zt2 = 0.0
+    zt3 = 0.0
+    zz2 = 0.0
+    zz3 = 0.0
+    zz4 = 0.0
+    for j in range(lo, hi):
+        eta = eta0[j] + bi
+        qv, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all_x(y[j], eta, w[j] * eb, eta - t, theta)
+        h += qv
+        s1 += e1
+        s2 += e2
+        s3 += e3
+        s4 += e4
+        st0 += t0
+        st1 += t1
+        st2 += t2
+        st3 += t3
+        stt0 += tt0
+        stt1 += tt1
+        stt2 += tt2
+        if jc >= 0:
+            z = X[j, jc]
+            z1 += e1 * z
+            z2 += e2 * z
+            z3 += e3 * z
+            z4 += e4 * z
+            zt1 += t1 * z
+            zt2 += t2 * z
+            zt3 += t3 * z
+            zz = z * z
+            zz2 += e2 * zz
+            zz3 += e3 * zz
+            zz4 += e4 * zz
+    f2 += s2
+    for k in range(p):
+        if k == jc:
+            g[k] = z1
+            a[k] = z2
+            c[k] = z3
+            d[k] = z4
+            F[k, jt] = zt1
+            A[k, jt] = zt2
+            C[k, jt] = zt3
+        else:
+            xk = X[lo, k]
+            g[k] = s1 * xk
+            a[k] = s2 * xk
+            c[k] = s3 * xk
+            d[k] = s4 * xk
+            F[k, jt] = st1 * xk
+            A[k, jt] = st2 * xk
+            C[k, jt] = st3 * xk
+        for l in range(k + 1):
+            if k == jc and l == jc:
+                F[k, l] = zz2
+                A[k, l] = zz3
+                C[k, l] = zz4
+            elif k == jc or l == jc:
+                xo = X[lo, l] if k == jc else X[lo, k]
+                F[k, l] = z2 * xo
+                A[k, l] = z3 * xo
+                C[k, l] = z4 * xo
+            else:
+                xx = X[lo, k] * X[lo, l]
+                F[k, l] = s2 * xx
+                A[k, l] = s3 * xx
+                C[k, l] = s4 * xx
+    g[jt] = st0
+    a[jt] = st1
+    c[jt] = st2
+    d[jt] = st3
+    F[jt, jt] = stt0
+    A[jt, jt] = stt1
+    C[jt, jt] = stt2
+    return h, f2, s3, s4
+
+
+@njit(**_JIT)
+def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess, VB, jc=-2):
     """Laplace log-likelihood with its exact gradient and Hessian in phi = (beta, s, t).
 
     ``b`` must hold the conditional modes. ``grad`` (q,) and ``hess`` (q, q) are overwritten, and
-    ``VB`` (m, q) receives the sensitivities db_i / dphi of the modes.
+    ``VB`` (m, q) receives the sensitivities db_i / dphi of the modes. ``jc`` (from
+    :func:`cell_level_column`): when at most one column varies within donors (``jc`` its index,
+    or -1 for none), every other column is constant in a donor and factors out of the donor's sums,
+    which then need a fixed set of scalar accumulators; -2 takes the general loop.
     Per donor, with f(b, phi) = h_i and b^(phi) its maximiser, v = db^/dphi = -f_bphi / f_bb:
 
         L_i      = f - s/2 - log(-f_bb)/2
@@ -371,6 +498,12 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess, V
         f3 = 0.0
         f4 = 0.0
         eb = math.exp(bi - t)
+        if jc >= -1:
+            h, f2, f3, f4 = _donor_sums_one_cell_column(
+                y, X, eta0, w, starts[i], starts[i + 1], bi, eb, t, theta, jc, h, f2, g, a, c, d, F, A, C
+            )
+            total += _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess, VB[i])
+            continue
         for j in range(starts[i], starts[i + 1]):
             eta = eta0[j] + bi
             qv, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all_x(y[j], eta, w[j] * eb, eta - t, theta)
@@ -904,8 +1037,11 @@ def _spd_inverse(M, out):
 # starting values
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def poisson_glm_start(y, X, off, beta, maxit=25):
-    """Poisson GLM by IRLS (no donor effects); writes ``beta``. Returns mean-model eta."""
+def poisson_glm_start(y, X, off, beta, maxit=25, tol=1e-6):
+    """Poisson GLM by IRLS (no donor effects); writes ``beta``. Returns mean-model eta.
+
+    A starting value only: one pass over the cells per Newton step (eta is formed on the fly) and
+    a step tolerance of ``tol``, far looser than the fit's; the outer Newton does the rest."""
     n, p = X.shape
     ybar = 0.0
     ebar = 0.0
@@ -920,22 +1056,20 @@ def poisson_glm_start(y, X, off, beta, maxit=25):
     rhs = np.empty(p)
     step = np.empty(p)
     for _ in range(maxit):
+        M[:, :] = 0.0
+        rhs[:] = 0.0
         for j in range(n):
             e = off[j]
             for k in range(p):
                 e += X[j, k] * beta[k]
-            eta[j] = e
-        M[:, :] = 0.0
-        rhs[:] = 0.0
-        for j in range(n):
-            mu = math.exp(min(eta[j], 50.0))
+            mu = math.exp(min(e, 50.0))
             res = y[j] - mu
             for k in range(p):
                 rhs[k] += res * X[j, k]
                 for l in range(k + 1):
                     M[k, l] += mu * X[j, k] * X[j, l]
         mx = _glm_newton_step(M, rhs, beta, L, step)
-        if mx < 1e-8:  # converged, or not positive definite (-1)
+        if mx < tol:  # converged, or not positive definite (-1)
             break
     for j in range(n):
         e = off[j]
@@ -1024,7 +1158,7 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
 
 
 @njit(**_JIT)
-def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, VB):
+def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, VB, jc=-2):
     """Modes (warm-started from ``b``), then value, gradient and Hessian. NaN if modes fail."""
     p = X.shape[1]
     eta0 = scratch[0]
@@ -1032,7 +1166,7 @@ def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, V
     _eta0(X, off, phi, eta0, w)
     if not conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b):
         return np.nan
-    return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess, VB)
+    return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess, VB, jc)
 
 
 @njit(**_JIT)
@@ -1049,7 +1183,7 @@ def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs,
             y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess, VB
         )
     if derivs:
-        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB)
+        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB, dl[12])
     return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
 
 
@@ -1477,6 +1611,7 @@ def fit_block_csc(
     PZ = np.empty((PA.shape[0], PA.shape[1] + 2))
     # the fast path with the Laplace objective never looks at the cells one by one: its non-zero
     # cells are bucketed by block straight from the sparse column, without a dense y
+    jc = cell_level_column(X, starts)  # the general kernel's shortcut for one cell-level column
     lists_only = dl_on and nodes.shape[0] <= 1
     bid = np.empty(n if lists_only else 0, dtype=np.int64)
     tb = np.empty(n if lists_only else 0, dtype=np.int64)
@@ -1523,7 +1658,7 @@ def fit_block_csc(
             nzs[nb] = nnz
         if dl_on:
             dl_gene_power_sums(PA, Lw, Lmax, off, bstarts, nzp, nzy, nzs, PZ)
-        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk)
+        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk, jc)
         ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g], dl)
         out_ll[g] = ll
         out_iter[g] = it
