@@ -1037,20 +1037,30 @@ def _spd_inverse(M, out):
 # starting values
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def poisson_glm_start(y, X, off, beta, maxit=25, tol=1e-6):
-    """Poisson GLM by IRLS (no donor effects); writes ``beta``. Returns mean-model eta.
+def glm_start(X, off, nzp, nzy, beta, maxit=25, tol=1e-6, n_sample=4096):
+    """Starting values from a Poisson GLM (no donor effects); writes ``beta``, returns a moment
+    estimate of the NB dispersion.
 
-    A starting value only: one pass over the cells per Newton step (eta is formed on the fly) and
-    a step tolerance of ``tol``, far looser than the fit's; the outer Newton does the rest."""
+    Only a start, so it is computed cheaply: the count terms (sum y x) come exactly from the
+    non-zero cells ``nzp``, ``nzy``; the mean terms (sum mu x, sum mu x x') from every k-th cell
+    scaled by k (k = n // n_sample), a systematic sample over the donor-sorted cells. The outer
+    Newton starts from here and maximises the exact objective."""
     n, p = X.shape
-    ybar = 0.0
+    k_step = max(1, n // n_sample)
+    scale = n / ((n + k_step - 1) // k_step)
+    ytot = 0.0
+    yx = np.zeros(p)
+    for idx in range(nzp.shape[0]):
+        j = nzp[idx]
+        ytot += nzy[idx]
+        for k in range(p):
+            yx[k] += nzy[idx] * X[j, k]
     ebar = 0.0
-    for j in range(n):
-        ybar += y[j]
+    for j in range(0, n, k_step):
         ebar += math.exp(off[j])
+    ebar *= scale
     beta[:] = 0.0
-    beta[0] = math.log(max(ybar, 0.5) / ebar)  # assumes column 0 is the intercept-like column
-    eta = np.empty(n)
+    beta[0] = math.log(max(ytot, 0.5) / ebar)  # assumes column 0 is the intercept-like column
     M = np.empty((p, p))
     L = np.empty((p, p))
     rhs = np.empty(p)
@@ -1058,25 +1068,38 @@ def poisson_glm_start(y, X, off, beta, maxit=25, tol=1e-6):
     for _ in range(maxit):
         M[:, :] = 0.0
         rhs[:] = 0.0
-        for j in range(n):
+        for j in range(0, n, k_step):
             e = off[j]
             for k in range(p):
                 e += X[j, k] * beta[k]
-            mu = math.exp(min(e, 50.0))
-            res = y[j] - mu
+            mu = math.exp(min(e, 50.0)) * scale
             for k in range(p):
-                rhs[k] += res * X[j, k]
+                rhs[k] -= mu * X[j, k]
                 for l in range(k + 1):
                     M[k, l] += mu * X[j, k] * X[j, l]
+        for k in range(p):
+            rhs[k] += yx[k]
         mx = _glm_newton_step(M, rhs, beta, L, step)
         if mx < tol:  # converged, or not positive definite (-1)
             break
-    for j in range(n):
+    # moments: sum (y - mu)^2 - mu = sum_nz (y^2 - 2 y mu) + sum_all (mu^2 - mu)
+    num = 0.0
+    den = 0.0
+    for idx in range(nzp.shape[0]):
+        j = nzp[idx]
         e = off[j]
         for k in range(p):
             e += X[j, k] * beta[k]
-        eta[j] = e
-    return eta
+        mu = math.exp(min(e, 50.0))
+        num += nzy[idx] * (nzy[idx] - 2.0 * mu)
+    for j in range(0, n, k_step):
+        e = off[j]
+        for k in range(p):
+            e += X[j, k] * beta[k]
+        mu = math.exp(min(e, 50.0))
+        num += scale * (mu * mu - mu)
+        den += scale * mu * mu
+    return num / den if den > 0.0 else 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1355,14 +1378,7 @@ def fit_gene(
     if dl[0]:
         disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
     else:
-        eta_glm = poisson_glm_start(y, X, off, beta0)
-        num = 0.0
-        den = 0.0
-        for j in range(n):
-            mu = math.exp(min(eta_glm[j], 50.0))
-            num += (y[j] - mu) * (y[j] - mu) - mu
-            den += mu * mu
-        disp = num / den if den > 0.0 else 1.0
+        disp = glm_start(X, off, dl[6], dl[7], beta0)
     t0 = -math.log(max(disp, 0.05))
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
