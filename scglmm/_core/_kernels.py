@@ -1037,9 +1037,10 @@ def _spd_inverse(M, out):
 # starting values
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def glm_start(X, off, nzp, nzy, beta, maxit=25, tol=1e-6, n_sample=4096):
-    """Starting values from a Poisson GLM (no donor effects); writes ``beta``, returns a moment
-    estimate of the NB dispersion.
+def glm_start(X, off, starts, nzp, nzy, nzs, beta, maxit=25, tol=1e-6, n_sample=4096):
+    """Starting values from a Poisson GLM (no donor effects); writes ``beta``, returns moment
+    estimates of the NB dispersion and of log(sigma^2) (as :func:`dl_start`; ``nzs`` lists the
+    non-zero cells per donor).
 
     Only a start, so it is computed cheaply: the count terms (sum y x) come exactly from the
     non-zero cells ``nzp``, ``nzy``; the mean terms (sum mu x, sum mu x x') from every k-th cell
@@ -1082,7 +1083,8 @@ def glm_start(X, off, nzp, nzy, beta, maxit=25, tol=1e-6, n_sample=4096):
         mx = _glm_newton_step(M, rhs, beta, L, step)
         if mx < tol:  # converged, or not positive definite (-1)
             break
-    # moments: sum (y - mu)^2 - mu = sum_nz (y^2 - 2 y mu) + sum_all (mu^2 - mu)
+    # moments: sum (y - mu)^2 - mu = sum_nz (y^2 - 2 y mu) + sum_all (mu^2 - mu); the donor
+    # variance from the donors' observed / expected ratios
     num = 0.0
     den = 0.0
     for idx in range(nzp.shape[0]):
@@ -1092,14 +1094,31 @@ def glm_start(X, off, nzp, nzy, beta, maxit=25, tol=1e-6, n_sample=4096):
             e += X[j, k] * beta[k]
         mu = math.exp(min(e, 50.0))
         num += nzy[idx] * (nzy[idx] - 2.0 * mu)
-    for j in range(0, n, k_step):
-        e = off[j]
-        for k in range(p):
-            e += X[j, k] * beta[k]
-        mu = math.exp(min(e, 50.0))
-        num += scale * (mu * mu - mu)
-        den += scale * mu * mu
-    return num / den if den > 0.0 else 1.0
+    m = starts.shape[0] - 1
+    v = 0.0
+    nd = 0
+    for i in range(m):
+        md = 0.0
+        j0 = ((starts[i] + k_step - 1) // k_step) * k_step
+        for j in range(j0, starts[i + 1], k_step):
+            e = off[j]
+            for k in range(p):
+                e += X[j, k] * beta[k]
+            mu = math.exp(min(e, 50.0))
+            num += scale * (mu * mu - mu)
+            den += scale * mu * mu
+            md += scale * mu
+        yd = 0.0
+        for idx in range(nzs[i], nzs[i + 1]):
+            yd += nzy[idx]
+        if md > 0.0:
+            v += (yd / md - 1.0) ** 2 - 1.0 / md
+            nd += 1
+    disp = num / den if den > 0.0 else 1.0
+    # not below 0.1 (the fixed start it replaces): starting closer to the boundary sigma^2 = 0
+    # stalls some huge-count Poisson genes on the flat corner sigma^2 -> 0, theta -> inf
+    v = min(max(v / max(nd, 1), 0.1), 2.0)
+    return disp - v, math.log1p(v)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1378,7 +1397,7 @@ def fit_gene(
     if dl[0]:
         disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
     else:
-        disp = glm_start(X, off, dl[6], dl[7], beta0)
+        disp, sigma2_0 = glm_start(X, off, starts, dl[6], dl[7], dl[8], beta0)
     t0 = -math.log(max(disp, 0.05))
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
