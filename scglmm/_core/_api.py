@@ -210,8 +210,13 @@ def _prepare_design(
             raise ValueError(msg)
     # cells sorted by donor, then design row, then offset, so that cells sharing a design row and a
     # narrow range of offsets form contiguous blocks (the fast path for designs with few distinct rows)
-    _, row_id = np.unique(X, axis=0, return_inverse=True)
-    order = np.lexsort((off, np.asarray(row_id).ravel(), codes))
+    # distinct design rows, numbered in lexicographic order (a numeric lexsort: much faster than
+    # np.unique(axis=0) on a large design)
+    ro = np.lexsort(X.T[::-1])
+    Xo = X[ro]
+    row_id = np.empty(n, dtype=np.int64)
+    row_id[ro] = np.cumsum(np.r_[True, np.any(Xo[1:] != Xo[:-1], axis=1)]) - 1
+    order = np.lexsort((off, row_id, codes))
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n)
     starts = np.searchsorted(codes[order], np.arange(len(donors) + 1)).astype(np.int64)
@@ -230,17 +235,48 @@ def _gh_nodes(n_agq: int) -> tuple[NDArray, NDArray]:
     return z, np.log(w) + z * z
 
 
-def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix]:
+class CSCBlock:
+    """Columns of a canonical CSC matrix as plain arrays (what :func:`fit_block` reads)."""
+
+    __slots__ = ("data", "indices", "indptr", "shape")
+
+    def __init__(self, data: NDArray, indices: NDArray, indptr: NDArray, shape: tuple[int, int]) -> None:
+        self.data = data
+        self.indices = indices
+        self.indptr = indptr
+        self.shape = shape
+
+    def __getstate__(self) -> tuple:
+        return (self.data, self.indices, self.indptr, self.shape)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.data, self.indices, self.indptr, self.shape = state
+
+
+def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
     """A function returning genes ``a:b`` of ``Y`` as a CSC matrix (sorted, no duplicates).
 
     Dense blocks are converted one block at a time, CSR input is sliced by column, so the whole
-    matrix is never densified or converted at once.
+    matrix is never densified or converted at once. CSC input gives views of its arrays
+    (:class:`CSCBlock`), without a copy.
     """
     if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
         return Y.get_block
     is_sparse = sparse.issparse(Y)
     if is_sparse and Y.format not in ("csr", "csc"):
         Y = sparse.csc_matrix(Y)
+
+    if is_sparse and Y.format == "csc":
+        if not Y.has_canonical_format:  # canonicalise a copy once, never the caller's matrix
+            Y = Y.copy()
+            Y.sum_duplicates()
+
+        def get_csc(a: int, b: int) -> CSCBlock:
+            # a block of columns of a canonical CSC matrix is a contiguous slice: views, no copy
+            lo, hi = int(Y.indptr[a]), int(Y.indptr[b])
+            return CSCBlock(Y.data[lo:hi], Y.indices[lo:hi], Y.indptr[a : b + 1] - lo, (Y.shape[0], b - a))
+
+        return get_csc
 
     def get(a: int, b: int) -> sparse.csc_matrix:
         blk = Y[:, a:b]
@@ -282,7 +318,7 @@ class Design:
         self.arrays = state
 
 
-def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
+def fit_block(blk: sparse.csc_matrix | CSCBlock, design: tuple) -> tuple:
     """Fit every gene (column) of one CSC block; a pure function, safe to ship to any worker.
 
     ``design`` is ``(pos, X, offset, starts, nodes, logw, dl)`` as prepared by :func:`fit_genes`.
@@ -303,9 +339,9 @@ def fit_block(blk: sparse.csc_matrix, design: tuple) -> tuple:
         np.full(G, np.nan),
     )
     K.fit_block_csc(
-        blk.data.astype(np.float64),
-        blk.indices.astype(np.int64),
-        blk.indptr.astype(np.int64),
+        np.asarray(blk.data, dtype=np.float64),
+        np.asarray(blk.indices, dtype=np.int64),
+        np.asarray(blk.indptr, dtype=np.int64),
         pos,
         Xs,
         offs,

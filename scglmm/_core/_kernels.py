@@ -1653,17 +1653,22 @@ def fit_block_csc(
     tj = np.empty(n if lists_only else 0, dtype=np.int64)
     cur = np.empty(nb + 1, dtype=np.int64)
     if lists_only:
+        # block of each cell indexed by its row in the input, so that a column's (sorted) row
+        # indices read it in order instead of jumping through the donor-sorted positions
         for i in range(nb):
-            bid[bnd[i] : bnd[i + 1]] = i
+            for j in range(bnd[i], bnd[i + 1]):
+                tb[j] = i
+        for r in range(n):
+            bid[r] = tb[pos[r]]
     for g in range(G):
         if lists_only:
             # counting sort of the column's non-zero cells by block (one random access per cell)
             nzs[:] = 0
             a = indptr[g]
             for k in range(a, indptr[g + 1]):
-                j = pos[indices[k]]
-                blk = bid[j] if data[k] != 0.0 else -1
-                tj[k - a] = j
+                r = indices[k]
+                blk = bid[r] if data[k] != 0.0 else -1
+                tj[k - a] = pos[r]
                 tb[k - a] = blk
                 nzs[blk + 1] += 1
             nzs[0] = 0  # explicit zeros were counted there
