@@ -680,16 +680,7 @@ def _dl_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, GQ):
     """
     KK = PA.shape[1]
     z = c - t + o_ref + math.log(Lc[i])  # log x_c
-    if z >= 0.0:
-        ez = math.exp(-z)
-        rc = 1.0 / (1.0 + ez)
-        alpha = ez * rc
-        lx = z + math.log1p(ez)
-    else:
-        ez = math.exp(z)
-        alpha = 1.0 / (1.0 + ez)
-        rc = ez * alpha
-        lx = math.log1p(ez)
+    rc, alpha, lx = _dl_centre(z)
     K = _dl_terms(z, lx, rc, KK)
     _centered_series(PA, i, KK, K, lx, rc, alpha, level, GP)
     _centered_series(PZ, i, KK, K, lx, rc, alpha, level, GQ)
@@ -708,6 +699,19 @@ def _dl_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, GQ):
         S[9] = theta * (-GP[0] + 2.0 * GP[1] - GP[2]) - GQ[2]
         S[10] = theta * (-GP[1] + 2.0 * GP[2] - GP[3]) - GQ[3]
         S[11] = theta * (-GP[2] + 2.0 * GP[3] - GP[4]) - GQ[4]
+
+
+@njit(**_JIT)
+def _dl_centre(z):
+    """For the block centre x_c = exp(z): rc = x_c / (1 + x_c), alpha = 1 - rc and
+    lx = log1p(x_c), without overflow."""
+    if z >= 0.0:
+        ez = math.exp(-z)
+        rc = 1.0 / (1.0 + ez)
+        return rc, ez * rc, z + math.log1p(ez)
+    ez = math.exp(z)
+    alpha = 1.0 / (1.0 + ez)
+    return ez * alpha, alpha, math.log1p(ez)
 
 
 @njit(**_JIT)
@@ -735,16 +739,7 @@ def _dl_block_d12(i, c, t, theta, PA, PZ, Lc, o_ref):
     series runs over W_k = theta PA[i, k] + PZ[i, k]."""
     KK = PA.shape[1]
     z = c - t + o_ref + math.log(Lc[i])
-    if z >= 0.0:
-        ez = math.exp(-z)
-        rc = 1.0 / (1.0 + ez)
-        alpha = ez * rc
-        lx = z + math.log1p(ez)
-    else:
-        ez = math.exp(z)
-        alpha = 1.0 / (1.0 + ez)
-        rc = ez * alpha
-        lx = math.log1p(ez)
+    rc, alpha, lx = _dl_centre(z)
     K = _dl_terms(z, lx, rc, KK)
     w0 = theta * PA[i, 0] + PZ[i, 0]
     wprev = w0
