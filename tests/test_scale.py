@@ -276,3 +276,22 @@ def test_dask_local_cluster_is_bitwise_identical(small, ref_fit):
     _same(res, ref_fit)
     assert len(pids) == 2
     assert all(seen.values())
+
+
+def test_csr_input_is_read_in_csc_panels() -> None:
+    """In-memory CSR counts: blocks come from CSC panels of at most ``panel_nnz`` non-zeros; every
+    block equals the same columns of the matrix, whatever the panel size (one block per panel,
+    several blocks per panel, a block larger than a panel)."""
+    from scglmm._core._api import block_getter
+
+    rng = np.random.default_rng(3)
+    M = sparse.random(300, 57, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    M.data = np.ceil(M.data * 10)
+    for panel_nnz in (10, 200, 1000, 2**25):
+        get = block_getter(M, panel_nnz=panel_nnz)
+        for a in range(0, 57, 8):
+            b = min(a + 8, 57)
+            blk = get(a, b)
+            got = sparse.csc_matrix((blk.data, blk.indices, blk.indptr), shape=blk.shape).toarray()
+            np.testing.assert_array_equal(got, M[:, a:b].toarray())
+            assert np.all(np.diff(blk.indices[blk.indptr[0] : blk.indptr[1]]) > 0)  # sorted rows

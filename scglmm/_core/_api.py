@@ -253,12 +253,39 @@ class CSCBlock:
         self.data, self.indices, self.indptr, self.shape = state
 
 
-def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
+def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int) -> Callable[[int, int], CSCBlock]:
+    """Blocks of genes of a CSR matrix through CSC panels (see :func:`block_getter`)."""
+    G = Y.shape[1]
+    col_nnz = np.bincount(Y.indices, minlength=G).astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(col_nnz)])
+    panel: dict[str, object] = {"lo": 0, "hi": 0, "m": None}
+
+    def get(a: int, b: int) -> CSCBlock:
+        if not (panel["lo"] <= a and b <= panel["hi"]):
+            # the panel: genes a .. e with at most panel_nnz non-zeros, and at least a .. b
+            e = int(np.searchsorted(cum, cum[a] + panel_nnz, side="right")) - 1
+            e = min(max(e, b), G)
+            m = sparse.csc_matrix(Y[:, a:e])
+            m.sum_duplicates()
+            m.sort_indices()
+            panel.update(lo=a, hi=e, m=m)
+        m = panel["m"]
+        lo, hi = int(m.indptr[a - panel["lo"]]), int(m.indptr[b - panel["lo"]])
+        ptr = m.indptr[a - panel["lo"] : b - panel["lo"] + 1] - lo
+        return CSCBlock(m.data[lo:hi], m.indices[lo:hi], ptr, (Y.shape[0], b - a))
+
+    return get
+
+
+def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
     """A function returning genes ``a:b`` of ``Y`` as a CSC matrix (sorted, no duplicates).
 
-    Dense blocks are converted one block at a time, CSR input is sliced by column, so the whole
-    matrix is never densified or converted at once. CSC input gives views of its arrays
-    (:class:`CSCBlock`), without a copy.
+    Dense blocks are converted one block at a time, so the whole matrix is never densified. CSC
+    input gives views of its arrays (:class:`CSCBlock`), without a copy. CSR input (scanpy's
+    default) is converted to CSC one *panel* of consecutive genes at a time, each panel holding at
+    most ``panel_nnz`` non-zeros (or one block): slicing a CSR matrix by column reads every row,
+    so one slice per panel instead of one per block of genes, with memory bounded by the panel.
+    Blocks are expected in increasing order (as :func:`fit_genes` asks for them).
     """
     if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
         return Y.get_block
@@ -277,6 +304,9 @@ def block_getter(Y) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
             return CSCBlock(Y.data[lo:hi], Y.indices[lo:hi], Y.indptr[a : b + 1] - lo, (Y.shape[0], b - a))
 
         return get_csc
+
+    if is_sparse and Y.format == "csr":
+        return _csr_panels(Y, panel_nnz)
 
     def get(a: int, b: int) -> sparse.csc_matrix:
         blk = Y[:, a:b]
