@@ -1257,34 +1257,19 @@ def _dl_separated(Xb, PZ):
     """:func:`_separated` from the blocks: each block has one design row ``Xb`` and total count
     ``PZ[:, -2]``, and every cell is in a block, so the values of a column and the counts on each
     are the same as over the cells."""
-    nb, p = Xb.shape
-    tot = PZ.shape[1] - 2
-    for k in range(p):
-        v0 = Xb[0, k]
-        v1 = v0
-        two = True
-        s0 = 0.0
-        s1 = 0.0
-        for i in range(nb):
-            x = Xb[i, k]
-            if x == v0:
-                s0 += PZ[i, tot]
-            else:
-                if v1 == v0:
-                    v1 = x
-                if x == v1:
-                    s1 += PZ[i, tot]
-                else:
-                    two = False
-                    break
-        if two and v1 != v0 and (s0 == 0.0 or s1 == 0.0):
-            return True
-    return False
+    return _separated_rows(Xb, PZ[:, PZ.shape[1] - 2])
 
 
 @njit(**_JIT)
 def _separated(y, X, starts):
     """True if some two-valued column of X has zero total count on one of its values."""
+    return _separated_rows(X, y)
+
+
+@njit(**_JIT)
+def _separated_rows(X, w):
+    """True if some column of ``X`` takes exactly two values and the rows with one of them have
+    total weight ``w`` 0 (rows are cells with their counts, or blocks with their totals)."""
     n, p = X.shape
     for k in range(p):
         v0 = X[0, k]
@@ -1295,12 +1280,12 @@ def _separated(y, X, starts):
         for j in range(n):
             x = X[j, k]
             if x == v0:
-                s0 += y[j]
+                s0 += w[j]
             else:
                 if v1 == v0:
                     v1 = x
                 if x == v1:
-                    s1 += y[j]
+                    s1 += w[j]
                 else:
                     two = False
                     break
