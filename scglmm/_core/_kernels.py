@@ -415,10 +415,11 @@ def _chunk_sums_z(y, lo, hi, G, S):
 
 @njit(**_RJIT)
 def _mode_sums(y, w, lo, hi, eb, theta):
-    """First three derivatives in b of the cells' part of h_i (one pass, vectorised)."""
+    """First four derivatives in b of the cells' part of h_i (one pass, vectorised)."""
     f1 = 0.0
     f2 = 0.0
     f3 = 0.0
+    f4 = 0.0
     for j in range(lo, hi):
         x = min(w[j] * eb, 1e300)
         rho = 1.0 / (1.0 + x)
@@ -428,7 +429,8 @@ def _mode_sums(y, w, lo, hi, eb, theta):
         f1 += y[j] - yt * r
         f2 -= yt * g2
         f3 -= yt * g2 * (rho - r)
-    return f1, f2, f3
+        f4 -= yt * g2 * (1.0 - 6.0 * r * rho)
+    return f1, f2, f3, f4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,12 +438,14 @@ def _mode_sums(y, w, lo, hi, eb, theta):
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
 def conditional_modes(y, eta0, w, starts, s, t, b, tol=1e-12, maxit=100):
-    """Newton on each donor's b_i (h_i is strictly concave in b). Updates ``b`` in place.
+    """Halley's method on each donor's b_i (h_i is strictly concave in b). Updates ``b`` in place.
 
-    Newton converges quadratically: after a step delta the error left is about
-    |f3 / (2 f2)| delta^2 (f2, f3 the second and third derivatives of h_i, summed in the same
-    pass). A donor is done, without another pass over its cells, once that predicted error is
-    below ``tol`` (relative to 1 + |b_i|) after a step below 1e-4, or once a step is below 1e-8.
+    Steps use h's first three derivatives (cubic convergence; plain Newton steps while the step
+    is above 0.5), all four summed in one pass over the donor's cells. After a Halley step delta the
+    error left is about |f3^2 / (4 f2^2) - f4 / (6 f2)| |delta|^3 (f_k the k-th derivative of h_i;
+    |f3 / (2 f2)| delta^2 after a Newton step). A donor is done, without another pass over its
+    cells, once that predicted error is below ``tol`` (relative to 1 + |b_i|) after a step below
+    1e-2, or once a step is below 1e-8.
     ``w = exp(eta0)`` (one exponential per cell per change of beta); mu / theta is then
     ``w * exp(b - t)``, so the passes over the cells need no transcendental function.
     Returns False if some donor did not converge.
@@ -453,17 +457,23 @@ def conditional_modes(y, eta0, w, starts, s, t, b, tol=1e-12, maxit=100):
         bi = b[i]
         done = False
         for _ in range(maxit):
-            c1, c2, f3 = _mode_sums(y, w, starts[i], starts[i + 1], math.exp(bi - t), theta)
+            c1, c2, f3, f4 = _mode_sums(y, w, starts[i], starts[i + 1], math.exp(bi - t), theta)
             f1 = c1 - bi * prec
             f2 = c2 - prec
             step = -f1 / f2
+            err = abs(0.5 * f3 / f2) * step * step
+            if abs(step) <= 0.5:
+                den = 1.0 + 0.5 * step * f3 / f2
+                if den > 0.5:
+                    step /= den
+                    err = abs(0.25 * f3 * f3 / (f2 * f2) - f4 / (6.0 * f2)) * abs(step) ** 3
             if step > 2.0:
                 step = 2.0
             elif step < -2.0:
                 step = -2.0
             bi += step
             scale = 1.0 + abs(bi)
-            if abs(step) <= 1e-8 * scale or (abs(step) <= 1e-4 and abs(0.5 * f3 / f2) * step * step <= tol * scale):
+            if abs(step) <= 1e-8 * scale or (abs(step) <= 1e-2 and err <= tol * scale):
                 done = True
                 break
         if not done or not math.isfinite(bi):
@@ -483,22 +493,23 @@ def _donor_h(y, eta0, lo, hi, bi, t, theta, prec):
 
 @njit(**_JIT)
 def laplace_value(y, eta0, w, starts, s, t, b, cnt_gt, lgy):
-    """Laplace log-likelihood at modes ``b`` (which must be the conditional modes); ``w = exp(eta0)``."""
+    """Laplace log-likelihood at modes ``b`` (which must be the conditional modes); ``w = exp(eta0)``.
+    Summed chunk by chunk with the vectorised pieces of :func:`laplace_grad_hess`."""
     theta = math.exp(t)
     prec = math.exp(-s)
+    G = np.empty((6, CHUNK))
+    S = np.empty(27)
     total = 0.0
     for i in range(starts.shape[0] - 1):
         bi = b[i]
-        h = -0.5 * bi * bi * prec
-        f2 = -prec
         eb = math.exp(bi - t)
-        for j in range(starts[i], starts[i + 1]):
-            eta = eta0[j] + bi
-            x = w[j] * eb
-            yt = y[j] + theta
-            r, rho, g0 = _x_parts_log(x, eta - t)
-            h += y[j] * eta - yt * g0
-            f2 -= yt * r * rho
+        S[:] = 0.0
+        for lo in range(starts[i], starts[i + 1], CHUNK):
+            hi = min(lo + CHUNK, starts[i + 1])
+            _chunk_g(w, eta0, lo, hi, eb, bi - t, G)
+            _chunk_sums(y, eta0, lo, hi, G, S)
+        h = -0.5 * bi * bi * prec + S[11] + bi * S[10] - S[5] - theta * S[0]
+        f2 = -prec - S[7] - theta * S[2]
         total += h - 0.5 * s - 0.5 * math.log(-f2)
     c, _, _ = theta_terms(cnt_gt, t)
     return total + c - lgy
@@ -1281,10 +1292,11 @@ def _spd_inverse(M, out):
 # starting values
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def glm_start(X, off, starts, nzp, nzy, nzs, beta, maxit=25, tol=1e-6, n_sample=4096):
+def glm_start(X, off, starts, nzp, nzy, nzs, beta, b, maxit=25, tol=1e-4, n_sample=1024):
     """Starting values from a Poisson GLM (no donor effects); writes ``beta``, returns moment
     estimates of the NB dispersion and of log(sigma^2) (as :func:`dl_start`; ``nzs`` lists the
-    non-zero cells per donor).
+    non-zero cells per donor), and starting values of the modes in ``b`` (each donor's log ratio of
+    observed to expected counts, shrunk as a normal mean with the moment variance).
 
     Only a start, so it is computed cheaply: the count terms (sum y x) come exactly from the
     non-zero cells ``nzp``, ``nzy``; the mean terms (sum mu x, sum mu x x') from every k-th cell
@@ -1331,16 +1343,22 @@ def glm_start(X, off, starts, nzp, nzy, nzs, beta, maxit=25, tol=1e-6, n_sample=
     # variance from the donors' observed / expected ratios
     num = 0.0
     den = 0.0
-    for idx in range(nzp.shape[0]):
+    nnz = nzp.shape[0]
+    for idx in range(nnz):
+        num += nzy[idx] * nzy[idx]
+    # the cross term sum_nz y mu from a systematic sample of the non-zero cells as well
+    k_nz = max(1, nnz // n_sample)
+    scale_nz = nnz / ((nnz + k_nz - 1) // k_nz) if nnz > 0 else 1.0
+    for idx in range(0, nnz, k_nz):
         j = nzp[idx]
         e = off[j]
         for k in range(p):
             e += X[j, k] * beta[k]
-        mu = math.exp(min(e, 50.0))
-        num += nzy[idx] * (nzy[idx] - 2.0 * mu)
+        num -= 2.0 * scale_nz * nzy[idx] * math.exp(min(e, 50.0))
     m = starts.shape[0] - 1
     v = 0.0
     nd = 0
+    md_all = np.empty(m)
     for i in range(m):
         md = 0.0
         j0 = ((starts[i] + k_step - 1) // k_step) * k_step
@@ -1358,10 +1376,15 @@ def glm_start(X, off, starts, nzp, nzy, nzs, beta, maxit=25, tol=1e-6, n_sample=
         if md > 0.0:
             v += (yd / md - 1.0) ** 2 - 1.0 / md
             nd += 1
+        b[i] = math.log((yd + 0.5) / (md + 0.5))  # shrunk below, once the variance is known
+        md_all[i] = md
     disp = num / den if den > 0.0 else 1.0
     # not below 0.1 (the fixed start it replaces): starting closer to the boundary sigma^2 = 0
     # stalls some huge-count Poisson genes on the flat corner sigma^2 -> 0, theta -> inf
     v = min(max(v / max(nd, 1), 0.1), 2.0)
+    for i in range(m):
+        # shrink as a normal mean: data precision about the expected count, prior precision 1 / v
+        b[i] = min(max(b[i] * v * md_all[i] / (1.0 + v * md_all[i]), -3.0), 3.0)
     return disp - v, math.log1p(v)
 
 
@@ -1369,9 +1392,33 @@ def glm_start(X, off, starts, nzp, nzy, nzs, beta, maxit=25, tol=1e-6, n_sample=
 # the outer optimiser for one gene
 # --------------------------------------------------------------------------------------------------
 @njit(**_VJIT)
-def _eta0(X, off, phi, eta0, w):
-    """eta0 = X beta + offset and w = exp(eta0) (clipped to [-708, 700] to stay finite)."""
+def _eta0(X, off, phi, eta0, w, starts, jc=-2):
+    """eta0 = X beta + offset and w = exp(eta0) (clipped to [-708, 700] to stay finite).
+
+    With ``jc`` >= -1 (at most column ``jc`` varies within donors, see :func:`cell_level_column`)
+    each donor's other columns give one constant, and the pass reads only the offset and that
+    column."""
     n, p = X.shape
+    if jc >= -1:
+        for i in range(starts.shape[0] - 1):
+            lo = starts[i]
+            hi = starts[i + 1]
+            if hi <= lo:
+                continue
+            c = 0.0
+            for k in range(p):
+                if k != jc:
+                    c += X[lo, k] * phi[k]
+            if jc >= 0:
+                bc = phi[jc]
+                for j in range(lo, hi):
+                    eta0[j] = off[j] + c + X[j, jc] * bc
+            else:
+                for j in range(lo, hi):
+                    eta0[j] = off[j] + c
+        for j in range(n):
+            w[j] = _vexp(min(max(eta0[j], -708.0), 700.0))
+        return
     for j in range(n):
         e = off[j]
         for k in range(p):
@@ -1382,14 +1429,14 @@ def _eta0(X, off, phi, eta0, w):
 
 
 @njit(**_JIT)
-def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw):
+def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw, jc=-2):
     """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail.
 
     ``scratch`` (2, n) is reused for eta0 = X beta + offset and w = exp(eta0)."""
     p = X.shape[1]
     eta0 = scratch[0]
     w = scratch[1]
-    _eta0(X, off, phi, eta0, w)
+    _eta0(X, off, phi, eta0, w, starts, jc)
     ok = conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
     if not ok:
         return np.nan
@@ -1450,7 +1497,7 @@ def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, V
     p = X.shape[1]
     eta0 = scratch[0]
     w = scratch[1]
-    _eta0(X, off, phi, eta0, w)
+    _eta0(X, off, phi, eta0, w, starts, jc)
     if not conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b):
         return np.nan
     return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess, VB, jc)
@@ -1471,7 +1518,7 @@ def _eval(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl, derivs,
         )
     if derivs:
         return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB, dl[12])
-    return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, dl[12])
 
 
 @njit(**_JIT)
@@ -1511,9 +1558,46 @@ def _dl_separated(Xb, PZ):
 
 
 @njit(**_JIT)
-def _separated(y, X, starts):
-    """True if some two-valued column of X has zero total count on one of its values."""
-    return _separated_rows(X, y)
+def _two_valued(X):
+    """For each column of ``X``: whether it takes exactly two values, and its first value."""
+    n, p = X.shape
+    tv = np.zeros(p, dtype=np.bool_)
+    v0 = np.zeros(p)
+    for k in range(p):
+        a = X[0, k] if n > 0 else 0.0
+        b = a
+        two = n > 0
+        for j in range(n):
+            x = X[j, k]
+            if x != a:
+                if b == a:
+                    b = x
+                elif x != b:
+                    two = False
+                    break
+        tv[k] = two and b != a
+        v0[k] = a
+    return tv, v0
+
+
+@njit(**_JIT)
+def _separated_nz(X, nzp, nzy, tv, v0):
+    """True if some two-valued column of ``X`` has zero total count on one of its values, from the
+    non-zero cells (rows ``nzp`` of ``X``, counts ``nzy``) and the two-valued columns ``tv`` (first
+    value ``v0``) of :func:`_two_valued`: a zero total on one value is a value no non-zero cell has."""
+    for k in range(X.shape[1]):
+        if not tv[k]:
+            continue
+        s0 = 0.0
+        s1 = 0.0
+        for idx in range(nzp.shape[0]):
+            if X[nzp[idx], k] == v0[k]:
+                s0 += nzy[idx]
+            else:
+                s1 += nzy[idx]
+        if s0 == 0.0 or s1 == 0.0:
+            return True
+    return False
 
 
 @njit(**_JIT)
@@ -1594,14 +1678,10 @@ def fit_gene(
     b[:] = 0.0
     status = 0
     fast = dl[0] and nodes.shape[0] <= 1  # y is not filled in then: use the non-zero lists
-    cnt_gt, lgy = count_table(dl[7] if dl[0] else y)  # only non-zero counts matter
+    cnt_gt, lgy = count_table(dl[7])  # only non-zero counts matter
     ysum = 0.0
-    if fast:
-        for j in range(dl[7].shape[0]):
-            ysum += dl[7][j]
-    else:
-        for j in range(n):
-            ysum += y[j]
+    for j in range(dl[7].shape[0]):
+        ysum += dl[7][j]
     # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
     # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
     # (an upper bound from the total and the largest count: no pass over the cells)
@@ -1616,7 +1696,7 @@ def fit_gene(
 
     # separation: a two-valued design column (a factor level) with no counts on one side sends the
     # estimates to infinity; flag it instead of reporting a huge effect.
-    if _dl_separated(dl[1], dl[9]) if fast else _separated(y, X, starts):
+    if _dl_separated(dl[1], dl[9]) if fast else _separated_nz(X, dl[6], dl[7], dl[13], dl[14]):
         phi[:] = np.nan
         b[:] = np.nan
         return np.nan, 0, SEPARATION, np.nan
@@ -1627,7 +1707,7 @@ def fit_gene(
     if dl[0]:
         disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
     else:
-        disp, sigma2_0 = glm_start(X, off, starts, dl[6], dl[7], dl[8], beta0)
+        disp, sigma2_0 = glm_start(X, off, starts, dl[6], dl[7], dl[8], beta0, b)
     t0 = -math.log(max(disp, 0.05))
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
@@ -1874,61 +1954,52 @@ def fit_block_csc(
     nb = bnd.shape[0] - 1
     nzs = np.zeros(nb + 1, dtype=np.int64)
     PZ = np.empty((PA.shape[0], PA.shape[1] + 2))
-    # the fast path with the Laplace objective never looks at the cells one by one: its non-zero
-    # cells are bucketed by block straight from the sparse column, without a dense y
+    # non-zero cells are bucketed by block (donor, or donor and design row on the fast path)
+    # straight from the sparse column: a counting sort keyed by input row, in O(non-zeros). The
+    # fast path with the Laplace objective never looks at the cells one by one and needs no dense y.
     jc = cell_level_column(X, starts)  # the general kernel's shortcut for one cell-level column
+    tv, v0 = _two_valued(X)  # separation checks need only these and the non-zero cells
     lists_only = dl_on and nodes.shape[0] <= 1
-    bid = np.empty(n if lists_only else 0, dtype=np.int64)
-    tb = np.empty(n if lists_only else 0, dtype=np.int64)
-    tj = np.empty(n if lists_only else 0, dtype=np.int64)
+    bid = np.empty(n, dtype=np.int64)
+    tb = np.empty(n, dtype=np.int64)
+    tj = np.empty(n, dtype=np.int64)
     cur = np.empty(nb + 1, dtype=np.int64)
-    if lists_only:
-        # block of each cell indexed by its row in the input, so that a column's (sorted) row
-        # indices read it in order instead of jumping through the donor-sorted positions
-        for i in range(nb):
-            for j in range(bnd[i], bnd[i + 1]):
-                tb[j] = i
-        for r in range(n):
-            bid[r] = tb[pos[r]]
+    # block of each cell indexed by its row in the input, so that a column's (sorted) row
+    # indices read it in order instead of jumping through the donor-sorted positions
+    for i in range(nb):
+        for j in range(bnd[i], bnd[i + 1]):
+            tb[j] = i
+    for r in range(n):
+        bid[r] = tb[pos[r]]
     for g in range(G):
-        if lists_only:
-            # counting sort of the column's non-zero cells by block (one random access per cell)
-            nzs[:] = 0
-            a = indptr[g]
-            for k in range(a, indptr[g + 1]):
-                r = indices[k]
-                blk = bid[r] if data[k] != 0.0 else -1
-                tj[k - a] = pos[r]
-                tb[k - a] = blk
-                nzs[blk + 1] += 1
-            nzs[0] = 0  # explicit zeros were counted there
-            for i in range(nb):
-                nzs[i + 1] += nzs[i]
-            cur[:] = nzs
-            for k in range(a, indptr[g + 1]):
-                blk = tb[k - a]
-                if blk >= 0:
-                    c = cur[blk]
-                    nzp[c] = tj[k - a]
-                    nzy[c] = data[k]
-                    cur[blk] = c + 1
-            nnz = nzs[nb]
-        else:
+        # counting sort of the column's non-zero cells by block (one random access per cell)
+        nzs[:] = 0
+        a = indptr[g]
+        for k in range(a, indptr[g + 1]):
+            r = indices[k]
+            blk = bid[r] if data[k] != 0.0 else -1
+            tj[k - a] = pos[r]
+            tb[k - a] = blk
+            nzs[blk + 1] += 1
+        nzs[0] = 0  # explicit zeros were counted there
+        for i in range(nb):
+            nzs[i + 1] += nzs[i]
+        cur[:] = nzs
+        for k in range(a, indptr[g + 1]):
+            blk = tb[k - a]
+            if blk >= 0:
+                c = cur[blk]
+                nzp[c] = tj[k - a]
+                nzy[c] = data[k]
+                cur[blk] = c + 1
+        nnz = nzs[nb]
+        if not lists_only:
             y[:] = 0.0
-            for k in range(indptr[g], indptr[g + 1]):
-                y[pos[indices[k]]] += data[k]
-            nnz = 0
-            for i in range(nb):
-                nzs[i] = nnz
-                for j in range(bnd[i], bnd[i + 1]):
-                    if y[j] != 0.0:
-                        nzp[nnz] = j
-                        nzy[nnz] = y[j]
-                        nnz += 1
-            nzs[nb] = nnz
+            for k in range(nnz):
+                y[nzp[k]] = nzy[k]
         if dl_on:
             dl_gene_power_sums(PA, Lw, Lmax, off, bstarts, nzp, nzy, nzs, PZ)
-        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk, jc)
+        dl = (dl_on, Xd, Lw, o_ref, PA, Lmax, nzp[:nnz], nzy[:nnz], nzs, PZ, bstarts, dblk, jc, tv, v0)
         ll, it, st, gm = fit_gene(y, X, off, starts, nodes, logw, out_phi[g], out_b[g], out_cov[g], dl)
         out_ll[g] = ll
         out_iter[g] = it
