@@ -249,7 +249,8 @@ def test_separation_from_nonzero_cells_matches_all_cells():
     cells, for a factor with no counts on one level, on both, and for non-factor columns."""
     rng = np.random.default_rng(4)
     n = 300
-    X = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.normal(size=n), np.repeat([2.0, 5.0, 7.0], n // 3)])
+    factor3 = np.repeat([2.0, 5.0, 7.0], n // 3)
+    X = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.normal(size=n), factor3])
     tv, v0 = K._two_valued(X)
     assert tv.tolist() == [False, True, False, False]
     for lo, hi, expect in [(0, n // 2, True), (n // 2, n, True), (0, n, False)]:
