@@ -221,7 +221,6 @@ _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.4426950408889634
 _TWO52 = 4503599627370496.0
 _SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # bits of sqrt(1/2)
-_LOG_1E15 = math.log(1e15)
 _VJIT = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
 _RJIT = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"reassoc", "contract", "nsz"}}
 
@@ -301,8 +300,8 @@ CHUNK = 256
 @njit(**_VJIT)
 def _chunk_g(w, eta0, lo, hi, eb, lshift, G):
     """G[m, j - lo] = g_m(x_j), m = 0..4, for cells lo <= j < hi, with x_j = w_j eb = mu / theta,
-    g_0 = log1p(x) and g_m its m-th derivative in log x (``lshift`` = b_i - t, so that
-    log x_j = eta0_j + lshift). Elementwise, so it vectorises."""
+    g_0 = log1p(x) and g_m its m-th derivative in log x. Elementwise, so it vectorises. (x is
+    capped at 1e300, beyond any count model; ``eta0`` and ``lshift`` = b_i - t are unused.)"""
     for j in range(lo, hi):
         k = j - lo
         x = min(w[j] * eb, 1e300)
@@ -310,9 +309,7 @@ def _chunk_g(w, eta0, lo, hi, eb, lshift, G):
         rho = 1.0 / a
         r = x * rho
         g2 = r * rho
-        # log1p(x) = log(x) + log1p(1 / x) for huge x: above 1e15 continue from log1p(1e15) in log x
-        xc = min(x, 1e15)
-        G[0, k] = _vlog1p(xc, 1.0 + xc, rho) + max(eta0[j] + lshift - _LOG_1E15, 0.0)
+        G[0, k] = _vlog1p(x, a, rho)
         G[1, k] = r
         G[2, k] = g2
         G[3, k] = g2 * (rho - r)
