@@ -212,17 +212,37 @@ def _prepare_design(
     # narrow range of offsets form contiguous blocks (the fast path for designs with few distinct rows)
     # distinct design rows, numbered in lexicographic order (a numeric lexsort: much faster than
     # np.unique(axis=0) on a large design)
-    ro = np.lexsort(X.T[::-1])
-    Xo = X[ro]
-    row_id = np.empty(n, dtype=np.int64)
-    row_id[ro] = np.cumsum(np.r_[True, np.any(Xo[1:] != Xo[:-1], axis=1)]) - 1
-    order = np.lexsort((off, row_id, codes))
+    if _many_distinct_rows(X):
+        # the fast path cannot apply (blocks would average fewer than 20 cells): donor order only,
+        # input order within a donor (stable), which also keeps the CSC row reads in order
+        order = np.argsort(codes, kind="stable")
+    else:
+        ro = np.lexsort(X.T[::-1])
+        Xo = X[ro]
+        row_id = np.empty(n, dtype=np.int64)
+        row_id[ro] = np.cumsum(np.r_[True, np.any(Xo[1:] != Xo[:-1], axis=1)]) - 1
+        # by (donor, row) then offset: sort by offset, then a stable (radix) sort on one integer key
+        by_off = np.argsort(off, kind="stable")
+        key = codes.astype(np.int64) * (int(row_id.max()) + 1) + row_id
+        order = by_off[np.argsort(key[by_off], kind="stable")]
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n)
     starts = np.searchsorted(codes[order], np.arange(len(donors) + 1)).astype(np.int64)
     Xs = np.ascontiguousarray(X[order])
     offs = np.ascontiguousarray(off[order])
     return Xs, offs, starts, pos, np.asarray(donors, dtype=object), order
+
+
+def _many_distinct_rows(X: NDArray) -> bool:
+    """True if ``X`` certainly has more than n / 20 distinct rows (the fast path's limit), judged
+    from the first n / 20 + 1 rows: if those are all distinct in some column, so are that many
+    rows of X. A continuous cell-level covariate is caught without sorting the whole design."""
+    n = X.shape[0]
+    k = n // 20 + 1
+    if n < 40 or k > n:
+        return False
+    head = X[:k]
+    return any(np.unique(head[:, j]).size == k for j in range(X.shape[1]))
 
 
 def _gh_nodes(n_agq: int) -> tuple[NDArray, NDArray]:
@@ -415,29 +435,13 @@ def donor_level_data(Xs: NDArray, offs: NDArray, starts: NDArray, *, enable: boo
     o_ref = float(offs.max())
     Lw = np.exp(offs - o_ref)
     # cut each group into offset bins: Lw_max / Lw_min <= (1 + rho) / (1 - rho)
-    ratio = (1.0 + K.DL_RHO) / (1.0 - K.DL_RHO)
-    cuts = []
-    lo = 0.0
-    for j in range(n):
-        if change[j] or Lw[j] > lo * ratio:
-            cuts.append(j)
-            lo = Lw[j]
-    bstarts = np.append(np.asarray(cuts, dtype=np.int64), n)
+    bstarts = K.dl_cut_blocks(change, Lw, (1.0 + K.DL_RHO) / (1.0 - K.DL_RHO))
     nb = bstarts.shape[0] - 1
     if nb * 20 > n:
         return placeholder
     dblk = np.searchsorted(bstarts, starts).astype(np.int64)
     Xb = np.ascontiguousarray(Xs[bstarts[:-1]])
-    PA = np.zeros((nb, kk))
-    Lc = np.zeros(nb)
-    for i in range(nb):
-        lw = Lw[bstarts[i] : bstarts[i + 1]]
-        Lc[i] = 0.5 * (lw.min() + lw.max())
-        eps = lw / Lc[i] - 1.0
-        pw = np.ones_like(eps)
-        for k in range(kk):
-            PA[i, k] = pw.sum()
-            pw *= eps
+    PA, Lc = K.dl_block_power_sums(Lw, bstarts, kk)
     return (True, Xb, Lw, o_ref, PA, Lc, bstarts, dblk)
 
 

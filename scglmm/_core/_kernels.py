@@ -821,6 +821,49 @@ SIGMA2_SEPARATION = math.log(20.0)
 
 
 @njit(**_JIT)
+def dl_cut_blocks(change, Lw, ratio):
+    """Block starts (and n at the end): a new block at every ``change`` (new donor or design row)
+    and wherever ``Lw`` exceeds ``ratio`` times the first ``Lw`` of the current block (cells are
+    sorted by offset within a design row)."""
+    n = Lw.shape[0]
+    cuts = np.empty(n + 1, dtype=np.int64)
+    nc = 0
+    lo = 0.0
+    for j in range(n):
+        if change[j] or Lw[j] > lo * ratio:
+            cuts[nc] = j
+            nc += 1
+            lo = Lw[j]
+    cuts[nc] = n
+    return cuts[: nc + 1].copy()
+
+
+@njit(**_JIT)
+def dl_block_power_sums(Lw, bstarts, kk):
+    """Per block: centre Lc (midpoint of its Lw range) and PA[:, k] = sum (Lw / Lc - 1)^k, k < kk."""
+    nb = bstarts.shape[0] - 1
+    PA = np.zeros((nb, kk))
+    Lc = np.zeros(nb)
+    for i in range(nb):
+        lo = bstarts[i]
+        hi = bstarts[i + 1]
+        mn = Lw[lo]
+        mx = Lw[lo]
+        for j in range(lo, hi):
+            mn = min(mn, Lw[j])
+            mx = max(mx, Lw[j])
+        c = 0.5 * (mn + mx)
+        Lc[i] = c
+        for j in range(lo, hi):
+            e = Lw[j] / c - 1.0
+            pw = 1.0
+            for k in range(kk):
+                PA[i, k] += pw
+                pw *= e
+    return PA, Lc
+
+
+@njit(**_JIT)
 def dl_gene_power_sums(PA, Lw, Lc, off, bstarts, nzp, nzy, nzs, PZ):
     """Per block i: PZ[i, k] = sum over its non-zero cells of y * eps^k with eps = Lw / Lc[i] - 1
     (k < KMAX + 1), and in the last two columns the block's total count and sum of y * offset.
