@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import sparse
 from scipy.stats import norm
 
@@ -494,7 +494,8 @@ def fit_genes(
         Inside ``joblib.parallel_config(backend="dask")`` the blocks go to the Dask cluster
         instead (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
     block_size
-        Genes per compiled call.
+        Genes per compiled call (with ``n_jobs`` != 1, made smaller if needed, but not below 8, to
+        give every worker at least four blocks).
     coef_names
         Names of the columns of ``X``; ``x0, x1, ...`` if omitted.
     check
@@ -549,7 +550,11 @@ def fit_genes(
 
     get_block = block_getter(Y)
     design = Design(pos, Xs, offs, starts, nodes, logw, donor_level_data(Xs, offs, starts, enable=_donor_level))
-    bounds = _block_bounds(G, int(block_size))
+    bs = int(block_size)
+    if n_jobs != 1:
+        # at least four blocks per worker, so that the last blocks do not leave workers idle
+        bs = min(bs, max(8, -(-G // (4 * max(1, effective_n_jobs(int(n_jobs)))))))
+    bounds = _block_bounds(G, bs)
 
     def store(a: int, b: int, res: tuple) -> None:
         for dest, val in zip((out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz), res, strict=True):
