@@ -1669,7 +1669,7 @@ def _separated_rows(X, w):
 
 
 @njit(**_JIT)
-def fit_gene(
+def _maximise(
     y,
     X,
     off,
@@ -1678,86 +1678,31 @@ def fit_gene(
     logw,
     phi,
     b,
-    cov,
     dl,
-    s_min=-23.0,
-    t_max=18.42,
-    t_min=-10.0,
-    tol=1e-10,
-    maxit=200,
-    sep_bound=25.0,
+    cnt_gt,
+    lgy,
+    grad,
+    hess,
+    s_min,
+    t_max,
+    t_min,
+    tol_eff,
+    gtol,
+    btol,
+    maxit,
+    sep_bound,
 ):
-    """Maximise the Laplace (or AGQ) marginal likelihood of one gene.
-
-    Parameters
-    ----------
-    y, X, off, starts
-        Counts (float), design, log offsets, all in donor-sorted order; ``starts`` (m + 1,) block bounds.
-    nodes, logw
-        Gauss-Hermite nodes and log(weights) + nodes^2; one node means Laplace.
-    phi
-        (p + 2,) output: beta, log sigma^2, log theta.
-    b
-        (m,) output: conditional modes.
-    cov
-        (p + 2, p + 2) output: inverse negative Hessian over the free parameters (NaN elsewhere).
-    dl
-        Fast-path data ``(on, Xb, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ, bstarts, dblk)`` (see
-        :func:`fit_block_csc`); with ``on`` False only its types matter.
-
-    Returns
-    -------
-    loglik, n_iter, status bits, max abs gradient over free parameters
-    """
-    n, p = X.shape
+    """Newton iterations with line search from ``phi`` and modes ``b`` (both updated in place);
+    ``grad`` and ``hess`` end at the last accepted point. Returns
+    (loglik, n_iter, converged, max abs free gradient, status bits)."""
+    p = X.shape[1]
     q = p + 2
     js = p
     jt = p + 1
     m = starts.shape[0] - 1
-    cov[:, :] = np.nan
-    b[:] = 0.0
     status = 0
-    fast = dl[0] and nodes.shape[0] <= 1  # y is not filled in then: use the non-zero lists
-    cnt_gt, lgy = count_table(dl[7])  # only non-zero counts matter
-    ysum = 0.0
-    for j in range(dl[7].shape[0]):
-        ysum += dl[7][j]
-    # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
-    # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
-    # (an upper bound from the total and the largest count: no pass over the cells)
-    scale = 1.0 + ysum * (1.0 + math.log1p(float(cnt_gt.shape[0])))
-    tol_eff = max(tol, 1e-15 * scale)
-    gtol = max(1e-9, 1e-11 * scale)
-    btol = max(1e-6, 1e-11 * scale)
-    if ysum == 0.0:
-        phi[:] = np.nan
-        b[:] = np.nan
-        return np.nan, 0, ALL_ZERO, np.nan
-
-    # separation: a two-valued design column (a factor level) with no counts on one side sends the
-    # estimates to infinity; flag it instead of reporting a huge effect.
-    if _dl_separated(dl[1], dl[9]) if fast else _separated_nz(X, dl[6], dl[7], dl[13], dl[14]):
-        phi[:] = np.nan
-        b[:] = np.nan
-        return np.nan, 0, SEPARATION, np.nan
-
-    # starting values: Poisson GLM, then a moment estimate of the dispersion
-    beta0 = np.zeros(p)
-    sigma2_0 = 0.1
-    if dl[0]:
-        disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
-    else:
-        disp, sigma2_0 = glm_start(X, off, starts, dl[6], dl[7], dl[8], beta0, b)
-    t0 = -math.log(max(disp, 0.05))
-    t0 = min(max(t0, -3.0), 3.0)
-    for k in range(p):
-        phi[k] = beta0[k]
-    phi[js] = math.log(sigma2_0)
-    phi[jt] = t0
-
-    eta0 = np.empty((2, 0 if fast else n))  # scratch: eta0 and exp(eta0), reused by every evaluation
-    grad = np.zeros(q)
-    hess = np.zeros((q, q))
+    fast = dl[0] and nodes.shape[0] <= 1
+    eta0 = np.empty((2, 0 if fast else y.shape[0]))  # scratch: eta0 and exp(eta0), reused by every evaluation
     gtrial = np.zeros(q)
     htrial = np.zeros((q, q))
     M = np.zeros((q, q))
@@ -1779,8 +1724,7 @@ def fit_gene(
         if math.isfinite(val):
             val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB)
     if not math.isfinite(val):
-        phi[:] = np.nan
-        return np.nan, 0, FAILED, np.nan
+        return np.nan, 0, False, np.nan, FAILED
     n_iter = 0
     converged = False
     gmax = np.inf
@@ -1901,6 +1845,125 @@ def fit_gene(
         if sep:
             status |= SEPARATION
             break
+
+    return val, n_iter, converged, gmax, status
+
+
+@njit(**_JIT)
+def fit_gene(
+    y,
+    X,
+    off,
+    starts,
+    nodes,
+    logw,
+    phi,
+    b,
+    cov,
+    dl,
+    s_min=-23.0,
+    t_max=18.42,
+    t_min=-10.0,
+    tol=1e-10,
+    maxit=200,
+    sep_bound=25.0,
+):
+    """Maximise the Laplace (or AGQ) marginal likelihood of one gene.
+
+    Parameters
+    ----------
+    y, X, off, starts
+        Counts (float), design, log offsets, all in donor-sorted order; ``starts`` (m + 1,) block bounds.
+    nodes, logw
+        Gauss-Hermite nodes and log(weights) + nodes^2; one node means Laplace.
+    phi
+        (p + 2,) output: beta, log sigma^2, log theta.
+    b
+        (m,) output: conditional modes.
+    cov
+        (p + 2, p + 2) output: inverse negative Hessian over the free parameters (NaN elsewhere).
+    dl
+        Fast-path data ``(on, Xb, Lw, o_ref, PA, Lmax, nzp, nzy, nzs, PZ, bstarts, dblk)`` (see
+        :func:`fit_block_csc`); with ``on`` False only its types matter.
+
+    Returns
+    -------
+    loglik, n_iter, status bits, max abs gradient over free parameters
+    """
+    n, p = X.shape
+    q = p + 2
+    js = p
+    jt = p + 1
+    cov[:, :] = np.nan
+    b[:] = 0.0
+    status = 0
+    fast = dl[0] and nodes.shape[0] <= 1  # y is not filled in then: use the non-zero lists
+    cnt_gt, lgy = count_table(dl[7])  # only non-zero counts matter
+    ysum = 0.0
+    for j in range(dl[7].shape[0]):
+        ysum += dl[7][j]
+    # scale of the log-likelihood's terms (sum of y log y and more): rounding makes the objective
+    # and its gradient uncertain in proportion, so convergence and boundary tests are relative to it
+    # (an upper bound from the total and the largest count: no pass over the cells)
+    scale = 1.0 + ysum * (1.0 + math.log1p(float(cnt_gt.shape[0])))
+    tol_eff = max(tol, 1e-15 * scale)
+    gtol = max(1e-9, 1e-11 * scale)
+    btol = max(1e-6, 1e-11 * scale)
+    if ysum == 0.0:
+        phi[:] = np.nan
+        b[:] = np.nan
+        return np.nan, 0, ALL_ZERO, np.nan
+
+    # separation: a two-valued design column (a factor level) with no counts on one side sends the
+    # estimates to infinity; flag it instead of reporting a huge effect.
+    if _dl_separated(dl[1], dl[9]) if fast else _separated_nz(X, dl[6], dl[7], dl[13], dl[14]):
+        phi[:] = np.nan
+        b[:] = np.nan
+        return np.nan, 0, SEPARATION, np.nan
+
+    # starting values: Poisson GLM, then a moment estimate of the dispersion
+    beta0 = np.zeros(p)
+    sigma2_0 = 0.1
+    if dl[0]:
+        disp, sigma2_0 = dl_start(dl[1], dl[4], dl[2], dl[3], dl[6], dl[7], dl[8], beta0, dl[5], dl[11])
+    else:
+        disp, sigma2_0 = glm_start(X, off, starts, dl[6], dl[7], dl[8], beta0, b)
+    t0 = -math.log(max(disp, 0.05))
+    t0 = min(max(t0, -3.0), 3.0)
+    for k in range(p):
+        phi[k] = beta0[k]
+    phi[js] = math.log(sigma2_0)
+    phi[jt] = t0
+
+    grad = np.zeros(q)
+    hess = np.zeros((q, q))
+    val, n_iter, converged, gmax, status = _maximise(
+        y,
+        X,
+        off,
+        starts,
+        nodes,
+        logw,
+        phi,
+        b,
+        dl,
+        cnt_gt,
+        lgy,
+        grad,
+        hess,
+        s_min,
+        t_max,
+        t_min,
+        tol_eff,
+        gtol,
+        btol,
+        maxit,
+        sep_bound,
+    )
+    if status & FAILED:
+        phi[:] = np.nan
+        return np.nan, 0, FAILED, np.nan
+    free = np.ones(q, dtype=np.bool_)
 
     # final derivatives (at the accepted point) and covariance over the free parameters
     free[:] = True
