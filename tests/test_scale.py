@@ -281,7 +281,7 @@ def test_dask_local_cluster_is_bitwise_identical(small, ref_fit):
 def test_csr_input_is_read_in_csc_panels() -> None:
     """In-memory CSR counts: blocks come from CSC panels of at most ``panel_nnz`` non-zeros; every
     block equals the same columns of the matrix, whatever the panel size (one block per panel,
-    several blocks per panel, a block larger than a panel)."""
+    several blocks per panel, a block larger than a panel) and the order of the requests."""
     from scglmm._core._api import block_getter
 
     rng = np.random.default_rng(3)
@@ -295,3 +295,8 @@ def test_csr_input_is_read_in_csc_panels() -> None:
             got = sparse.csc_matrix((blk.data, blk.indices, blk.indptr), shape=blk.shape).toarray()
             np.testing.assert_array_equal(got, M[:, a:b].toarray())
             assert np.all(np.diff(blk.indices[blk.indptr[0] : blk.indptr[1]]) > 0)  # sorted rows
+        # out of order (panels then restart from a fresh position in every row)
+        for a, b in [(40, 48), (3, 11), (50, 57), (0, 57)]:
+            blk = get(a, b)
+            got = sparse.csc_matrix((blk.data, blk.indices, blk.indptr), shape=blk.shape).toarray()
+            np.testing.assert_array_equal(got, M[:, a:b].toarray())

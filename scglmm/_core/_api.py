@@ -276,23 +276,27 @@ class CSCBlock:
 def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int) -> Callable[[int, int], CSCBlock]:
     """Blocks of genes of a CSR matrix through CSC panels (see :func:`block_getter`)."""
     G = Y.shape[1]
-    col_nnz = np.bincount(Y.indices, minlength=G).astype(np.int64)
-    cum = np.concatenate([[0], np.cumsum(col_nnz)])
-    panel: dict[str, object] = {"lo": 0, "hi": 0, "m": None}
+    if not Y.has_canonical_format:  # canonicalise a copy once, never the caller's matrix
+        Y = Y.copy()
+        Y.sum_duplicates()
+    cum = np.concatenate([[0], np.cumsum(K.csr_column_counts(Y.indices, G))])
+    panel: dict[str, object] = {"lo": 0, "hi": 0, "m": None, "cursor": None}
 
     def get(a: int, b: int) -> CSCBlock:
         if not (panel["lo"] <= a and b <= panel["hi"]):
-            # the panel: genes a .. e with at most panel_nnz non-zeros, and at least a .. b
+            # the panel: genes a .. e with at most panel_nnz non-zeros, and at least a .. b. Each
+            # row keeps a cursor at its first entry of the next panel, so consecutive panels read
+            # every entry once in all (compiled; a scipy column slice rescans every row)
             e = int(np.searchsorted(cum, cum[a] + panel_nnz, side="right")) - 1
             e = min(max(e, b), G)
-            m = sparse.csc_matrix(Y[:, a:e])
-            m.sum_duplicates()
-            m.sort_indices()
+            if panel["cursor"] is None or a != panel["hi"]:
+                panel["cursor"] = K.csr_row_cursors(Y.indptr, Y.indices, a)
+            m = K.csr_columns_to_csc(Y.indptr, Y.indices, Y.data, a, e, cum[a : e + 1], panel["cursor"])
             panel.update(lo=a, hi=e, m=m)
-        m = panel["m"]
-        lo, hi = int(m.indptr[a - panel["lo"]]), int(m.indptr[b - panel["lo"]])
-        ptr = m.indptr[a - panel["lo"] : b - panel["lo"] + 1] - lo
-        return CSCBlock(m.data[lo:hi], m.indices[lo:hi], ptr, (Y.shape[0], b - a))
+        data, rows, ptr_all = panel["m"]
+        lo, hi = int(ptr_all[a - panel["lo"]]), int(ptr_all[b - panel["lo"]])
+        ptr = ptr_all[a - panel["lo"] : b - panel["lo"] + 1] - lo
+        return CSCBlock(data[lo:hi], rows[lo:hi], ptr, (Y.shape[0], b - a))
 
     return get
 
@@ -305,6 +309,8 @@ def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_m
     default) is converted to CSC one *panel* of consecutive genes at a time, each panel holding at
     most ``panel_nnz`` non-zeros (or one block): slicing a CSR matrix by column reads every row,
     so one slice per panel instead of one per block of genes, with memory bounded by the panel.
+    Panels hold at most a quarter of the matrix's non-zeros (but at least 2^20), so that with
+    ``n_jobs`` > 1 most of the conversion overlaps with fitting.
     Blocks are expected in increasing order (as :func:`fit_genes` asks for them).
     """
     if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
@@ -326,7 +332,10 @@ def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_m
         return get_csc
 
     if is_sparse and Y.format == "csr":
-        return _csr_panels(Y, panel_nnz)
+        # at least four panels: each later panel is then converted by a worker thread (joblib
+        # dispatches the next block from the thread that finished one) while the others fit genes,
+        # instead of the whole conversion running before the first fit
+        return _csr_panels(Y, min(int(panel_nnz), max(2**20, -(-Y.nnz // 4))))
 
     def get(a: int, b: int) -> sparse.csc_matrix:
         blk = Y[:, a:b]

@@ -2108,3 +2108,58 @@ def fit_block_csc(
         out_iter[g] = it
         out_status[g] = st
         out_gmax[g] = gm
+
+
+# --------------------------------------------------------------------------------------------------
+# sparse input: columns of a CSR matrix as CSC
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def csr_column_counts(indices, n_cols):
+    """Number of stored entries per column of a CSR matrix (its column indices ``indices``)."""
+    out = np.zeros(n_cols, dtype=np.int64)
+    for k in range(indices.shape[0]):
+        out[indices[k]] += 1
+    return out
+
+
+@njit(**_JIT)
+def csr_row_cursors(indptr, indices, a):
+    """Per row of a canonical CSR matrix, the position of its first entry in column >= ``a``."""
+    n = indptr.shape[0] - 1
+    cur = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        lo = indptr[r]
+        hi = indptr[r + 1]
+        while lo < hi:  # binary search: the row's column indices are sorted
+            mid = (lo + hi) // 2
+            if indices[mid] < a:
+                lo = mid + 1
+            else:
+                hi = mid
+        cur[r] = lo
+    return cur
+
+
+@njit(**_JIT)
+def csr_columns_to_csc(indptr, indices, data, a, e, col_ptr, cursor):
+    """Columns ``a:e`` of a canonical CSR matrix as CSC arrays ``(data, row indices, indptr)``;
+    ``col_ptr`` (e - a + 1) holds the column pointers (from :func:`csr_column_counts`) and
+    ``cursor`` each row's first entry in column >= ``a`` (:func:`csr_row_cursors`), advanced here
+    to column ``e``: consecutive panels then read every entry once in all. Rows are visited in
+    order, so each column's rows come sorted."""
+    nnz = col_ptr[e - a] - col_ptr[0]
+    out_data = np.empty(nnz, dtype=data.dtype)
+    out_rows = np.empty(nnz, dtype=np.int32)  # row numbers fit (scipy also stores int32 here)
+    cur = col_ptr[: e - a].copy() - col_ptr[0]
+    for r in range(indptr.shape[0] - 1):
+        k = cursor[r]
+        end = indptr[r + 1]
+        while k < end and indices[k] < e:
+            c = indices[k] - a
+            d = cur[c]
+            out_rows[d] = r
+            out_data[d] = data[k]
+            cur[c] = d + 1
+            k += 1
+        cursor[r] = k
+    return out_data, out_rows, col_ptr - col_ptr[0]
