@@ -170,6 +170,35 @@ def time_fit(adata, kind: str, *, n_jobs: int, repeats: int, block_size: int, cs
     }
 
 
+def time_threads(adata, kind: str, *, rounds: int, block_size: int, csc: bool) -> dict:
+    """n_jobs 1 against 2, interleaved: each round times one fit with each, so that drifts of a
+    shared machine hit both; the speed-up is the median over rounds of the paired ratios."""
+    X, names = design_of(adata, kind)
+    groups = adata.obs["donor"].to_numpy()
+    off = np.log(adata.obs["libsize"].to_numpy(dtype=float))
+    Y = adata.X.tocsc() if csc else adata.X
+    t = {1: [], 2: []}
+    for _ in range(rounds):
+        for nj in (1, 2):
+            t0 = time.perf_counter()
+            scglmm.fit_genes(Y, X, groups, off, n_jobs=nj, block_size=block_size, coef_names=names, check=False)
+            t[nj].append(time.perf_counter() - t0)
+    ratio = np.array(t[1]) / np.array(t[2])
+    out = {
+        "design": kind,
+        "counts": "CSC" if csc else "CSR",
+        "n_genes": int(Y.shape[1]),
+        "rounds": int(rounds),
+        "s_1": float(np.median(t[1])),
+        "s_2": float(np.median(t[2])),
+        "speedup": float(np.median(ratio)),
+        "speedup_min": float(ratio.min()),
+        "speedup_max": float(ratio.max()),
+    }
+    print(f"[threads] {out}", flush=True)
+    return out
+
+
 def warm_up() -> float:
     """First fit of this process on a tiny problem (compiles or loads the kernels); seconds."""
     ad = simulate(n_donors=4, cells_per_donor=30, n_genes=3, seed=0)
@@ -231,8 +260,8 @@ def run(args) -> tuple[list[dict], dict]:
     for kind in ("a", "b") if g_ref else ():
         for nj in (1, 2):
             record("reference", time_fit(ad, kind, n_jobs=nj, repeats=rep, block_size=bs))
-        for nj in (1, 2):
-            record("reference_csc", time_fit(ad, kind, n_jobs=nj, repeats=rep, block_size=bs, csc=True))
+        for csc in (False, True):
+            meta.setdefault("threads", []).append(time_threads(ad, kind, rounds=max(5, rep), block_size=bs, csc=csc))
     # -- scaling in genes (50k cells) -----------------------------------------------------------
     for G in args.gene_sizes:
         if g_ref == G:
@@ -339,17 +368,25 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
                     f"n_jobs 2 vs 1, design {kind}: {s.loc[1, 'seconds'] / s.loc[2, 'seconds']:.2f}x faster "
                     "(same run, same data)."
                 )
-            c = df[(df.section == "reference_csc") & (df.design == kind)].set_index("n_jobs")
-            if 1 in c.index and 2 in c.index:
-                ms1 = 1e3 * c.loc[1, "seconds"] / c.loc[1, "n_genes"]
-                ms2 = 1e3 * c.loc[2, "seconds"] / c.loc[2, "n_genes"]
-                lines.append(
-                    f"Counts converted to CSC before timing: n_jobs 1 {ms1:.2f} ms/gene, n_jobs 2 {ms2:.2f} ms/gene, "
-                    f"{c.loc[1, 'seconds'] / c.loc[2, 'seconds']:.2f}x faster (the CSR counts above are read "
-                    "through CSC panels during the fit)."
-                )
         lines.append("")
         lines += [f"- {k}: {1e3 * v:.1f} ms/gene" for k, v in NEBULA.items()] + [""]
+    if meta.get("threads"):
+        lines += [
+            "## Threads: n_jobs 2 against 1 (reference data, interleaved rounds)",
+            "",
+            "Each round fits the same genes once with `n_jobs=1` and once with `n_jobs=2`; the speed-up is the "
+            "median of the rounds' ratios (range in brackets). CSR: the simulator's counts, read through CSC "
+            "panels during the fit (as scanpy's matrices are); CSC: converted before timing.",
+            "",
+            "| design | counts | genes | rounds | n_jobs 1 (s) | n_jobs 2 (s) | speed-up |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in meta["threads"]:
+            lines.append(
+                f"| {r['design']} | {r['counts']} | {r['n_genes']} | {r['rounds']} | {r['s_1']:.3f} | {r['s_2']:.3f} "
+                f"| {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}) |"
+            )
+        lines.append("")
     for section, title in (
         ("genes", "Scaling in genes (50,000 cells, 20 donors, one core)"),
         ("cells", "Scaling in cells (20 donors, one core)"),

@@ -504,7 +504,7 @@ def fit_genes(
         instead (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
     block_size
         Genes per compiled call (with ``n_jobs`` != 1, made smaller if needed, but not below 8, to
-        give every worker at least four blocks).
+        give every worker at least eight blocks).
     coef_names
         Names of the columns of ``X``; ``x0, x1, ...`` if omitted.
     check
@@ -561,8 +561,8 @@ def fit_genes(
     design = Design(pos, Xs, offs, starts, nodes, logw, donor_level_data(Xs, offs, starts, enable=_donor_level))
     bs = int(block_size)
     if n_jobs != 1:
-        # at least four blocks per worker, so that the last blocks do not leave workers idle
-        bs = min(bs, max(8, -(-G // (4 * max(1, effective_n_jobs(int(n_jobs)))))))
+        # at least eight blocks per worker, so that the last blocks do not leave workers idle
+        bs = min(bs, max(8, -(-G // (8 * max(1, effective_n_jobs(int(n_jobs)))))))
     bounds = _block_bounds(G, bs)
 
     def store(a: int, b: int, res: tuple) -> None:
