@@ -222,7 +222,7 @@ def _prepare_design(
         row_id = np.empty(n, dtype=np.int64)
         row_id[ro] = np.cumsum(np.r_[True, np.any(Xo[1:] != Xo[:-1], axis=1)]) - 1
         # by (donor, row) then offset: sort by offset, then a stable (radix) sort on one integer key
-        by_off = np.argsort(off, kind="stable")
+        by_off = np.argsort(off)
         key = codes.astype(np.int64) * (int(row_id.max()) + 1) + row_id
         order = by_off[np.argsort(key[by_off], kind="stable")]
     pos = np.empty(n, dtype=np.int64)
