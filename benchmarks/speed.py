@@ -130,13 +130,12 @@ def make_data(n_cells: int, n_genes: int, n_donors: int, mean_range, seed: int):
     return adata
 
 
-def time_fit(adata, kind: str, *, n_jobs: int, repeats: int, block_size: int, csc: bool = False) -> dict:
-    """Time ``scglmm.fit_genes`` on the simulated counts (CSR, as scanpy holds them; ``csc``:
-    converted to CSC once before timing, which takes the CSR -> CSC panels out of the fit)."""
+def time_fit(adata, kind: str, *, n_jobs: int, repeats: int, block_size: int) -> dict:
+    """Time ``scglmm.fit_genes`` on the simulated counts (CSR, as scanpy holds them)."""
     X, names = design_of(adata, kind)
     groups = adata.obs["donor"].to_numpy()
     off = np.log(adata.obs["libsize"].to_numpy(dtype=float))
-    Y = adata.X.tocsc() if csc else adata.X
+    Y = adata.X
     times, mems = [], []
     res = None
     for _ in range(repeats):

@@ -298,10 +298,10 @@ CHUNK = 256
 
 
 @njit(**_VJIT)
-def _chunk_g(w, eta0, lo, hi, eb, lshift, G):
+def _chunk_g(w, lo, hi, eb, G):
     """G[m, j - lo] = g_m(x_j), m = 0..4, for cells lo <= j < hi, with x_j = w_j eb = mu / theta,
     g_0 = log1p(x) and g_m its m-th derivative in log x. Elementwise, so it vectorises. (x is
-    capped at 1e300, beyond any count model; ``eta0`` and ``lshift`` = b_i - t are unused.)"""
+    capped at 1e300, beyond any count model.)"""
     for j in range(lo, hi):
         k = j - lo
         x = min(w[j] * eb, 1e300)
@@ -503,7 +503,7 @@ def laplace_value(y, eta0, w, starts, s, t, b, cnt_gt, lgy):
         S[:] = 0.0
         for lo in range(starts[i], starts[i + 1], CHUNK):
             hi = min(lo + CHUNK, starts[i + 1])
-            _chunk_g(w, eta0, lo, hi, eb, bi - t, G)
+            _chunk_g(w, lo, hi, eb, G)
             _chunk_sums(y, eta0, lo, hi, G, S)
         h = -0.5 * bi * bi * prec + S[11] + bi * S[10] - S[5] - theta * S[0]
         f2 = -prec - S[7] - theta * S[2]
@@ -629,10 +629,9 @@ def _donor_sums_one_cell_column(y, X, eta0, w, lo, hi, bi, eb, t, theta, jc, h, 
     p = X.shape[1]
     jt = p + 1
     S[:] = 0.0
-    lshift = bi - t
     for lo_c in range(lo, hi, CHUNK):
         hi_c = min(lo_c + CHUNK, hi)
-        _chunk_g(w, eta0, lo_c, hi_c, eb, lshift, G)
+        _chunk_g(w, lo_c, hi_c, eb, G)
         _chunk_sums(y, eta0, lo_c, hi_c, G, S)
         if jc >= 0:
             for j in range(lo_c, hi_c):
