@@ -6,6 +6,7 @@ Every fit here is compared bitwise with the in-memory fit of the same data.
 from __future__ import annotations
 
 import hashlib
+import os
 import tracemalloc
 
 import anndata as ad
@@ -260,7 +261,12 @@ def test_interactive_in_a_jupyter_kernel(monkeypatch):
 # Dask
 # ------------------------------------------------------------------------------------------------
 def test_dask_local_cluster_is_bitwise_identical(small, ref_fit):
+    """Two worker processes: every gene block runs on the cluster (the task stream lists each
+    ``fit_block`` call and the worker that ran it) and the results equal a local run bit for bit.
+    Which worker takes which block is the scheduler's choice, so it is not asserted."""
     distributed = pytest.importorskip("distributed")
+    import re
+
     import joblib
 
     X, g, off = _design(small)
@@ -268,14 +274,17 @@ def test_dask_local_cluster_is_bitwise_identical(small, ref_fit):
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
         joblib.parallel_config(backend="dask"),
+        distributed.get_task_stream(client) as stream,
     ):
         res = scglmm.fit_genes(small.X, X, g, off, block_size=5, n_jobs=-1)
         pids = set(client.run(lambda: __import__("os").getpid()).values())
-        # the blocks really ran in the worker processes
-        seen = client.run(lambda: __import__("sys").modules.get("scglmm") is not None)
+        workers = set(client.scheduler_info()["workers"])
     _same(res, ref_fit)
-    assert len(pids) == 2
-    assert all(seen.values())
+    assert len(pids) == 2 and os.getpid() not in pids
+    calls = [(re.fullmatch(r"batch_of_fit_block_(\d+)_calls-.*", t["key"]), t["worker"]) for t in stream.data]
+    calls = [(int(m.group(1)), w) for m, w in calls if m]
+    assert sum(n for n, _ in calls) == 5  # 24 genes in blocks of 5: all five blocks ran on the cluster
+    assert {w for _, w in calls} <= workers
 
 
 def test_csr_input_is_read_in_csc_panels() -> None:
