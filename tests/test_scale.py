@@ -6,6 +6,7 @@ Every fit here is compared bitwise with the in-memory fit of the same data.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tracemalloc
 
@@ -276,14 +277,14 @@ def test_dask_local_cluster_is_bitwise_identical(small, ref_fit):
         joblib.parallel_config(backend="dask"),
         distributed.get_task_stream(client) as stream,
     ):
-        res = scglmm.fit_genes(small.X, X, g, off, block_size=5, n_jobs=-1)
+        res = scglmm.fit_genes(small.X, X, g, off, block_size=4, n_jobs=-1)
         pids = set(client.run(lambda: __import__("os").getpid()).values())
         workers = set(client.scheduler_info()["workers"])
     _same(res, ref_fit)
     assert len(pids) == 2 and os.getpid() not in pids
     calls = [(re.fullmatch(r"batch_of_fit_block_(\d+)_calls-.*", t["key"]), t["worker"]) for t in stream.data]
     calls = [(int(m.group(1)), w) for m, w in calls if m]
-    assert sum(n for n, _ in calls) == 5  # 24 genes in blocks of 5: all five blocks ran on the cluster
+    assert sum(n for n, _ in calls) == 6  # 24 genes in blocks of 4: all six blocks ran on the cluster
     assert {w for _, w in calls} <= workers
 
 
@@ -296,16 +297,51 @@ def test_csr_input_is_read_in_csc_panels() -> None:
     rng = np.random.default_rng(3)
     M = sparse.random(300, 57, density=0.2, format="csr", random_state=rng, dtype=np.float32)
     M.data = np.ceil(M.data * 10)
-    for panel_nnz in (10, 200, 1000, 2**25):
-        get = block_getter(M, panel_nnz=panel_nnz)
+    for panel_nnz, n_threads in itertools.product((10, 200, 1000, 2**25), (1, 2, 3)):
+        get = block_getter(M, panel_nnz=panel_nnz, n_threads=n_threads)
         for a in range(0, 57, 8):
             b = min(a + 8, 57)
             blk = get(a, b)
             got = sparse.csc_matrix((blk.data, blk.indices, blk.indptr), shape=blk.shape).toarray()
             np.testing.assert_array_equal(got, M[:, a:b].toarray())
-            assert np.all(np.diff(blk.indices[blk.indptr[0] : blk.indptr[1]]) > 0)  # sorted rows
+            for j in range(b - a):  # rows sorted in every column (also across the threads' row ranges)
+                assert np.all(np.diff(blk.indices[blk.indptr[j] : blk.indptr[j + 1]]) > 0)
         # out of order (panels then restart from a fresh position in every row)
         for a, b in [(40, 48), (3, 11), (50, 57), (0, 57)]:
             blk = get(a, b)
             got = sparse.csc_matrix((blk.data, blk.indices, blk.indptr), shape=blk.shape).toarray()
             np.testing.assert_array_equal(got, M[:, a:b].toarray())
+
+
+def test_block_bounds_shrink_towards_the_end_with_several_workers() -> None:
+    """Gene blocks cover every gene once, in order; one worker gets blocks of ``block_size``;
+    several workers get blocks of at most an eighth of the remaining genes per worker (at least
+    ``MIN_BLOCK``), so the last blocks are small."""
+    from scglmm._core._api import MIN_BLOCK, _block_bounds
+
+    assert _block_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    for G, bs, nw in [(500, 64, 2), (2000, 64, 2), (24, 4, 2), (3, 64, 2), (20_000, 64, 8), (1000, 16, 3)]:
+        bounds = _block_bounds(G, bs, nw)
+        assert bounds[0][0] == 0 and bounds[-1][1] == G
+        assert all(b0[1] == b1[0] for b0, b1 in itertools.pairwise(bounds))
+        sizes = np.array([b - a for a, b in bounds])
+        remaining = G - np.array([a for a, _ in bounds])
+        expected = np.minimum(bs, np.maximum(MIN_BLOCK, -(-remaining // (8 * nw))))
+        np.testing.assert_array_equal(sizes, np.minimum(expected, remaining))
+    sizes = [b - a for a, b in _block_bounds(500, 64, 2)]
+    assert sizes[:3] == [32, 30, 28] and sizes[-1] == MIN_BLOCK and len(sizes) == 46
+
+
+def test_cell_order_kernels_match_numpy() -> None:
+    """The compiled sorts behind the cell order equal numpy's: distinct design rows numbered in
+    lexicographic order (``np.unique(axis=0)``) and a stable sort by an integer key."""
+    from scglmm._core import _kernels as K
+
+    rng = np.random.default_rng(5)
+    X = np.column_stack([np.ones(500), rng.integers(0, 3, 500), rng.integers(0, 2, 500) * 0.5])
+    ids = K.distinct_row_ids(X, np.lexsort(X.T[::-1]))
+    _, inverse = np.unique(X, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(ids, inverse.ravel())
+    key = rng.integers(0, 7, 500)
+    seq = rng.permutation(500)
+    np.testing.assert_array_equal(K.stable_counting_sort(key, 7, seq), seq[np.argsort(key[seq], kind="stable")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -214,22 +216,25 @@ def _prepare_design(
     # narrow range of offsets form contiguous blocks (the fast path for designs with few distinct rows)
     # distinct design rows, numbered in lexicographic order (a numeric lexsort: much faster than
     # np.unique(axis=0) on a large design)
+    codes = codes.astype(np.int64)
+    m = len(donors)
     if _many_distinct_rows(X):
         # the fast path cannot apply (blocks would average fewer than 20 cells): donor order only,
         # input order within a donor (stable), which also keeps the CSC row reads in order
-        order = np.argsort(codes, kind="stable")
+        order = K.stable_counting_sort(codes, m, np.arange(n, dtype=np.int64))
     else:
-        ro = np.lexsort(X.T[::-1])
-        Xo = X[ro]
-        row_id = np.empty(n, dtype=np.int64)
-        row_id[ro] = np.cumsum(np.r_[True, np.any(Xo[1:] != Xo[:-1], axis=1)]) - 1
-        # by (donor, row) then offset: sort by offset, then a stable (radix) sort on one integer key
+        row_id = K.distinct_row_ids(X, np.lexsort(X.T[::-1]))
+        n_rows = int(row_id.max()) + 1
+        # by (donor, row) then offset: sort by offset, then a stable sort on one integer key
         by_off = np.argsort(off)
-        key = codes.astype(np.int64) * (int(row_id.max()) + 1) + row_id
-        order = by_off[np.argsort(key[by_off], kind="stable")]
+        key = codes * n_rows + row_id
+        if m * n_rows <= 4 * n:
+            order = K.stable_counting_sort(key, m * n_rows, by_off)
+        else:
+            order = by_off[np.argsort(key[by_off], kind="stable")]
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n)
-    starts = np.searchsorted(codes[order], np.arange(len(donors) + 1)).astype(np.int64)
+    starts = np.searchsorted(codes[order], np.arange(m + 1)).astype(np.int64)
     Xs = np.ascontiguousarray(X[order])
     offs = np.ascontiguousarray(off[order])
     return Xs, offs, starts, pos, np.asarray(donors, dtype=object), order
@@ -275,13 +280,31 @@ class CSCBlock:
         self.data, self.indices, self.indptr, self.shape = state
 
 
-def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int) -> Callable[[int, int], CSCBlock]:
+def _in_threads(fn: Callable, calls: list[tuple]) -> list:
+    """``fn(*args)`` for each tuple of ``calls``: the first in this thread, the others each in a
+    thread of their own (for compiled ``nogil`` functions)."""
+    if len(calls) == 1:
+        return [fn(*calls[0])]
+    with ThreadPoolExecutor(max_workers=len(calls) - 1) as pool:
+        futures = [pool.submit(fn, *args) for args in calls[1:]]
+        first = fn(*calls[0])
+        return [first, *(f.result() for f in futures)]
+
+
+def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int, n_threads: int) -> Callable[[int, int], CSCBlock]:
     """Blocks of genes of a CSR matrix through CSC panels (see :func:`block_getter`)."""
-    G = Y.shape[1]
+    n, G = Y.shape
     if not Y.has_canonical_format:  # canonicalise a copy once, never the caller's matrix
         Y = Y.copy()
         Y.sum_duplicates()
-    cum = np.concatenate([[0], np.cumsum(K.csr_column_counts(Y.indices, G))])
+    # one range of rows with about equal non-zeros per thread; each thread counts and scatters its
+    # own rows, into positions after those of the ranges before it (so rows stay sorted)
+    nt = int(max(1, min(n_threads, n)))
+    cuts = [0, *(int(np.searchsorted(Y.indptr, Y.nnz * t // nt)) for t in range(1, nt)), n]
+    ranges = list(itertools.pairwise(cuts))
+    counts = np.array(_in_threads(K.csr_column_counts, [(Y.indptr, Y.indices, G, r0, r1) for r0, r1 in ranges]))
+    before = np.cumsum(counts, axis=0) - counts  # per range and column: entries in the ranges before
+    cum = np.concatenate([[0], np.cumsum(counts.sum(axis=0))])
     panel: dict[str, object] = {"lo": 0, "hi": 0, "m": None, "cursor": None}
 
     def get(a: int, b: int) -> CSCBlock:
@@ -291,10 +314,20 @@ def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int) -> Callable[[int, int], CS
             # every entry once in all (compiled; a scipy column slice rescans every row)
             e = int(np.searchsorted(cum, cum[a] + panel_nnz, side="right")) - 1
             e = min(max(e, b), G)
-            if panel["cursor"] is None or a != panel["hi"]:
+            panel["m"] = None  # free the old panel before allocating the next
+            if a == 0:
+                panel["cursor"] = Y.indptr[:-1].astype(np.int64)
+            elif panel["cursor"] is None or a != panel["hi"]:
                 panel["cursor"] = K.csr_row_cursors(Y.indptr, Y.indices, a)
-            m = K.csr_columns_to_csc(Y.indptr, Y.indices, Y.data, a, e, cum[a : e + 1], panel["cursor"])
-            panel.update(lo=a, hi=e, m=m)
+            out_data = np.empty(int(cum[e] - cum[a]), dtype=Y.data.dtype)
+            out_rows = np.empty(out_data.shape[0], dtype=np.int32)  # row numbers fit (as in scipy)
+            first = cum[a:e] - cum[a]
+            calls = [
+                (Y.indptr, Y.indices, Y.data, a, e, r0, r1, panel["cursor"], first + before[t, a:e], out_data, out_rows)
+                for t, (r0, r1) in enumerate(ranges)
+            ]
+            _in_threads(K.csr_columns_to_csc, calls)
+            panel.update(lo=a, hi=e, m=(out_data, out_rows, cum[a : e + 1] - cum[a]))
         data, rows, ptr_all = panel["m"]
         lo, hi = int(ptr_all[a - panel["lo"]]), int(ptr_all[b - panel["lo"]])
         ptr = ptr_all[a - panel["lo"] : b - panel["lo"] + 1] - lo
@@ -303,7 +336,7 @@ def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int) -> Callable[[int, int], CS
     return get
 
 
-def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
+def block_getter(Y, panel_nnz: int = 2**25, n_threads: int = 1) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
     """A function returning genes ``a:b`` of ``Y`` as a CSC matrix (sorted, no duplicates).
 
     Dense blocks are converted one block at a time, so the whole matrix is never densified. CSC
@@ -311,8 +344,7 @@ def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_m
     default) is converted to CSC one *panel* of consecutive genes at a time, each panel holding at
     most ``panel_nnz`` non-zeros (or one block): slicing a CSR matrix by column reads every row,
     so one slice per panel instead of one per block of genes, with memory bounded by the panel.
-    Panels hold at most a quarter of the matrix's non-zeros (but at least 2^20), so that with
-    ``n_jobs`` > 1 most of the conversion overlaps with fitting.
+    The conversion runs in ``n_threads`` threads, each scattering a range of rows.
     Blocks are expected in increasing order (as :func:`fit_genes` asks for them).
     """
     if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
@@ -334,10 +366,7 @@ def block_getter(Y, panel_nnz: int = 2**25) -> Callable[[int, int], sparse.csc_m
         return get_csc
 
     if is_sparse and Y.format == "csr":
-        # at least four panels: each later panel is then converted by a worker thread (joblib
-        # dispatches the next block from the thread that finished one) while the others fit genes,
-        # instead of the whole conversion running before the first fit
-        return _csr_panels(Y, min(int(panel_nnz), max(2**20, -(-Y.nnz // 4))))
+        return _csr_panels(Y, int(panel_nnz), int(n_threads))
 
     def get(a: int, b: int) -> sparse.csc_matrix:
         blk = Y[:, a:b]
@@ -456,8 +485,22 @@ def donor_level_data(Xs: NDArray, offs: NDArray, starts: NDArray, *, enable: boo
     return (True, Xb, Lw, o_ref, PA, Lc, bstarts, dblk)
 
 
-def _block_bounds(n_genes: int, block_size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + block_size, n_genes)) for a in range(0, n_genes, block_size)]
+#: Smallest block of genes handed to a worker (the end of a run with several workers).
+MIN_BLOCK = 4
+
+
+def _block_bounds(n_genes: int, block_size: int, n_workers: int = 1) -> list[tuple[int, int]]:
+    """Blocks of consecutive genes, at most ``block_size`` each. With several workers the blocks
+    shrink towards the end of the run (each at most an eighth of the remaining genes per worker,
+    but at least ``MIN_BLOCK``), so that the workers finish at about the same time."""
+    if n_workers <= 1:
+        return [(a, min(a + block_size, n_genes)) for a in range(0, n_genes, block_size)]
+    bounds, a = [], 0
+    while a < n_genes:
+        size = min(block_size, max(MIN_BLOCK, -(-(n_genes - a) // (8 * n_workers))))
+        bounds.append((a, min(a + size, n_genes)))
+        a += size
+    return bounds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -559,13 +602,10 @@ def fit_genes(
     out_gmax = np.full(G, np.nan)
     nnz = np.zeros(G, dtype=np.int64)
 
-    get_block = block_getter(Y)
+    n_threads = 1 if n_jobs == 1 else min(effective_n_jobs(int(n_jobs)), os.cpu_count() or 1)
+    get_block = block_getter(Y, n_threads=n_threads)
     design = Design(pos, Xs, offs, starts, nodes, logw, donor_level_data(Xs, offs, starts, enable=_donor_level))
-    bs = int(block_size)
-    if n_jobs != 1:
-        # at least eight blocks per worker, so that the last blocks do not leave workers idle
-        bs = min(bs, max(8, -(-G // (8 * max(1, effective_n_jobs(int(n_jobs)))))))
-    bounds = _block_bounds(G, bs)
+    bounds = _block_bounds(G, int(block_size), 1 if n_jobs == 1 else max(1, effective_n_jobs(int(n_jobs))))
 
     def store(a: int, b: int, res: tuple) -> None:
         for dest, val in zip((out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz), res, strict=True):

@@ -2113,10 +2113,10 @@ def fit_block_csc(
 # sparse input: columns of a CSR matrix as CSC
 # --------------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def csr_column_counts(indices, n_cols):
-    """Number of stored entries per column of a CSR matrix (its column indices ``indices``)."""
+def csr_column_counts(indptr, indices, n_cols, r0, r1):
+    """Number of stored entries per column in rows ``r0:r1`` of a CSR matrix."""
     out = np.zeros(n_cols, dtype=np.int64)
-    for k in range(indices.shape[0]):
+    for k in range(indptr[r0], indptr[r1]):
         out[indices[k]] += 1
     return out
 
@@ -2140,17 +2140,15 @@ def csr_row_cursors(indptr, indices, a):
 
 
 @njit(**_JIT)
-def csr_columns_to_csc(indptr, indices, data, a, e, col_ptr, cursor):
-    """Columns ``a:e`` of a canonical CSR matrix as CSC arrays ``(data, row indices, indptr)``;
-    ``col_ptr`` (e - a + 1) holds the column pointers (from :func:`csr_column_counts`) and
-    ``cursor`` each row's first entry in column >= ``a`` (:func:`csr_row_cursors`), advanced here
-    to column ``e``: consecutive panels then read every entry once in all. Rows are visited in
-    order, so each column's rows come sorted."""
-    nnz = col_ptr[e - a] - col_ptr[0]
-    out_data = np.empty(nnz, dtype=data.dtype)
-    out_rows = np.empty(nnz, dtype=np.int32)  # row numbers fit (scipy also stores int32 here)
-    cur = col_ptr[: e - a].copy() - col_ptr[0]
-    for r in range(indptr.shape[0] - 1):
+def csr_columns_to_csc(indptr, indices, data, a, e, r0, r1, cursor, dest, out_data, out_rows):
+    """Scatter the entries of rows ``r0:r1`` in columns ``a:e`` of a canonical CSR matrix into
+    CSC arrays ``out_data`` / ``out_rows`` of those columns; ``dest`` (e - a) holds each column's
+    first position for these rows and ``cursor`` each row's first entry in column >= ``a``
+    (:func:`csr_row_cursors`), advanced here to column ``e``: consecutive panels then read every
+    entry once in all. Rows are visited in order, so each column's rows come sorted; disjoint row
+    ranges with their own ``dest`` can be scattered by concurrent threads."""
+    cur = dest.copy()
+    for r in range(r0, r1):
         k = cursor[r]
         end = indptr[r + 1]
         while k < end and indices[k] < e:
@@ -2161,4 +2159,43 @@ def csr_columns_to_csc(indptr, indices, data, a, e, col_ptr, cursor):
             cur[c] = d + 1
             k += 1
         cursor[r] = k
-    return out_data, out_rows, col_ptr - col_ptr[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the order of the cells (donor, design row, offset)
+# --------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def distinct_row_ids(X, ro):
+    """Number the distinct rows of ``X`` 0, 1, ... in lexicographic order, given ``ro``, the rows
+    of ``X`` in lexicographic order (``np.lexsort``); returns each row's number."""
+    n, p = X.shape
+    ids = np.empty(n, dtype=np.int64)
+    cur = 0
+    for i in range(n):
+        r = ro[i]
+        if i > 0:
+            q = ro[i - 1]
+            for j in range(p):
+                if X[r, j] != X[q, j]:
+                    cur += 1
+                    break
+        ids[r] = cur
+    return ids
+
+
+@njit(**_JIT)
+def stable_counting_sort(key, n_keys, seq):
+    """The elements of ``seq`` (indices into ``key``, values 0 .. n_keys - 1) sorted by their key,
+    keeping the order of ``seq`` among equal keys (a stable sort in O(n + n_keys))."""
+    cnt = np.zeros(n_keys + 1, dtype=np.int64)
+    for i in range(seq.shape[0]):
+        cnt[key[seq[i]] + 1] += 1
+    for k in range(n_keys):
+        cnt[k + 1] += cnt[k]
+    out = np.empty_like(seq)
+    for i in range(seq.shape[0]):
+        c = seq[i]
+        k = key[c]
+        out[cnt[k]] = c
+        cnt[k] += 1
+    return out
