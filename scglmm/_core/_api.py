@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from joblib.parallel import ThreadingBackend, get_active_backend
 from scipy import sparse
 from scipy.stats import norm
 
+from .._logging import logger
 from . import _kernels as K
 from ._io import as_backed_counts
 from ._status import UNUSABLE, status_names
@@ -488,6 +491,34 @@ def donor_level_data(Xs: NDArray, offs: NDArray, starts: NDArray, *, enable: boo
 #: Smallest block of genes handed to a worker (the end of a run with several workers).
 MIN_BLOCK = 4
 
+#: Seconds into a fit after which, if the main kernel is still not compiled (nor loaded from numba's
+#: on-disk cache, which takes about a second), the log says that it is being compiled.
+COMPILE_NOTICE_AFTER = 5.0
+
+
+@contextmanager
+def _compile_notice() -> Iterator[None]:
+    """Log (INFO) that the kernels are being compiled if a fit is still waiting for them after
+    :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes about a minute."""
+
+    def notice() -> None:
+        if not K.fit_block_csc.overloads:
+            logger.info(
+                "compiling scglmm's numba kernels: the first fit after installing takes about a minute; "
+                "they are cached on disk for later runs"
+            )
+
+    if K.fit_block_csc.overloads:  # compiled or loaded in this process already
+        yield
+        return
+    timer = threading.Timer(COMPILE_NOTICE_AFTER, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
 
 def _block_bounds(n_genes: int, block_size: int, n_workers: int = 1) -> list[tuple[int, int]]:
     """Blocks of consecutive genes, at most ``block_size`` each. With several workers the blocks
@@ -548,8 +579,8 @@ def fit_genes(
         Inside ``joblib.parallel_config(backend="dask")`` the blocks go to the Dask cluster
         instead (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
     block_size
-        Genes per compiled call (with ``n_jobs`` != 1, made smaller if needed, but not below 8, to
-        give every worker at least eight blocks).
+        Genes per compiled call (with ``n_jobs`` != 1 the blocks shrink towards the end of the
+        run, to at least 4 genes, so that the workers finish together).
     coef_names
         Names of the columns of ``X``; ``x0, x1, ...`` if omitted.
     check
@@ -613,16 +644,17 @@ def fit_genes(
         if progress is not None:
             progress(b - a)
 
-    if n_jobs == 1 or len(bounds) == 1:
-        for a, b in bounds:
-            store(a, b, fit_block(get_block(a, b), design))
-    elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
-        _fit_in_threads(bounds, get_block, design, effective_n_jobs(int(n_jobs)), store)
-    else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
-        par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
-        results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
-        for (a, b), res in zip(bounds, results, strict=True):
-            store(a, b, res)
+    with _compile_notice():
+        if n_jobs == 1 or len(bounds) == 1:
+            for a, b in bounds:
+                store(a, b, fit_block(get_block(a, b), design))
+        elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
+            _fit_in_threads(bounds, get_block, design, effective_n_jobs(int(n_jobs)), store)
+        else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
+            par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
+            results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
+            for (a, b), res in zip(bounds, results, strict=True):
+                store(a, b, res)
     return _assemble(out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz, p, coef_names, donors)
 
 
