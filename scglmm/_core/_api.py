@@ -501,14 +501,17 @@ def _compile_notice() -> Iterator[None]:
     """Log (INFO) that the kernels are being compiled if a fit is still waiting for them after
     :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes about a minute."""
 
+    def ready() -> bool:  # a compiled overload exists (anything but a numba dispatcher counts as ready)
+        return bool(getattr(K.fit_block_csc, "overloads", True))
+
     def notice() -> None:
-        if not K.fit_block_csc.overloads:
+        if not ready():
             logger.info(
                 "compiling scglmm's numba kernels: the first fit after installing takes about a minute; "
                 "they are cached on disk for later runs"
             )
 
-    if K.fit_block_csc.overloads:  # compiled or loaded in this process already
+    if ready():  # compiled or loaded in this process already
         yield
         return
     timer = threading.Timer(COMPILE_NOTICE_AFTER, notice)
