@@ -499,7 +499,7 @@ COMPILE_NOTICE_AFTER = 5.0
 @contextmanager
 def _compile_notice() -> Iterator[None]:
     """Log (INFO) that the kernels are being compiled if a fit is still waiting for them after
-    :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes about a minute."""
+    :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes one to two minutes."""
 
     def ready() -> bool:  # a compiled overload exists (anything but a numba dispatcher counts as ready)
         return bool(getattr(K.fit_block_csc, "overloads", True))
@@ -507,7 +507,7 @@ def _compile_notice() -> Iterator[None]:
     def notice() -> None:
         if not ready():
             logger.info(
-                "compiling scglmm's numba kernels: the first fit after installing takes about a minute; "
+                "compiling scglmm's numba kernels: the first fit after installing takes one to two minutes; "
                 "they are cached on disk for later runs"
             )
 
