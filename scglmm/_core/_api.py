@@ -636,10 +636,12 @@ def fit_genes(
     out_gmax = np.full(G, np.nan)
     nnz = np.zeros(G, dtype=np.int64)
 
-    n_threads = 1 if n_jobs == 1 else min(effective_n_jobs(int(n_jobs)), os.cpu_count() or 1)
-    get_block = block_getter(Y, n_threads=n_threads)
+    # workers of the backend (asked once: under Dask it queries the cluster); the CSR conversion
+    # runs here, on at most this machine's cores
+    n_workers = 1 if n_jobs == 1 else max(1, effective_n_jobs(int(n_jobs)))
+    get_block = block_getter(Y, n_threads=min(n_workers, os.cpu_count() or 1))
     design = Design(pos, Xs, offs, starts, nodes, logw, donor_level_data(Xs, offs, starts, enable=_donor_level))
-    bounds = _block_bounds(G, int(block_size), 1 if n_jobs == 1 else max(1, effective_n_jobs(int(n_jobs))))
+    bounds = _block_bounds(G, int(block_size), n_workers)
 
     def store(a: int, b: int, res: tuple) -> None:
         for dest, val in zip((out_phi, out_b, out_cov, out_ll, out_iter, out_status, out_gmax, nnz), res, strict=True):
@@ -652,7 +654,7 @@ def fit_genes(
             for a, b in bounds:
                 store(a, b, fit_block(get_block(a, b), design))
         elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
-            _fit_in_threads(bounds, get_block, design, effective_n_jobs(int(n_jobs)), store)
+            _fit_in_threads(bounds, get_block, design, n_workers, store)
         else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
             par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
             results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
