@@ -1,0 +1,165 @@
+"""Results saved before the restructuring of 2026-12 (issue 12) must come out the same after it.
+
+``tests/data/unchanged/results.npz`` was written by ``python tests/test_unchanged.py --write``
+on the code of commit ``be82904`` (before any module moved). The runs below go through the public
+API only (``tl.fit``, ``tl.test``, ``get.results``, ``fit_genes`` on dense, CSR and CSC input), so
+they are the same calls before and after; every stored array is compared. Integer and string
+results (status codes, names, iterations) must be identical; floating-point results agree to a
+relative 1e-10 (on the machine that wrote them they are bitwise identical: see
+``python tests/test_unchanged.py --hash``; the tolerance only allows for a CPU whose compiled
+kernels round differently). Regenerate only for a change meant to alter results, and say why in
+the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import scglmm
+
+DATA = Path(__file__).parent / "data"
+SNAPSHOT = DATA / "unchanged" / "results.npz"
+
+
+def _flatten(prefix: str, value, out: dict[str, np.ndarray]) -> None:
+    if isinstance(value, pd.DataFrame):
+        for col in value.columns:
+            _flatten(f"{prefix}/{col}", value[col], out)
+        out[f"{prefix}/__index__"] = np.asarray(value.index.astype(str))
+        out[f"{prefix}/__columns__"] = np.asarray([str(c) for c in value.columns])
+    elif isinstance(value, pd.Series):
+        arr = value.to_numpy()
+        out[prefix] = arr.astype(str) if arr.dtype == object or isinstance(value.dtype, pd.CategoricalDtype) else arr
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}/{k}", v, out)
+    elif isinstance(value, np.ndarray):
+        if value.dtype.names:  # record arrays of the rank_genes_groups block
+            for name in value.dtype.names:
+                out[f"{prefix}/{name}"] = np.asarray(value[name])
+        else:
+            out[prefix] = value.astype(str) if value.dtype == object else value
+    elif isinstance(value, int | float | str | bool | np.generic):
+        out[prefix] = np.asarray(value)
+    elif isinstance(value, list | tuple):
+        out[prefix] = np.asarray([str(v) for v in value])
+
+
+#: uns entries that depend on the machine, the clock or the package version
+_VOLATILE = ("seconds", "versions", "n_jobs")
+
+
+def _uns(adata: ad.AnnData, key: str, out: dict[str, np.ndarray]) -> None:
+    params = {k: v for k, v in adata.uns[key]["params"].items() if k not in _VOLATILE}
+    _flatten(f"{key}/uns/params", params, out)
+    if "contrasts" in adata.uns[key]:
+        contrasts = {
+            name: {k: v for k, v in info.items() if k not in _VOLATILE} for name, info in adata.uns[key]["contrasts"].items()
+        }
+        _flatten(f"{key}/uns/contrasts", contrasts, out)
+
+
+def compute() -> dict[str, np.ndarray]:
+    """Every result of the runs below, flattened into named arrays."""
+    out: dict[str, np.ndarray] = {}
+    ref = ad.read_h5ad(DATA / "reference_small" / "data.h5ad")
+    ref.obs["half"] = pd.Categorical(np.where(np.arange(ref.n_obs) % 3 == 0, "a/1", "b"))
+    # the general kernel (a cell-level covariate), size factors from a column
+    scglmm.tl.fit(ref, "~ condition + covariate + (1 | donor)", size_factors="libsize", key_added="cell")
+    # the few-distinct-rows path, default size factors, then contrasts and an LRT
+    scglmm.tl.fit(ref, "~ condition + (1 | donor)", key_added="few", n_jobs=2)
+    scglmm.tl.test(ref, "condition", key="few")
+    scglmm.tl.test(ref, "condition", key="few", method="lrt")
+    scglmm.tl.test(ref, "condition", key="few", calibration="t", key_added="cond_t")
+    # groupby (a group name with "/"), a calibration other than the default
+    scglmm.tl.fit(ref, "~ condition + (1 | donor)", groupby="half", key_added="grp", calibration="t")
+    for key in ("cell", "few", "grp", "grp:a_1", "grp:b"):
+        _uns(ref, key, out)
+    for key in ref.varm:
+        if key != "donor_effects":
+            _flatten(f"varm/{key}", ref.varm[key], out)
+    for col in ref.var.columns:
+        if col.endswith("_status"):
+            _flatten(f"var/{col}", ref.var[col], out)
+    for key in ("cell_rank_genes_groups", "few_rank_genes_groups", "grp_rank_genes_groups"):
+        _flatten(f"uns/{key}", {k: v for k, v in ref.uns[key].items() if k != "params"}, out)
+    _flatten("get/few", scglmm.get.results(ref, "condition", key="few"), out)
+    _flatten("get/grp", scglmm.get.results(ref, "condition", key="grp"), out)
+    _flatten("get/few_lrt", scglmm.get.results(ref, contrast="lrt_condition[T.stim]", key="few"), out)
+
+    # adaptive Gauss-Hermite on a few genes
+    small = ref[:, :24].copy()
+    scglmm.tl.fit(small, "~ condition + (1 | donor)", n_agq=7, key_added="agq")
+    _flatten("agq/coef", small.varm["agq_coef"], out)
+    _flatten("agq/fit", small.varm["agq_fit"], out)
+
+    # the array API on dense, CSR and CSC input: identical results
+    Y = ref.X.toarray()
+    X = np.column_stack([np.ones(ref.n_obs), (ref.obs["condition"] == "stim").to_numpy(float), ref.obs["covariate"]])
+    off = np.log(ref.obs["libsize"].to_numpy())
+    for name, mat in (("dense", Y), ("csr", sparse.csr_matrix(Y)), ("csc", sparse.csc_matrix(Y))):
+        res = scglmm.fit_genes(mat, X, ref.obs["donor"].to_numpy(), off, n_jobs=1, block_size=16)
+        for field in ("coef", "se", "cov", "sigma2", "theta", "dispersion", "loglik", "modes", "n_iter", "status"):
+            out[f"api/{name}/{field}"] = np.asarray(getattr(res, field))
+    one = scglmm.fit_gene(Y[:, 5], X, ref.obs["donor"].to_numpy(), off)
+    out["api/gene5/coef"] = one.coef
+    out["api/gene5/loglik"] = np.asarray(one.loglik)
+
+    # the shipped example data (Kang 2018 CD14 monocytes), 300 genes
+    kang = ad.read_h5ad(Path(__file__).parents[1] / "data" / "kang2018_cd14_mono.h5ad")[:, :300].copy()
+    scglmm.tl.fit(kang, "~ condition + (1 | donor)", n_jobs=2)
+    _flatten("kang/coef", kang.varm["scglmm_coef"], out)
+    _flatten("kang/se", kang.varm["scglmm_se"], out)
+    _flatten("kang/pval", kang.varm["scglmm_pval"], out)
+    _flatten("kang/fit", kang.varm["scglmm_fit"], out)
+    return out
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(a.astype(str).tobytes() if a.dtype.kind in "OU" else a.tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def now() -> dict[str, np.ndarray]:
+    return compute()
+
+
+@pytest.fixture(scope="module")
+def saved() -> dict[str, np.ndarray]:
+    with np.load(SNAPSHOT, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_same_arrays_stored(now, saved):
+    assert sorted(now) == sorted(saved)
+
+
+def test_every_result_unchanged(now, saved):
+    for k in sorted(saved):
+        a, b = now[k], saved[k]
+        assert a.shape == b.shape, k
+        if b.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-300, equal_nan=True, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+if __name__ == "__main__":
+    arrays = compute()
+    if "--write" in sys.argv:
+        SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(SNAPSHOT, **arrays)
+    print(f"{len(arrays)} arrays, sha256 {_digest(arrays)}")
