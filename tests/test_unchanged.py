@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -33,7 +34,7 @@ def _flatten(prefix: str, value, out: dict[str, np.ndarray]) -> None:
     if isinstance(value, pd.DataFrame):
         for col in value.columns:
             _flatten(f"{prefix}/{col}", value[col], out)
-        out[f"{prefix}/__index__"] = np.asarray(value.index.astype(str))
+        out[f"{prefix}/__index__"] = np.asarray(value.index, dtype=str)
         out[f"{prefix}/__columns__"] = np.asarray([str(c) for c in value.columns])
     elif isinstance(value, pd.Series):
         arr = value.to_numpy()
@@ -61,9 +62,8 @@ def _uns(adata: ad.AnnData, key: str, out: dict[str, np.ndarray]) -> None:
     params = {k: v for k, v in adata.uns[key]["params"].items() if k not in _VOLATILE}
     _flatten(f"{key}/uns/params", params, out)
     if "contrasts" in adata.uns[key]:
-        contrasts = {
-            name: {k: v for k, v in info.items() if k not in _VOLATILE} for name, info in adata.uns[key]["contrasts"].items()
-        }
+        stored = adata.uns[key]["contrasts"]
+        contrasts = {name: {k: v for k, v in info.items() if k not in _VOLATILE} for name, info in stored.items()}
         _flatten(f"{key}/uns/contrasts", contrasts, out)
 
 
@@ -134,7 +134,9 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 @pytest.fixture(scope="module")
 def now() -> dict[str, np.ndarray]:
-    return compute()
+    with warnings.catch_warnings():  # the summary warnings of genes without an estimate
+        warnings.simplefilter("ignore", UserWarning)
+        return compute()
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +145,9 @@ def saved() -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def test_same_arrays_stored(now, saved):
-    assert sorted(now) == sorted(saved)
+def test_nothing_lost(now, saved):
+    # outputs may be added (e.g. params["offset_kind"]), none may disappear
+    assert sorted(set(saved) - set(now)) == []
 
 
 def test_every_result_unchanged(now, saved):
@@ -159,6 +162,9 @@ def test_every_result_unchanged(now, saved):
 
 if __name__ == "__main__":
     arrays = compute()
+    if "--hash" in sys.argv:  # the arrays of the snapshot only (outputs added since are not hashed)
+        with np.load(SNAPSHOT, allow_pickle=False) as f:
+            arrays = {k: arrays[k] for k in f.files if k in arrays}
     if "--write" in sys.argv:
         SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(SNAPSHOT, **arrays)

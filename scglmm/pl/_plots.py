@@ -8,7 +8,6 @@ returned when ``show`` is False.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,8 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
+from .._inputs import counts, log_offset
+from .._layout import stored_log_offset
 from ..get._results import _params, results
 
 if TYPE_CHECKING:
@@ -317,43 +318,18 @@ def volcano(
 # ------------------------------------------------------------------------------------------------
 # donor effects of one gene
 # ------------------------------------------------------------------------------------------------
-_SRC_OBS = re.compile(r"^obs\['(?P<col>.+)'\] \((?P<kind>log offset|size factors, logged)\)$")
-
-
 def _fit_offset(
     adata: AnnData,
     key: str,
-    params: dict,
     Y,
     size_factors: str | ArrayLike | None,
     offset: str | ArrayLike | None,
 ) -> np.ndarray:
-    """The log offset of the fit for all cells of ``adata``: given, stored, or rebuilt from its source."""
-    from ..tl._fit import _log_offset
-
+    """The log offset of the fit for all cells of ``adata``: given, or the one stored by the fit."""
     if size_factors is not None or offset is not None:
-        off, _ = _log_offset(adata, Y, size_factors, offset)
+        off, _ = log_offset(adata, Y, size_factors, offset)
         return off
-    parent = params.get("parent_key", key)
-    stored = adata.uns.get(parent, {}).get("log_offset") if isinstance(adata.uns.get(parent), dict) else None
-    if stored is not None and np.shape(stored) == (adata.n_obs,):
-        return np.asarray(stored, dtype=float)
-    src = str(params.get("offset_source", ""))
-    if src.startswith("total counts"):
-        off, _ = _log_offset(adata, Y, None, None)
-        return off
-    m = _SRC_OBS.match(src)
-    if m is not None and m["col"] in adata.obs.columns:
-        if m["kind"] == "log offset":
-            off, _ = _log_offset(adata, Y, None, m["col"])
-        else:
-            off, _ = _log_offset(adata, Y, m["col"], None)
-        return off
-    msg = (
-        f"cannot rebuild the offset of the fit from its source {src!r}; pass the same size_factors= "
-        "or offset= that was given to scglmm.tl.fit."
-    )
-    raise ValueError(msg)
+    return stored_log_offset(adata, key)
 
 
 def _donor_of(obs: pd.DataFrame, donor_key: str, column: str, donors: Sequence[str]) -> pd.Series:
@@ -442,7 +418,6 @@ def donor_effects(
     The Axes if ``show`` is False, else ``None``.
     """
     from .._formula import build_design
-    from ..tl._fit import _get_counts
     from ..tl._test import subkeys
 
     subs = subkeys(adata, key, group)
@@ -469,8 +444,8 @@ def donor_effects(
         raise ValueError(msg)
 
     layer = params.get("layer", "X")
-    Y, _ = _get_counts(adata, None if layer == "X" else layer)
-    off = _fit_offset(adata, key, params, Y, size_factors, offset)
+    Y, _ = counts(adata, None if layer == "X" else layer)
+    off = _fit_offset(adata, key, Y, size_factors, offset)
     # a fit with groupby= stores each group under its own key; use that group's cells
     if params.get("groupby") is not None and "group" in params:
         cells = (adata.obs[params["groupby"]].astype(str) == str(params["group"])).to_numpy()

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from .._core._api import GenesFit, check_counts, fit_genes
 from .._core._inference import (
@@ -20,9 +19,9 @@ from .._core._inference import (
     donor_level_design,
     wald_pvalues,
 )
-from .._core._io import as_backed_counts
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
+from .._inputs import counts, gene_counts, log_offset, min_count
 from .._logging import logger, progress_bar, warn
 
 if TYPE_CHECKING:
@@ -51,130 +50,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "unknown"
     return out
-
-
-def _get_counts(adata: AnnData, layer: str | None):
-    if layer is None:
-        Y = adata.X
-        what = "adata.X"
-    else:
-        if layer not in adata.layers:
-            msg = (
-                f"layer {layer!r} not found; available layers: {list(adata.layers.keys())} (or layer=None for adata.X)."
-            )
-            raise KeyError(msg)
-        Y = adata.layers[layer]
-        what = f"adata.layers[{layer!r}]"
-    if Y is None:
-        msg = "adata.X is empty; pass the layer holding raw counts with `layer=`."
-        raise ValueError(msg)
-    backed = as_backed_counts(Y) if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)) else None
-    if backed is not None:  # backed="r": stream from disk, never load the matrix
-        Y = backed
-    elif not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
-        Y = Y[:, :] if hasattr(Y, "shape") else np.asarray(Y)
-        if not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
-            Y = np.asarray(Y)
-    return Y, what
-
-
-def _log_offset(
-    adata: AnnData, Y, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None
-) -> tuple[np.ndarray, str]:
-    n = adata.n_obs
-    if size_factors is not None and offset is not None:
-        msg = "pass either size_factors (a scale, logged internally) or offset (already on the log scale), not both."
-        raise ValueError(msg)
-    if offset is not None:
-        if isinstance(offset, str):
-            if offset not in adata.obs.columns:
-                msg = f"offset column {offset!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-                raise KeyError(msg)
-            if not pd.api.types.is_numeric_dtype(adata.obs[offset]) or pd.api.types.is_bool_dtype(adata.obs[offset]):
-                msg = f"offset column {offset!r} must be numeric (log scale); it has dtype {adata.obs[offset].dtype}."
-                raise TypeError(msg)
-            off = adata.obs[offset].to_numpy(dtype=float)
-            src = f"obs[{offset!r}] (log offset)"
-        else:
-            off = np.asarray(offset, dtype=float).ravel()
-            src = "user array (log offset)"
-        if off.shape != (n,):
-            msg = f"offset must have one value per cell ({n}); got shape {off.shape}."
-            raise ValueError(msg)
-        if not np.all(np.isfinite(off)):
-            msg = (
-                f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
-                "size factor gives -inf); fix them or remove those cells."
-            )
-            raise ValueError(msg)
-        return off, src
-    if size_factors is None:
-        sf = np.asarray(Y.sum(axis=1), dtype=float).ravel()
-        src = "total counts per cell over all genes of the matrix"
-        if np.any(sf <= 0):
-            bad = adata.obs_names[sf <= 0][:5].tolist()
-            msg = (
-                f"{int((sf <= 0).sum())} cell(s) have zero total counts (e.g. {bad}), so the default size "
-                "factor log(total counts) is undefined. Remove them first (sc.pp.filter_cells(adata, min_counts=1)) "
-                "or pass size_factors=."
-            )
-            raise ValueError(msg)
-        return np.log(sf), src
-    if isinstance(size_factors, str):
-        if size_factors not in adata.obs.columns:
-            msg = (
-                f"size_factors column {size_factors!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-            )
-            raise KeyError(msg)
-        col = adata.obs[size_factors]
-        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            msg = f"size_factors column {size_factors!r} must be numeric (positive scale factors), not {col.dtype}."
-            raise TypeError(msg)
-        sf = col.to_numpy(dtype=float)
-        src = f"obs[{size_factors!r}] (size factors, logged)"
-    else:
-        sf = np.asarray(size_factors, dtype=float).ravel()
-        src = "user array (size factors, logged)"
-    if sf.shape != (n,):
-        msg = f"size_factors must have one value per cell ({n}); got shape {sf.shape}."
-        raise ValueError(msg)
-    if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-        kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
-        found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
-        msg = (
-            f"size_factors must be positive and finite (a scale, not a log); found {found}. "
-            "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
-        )
-        raise ValueError(msg)
-    return np.log(sf), src
-
-
-def _check_min(name: str, value: int | None) -> int:
-    if value is None:
-        return 0
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
-        msg = f"{name} must be a non-negative integer or None (no filter); got {value!r}."
-        raise ValueError(msg)
-    return int(value)
-
-
-def _gene_counts(Y, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cells with a count and donors with a count, per gene (never densifies a sparse matrix)."""
-    if hasattr(Y, "gene_counts"):  # counts on disk: streamed
-        return Y.gene_counts(codes, m)
-    n = codes.shape[0]
-    D = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n))
-    if sparse.issparse(Y):
-        B = sparse.csr_matrix(Y) > 0
-        ncell = np.asarray(B.sum(axis=0)).ravel().astype(np.int64)
-        per = D @ B.astype(np.float64)
-        ndon = np.asarray((per > 0).sum(axis=0)).ravel().astype(np.int64)
-    else:
-        B = np.asarray(Y) > 0
-        ncell = B.sum(axis=0).astype(np.int64)
-        per = np.asarray(D @ B.astype(np.float64))
-        ndon = (per > 0).sum(axis=0).astype(np.int64)
-    return ncell, ndon
 
 
 @dataclass
@@ -214,7 +89,7 @@ def _fit_cells(
     m = len(donors)
     G = len(var_names)
     p = len(design.columns)
-    ncell, ndon = _gene_counts(Y, codes, m)
+    ncell, ndon = gene_counts(Y, codes, m)
     keep = (ncell >= min_cells) & (ndon >= min_donors)
     idx = np.flatnonzero(keep)
     n_filtered = int(G - idx.size)
@@ -572,10 +447,10 @@ def fit(
     if calibration not in CALIBRATIONS:
         msg = f"calibration must be one of {CALIBRATIONS}; got {calibration!r}."
         raise ValueError(msg)
-    min_cells = _check_min("min_cells", min_cells)
-    min_donors = _check_min("min_donors", min_donors)
-    min_cells_group = _check_min("min_cells_group", min_cells_group)
-    min_donors_group = _check_min("min_donors_group", min_donors_group)
+    min_cells = min_count("min_cells", min_cells)
+    min_donors = min_count("min_donors", min_donors)
+    min_cells_group = min_count("min_cells_group", min_cells_group)
+    min_donors_group = min_count("min_donors_group", min_donors_group)
     parsed = parse_formula(formula)
     if adata.n_obs == 0 or adata.n_vars == 0:
         msg = f"adata has {adata.n_obs} cells x {adata.n_vars} genes; nothing to fit (was it subset to empty?)."
@@ -617,9 +492,9 @@ def fit(
         )
         raise ValueError(msg)
     design = build_design(parsed.fixed, adata.obs) if groupby is None else None
-    Y, what = _get_counts(adata, layer)
+    Y, what = counts(adata, layer)
     check_counts(Y, what=what)
-    log_off, off_src = _log_offset(adata, Y, size_factors, offset)
+    log_off, off_src = log_offset(adata, Y, size_factors, offset)
     if n_jobs is None:
         import scanpy as sc
 
@@ -645,7 +520,7 @@ def fit(
     }
     settings = {
         "layer": "X" if layer is None else str(layer),
-        "offset_source": off_src,
+        **off_src.to_params(),
         "size_factors": size_factors if isinstance(size_factors, str) else None,
         "offset": offset if isinstance(offset, str) else None,
         "versions": _versions(),

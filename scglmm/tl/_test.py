@@ -15,8 +15,8 @@ from .._core._api import fit_genes
 from .._core._inference import CALIBRATIONS, bh_adjust, contrast_vector, lrt_pvalues, wald_pvalues
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
+from .._inputs import counts
 from .._logging import logger, progress_bar
-from ._fit import _get_counts
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -284,7 +284,7 @@ def _lrt_one(
     status = fitdf["status_code"].to_numpy(dtype=np.int64)
     idx = np.flatnonzero((status & FILTERED) == 0)
     layer = params.get("layer", "X")
-    Y, _ = _get_counts(adata, None if layer in (None, "X") else str(layer))
+    Y, _ = counts(adata, None if layer in (None, "X") else str(layer))
     off_all = np.asarray(adata.uns[key]["log_offset"], dtype=float)
     Ysub = Y[mask][:, idx]
     if n_jobs is None:
