@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,16 +161,32 @@ def simulate(
     return ad.AnnData(X=X, obs=obs, var=var)
 
 
+def _example_file(name: str) -> Path:
+    """A file of the example data: inside the installed package (``scglmm/data/``, put there by
+    the wheel build), or in ``data/`` of a source checkout (an editable install)."""
+    shipped = Path(str(resources.files("scglmm"))) / "data" / name
+    if shipped.is_file():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "data" / name
+
+
 def kang2018_cd14_mono(path: str | Path | None = None) -> AnnData:
     """The shipped Kang 2018 CD14 monocyte subset (2,913 cells x 1,000 genes, 8 donors, paired).
 
-    Looks for ``data/kang2018_cd14_mono.h5ad`` in the source tree unless ``path`` is given.
+    Parameters
+    ----------
+    path
+        Read this file instead of the copy that ships with the package.
+
+    Returns
+    -------
+    The AnnData: raw counts in ``X``; ``obs`` has ``donor``, ``condition`` (``ctrl`` /
+    ``stim``), ``sample``, ``n_counts_all_genes`` (library sizes over all genes of the original
+    data) and more; provenance in ``uns['provenance']``.
     """
     import anndata as ad
 
-    if path is None:
-        path = Path(__file__).resolve().parent.parent / "data" / "kang2018_cd14_mono.h5ad"
-    path = Path(path)
+    path = _example_file("kang2018_cd14_mono.h5ad") if path is None else Path(path)
     if not path.exists():
         msg = f"{path} not found; pass the path of kang2018_cd14_mono.h5ad (it ships in the repository's data/)."
         raise FileNotFoundError(msg)
