@@ -11,7 +11,7 @@ gene labels, input checks, ``-log10 p`` heights), ``_volcano``, ``_donor_effects
 :func:`scglmm.get.results`, AnnData inputs through :mod:`scglmm._inputs`.
 """
 
-from ._plots import donor_effects
+from ._donor_effects import donor_effects
 from ._pvalues import pvalue_hist, pvalue_qq
 from ._volcano import volcano
 
