@@ -24,9 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOWN",
+    "LEGEND",
     "NS",
     "UP",
+    "check_count",
     "check_unit",
+    "chi2_neg_log10_sf",
     "gene_labels",
     "height",
     "neg_log10_p",
