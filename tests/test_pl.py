@@ -19,7 +19,7 @@ from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
 import scglmm
-from scglmm.pl._plots import neg_log10_p
+from scglmm.pl._utils import neg_log10_p
 
 
 @pytest.fixture(scope="module")
@@ -424,7 +424,7 @@ def test_plots_of_a_tested_contrast(fitted):
     ax = scglmm.pl.pvalue_qq(adata, contrast=name, show=False)
     assert len(_points(ax)[0].get_offsets()) == int(ok.sum())
     # a likelihood-ratio p-value that underflowed gets its chi-square height
-    from scglmm.pl._plots import _height
+    from scglmm.pl._utils import height as _height
 
     fake = res.copy()
     g = fake.index[0]

@@ -1,0 +1,205 @@
+"""Helpers shared by the plots: the Axes / ``show`` / ``save`` convention, the run and the result to
+plot, gene labels, input checks, and the ``-log10 p`` heights of the stored p-values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy.special import gammaln
+from scipy.stats import chi2, norm
+from scipy.stats import t as t_dist
+
+from .._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
+from .._layout import run_keys
+from ..get import results
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from numpy.typing import ArrayLike
+
+__all__ = [
+    "DOWN",
+    "LEGEND",
+    "NS",
+    "UP",
+    "check_count",
+    "check_unit",
+    "chi2_neg_log10_sf",
+    "gene_labels",
+    "height",
+    "neg_log10_p",
+    "one_result",
+    "rank_stat",
+    "render",
+    "run_key",
+    "title_of",
+]
+
+#: Colours of the volcano's calls: up, down, not significant.
+UP, DOWN, NS = "#c0392b", "#2471a3", "#b3b3b3"
+
+#: Legend style shared by the plots.
+LEGEND = {"fontsize": 7, "frameon": True, "framealpha": 0.85, "edgecolor": "none"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Axes, show, save
+# ------------------------------------------------------------------------------------------------
+def render(
+    draw: Callable[[Axes], None],
+    *,
+    ax: Axes | None,
+    figsize: tuple[float, float] | None,
+    show: bool | None,
+    save: str | Path | None,
+) -> Axes | None:
+    """Call ``draw`` on ``ax`` (or a new figure's Axes), then save and show as scanpy does.
+
+    Returns the Axes unless the figure was shown (``show``; ``None`` follows
+    ``scanpy.settings.autoshow``).
+    """
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=figsize or (5.0, 4.2))
+    draw(ax)
+    if save is not None:
+        ax.figure.savefig(save, bbox_inches="tight", dpi=150)
+    if show is None:
+        from scanpy import settings
+
+        show = bool(settings.autoshow)
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        return None
+    return ax
+
+
+# ------------------------------------------------------------------------------------------------
+# what to plot
+# ------------------------------------------------------------------------------------------------
+def run_key(adata: AnnData, key: str, group: str | None) -> str:
+    """The run key of the fit under ``key`` (of its group ``group`` for a fit with ``groupby``)."""
+    if group is not None and not isinstance(group, str):
+        msg = f"group must be the name of one group of the groupby fit; got {group!r}."
+        raise InvalidTypeError(msg, param="group")
+    subs = run_keys(adata, key, group)
+    if group is None and list(subs) != [""]:
+        msg = f"the fit under key {key!r} was run with groupby; choose one group with group=, one of {list(subs)}."
+        raise InvalidValueError(msg, param="group")
+    return subs[""] if group is None else subs[group]
+
+
+def one_result(adata: AnnData, coef: str | None, contrast: str | None, group: str | None, key: str) -> pd.DataFrame:
+    """:func:`scglmm.get.results` for exactly one coefficient or contrast of one fit or group;
+    ``attrs["name"]`` names it."""
+    run_key(adata, key, group)
+    res = results(adata, coef, contrast=contrast, group=group, key=key)
+    res.attrs["name"] = str(res.attrs.get("contrast", res.attrs.get("coef", "")))
+    return res
+
+
+def title_of(res: pd.DataFrame, group: str | None, n: int) -> str:
+    """``"name [group]: n genes"``, the start of every title of a result."""
+    return f"{res.attrs['name']}{'' if group is None else f' [{group}]'}: {n} genes"
+
+
+def gene_labels(adata: AnnData, gene_symbols: str | None) -> pd.Index:
+    """The names to print for the genes: ``var_names`` or the ``gene_symbols`` column of ``var``."""
+    if gene_symbols is None:
+        return adata.var_names
+    if gene_symbols not in adata.var.columns:
+        msg = f"gene_symbols column {gene_symbols!r} not in adata.var; available columns: {list(adata.var.columns)}."
+        raise MissingKeyError(msg, param="gene_symbols")
+    return pd.Index(adata.var[gene_symbols].astype(str))
+
+
+def check_unit(name: str, value: float, *, low: float, high: float) -> None:
+    """Raise unless ``low < value < high`` (``name`` is the parameter)."""
+    if not (np.isfinite(value) and low < value < high):
+        msg = f"{name} must lie strictly between {low} and {high}; got {value!r}."
+        raise InvalidValueError(msg, param=name)
+
+
+def check_count(name: str, value: object, *, low: int, what: str) -> None:
+    """Raise unless ``value`` is an integer of at least ``low`` (``what`` says which, in the message)."""
+    if not isinstance(value, int | np.integer) or value < low:
+        msg = f"{name} must be a {what} integer; got {value!r}."
+        raise InvalidValueError(msg, param=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# -log10 p
+# ------------------------------------------------------------------------------------------------
+def neg_log10_p(stat: ArrayLike, df: ArrayLike = np.inf) -> np.ndarray:
+    """``-log10`` of the two-sided p-value of ``stat`` (normal where ``df`` is inf, else t), exact in the far tail.
+
+    Computed as ``-(log 2 + log S(|stat|)) / log 10`` with the log survival function ``S``, so it
+    stays finite where the p-value itself underflows to 0 (z = 45 gives 441.5).
+    """
+    z = np.abs(np.asarray(stat, dtype=float))
+    d = np.broadcast_to(np.asarray(df, dtype=float), z.shape)
+    normal = np.isinf(d)
+    with np.errstate(invalid="ignore"):
+        logsf = np.where(normal, norm.logsf(z), t_dist.logsf(z, np.where(normal, 1.0, d)))
+    return -(np.log(2.0) + logsf) / np.log(10.0)
+
+
+def chi2_neg_log10_sf(x: ArrayLike, df: ArrayLike) -> np.ndarray:
+    """``-log10`` of the chi-square survival function, finite far beyond where it underflows.
+
+    Where ``chi2.logsf`` gives ``-inf``, the leading terms of the asymptotic expansion of the
+    upper incomplete gamma function are used: with ``a = df / 2`` and ``u = x / 2``,
+    ``log Q(a, u) = (a - 1) log u - u - lgamma(a) + log(1 + (a - 1) / u) + O(u^-2)``.
+    """
+    x = np.asarray(x, dtype=float)
+    df = np.broadcast_to(np.asarray(df, dtype=float), x.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = chi2.logsf(x, df)
+        a, u = df / 2.0, x / 2.0
+        asym = (a - 1.0) * np.log(u) - u - gammaln(a) + np.log1p((a - 1.0) / u)
+    out = np.where(np.isneginf(out) & np.isfinite(asym), asym, out)
+    return -out / np.log(10.0)
+
+
+def height(res: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``-log10 p`` of the stored p-values; genes whose p-value is 0 get their exact height.
+
+    The exact height comes from the test statistic and its reference distribution as
+    :func:`scglmm.get.results` reports them (``stat`` with ``attrs['df']`` or a ``df`` column; a
+    chi-square for likelihood-ratio contrasts). Where that is not possible, p = 0 is clipped at
+    the smallest positive p-value and flagged in the second output.
+    """
+    p = res["p_value"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = -np.log10(p)
+    clipped = np.zeros(p.shape, dtype=bool)
+    zero = p == 0
+    if not zero.any():
+        return y, clipped
+    stat = res["stat"].to_numpy(dtype=float)[zero]
+    if "df" in res.columns:
+        df = res["df"].to_numpy(dtype=float)[zero]
+    else:
+        df = np.full(stat.shape, float(res.attrs.get("df", np.nan)))
+    lrt = res.attrs.get("method") == "lrt"
+    with np.errstate(invalid="ignore"):
+        y[zero] = chi2_neg_log10_sf(stat, df) if lrt else neg_log10_p(stat, df)
+    bad = zero & ~np.isfinite(y)
+    if bad.any():
+        pos = p[p > 0]
+        y[bad] = -np.log10(pos.min()) if pos.size else 0.0
+        clipped = bad
+    return y, clipped
+
+
+def rank_stat(res: pd.DataFrame) -> np.ndarray:
+    """|test statistic|, to order genes with equal p-values."""
+    return np.abs(res["stat"].to_numpy(dtype=float))
