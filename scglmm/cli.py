@@ -436,8 +436,12 @@ def cli() -> None:
     """Donor-aware differential expression (see ``_MAIN_HELP``)."""
 
 
-#: The defaults of :func:`scglmm.tl.fit`: shown in the help, and passed when a flag is left out.
-_FIT_DEFAULTS = {name: p.default for name, p in inspect.signature(tl.fit).parameters.items()}
+def _defaults(func: Callable) -> dict[str, Any]:
+    """The keyword defaults of a library function: shown in the help, and passed when a flag is left out."""
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()}
+
+
+_FIT_DEFAULTS, _TEST_DEFAULTS = _defaults(tl.fit), _defaults(tl.test)
 
 
 def _nonzero(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -589,7 +593,7 @@ when interrupted).
     "--n-agq",
     type=click.IntRange(min=1),
     metavar="K",
-    default=1,
+    default=_FIT_DEFAULTS["n_agq"],
     show_default=True,
     help="1 = Laplace approximation (as glmmTMB); K > 1 = adaptive Gauss-Hermite with K nodes.",
 )
@@ -604,7 +608,11 @@ when interrupted).
     help="Threads (-1 = all cores).",
 )
 @click.option(
-    "--key-added", metavar="KEY", default="scglmm", show_default=True, help="Prefix of the keys written to the AnnData."
+    "--key-added",
+    metavar="KEY",
+    default=_FIT_DEFAULTS["key_added"],
+    show_default=True,
+    help="Prefix of the keys written to the AnnData.",
 )
 @click.option(
     "--top",
@@ -716,8 +724,16 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-c", "--contrast", required=True, metavar="CONTRAST", help="What to test (see above).")
 @_outputs
-@click.option("--key", metavar="KEY", default="scglmm", show_default=True, help="The --key-added of the fit.")
-@click.option("--method", type=click.Choice(["wald", "lrt"]), default="wald", show_default=True, help="The test.")
+@click.option(
+    "--key", metavar="KEY", default=_TEST_DEFAULTS["key"], show_default=True, help="The --key-added of the fit."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["wald", "lrt"]),
+    default=_TEST_DEFAULTS["method"],
+    show_default=True,
+    help="The test.",
+)
 @click.option("--reduced-formula", metavar="FORMULA", help="For --method lrt: the null model, e.g. '~ 1'.")
 @click.option(
     "--calibration",
