@@ -3,7 +3,8 @@
 The command line is a thin shell around the Python API. It adds what a pipeline needs and nothing
 statistical: logs on stderr (stdout only carries the top-genes table), one-line error messages with
 non-zero exit codes, and outputs that appear whole or not at all (written to a temporary file in the
-same folder, then renamed).
+same folder, then renamed). It checks only what the library cannot know (files, and flags of its
+own); every other input error is the library's, printed as it is, after the flag it names.
 
 Exit codes: 0 success, 1 bad input or a failed run, 2 a usage error (unknown flag, missing
 option), 130 interrupted (Ctrl-C or SIGTERM).
@@ -30,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
+from . import __version__, get, tl
+from ._core._errors import InputError
+from ._core._inference import CALIBRATIONS
+from ._layout import fit_params, run_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,59 +52,47 @@ class CLIError(click.ClickException):
     exit_code = EXIT_ERROR
 
 
+# ------------------------------------------------------------------------------------------------
+# error messages
+# ------------------------------------------------------------------------------------------------
 def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip()
+    return " ".join(str(text).split())
 
 
-#: Python keywords that the library's messages name, and the flags a command-line user types instead.
-_FLAGS = {
-    "size_factors": "--size-factors",
-    "offset": "--offset",
-    "layer": "--layer",
-    "groupby": "--groupby",
-    "key_added": "--key-added",
-    "min_cells_group": "--min-cells-group",
-    "min_donors_group": "--min-donors-group",
-    "min_cells": "--min-cells",
-    "min_donors": "--min-donors",
-    "calibration": "--calibration",
-    "reduced_formula": "--reduced-formula",
-    "n_agq": "--n-agq",
-    "n_jobs": "--n-jobs",
-}
+def _flag(param: str | None) -> str | None:
+    """The running command's flag for the Python keyword ``param`` (``size_factors`` -> ``--size-factors``).
+
+    An option's ``name`` is the keyword it is passed as, so the flags follow from the command's
+    options; ``None`` if the command has no option for ``param``.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or param is None:
+        return None
+    for option in ctx.command.params:
+        if isinstance(option, click.Option) and option.name == param:
+            return max(option.opts, key=len)
+    return None
 
 
-def _as_flags(text: str) -> str:
-    """Name flags, not keywords: ``layer='counts'`` -> ``--layer counts``, ``size_factors`` -> ``--size-factors``."""
-    for kw, flag in _FLAGS.items():
-        text = re.sub(rf"(?<![\w-]){kw}='([^']*)'", rf"{flag} \1", text)
-        text = re.sub(rf"(?<![\w-]){kw}=(?=[\s.,;)]|$)", flag, text)
-        if "_" in kw:  # snake_case names are unambiguous as words
-            text = re.sub(rf"(?<![\w-]){kw}\b", flag, text)
-    return text
+def _describe(err: BaseException) -> tuple[str, bool]:
+    """The one-line text of an exception, and whether it is bad input (``False``: a bug or a crash).
 
-
-def _is_user_error(err: BaseException) -> bool:
-    """The library's own input errors carry a sentence; a bare ``KeyError('x')`` is a bug."""
-    if isinstance(err, OSError):
-        return True
-    if isinstance(err, KeyError | ValueError | TypeError) and err.args and isinstance(err.args[0], str):
-        return " " in err.args[0].strip()
-    return False
-
-
-def _message(err: BaseException) -> str:
-    """The user-facing text of an exception raised by the library or by I/O."""
-    if _is_user_error(err) and not isinstance(err, OSError):
-        return _one_line(err.args[0])  # KeyError's str() would add quotes
+    :class:`InputError` names its parameter: its message follows the matching flag. The library's
+    other ``ValueError``, ``KeyError`` and ``TypeError`` carry a sentence; a bare ``KeyError('x')``
+    is a bug. ``OSError`` (a file, the disk) is the user's to fix.
+    """
+    if isinstance(err, InputError):
+        flag = _flag(err.param)
+        return (f"{flag}: " if flag else "") + _one_line(str(err)), True
+    sentence = err.args[0] if isinstance(err, KeyError | ValueError | TypeError) and err.args else None
+    if isinstance(sentence, str) and " " in sentence.strip():
+        return _one_line(sentence), True  # args[0]: str() of a KeyError would add quotes
     if isinstance(err, OSError) and err.strerror:
-        where = f": {err.filename}" if err.filename else ""
-        return _one_line(f"{err.strerror}{where}")
+        return _one_line(f"{err.strerror}: {err.filename}" if err.filename else err.strerror), True
     lines = str(err).strip().splitlines()  # an unexpected error: its first line is enough here
     first = lines[0] if lines else ""
-    if len(first) > 200:
-        first = first[:200] + " ..."
-    return _one_line(f"{type(err).__name__}: {first}")
+    first = first if len(first) <= 200 else first[:200] + " ..."
+    return _one_line(f"{type(err).__name__}: {first}"), isinstance(err, OSError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,6 +105,15 @@ class _Formatter(logging.Formatter):
         return f"[scglmm {stamp}] {level}{record.getMessage()}"
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """``warnings.showwarning`` of the program: one log line (debug for deprecations)."""
+    quiet_kinds = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+    level = logging.DEBUG if issubclass(category, quiet_kinds) else logging.WARNING
+    logger.log(level, "%s", _one_line(str(message)))
+
+
 @contextmanager
 def _session(*, quiet: bool, verbose: bool) -> Iterator[None]:
     """Log to stderr, turn warnings into log lines, and turn exceptions into one-line errors."""
@@ -122,24 +123,18 @@ def _session(*, quiet: bool, verbose: bool) -> Iterator[None]:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO))
     logger.propagate = False
-
-    def _show(message, category, filename, lineno, file=None, line=None) -> None:
-        quiet_kinds = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
-        level = logging.DEBUG if issubclass(category, quiet_kinds) else logging.WARNING
-        logger.log(level, "%s", _one_line(str(message)))
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # each warning once per place, not once per gene
-            warnings.showwarning = _show
+            warnings.showwarning = _show_warning
             yield
     except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
         raise
     except Exception as err:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        msg = _as_flags(_message(err))
-        if not _is_user_error(err):
+        msg, users = _describe(err)
+        if not users:
             msg += " (unexpected; rerun with --verbose and report the traceback)"
         raise CLIError(msg) from None
     finally:
@@ -155,7 +150,14 @@ _NoArgsIsHelp: type[Exception] | tuple = getattr(click.exceptions, "NoArgsIsHelp
 class _Group(click.Group):
     """A click group that reports every error as one ``Error: ...`` line on stderr."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NoArgsIsHelp as err:  # 'scglmm' or 'scglmm fit' alone: the help, as click shows it
@@ -227,6 +229,18 @@ def _check_output(path: Path, flag: str, *, inputs: list[Path], taken: dict[Path
     taken[path] = flag
 
 
+def _check_io(input_h5ad: Path, out: Path, table: Path | None) -> None:
+    """The input exists; ``--out`` and ``--table`` can be written, differ from it and from each other."""
+    _check_input(input_h5ad)
+    taken: dict[Path, str] = {}
+    _check_output(out, "--out", inputs=[input_h5ad], taken=taken)
+    if table is not None:
+        _check_output(table, "--table", inputs=[input_h5ad], taken=taken)
+    if out.suffix.lower() in (".tsv", ".csv", ".txt") or (table is not None and table.suffix.lower() == ".h5ad"):
+        msg = f"--out {str(out)!r} is the .h5ad output and --table the text table; are they swapped?"
+        raise click.UsageError(msg)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -264,7 +278,7 @@ def _read_h5ad(path: Path, *, backed: bool = False) -> AnnData:
     try:
         adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except Exception as err:
-        msg = f"cannot read {str(path)!r} as an .h5ad (AnnData) file: {_message(err)}"
+        msg = f"cannot read {str(path)!r} as an .h5ad (AnnData) file: {_describe(err)[0]}"
         raise CLIError(msg) from None
     how = " (counts stay on disk)" if backed else ""
     logger.info("read %s: %d cells x %d genes%s", path, adata.n_obs, adata.n_vars, how)
@@ -285,7 +299,7 @@ def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
 
         try:
             from anndata.io import write_elem
-        except ImportError:  # pragma: no cover - anndata < 0.11
+        except ImportError:  # pragma: no cover - anndata < 0.11 (the package supports >= 0.10)
             from anndata.experimental import write_elem
 
         shutil.copyfile(src, tmp)
@@ -302,37 +316,34 @@ def _write_outputs(
     adata: AnnData,
     out: Path,
     table: Path | None,
-    df: pd.DataFrame | None,
+    df: pd.DataFrame,
     *,
     compression: str | None = None,
     backed_from: Path | None = None,
 ) -> None:
+    """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all."""
+
     def write_h5ad(p: Path) -> None:
-        if compression is None:
-            adata.write_h5ad(p)
-        else:
-            adata.write_h5ad(p, compression=compression)
+        adata.write_h5ad(p, **({} if compression is None else {"compression": compression}))
 
     writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata)
     targets: list[tuple[Path, Callable[[Path], None]]] = [(out, writer)]
-    if table is not None and df is not None:
+    if table is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
     write_atomically(targets)
     logger.info("wrote %s", out)
-    if table is not None and df is not None:
+    if table is not None:
         logger.info("wrote %s (%d rows)", table, len(df))
 
 
 # ------------------------------------------------------------------------------------------------
 # tables
 # ------------------------------------------------------------------------------------------------
-def _runs(adata: AnnData, key: str) -> list[tuple[str | None, str]]:
-    """``(group, storage key)`` of each fit under ``key``: one, or one per group with ``--groupby``."""
-    try:
-        from .tl._test import subkeys
-    except ImportError:  # pragma: no cover - a library without groupby
-        return [(None, key)]
-    return [(g if g != "" else None, sub) for g, sub in subkeys(adata, key).items()]
+def _long(res: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
+    """A table of :func:`scglmm.get.results` with ``gene``, [``group``,] then ``column`` (= ``value``) first."""
+    part = res.rename_axis("gene").reset_index()
+    part.insert(2 if "group" in part.columns else 1, column, value)
+    return part
 
 
 def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame:
@@ -340,29 +351,24 @@ def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame
 
     The columns are those of ``get.results`` after ``gene`` (and ``group`` with ``--groupby``) and
     ``coef``. Without ``coefs``, every non-intercept coefficient is reported (the intercept if there
-    is no other).
+    is no other). A coefficient missing from one group's design leaves that group out, with a warning.
     """
     import pandas as pd
 
-    from . import get
-
     parts = []
-    for group, sub in _runs(adata, key):
-        columns = [str(c) for c in adata.uns[sub]["params"]["design_columns"]]
-        wanted = list(coefs) or [c for c in columns if c != "Intercept"] or columns
-        for c in wanted:
+    for group, sub in run_keys(adata, key).items():
+        columns = [str(c) for c in fit_params(adata, sub)["design_columns"]]
+        for c in list(coefs) or [c for c in columns if c != "Intercept"] or columns:
             try:
                 res = get.results(adata, c, key=sub)
             except KeyError as err:
-                if group is None:
+                if not group:
                     raise
-                logger.warning("group %r: %s Left out of the table.", group, _message(err))
+                logger.warning("group %r: %s Left out of the table.", group, _describe(err)[0])
                 continue
-            part = res.rename_axis("gene").reset_index()
-            if group is not None:
-                part.insert(1, "group", group)
-            part.insert(2 if group is not None else 1, "coef", res.attrs.get("coef", c))
-            parts.append(part)
+            if group:
+                res.insert(0, "group", group)
+            parts.append(_long(res, "coef", res.attrs.get("coef", c)))
     if not parts:
         msg = "no results to report: none of the requested coefficients was fitted in any group."
         raise CLIError(msg)
@@ -430,7 +436,15 @@ def cli() -> None:
     """Donor-aware differential expression (see ``_MAIN_HELP``)."""
 
 
-def _nonzero(value: int | None) -> int | None:
+def _defaults(func: Callable) -> dict[str, Any]:
+    """The keyword defaults of a library function: shown in the help, and passed when a flag is left out."""
+    return {name: p.default for name, p in inspect.signature(func).parameters.items()}
+
+
+_FIT_DEFAULTS, _TEST_DEFAULTS = _defaults(tl.fit), _defaults(tl.test)
+
+
+def _nonzero(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value == 0:
         msg = "--n-jobs must be a positive number of threads, or -1 for all cores; got 0."
         raise click.BadParameter(msg)
@@ -463,55 +477,6 @@ def _outputs(f: Callable) -> Callable:
         help="Output .h5ad (must differ from INPUT).",
     )(f)
     return f
-
-
-def _library_default(module: str, name: str) -> str:
-    """A default of the library, for the help text (``?`` if this version does not define it)."""
-    import importlib
-
-    try:
-        return str(getattr(importlib.import_module(module, __package__), name))
-    except (ImportError, AttributeError):  # pragma: no cover - older library
-        return "?"
-
-
-def _calibrations() -> click.ParamType:
-    try:
-        from ._core._inference import CALIBRATIONS
-    except ImportError:  # pragma: no cover - older library
-        return click.STRING
-    return click.Choice(list(CALIBRATIONS))
-
-
-def _optional(func: Callable, given: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    """Keywords for ``func`` from the flags that were given (``{keyword: (flag, value)}``).
-
-    Flags left out are not passed, so the library's defaults apply; a flag that this version of the
-    library does not know is an error naming the flag.
-    """
-    params = inspect.signature(func).parameters
-    out = {}
-    for kw, (flag, value) in given.items():
-        if value is None:
-            continue
-        if kw not in params:
-            msg = (
-                f"{flag} is not supported by this version of scglmm ({func.__module__}.{func.__name__} has no {kw!r})."
-            )
-            raise CLIError(msg)
-        out[kw] = value
-    return out
-
-
-def _check_io(input_h5ad: Path, out: Path, table: Path | None) -> None:
-    _check_input(input_h5ad)
-    taken: dict[Path, str] = {}
-    _check_output(out, "--out", inputs=[input_h5ad], taken=taken)
-    if table is not None:
-        _check_output(table, "--table", inputs=[input_h5ad], taken=taken)
-    if out.suffix.lower() in (".tsv", ".csv", ".txt") or (table is not None and table.suffix.lower() == ".h5ad"):
-        msg = f"--out {str(out)!r} is the .h5ad output and --table the text table; are they swapped?"
-        raise click.UsageError(msg)
 
 
 _FIT_HELP = """Fit the donor-aware model to every gene of INPUT (an .h5ad file).
@@ -585,35 +550,38 @@ when interrupted).
 )
 @click.option(
     "--calibration",
-    type=_calibrations(),
-    help="Reference distribution of the Wald p-values (see scglmm.tl.fit).  "
-    f"[default: {_library_default('._core._inference', 'DEFAULT_CALIBRATION')}]",
+    type=click.Choice(list(CALIBRATIONS)),
+    default=_FIT_DEFAULTS["calibration"],
+    help=f"Reference distribution of the Wald p-values (see scglmm.tl.fit).  [default: {_FIT_DEFAULTS['calibration']}]",
 )
 @click.option(
     "--min-cells",
     type=click.IntRange(min=0),
     metavar="N",
+    default=_FIT_DEFAULTS["min_cells"],
     help="Fit a gene only if at least N cells have a count; others are kept as NaN, status 'filtered'.  "
-    f"[default: {_library_default('.tl._fit', 'MIN_CELLS')}]",
+    f"[default: {_FIT_DEFAULTS['min_cells']}]",
 )
 @click.option(
     "--min-donors",
     type=click.IntRange(min=0),
     metavar="N",
-    help=f"Fit a gene only if at least N donors have a count.  [default: {_library_default('.tl._fit', 'MIN_DONORS')}]",
+    default=_FIT_DEFAULTS["min_donors"],
+    help=f"Fit a gene only if at least N donors have a count.  [default: {_FIT_DEFAULTS['min_donors']}]",
 )
 @click.option(
     "--min-cells-group",
     type=click.IntRange(min=0),
     metavar="N",
-    help=f"With --groupby: skip groups with fewer cells.  [default: {_library_default('.tl._fit', 'MIN_CELLS_GROUP')}]",
+    default=_FIT_DEFAULTS["min_cells_group"],
+    help=f"With --groupby: skip groups with fewer cells.  [default: {_FIT_DEFAULTS['min_cells_group']}]",
 )
 @click.option(
     "--min-donors-group",
     type=click.IntRange(min=0),
     metavar="N",
-    help="With --groupby: skip groups with fewer donors.  "
-    f"[default: {_library_default('.tl._fit', 'MIN_DONORS_GROUP')}]",
+    default=_FIT_DEFAULTS["min_donors_group"],
+    help=f"With --groupby: skip groups with fewer donors.  [default: {_FIT_DEFAULTS['min_donors_group']}]",
 )
 @click.option(
     "--backed",
@@ -625,7 +593,7 @@ when interrupted).
     "--n-agq",
     type=click.IntRange(min=1),
     metavar="K",
-    default=1,
+    default=_FIT_DEFAULTS["n_agq"],
     show_default=True,
     help="1 = Laplace approximation (as glmmTMB); K > 1 = adaptive Gauss-Hermite with K nodes.",
 )
@@ -634,13 +602,17 @@ when interrupted).
     "--n-jobs",
     type=int,
     metavar="N",
-    callback=lambda ctx, param, v: _nonzero(v),
+    callback=_nonzero,
     default=1,
     show_default=True,
     help="Threads (-1 = all cores).",
 )
 @click.option(
-    "--key-added", metavar="KEY", default="scglmm", show_default=True, help="Prefix of the keys written to the AnnData."
+    "--key-added",
+    metavar="KEY",
+    default=_FIT_DEFAULTS["key_added"],
+    show_default=True,
+    help="Prefix of the keys written to the AnnData.",
 )
 @click.option(
     "--top",
@@ -653,77 +625,38 @@ when interrupted).
 @_verbosity
 def fit_cmd(
     input_h5ad: Path,
-    formula: str,
     out: Path,
     table: Path | None,
     compression: str | None,
-    layer: str | None,
-    size_factors: str | None,
-    offset: str | None,
-    groupby: str | None,
     coef: tuple[str, ...],
-    calibration: str | None,
-    min_cells: int | None,
-    min_donors: int | None,
-    min_cells_group: int | None,
-    min_donors_group: int | None,
     backed: bool,
-    n_agq: int,
-    n_jobs: int,
-    key_added: str,
     top: int,
     quiet: bool,
     verbose: bool,
+    **fit_kwargs: Any,
 ) -> None:
-    """Fit the model to every gene (the help text is ``_FIT_HELP``)."""
-    with _session(quiet=quiet, verbose=verbose):
-        from . import tl
+    """Fit the model to every gene (the help text is ``_FIT_HELP``).
 
+    ``fit_kwargs`` are the flags that are keywords of :func:`scglmm.tl.fit` (``formula``,
+    ``layer``, ``size_factors``, ``offset``, ``groupby``, ``calibration``, ``min_cells``,
+    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``n_agq``, ``n_jobs``,
+    ``key_added``), passed to it as they are: the library checks them before any gene is fitted.
+    """
+    with _session(quiet=quiet, verbose=verbose):
         _check_io(input_h5ad, out, table)
-        if size_factors is not None and offset is not None:
+        if fit_kwargs["size_factors"] is not None and fit_kwargs["offset"] is not None:
             msg = "pass either --size-factors (a scale, logged internally) or --offset (already a log), not both."
             raise click.UsageError(msg)
-        _check_formula(formula)
-        extra = _optional(
-            tl.fit,
-            {
-                "groupby": ("--groupby", groupby),
-                "calibration": ("--calibration", calibration),
-                "min_cells": ("--min-cells", min_cells),
-                "min_donors": ("--min-donors", min_donors),
-                "min_cells_group": ("--min-cells-group", min_cells_group),
-                "min_donors_group": ("--min-donors-group", min_donors_group),
-            },
-        )
         if backed and compression is not None:
             msg = "--compression cannot be used with --backed (the output is a copy of INPUT as it is stored)."
             raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad, backed=backed)
         try:
-            _check_columns(adata, layer=layer, size_factors=size_factors, offset=offset, groupby=groupby)
             if coef:
-                _check_coefs(adata, formula, coef)
-            tl.fit(
-                adata,
-                formula,
-                layer=layer,
-                size_factors=size_factors,
-                offset=offset,
-                key_added=key_added,
-                n_agq=n_agq,
-                n_jobs=n_jobs,
-                progress=False if quiet else None,
-                **extra,
-            )
-            df = _fit_table(adata, coef, key_added)
-            _write_outputs(
-                adata,
-                out,
-                table,
-                df if table is not None else None,
-                compression=compression,
-                backed_from=input_h5ad if backed else None,
-            )
+                _check_coefs(adata, fit_kwargs["formula"], coef)
+            tl.fit(adata, **fit_kwargs, progress=False if quiet else None)
+            df = _fit_table(adata, coef, fit_kwargs["key_added"])
+            _write_outputs(adata, out, table, df, compression=compression, backed_from=input_h5ad if backed else None)
         finally:
             if backed:
                 adata.file.close()
@@ -731,29 +664,13 @@ def fit_cmd(
             _print_top(df, top, by=("group", "coef"))
 
 
-def _check_formula(formula: str) -> None:
-    """Catch a malformed formula before the (possibly large) input is read."""
-    from ._formula import parse_formula, required_variables
-
-    required_variables(parse_formula(formula).fixed)
-
-
-def _check_columns(
-    adata: AnnData, *, layer: str | None, size_factors: str | None, offset: str | None, groupby: str | None
-) -> None:
-    """Name the flag when a layer or obs column it points to is missing."""
-    if layer is not None and layer not in adata.layers:
-        have = ", ".join(repr(k) for k in adata.layers) or "none (then the counts are in X: leave out --layer)"
-        msg = f"--layer {layer!r} is not a layer of the input; its layers: {have}."
-        raise CLIError(msg)
-    for flag, col in (("--size-factors", size_factors), ("--offset", offset), ("--groupby", groupby)):
-        if col is not None and col not in adata.obs.columns:
-            msg = f"{flag} {col!r} is not a column of the input's obs; its columns: {list(adata.obs.columns)}."
-            raise CLIError(msg)
-
-
 def _check_coefs(adata: AnnData, formula: str, coefs: tuple[str, ...]) -> None:
-    """Resolve ``--coef`` against the design before fitting, so a typo costs seconds, not the run."""
+    """``--coef`` names columns of the design: checked before the fit, so a typo costs seconds, not the run.
+
+    ``--coef`` is the program's own flag (:func:`scglmm.get.results` reads it only after the fit),
+    so this is the one check of the design the program makes; the design and the matching rule
+    are the library's.
+    """
     from ._formula import build_design, parse_formula
     from .get._results import resolve_coef
 
@@ -762,7 +679,7 @@ def _check_coefs(adata: AnnData, formula: str, coefs: tuple[str, ...]) -> None:
         try:
             resolve_coef(c, columns)
         except KeyError as err:
-            msg = f"--coef: {_message(err)}"
+            msg = f"--coef: {_one_line(err.args[0])}"  # args[0]: str() of a KeyError would add quotes
             raise CLIError(msg) from None
 
 
@@ -807,17 +724,29 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-c", "--contrast", required=True, metavar="CONTRAST", help="What to test (see above).")
 @_outputs
-@click.option("--key", metavar="KEY", default="scglmm", show_default=True, help="The --key-added of the fit.")
-@click.option("--method", type=click.Choice(["wald", "lrt"]), default="wald", show_default=True, help="The test.")
+@click.option(
+    "--key", metavar="KEY", default=_TEST_DEFAULTS["key"], show_default=True, help="The --key-added of the fit."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["wald", "lrt"]),
+    default=_TEST_DEFAULTS["method"],
+    show_default=True,
+    help="The test.",
+)
 @click.option("--reduced-formula", metavar="FORMULA", help="For --method lrt: the null model, e.g. '~ 1'.")
-@click.option("--calibration", type=_calibrations(), help="Reference distribution of Wald tests.  [default: the fit's]")
+@click.option(
+    "--calibration",
+    type=click.Choice(list(CALIBRATIONS)),
+    help="Reference distribution of Wald tests.  [default: the fit's]",
+)
 @click.option("--group", multiple=True, metavar="NAME", help="With a --groupby fit: group(s) to test.  [default: all]")
 @click.option(
     "-j",
     "--n-jobs",
     type=int,
     metavar="N",
-    callback=lambda ctx, param, v: _nonzero(v),
+    callback=_nonzero,
     help="Threads for the refit of --method lrt (-1 = all cores).  [default: the fit's]",
 )
 @click.option("--key-added", metavar="NAME", help="Name of the stored results.  [default: derived from CONTRAST]")
@@ -831,63 +760,28 @@ def test_cmd(
     out: Path,
     table: Path | None,
     compression: str | None,
-    key: str,
-    method: str,
-    reduced_formula: str | None,
-    calibration: str | None,
     group: tuple[str, ...],
-    n_jobs: int | None,
-    key_added: str | None,
     top: int,
     quiet: bool,
     verbose: bool,
+    **test_kwargs: Any,
 ) -> None:
-    """Test a contrast (the help text is ``_TEST_HELP``)."""
-    with _session(quiet=quiet, verbose=verbose):
-        from . import get, tl
+    """Test a contrast (the help text is ``_TEST_HELP``).
 
-        if not hasattr(tl, "test"):
-            msg = "this version of scglmm has no scglmm.tl.test; the 'test' command needs it."
-            raise CLIError(msg)
+    ``test_kwargs`` are the flags that are keywords of :func:`scglmm.tl.test` as they are
+    (``key``, ``method``, ``reduced_formula``, ``calibration``, ``n_jobs``, ``key_added``).
+    """
+    with _session(quiet=quiet, verbose=verbose):
         _check_io(input_h5ad, out, table)
-        if reduced_formula is not None and method != "lrt":
+        if test_kwargs["reduced_formula"] is not None and test_kwargs["method"] != "lrt":
             msg = "--reduced-formula is only used with --method lrt."
             raise click.UsageError(msg)
-        extra = _optional(
-            tl.test,
-            {
-                "calibration": ("--calibration", calibration),
-                "group": ("--group", list(group) or None),
-                "n_jobs": ("--n-jobs", n_jobs),
-                "progress": ("--quiet", False if quiet else None),
-            },
-        )
         adata = _read_h5ad(input_h5ad)
-        if not isinstance(adata.uns.get(key), dict) or "params" not in adata.uns[key]:
-            found = [
-                k
-                for k, v in adata.uns.items()
-                if isinstance(v, dict) and "formula" in v.get("params", {}) and "parent_key" not in v["params"]
-            ]
-            msg = (
-                f"{str(input_h5ad)!r} has no scglmm results under --key {key!r}; run 'scglmm fit' on it first "
-                f"(keys with results: {found})."
-            )
-            raise CLIError(msg)
-        name = tl.test(
-            adata,
-            _parse_contrast(contrast),
-            key=key,
-            method=method,
-            reduced_formula=reduced_formula,
-            key_added=key_added,
-            **extra,
-        )
+        groups = list(group) or None
+        name = tl.test(adata, _parse_contrast(contrast), group=groups, progress=False if quiet else None, **test_kwargs)
         logger.info("results stored as %r", name)
-        res = get.results(adata, contrast=name, key=key, **({"group": list(group)} if group else {}))
-        df = res.rename_axis("gene").reset_index()
-        df.insert(2 if "group" in df.columns else 1, "contrast", name)
-        _write_outputs(adata, out, table, df if table is not None else None, compression=compression)
+        df = _long(get.results(adata, contrast=name, key=test_kwargs["key"], group=groups), "contrast", name)
+        _write_outputs(adata, out, table, df, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "contrast"))
 
