@@ -62,7 +62,8 @@ def _uns(adata: ad.AnnData, key: str, out: dict[str, np.ndarray]) -> None:
     _flatten(f"{key}/uns/params", params, out)
     if "contrasts" in adata.uns[key]:
         contrasts = {
-            name: {k: v for k, v in info.items() if k not in _VOLATILE} for name, info in adata.uns[key]["contrasts"].items()
+            name: {k: v for k, v in info.items() if k not in _VOLATILE}
+            for name, info in adata.uns[key]["contrasts"].items()
         }
         _flatten(f"{key}/uns/contrasts", contrasts, out)
 

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._core._api import GenesFit, check_counts, fit_genes
+from .._core._api import fit_genes
+from .._core._checks import check_counts
+from .._core._counts import as_backed_counts
 from .._core._inference import (
     CALIBRATIONS,
     DEFAULT_CALIBRATION,
@@ -20,7 +22,7 @@ from .._core._inference import (
     donor_level_design,
     wald_pvalues,
 )
-from .._core._io import as_backed_counts
+from .._core._results import GenesFit
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
 from .._logging import logger, progress_bar, warn
