@@ -49,7 +49,7 @@ def redundant_columns(X: np.ndarray, names: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class RandomTerm:
-    """A random-effect term: one effect per level of a grouping of the cells.
+    """A random-effect term: one effect per level of a factor of the cells (e.g. the donor).
 
     Today the only term is the donor random intercept; the cells of level ``i`` are
     ``starts[i]:starts[i + 1]`` in the sorted order.
@@ -178,7 +178,7 @@ def few_rows_data(
     )  # fmt: skip
     if not enable or n == 0:
         return placeholder
-    # groups of cells sharing donor and design row
+    # runs of cells sharing donor and design row
     change = np.zeros(n, dtype=bool)
     change[starts[:-1][starts[:-1] < n]] = True
     if n > 1:
@@ -187,7 +187,7 @@ def few_rows_data(
         return placeholder
     o_ref = float(offset.max())
     Lw = np.exp(offset - o_ref)
-    # cut each group into offset bins: Lw_max / Lw_min <= (1 + rho) / (1 - rho)
+    # cut each run into offset bins: Lw_max / Lw_min <= (1 + rho) / (1 - rho)
     bstarts = few_rows_cut_blocks(change, Lw, (1.0 + FEW_ROWS_RHO) / (1.0 - FEW_ROWS_RHO))
     nb = bstarts.shape[0] - 1
     if nb * 20 > n:

@@ -53,12 +53,12 @@ Gene = namedtuple("Gene", ["nz_pos", "nz_y", "nz_starts", "PZ"])
 Gene.__doc__ = """One gene's counts as lists of its non-zero cells.
 
 nz_pos : (nnz,) int64
-    Sorted positions of the cells with a non-zero count, grouped by block (by donor when the fast
-    path is off), in increasing position within a group.
+    Sorted positions of the cells with a non-zero count, listed block by block (donor by donor when
+    the fast path is off), in increasing position within a block.
 nz_y : (nnz,) float64
     Their counts.
-nz_starts : (groups + 1,) int64
-    Bounds of each group in ``nz_pos`` / ``nz_y``.
+nz_starts : (blocks + 1,) int64
+    Bounds of each block's entries in ``nz_pos`` / ``nz_y``.
 PZ : (nb, FEW_ROWS_KMAX + 3) float64
     Fast path only: y-weighted centred power sums per block, then its total count and sum of y * offset.
 """
