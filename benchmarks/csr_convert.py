@@ -1,7 +1,7 @@
 """Reading CSR counts by gene: scglmm's CSR -> CSC panels against scipy's ``tocsc``.
 
 scanpy stores counts as CSR (cells are rows); scglmm fits genes, so it reads in-memory CSR counts
-through CSC *panels* of consecutive genes (``scglmm._core._api.block_getter``), converted in
+through CSC *panels* of consecutive genes (``scglmm._core._counts.block_getter``), converted in
 ``n_threads`` threads that each scatter a range of rows. This script times, in one process on the
 same matrix, the whole conversion (column counts + every panel) with 1 and 2 threads and scipy's
 ``tocsc()`` (single-threaded, the baseline), interleaved over the repeats, and reports medians in
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import scglmm
-from scglmm._core._api import _block_bounds, block_getter
+from scglmm._core._counts import block_getter
+from scglmm._core._schedule import _block_bounds
 
 
 def convert(Y, n_threads: int, panel_nnz: int) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, get, pl, tl
-from ._core._api import GeneFit, GenesFit, fit_gene, fit_genes
+from ._core._api import fit_gene, fit_genes
+from ._core._results import GeneFit, GenesFit
 from ._core._status import status_name
 
 try:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._core._design import redundant_columns
+
 _BAR_TERM = re.compile(r"\(([^()]*)\|([^()]*)\)")
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|[\u29da\u29db]")
@@ -120,18 +122,6 @@ def required_variables(fixed: str) -> list[str]:
         )
         raise ValueError(msg) from err
     return sorted(str(v) for v in form.required_variables)
-
-
-def redundant_columns(X: np.ndarray, names: list[str]) -> list[str]:
-    """Columns that add nothing to the ones before them (in formula order), i.e. the ones to drop."""
-    kept: list[int] = []
-    out = []
-    for k in range(X.shape[1]):
-        if np.linalg.matrix_rank(X[:, [*kept, k]]) > len(kept):
-            kept.append(k)
-        else:
-            out.append(str(names[k]))
-    return out
 
 
 def build_design(fixed: str, obs: pd.DataFrame) -> Design:

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from scglmm._core import _kernels as K
+from scglmm._core.kernels._cell import _cell_all, _cell_q, count_table, theta_terms
+from scglmm._core.kernels._laplace import (
+    agq_value,
+    cell_level_column,
+    conditional_modes,
+    laplace_grad_hess,
+    laplace_value,
+)
+from scglmm._core.kernels._optimise import _separated_nz, _separated_rows, _two_valued
+from scglmm._core.kernels._vector import vexp_array, vlog1p_array
 
 
 def _toy(seed=0, m=5, n_per=40, p=3, theta=2.0, sigma2=0.3):
@@ -28,23 +37,23 @@ def _modes(y, X, off, starts, phi):
     p = X.shape[1]
     eta0 = X @ phi[:p] + off
     b = np.zeros(starts.shape[0] - 1)
-    assert K.conditional_modes(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, 1e-13, 200)
+    assert conditional_modes(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, 1e-13, 200)
     return eta0, b
 
 
 def _laplace(y, X, off, starts, phi):
-    cnt, lgy = K.count_table(y)
+    cnt, lgy = count_table(y)
     eta0, b = _modes(y, X, off, starts, phi)
-    return K.laplace_value(y, eta0, np.exp(eta0), starts, phi[-2], phi[-1], b, cnt, lgy)
+    return laplace_value(y, eta0, np.exp(eta0), starts, phi[-2], phi[-1], b, cnt, lgy)
 
 
 @pytest.mark.parametrize(("y", "eta", "t"), [(0, 0.3, 0.5), (3, -1.0, 2.0), (17, 2.5, -1.0), (1, -2.0, 6.0)])
 def test_nb_density_matches_scipy(y, eta, t):
     theta = math.exp(t)
     mu = math.exp(eta)
-    cnt, lgy = K.count_table(np.array([float(y)]))
-    c, _, _ = K.theta_terms(cnt, t)
-    ours = c - lgy + K._cell_q(float(y), eta, t, theta)
+    cnt, lgy = count_table(np.array([float(y)]))
+    c, _, _ = theta_terms(cnt, t)
+    ours = c - lgy + _cell_q(float(y), eta, t, theta)
     ref = stats.nbinom.logpmf(y, theta, theta / (theta + mu))
     assert ours == pytest.approx(ref, abs=1e-10, rel=1e-10)
 
@@ -55,8 +64,8 @@ def test_nb_density_poisson_limit(y):
     loses digits there (p -> 1), the split C(y, theta) + q(eta) does not."""
     t = math.log(1e8)
     eta = math.log(max(y, 0.5))
-    cnt, lgy = K.count_table(np.array([float(y)]))
-    ours = K.theta_terms(cnt, t)[0] - lgy + K._cell_q(float(y), eta, t, math.exp(t))
+    cnt, lgy = count_table(np.array([float(y)]))
+    ours = theta_terms(cnt, t)[0] - lgy + _cell_q(float(y), eta, t, math.exp(t))
     ref = stats.poisson.logpmf(y, math.exp(eta))
     assert ours == pytest.approx(ref, abs=1e-5 * max(y, 1) ** 2 / 1e3 + 1e-9)
 
@@ -68,9 +77,9 @@ def test_cell_derivatives_match_finite_differences(y, eta, t):
     theta = math.exp(t)
 
     def fq(e, tt):
-        return K._cell_q(y, e, tt, math.exp(tt))
+        return _cell_q(y, e, tt, math.exp(tt))
 
-    q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = K._cell_all(y, eta, t, theta)
+    q, e1, e2, e3, e4, t0, t1, t2, t3, tt0, tt1, tt2 = _cell_all(y, eta, t, theta)
     assert q == pytest.approx(fq(eta, t), rel=1e-14, abs=1e-14)
 
     def d_eta(f, e, tt, k):
@@ -80,27 +89,27 @@ def test_cell_derivatives_match_finite_differences(y, eta, t):
 
     # derivative in eta of the analytic lower-order derivatives (avoids nested FD noise)
     def an(idx):
-        return lambda e, tt: K._cell_all(y, e, tt, math.exp(tt))[idx]
+        return lambda e, tt: _cell_all(y, e, tt, math.exp(tt))[idx]
 
     for k_lo, k_hi in [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8)]:
         fd = (an(k_lo)(eta + h, t) - an(k_lo)(eta - h, t)) / (2 * h)
-        assert K._cell_all(y, eta, t, theta)[k_hi] == pytest.approx(fd, rel=1e-6, abs=1e-7), (k_lo, k_hi)
+        assert _cell_all(y, eta, t, theta)[k_hi] == pytest.approx(fd, rel=1e-6, abs=1e-7), (k_lo, k_hi)
     # derivatives in t
     for k_lo, k_hi in [(0, 5), (1, 6), (2, 7), (3, 8), (5, 9), (6, 10), (7, 11)]:
         fd = (an(k_lo)(eta, t + h) - an(k_lo)(eta, t - h)) / (2 * h)
-        assert K._cell_all(y, eta, t, theta)[k_hi] == pytest.approx(fd, rel=1e-6, abs=1e-7), (k_lo, k_hi)
+        assert _cell_all(y, eta, t, theta)[k_hi] == pytest.approx(fd, rel=1e-6, abs=1e-7), (k_lo, k_hi)
 
 
 @pytest.mark.parametrize("t", [-1.0, 0.5, 4.0, 15.0])
 def test_theta_terms_derivatives(t):
     y = np.array([0, 0, 1, 2, 2, 5, 9, 40], dtype=float)
-    cnt, _ = K.count_table(y)
-    v, d1, d2 = K.theta_terms(cnt, t)
+    cnt, _ = count_table(y)
+    v, d1, d2 = theta_terms(cnt, t)
     direct = sum(sum(math.log1p(k / math.exp(t)) for k in range(int(yy))) for yy in y)
     assert v == pytest.approx(direct, rel=1e-12, abs=1e-12)
     h = 1e-5
-    vp = K.theta_terms(cnt, t + h)
-    vm = K.theta_terms(cnt, t - h)
+    vp = theta_terms(cnt, t + h)
+    vm = theta_terms(cnt, t - h)
     assert d1 == pytest.approx((vp[0] - vm[0]) / (2 * h), rel=1e-6, abs=1e-8)
     assert d2 == pytest.approx((vp[1] - vm[1]) / (2 * h), rel=1e-6, abs=1e-8)
 
@@ -111,25 +120,25 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
     y, X, off, starts = _toy(seed)
     p = X.shape[1]
     phi = np.array([0.1, 0.4, -0.1, *phi_st])
-    cnt, lgy = K.count_table(y)
+    cnt, lgy = count_table(y)
     eta0, b = _modes(y, X, off, starts, phi)
     q = p + 2
     grad = np.zeros(q)
     hess = np.zeros((q, q))
     VB = np.zeros((starts.size - 1, q))
-    val = K.laplace_grad_hess(y, X, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess, VB)
+    val = laplace_grad_hess(y, X, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy, grad, hess, VB)
     VB0 = VB.copy()
     # the shortcut for designs with at most one column varying within donors gives the same sums
-    jc = K.cell_level_column(X, starts)
+    jc = cell_level_column(X, starts)
     Xd = X.copy()
     const = [k for k in range(p) if k != jc]
     Xd[:, const] = Xd[starts[:-1].repeat(np.diff(starts))][:, const]
-    assert K.cell_level_column(Xd, starts) == jc and jc >= 0
+    assert cell_level_column(Xd, starts) == jc and jc >= 0
     for Xc, j in ((Xd, jc), (Xd, -2), (np.column_stack([np.ones(len(y)), Xd[:, 1:] * 0 + 1.5]), -1)):
         g1, h1, g2, h2 = np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q))
         e0, bb = _modes(y, Xc, off, starts, phi)
-        v1 = K.laplace_grad_hess(y, Xc, e0, np.exp(e0), starts, phi[p], phi[p + 1], bb, cnt, lgy, g1, h1, VB, -2)
-        v2 = K.laplace_grad_hess(y, Xc, e0, np.exp(e0), starts, phi[p], phi[p + 1], bb, cnt, lgy, g2, h2, VB, j)
+        v1 = laplace_grad_hess(y, Xc, e0, np.exp(e0), starts, phi[p], phi[p + 1], bb, cnt, lgy, g1, h1, VB, -2)
+        v2 = laplace_grad_hess(y, Xc, e0, np.exp(e0), starts, phi[p], phi[p + 1], bb, cnt, lgy, g2, h2, VB, j)
         assert v2 == pytest.approx(v1, rel=1e-13)
         np.testing.assert_allclose(g2, g1, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(h2, h1, rtol=1e-11, atol=1e-11)
@@ -147,7 +156,7 @@ def test_laplace_gradient_and_hessian_match_finite_differences(seed, phi_st):
         for sign, g in ((1, gp), (-1, gm)):
             ph = phi + sign * e
             e0, bb = _modes(y, X, off, starts, ph)
-            K.laplace_grad_hess(y, X, e0, np.exp(e0), starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp, VB)
+            laplace_grad_hess(y, X, e0, np.exp(e0), starts, ph[p], ph[p + 1], bb, cnt, lgy, g, hp, VB)
         fd_hess[k] = (gp - gm) / (2 * h)
         # sensitivities of the conditional modes (used to warm-start them) vs finite differences
         bp = _modes(y, X, off, starts, phi + e)[1]
@@ -169,10 +178,10 @@ def test_agq25_matches_adaptive_quadrature(seed, phi_st):
     y, X, off, starts = _toy(seed, m=4, n_per=15)
     p = X.shape[1]
     phi = np.array([0.2, 0.3, -0.1, *phi_st])
-    cnt, lgy = K.count_table(y)
+    cnt, lgy = count_table(y)
     eta0, b = _modes(y, X, off, starts, phi)
     z, lw = _gh(25)
-    agq = K.agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, z, lw)
+    agq = agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, z, lw)
     s2 = math.exp(phi[p])
     theta = math.exp(phi[p + 1])
     total = 0.0
@@ -194,9 +203,9 @@ def test_agq25_matches_adaptive_quadrature(seed, phi_st):
         total += math.log(val) + shift
     assert agq == pytest.approx(total, abs=1e-6)
     # and Laplace is the 1-node rule
-    lap = K.laplace_value(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy)
+    lap = laplace_value(y, eta0, np.exp(eta0), starts, phi[p], phi[p + 1], b, cnt, lgy)
     z1, lw1 = _gh(1)
-    assert K.agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, z1, lw1) == pytest.approx(lap, rel=1e-13)
+    assert agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt, lgy, z1, lw1) == pytest.approx(lap, rel=1e-13)
     assert abs(lap - total) > 1e-6  # the Laplace error is real on these sparse toy genes
 
 
@@ -212,7 +221,7 @@ def test_fit_gene_agq_is_close_to_laplace_and_maximises_agq():
     assert agq.loglik != lap.loglik
     # AGQ optimum: perturbing any parameter lowers the AGQ objective
     z, lw = _gh(15)
-    cnt, lgy = K.count_table(y)
+    cnt, lgy = count_table(y)
     phi = np.concatenate([agq.coef, [math.log(agq.sigma2), -math.log(agq.dispersion)]])
     order_y, order_X, order_off = y, X, off
     best = None
@@ -221,7 +230,7 @@ def test_fit_gene_agq_is_close_to_laplace_and_maximises_agq():
             ph = phi.copy()
             ph[k] += sgn * 1e-3
             e0, bb = _modes(order_y, order_X, order_off, starts, ph)
-            v = K.agq_value(order_y, e0, starts, ph[-2], ph[-1], bb, cnt, lgy, z, lw)
+            v = agq_value(order_y, e0, starts, ph[-2], ph[-1], bb, cnt, lgy, z, lw)
             best = v if best is None else max(best, v)
     assert best <= agq.loglik + 1e-7
 
@@ -233,11 +242,11 @@ def test_inline_exp_and_log1p_agree_with_libm():
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.uniform(-708, 700, 200_000), rng.uniform(-1, 1, 100_000), [0.0, -708.0, 700.0]])
     out = np.empty_like(x)
-    K.vexp_array(x, out)
+    vexp_array(x, out)
     rel = np.abs(out / np.exp(x) - 1.0)
     assert rel.max() <= 4.5e-16
     x = np.concatenate([10.0 ** rng.uniform(-300, 299, 200_000), rng.uniform(0, 4, 100_000), [0.0, 1e-300, 1.0]])
-    K.vlog1p_array(x, out)
+    vlog1p_array(x, out)
     ref = np.log1p(x)
     rel = np.abs(out - ref) / np.maximum(ref, 1e-308)
     assert rel[x > 0].max() <= 4.5e-16
@@ -251,11 +260,11 @@ def test_separation_from_nonzero_cells_matches_all_cells():
     n = 300
     factor3 = np.repeat([2.0, 5.0, 7.0], n // 3)
     X = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.normal(size=n), factor3])
-    tv, v0 = K._two_valued(X)
+    tv, v0 = _two_valued(X)
     assert tv.tolist() == [False, True, False, False]
     for lo, hi, expect in [(0, n // 2, True), (n // 2, n, True), (0, n, False)]:
         y = np.zeros(n)
         y[lo:hi] = rng.poisson(1.0, hi - lo)
         nzp = np.flatnonzero(y)
-        assert K._separated_nz(X, nzp, y[nzp], tv, v0) is expect
-        assert K._separated_rows(X, y) is expect
+        assert _separated_nz(X, nzp, y[nzp], tv, v0) is expect
+        assert _separated_rows(X, y) is expect

@@ -20,7 +20,7 @@ import pytest
 from scipy import sparse
 
 import scglmm
-from scglmm._core import _kernels
+from scglmm._core.kernels import _block as _kernels
 
 FORMULA = "~ condition + (1 | donor)"
 

@@ -32,8 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scglmm
-from scglmm._core._kernels import ALL_ZERO, NOT_CONVERGED, POISSON_LIMIT, SIGMA2_BOUNDARY
-from scglmm._core._status import STATUS_BITS, UNUSABLE
+from scglmm._core._status import ALL_ZERO, NOT_CONVERGED, POISSON_LIMIT, SIGMA2_BOUNDARY, STATUS_BITS, UNUSABLE
 
 SETTINGS = settings(
     max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

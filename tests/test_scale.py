@@ -18,7 +18,7 @@ from scipy import sparse
 
 import scglmm
 import scglmm._logging as slog
-from scglmm._core._io import BackedCounts
+from scglmm._core._counts import BackedCounts
 from scglmm.datasets import simulate
 
 FORMULA = "~ condition + covariate + (1 | donor)"
@@ -292,7 +292,7 @@ def test_csr_input_is_read_in_csc_panels() -> None:
     """In-memory CSR counts: blocks come from CSC panels of at most ``panel_nnz`` non-zeros; every
     block equals the same columns of the matrix, whatever the panel size (one block per panel,
     several blocks per panel, a block larger than a panel) and the order of the requests."""
-    from scglmm._core._api import block_getter
+    from scglmm._core._counts import block_getter
 
     rng = np.random.default_rng(3)
     M = sparse.random(300, 57, density=0.2, format="csr", random_state=rng, dtype=np.float32)
@@ -317,7 +317,7 @@ def test_block_bounds_shrink_towards_the_end_with_several_workers() -> None:
     """Gene blocks cover every gene once, in order; one worker gets blocks of ``block_size``;
     several workers get blocks of at most an eighth of the remaining genes per worker (at least
     ``MIN_BLOCK``), so the last blocks are small."""
-    from scglmm._core._api import MIN_BLOCK, _block_bounds
+    from scglmm._core._schedule import MIN_BLOCK, _block_bounds
 
     assert _block_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     for G, bs, nw in [(500, 64, 2), (2000, 64, 2), (24, 4, 2), (3, 64, 2), (20_000, 64, 8), (1000, 16, 3)]:
@@ -335,7 +335,7 @@ def test_block_bounds_shrink_towards_the_end_with_several_workers() -> None:
 def test_cell_order_kernels_match_numpy() -> None:
     """The compiled sorts behind the cell order equal numpy's: distinct design rows numbered in
     lexicographic order (``np.unique(axis=0)``) and a stable sort by an integer key."""
-    from scglmm._core import _kernels as K
+    from scglmm._core.kernels import _order as K
 
     rng = np.random.default_rng(5)
     X = np.column_stack([np.ones(500), rng.integers(0, 3, 500), rng.integers(0, 2, 500) * 0.5])
@@ -355,12 +355,12 @@ def test_compile_notice_only_while_the_kernels_compile(monkeypatch, caplog):
     import time
     import types
 
-    from scglmm._core import _api
+    from scglmm._core import _schedule as _api
 
     monkeypatch.setattr(_api, "COMPILE_NOTICE_AFTER", 0.05)
     caplog.set_level(logging.INFO, logger="scglmm")
     cold = types.SimpleNamespace(overloads={})
-    monkeypatch.setattr(_api.K, "fit_block_csc", cold)
+    monkeypatch.setattr(_api._block, "fit_block_csc", cold)
     with _api._compile_notice():
         time.sleep(0.5)
     assert sum("compiling scglmm's numba kernels" in r.getMessage() for r in caplog.records) == 1
@@ -369,7 +369,7 @@ def test_compile_notice_only_while_the_kernels_compile(monkeypatch, caplog):
         pass
     time.sleep(0.2)
     assert not caplog.records
-    monkeypatch.setattr(_api.K, "fit_block_csc", types.SimpleNamespace(overloads={"sig": object()}))
+    monkeypatch.setattr(_api._block, "fit_block_csc", types.SimpleNamespace(overloads={"sig": object()}))
     with _api._compile_notice():
         time.sleep(0.2)
     assert not caplog.records

@@ -693,7 +693,7 @@ def test_every_case_documented_once() -> None:
 
 def test_validation_happens_before_fitting(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad setting found late in the argument list still stops the call before any kernel runs."""
-    from scglmm._core import _kernels
+    from scglmm._core.kernels import _block as _kernels
 
     calls = []
     monkeypatch.setattr(_kernels, "fit_block_csc", lambda *a, **k: calls.append(1))
@@ -712,7 +712,7 @@ def test_counts_check_never_densifies_sparse() -> None:
     data[0] = 2.5
     Y = sparse.csr_matrix((data, (rows, cols)), shape=(200_000, 2_000))  # 400 million cells x genes
     with pytest.raises(ValueError, match=r"counts: found 1 non-integer"):
-        scglmm._core._api.check_counts(Y)
+        scglmm._core._checks.check_counts(Y)
 
 
 if __name__ == "__main__":

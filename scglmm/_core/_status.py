@@ -1,11 +1,24 @@
-"""Per-gene status codes: bit flags combined into one integer, and their names."""
+"""Per-gene status codes: bit flags combined into one integer, and their names.
+
+All bits live here (numpy only); the kernels import the ones they set.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import ALL_ZERO, FAILED, NOT_CONVERGED, POISSON_LIMIT, SEPARATION, SIGMA2_BOUNDARY
-
+#: sigma^2 was held at its lower bound (the donor variance is 0 to the optimiser's precision).
+SIGMA2_BOUNDARY = 1
+#: theta was held at its upper bound (the counts are Poisson to the optimiser's precision).
+POISSON_LIMIT = 2
+#: The optimiser stopped without meeting its convergence test (or the Hessian was not invertible).
+NOT_CONVERGED = 4
+#: A fixed effect or the donor variance runs to infinity (all counts on one side of a factor or in one donor).
+SEPARATION = 8
+#: The gene has no counts.
+ALL_ZERO = 16
+#: The objective could not be evaluated at the start or at the end.
+FAILED = 32
 #: Set by the AnnData layer for genes removed by the gene filter before fitting.
 FILTERED = 64
 

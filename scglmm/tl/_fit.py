@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._api import GenesFit, check_counts, fit_genes
+from .._core._api import fit_genes
+from .._core._checks import check_counts
 from .._core._inference import (
     CALIBRATIONS,
     DEFAULT_CALIBRATION,
@@ -19,6 +20,7 @@ from .._core._inference import (
     donor_level_design,
     wald_pvalues,
 )
+from .._core._results import GenesFit
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
 from .._inputs import counts, gene_counts, log_offset, min_count

@@ -1,6 +1,10 @@
-"""Out-of-core counts: read blocks of genes from an ``.h5ad`` file with bounded memory.
+"""Count access: blocks of genes as CSC arrays, from memory or from an ``.h5ad`` file.
 
-:class:`BackedCounts` wraps the count matrix of an ``.h5ad`` file (a path, an open ``h5py``
+:func:`block_getter` returns a function giving genes ``a:b`` of a count matrix as a CSC block:
+views of a CSC matrix, converted blocks of a dense one, and CSC *panels* of a CSR matrix (one
+compiled transpose per panel, :mod:`scglmm._core.kernels._sparse`).
+
+Out-of-core counts: :class:`BackedCounts` wraps the count matrix of an ``.h5ad`` file (a path, an open ``h5py``
 group / dataset, or the ``X`` of an AnnData opened with ``backed="r"``) and gives the fitting code
 what it needs without loading the matrix: streamed checks and sums over chunks of rows, and
 :meth:`BackedCounts.get_block`, the CSC block of genes ``a:b``, identical to the block the
@@ -14,20 +18,22 @@ How gene blocks are read depends on the layout on disk:
 * **CSR** (``csr_matrix`` encoding, what scanpy writes): the entries of one gene are spread over
   the whole file, so a gene block cannot be read alone. Genes are grouped into *panels* holding
   at most ``panel_nnz`` non-zeros (from a first pass counting non-zeros per gene); a panel is
-  built by one streaming pass over row chunks of the file, keeping the entries of its genes,
-  and then serves all of its gene blocks from memory. Memory is bounded by ``panel_nnz`` (the
-  panel's CSC arrays, 8 bytes per non-zero for float32 counts, plus the temporaries of one row
-  chunk of ``chunk_nnz`` entries, about 40 bytes each), not by the matrix; the
-  price is ``ceil(nnz / panel_nnz)`` reads of the file. The alternative, transposing once into
-  a temporary CSC file, reads the source once but writes and re-reads a full copy on the
-  temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads are
-  cheap next to the fit, and nothing is written.
+  built by one streaming pass over row chunks of the file, each scattered into the panel by the
+  same compiled transpose as in-memory CSR counts, and then serves all of its gene blocks from
+  memory. Memory is bounded by ``panel_nnz`` (the panel's CSC arrays, 8 bytes per non-zero for
+  float32 counts, plus one row chunk of ``chunk_nnz`` entries, 8-16 bytes each), not by the
+  matrix; the price is ``ceil(nnz / panel_nnz)`` reads of the file. The alternative, transposing
+  once into a temporary CSC file, reads the source once but writes and re-reads a full copy on
+  the temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads
+  are cheap next to the fit, and nothing is written.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,15 +41,136 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from ._checks import check_counts
+from .kernels._sparse import csr_column_counts, csr_columns_to_csc, csr_row_cursors, csr_rows_sorted
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["BackedCounts", "as_backed_counts"]
+__all__ = ["PANEL_NNZ", "BackedCounts", "CSCBlock", "as_backed_counts", "block_getter"]
 
 #: Non-zeros (or dense entries) read per chunk of rows in streaming passes (~40 bytes each at peak).
 CHUNK_NNZ = 1 << 22
 #: Non-zeros held in memory per panel of genes of a CSR file (index + value: 8-12 bytes each).
 PANEL_NNZ = 1 << 25
+
+
+class CSCBlock:
+    """Columns of a canonical CSC matrix as plain arrays (what :func:`fit_block` reads)."""
+
+    __slots__ = ("data", "indices", "indptr", "shape")
+
+    def __init__(self, data: NDArray, indices: NDArray, indptr: NDArray, shape: tuple[int, int]) -> None:
+        self.data = data
+        self.indices = indices
+        self.indptr = indptr
+        self.shape = shape
+
+    def __getstate__(self) -> tuple:
+        return (self.data, self.indices, self.indptr, self.shape)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.data, self.indices, self.indptr, self.shape = state
+
+
+def _in_threads(fn: Callable, calls: list[tuple]) -> list:
+    """``fn(*args)`` for each tuple of ``calls``: the first in this thread, the others each in a
+    thread of their own (for compiled ``nogil`` functions)."""
+    if len(calls) == 1:
+        return [fn(*calls[0])]
+    with ThreadPoolExecutor(max_workers=len(calls) - 1) as pool:
+        futures = [pool.submit(fn, *args) for args in calls[1:]]
+        first = fn(*calls[0])
+        return [first, *(f.result() for f in futures)]
+
+
+def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int, n_threads: int) -> Callable[[int, int], CSCBlock]:
+    """Blocks of genes of a CSR matrix through CSC panels (see :func:`block_getter`)."""
+    n, G = Y.shape
+    if not Y.has_canonical_format:  # canonicalise a copy once, never the caller's matrix
+        Y = Y.copy()
+        Y.sum_duplicates()
+    # one range of rows with about equal non-zeros per thread; each thread counts and scatters its
+    # own rows, into positions after those of the ranges before it (so rows stay sorted)
+    nt = int(max(1, min(n_threads, n)))
+    cuts = [0, *(int(np.searchsorted(Y.indptr, Y.nnz * t // nt)) for t in range(1, nt)), n]
+    ranges = list(itertools.pairwise(cuts))
+    counts = np.array(_in_threads(csr_column_counts, [(Y.indptr, Y.indices, G, r0, r1) for r0, r1 in ranges]))
+    before = np.cumsum(counts, axis=0) - counts  # per range and column: entries in the ranges before
+    cum = np.concatenate([[0], np.cumsum(counts.sum(axis=0))])
+    panel: dict[str, object] = {"lo": 0, "hi": 0, "m": None, "cursor": None}
+
+    def get(a: int, b: int) -> CSCBlock:
+        if not (panel["lo"] <= a and b <= panel["hi"]):
+            # the panel: genes a .. e with at most panel_nnz non-zeros, and at least a .. b. Each
+            # row keeps a cursor at its first entry of the next panel, so consecutive panels read
+            # every entry once in all (compiled; a scipy column slice rescans every row)
+            e = int(np.searchsorted(cum, cum[a] + panel_nnz, side="right")) - 1
+            e = min(max(e, b), G)
+            panel["m"] = None  # free the old panel before allocating the next
+            if a == 0:
+                panel["cursor"] = Y.indptr[:-1].astype(np.int64)
+            elif panel["cursor"] is None or a != panel["hi"]:
+                panel["cursor"] = csr_row_cursors(Y.indptr, Y.indices, a)
+            out_data = np.empty(int(cum[e] - cum[a]), dtype=Y.data.dtype)
+            out_rows = np.empty(out_data.shape[0], dtype=np.int32)  # row numbers fit (as in scipy)
+            first = cum[a:e] - cum[a]
+            calls = [
+                (Y.indptr, Y.indices, Y.data, a, e, r0, r1, panel["cursor"], first + before[t, a:e], out_data, out_rows)
+                for t, (r0, r1) in enumerate(ranges)
+            ]
+            _in_threads(csr_columns_to_csc, calls)
+            panel.update(lo=a, hi=e, m=(out_data, out_rows, cum[a : e + 1] - cum[a]))
+        data, rows, ptr_all = panel["m"]
+        lo, hi = int(ptr_all[a - panel["lo"]]), int(ptr_all[b - panel["lo"]])
+        ptr = ptr_all[a - panel["lo"] : b - panel["lo"] + 1] - lo
+        return CSCBlock(data[lo:hi], rows[lo:hi], ptr, (Y.shape[0], b - a))
+
+    return get
+
+
+def block_getter(
+    Y, panel_nnz: int = PANEL_NNZ, n_threads: int = 1
+) -> Callable[[int, int], sparse.csc_matrix | CSCBlock]:
+    """A function returning genes ``a:b`` of ``Y`` as a CSC matrix (sorted, no duplicates).
+
+    Dense blocks are converted one block at a time, so the whole matrix is never densified. CSC
+    input gives views of its arrays (:class:`CSCBlock`), without a copy. CSR input (scanpy's
+    default) is converted to CSC one *panel* of consecutive genes at a time, each panel holding at
+    most ``panel_nnz`` non-zeros (or one block): slicing a CSR matrix by column reads every row,
+    so one slice per panel instead of one per block of genes, with memory bounded by the panel.
+    The conversion runs in ``n_threads`` threads, each scattering a range of rows.
+    Blocks are expected in increasing order (as :func:`fit_genes` asks for them).
+    """
+    if hasattr(Y, "get_block"):  # counts on disk (BackedCounts)
+        return Y.get_block
+    is_sparse = sparse.issparse(Y)
+    if is_sparse and Y.format not in ("csr", "csc"):
+        Y = sparse.csc_matrix(Y)
+
+    if is_sparse and Y.format == "csc":
+        if not Y.has_canonical_format:  # canonicalise a copy once, never the caller's matrix
+            Y = Y.copy()
+            Y.sum_duplicates()
+
+        def get_csc(a: int, b: int) -> CSCBlock:
+            # a block of columns of a canonical CSC matrix is a contiguous slice: views, no copy
+            lo, hi = int(Y.indptr[a]), int(Y.indptr[b])
+            return CSCBlock(Y.data[lo:hi], Y.indices[lo:hi], Y.indptr[a : b + 1] - lo, (Y.shape[0], b - a))
+
+        return get_csc
+
+    if is_sparse and Y.format == "csr":
+        return _csr_panels(Y, int(panel_nnz), int(n_threads))
+
+    def get(a: int, b: int) -> sparse.csc_matrix:
+        blk = Y[:, a:b]
+        blk = sparse.csc_matrix(blk) if is_sparse else sparse.csc_matrix(np.asarray(blk))
+        blk.sum_duplicates()
+        blk.sort_indices()
+        return blk
+
+    return get
 
 
 def _encoding(elem) -> str:
@@ -209,8 +336,6 @@ class BackedCounts:
 
     def check_counts(self, what: str = "counts") -> None:
         """Raise unless all entries are finite non-negative integers (streamed)."""
-        from ._api import check_counts
-
         for _, chunk in self.iter_chunks():
             check_counts(chunk, what=what)
 
@@ -319,22 +444,18 @@ class BackedCounts:
             p_val = np.empty(int(pptr[-1]), dtype=self.dtype)
             nxt = pptr[:-1].copy()  # next free slot of each gene
             for r0, r1 in _row_bounds(indptr, self.chunk_nnz):
+                # the chunk's rows, scattered by the compiled transpose of in-memory CSR counts
+                # (rows in order: each gene's rows stay increasing across the chunks)
                 s, e = indptr[r0], indptr[r1]
+                ptr = indptr[r0 : r1 + 1] - s
                 ind = elem["indices"][s:e]
-                keep = np.flatnonzero((ind >= c0) & (ind < p1))
-                if keep.size == 0:
-                    continue
-                col = ind[keep].astype(np.int64) - c0
-                row = (np.searchsorted(indptr[r0 : r1 + 1], keep + s, side="right") - 1 + r0).astype(itype)
-                val = elem["data"][s:e][keep]
-                order = np.argsort(col, kind="stable")  # rows stay increasing within each gene
-                col, row, val = col[order], row[order], val[order]
-                cnt = np.bincount(col, minlength=p1 - c0)
-                first = np.concatenate([[0], np.cumsum(cnt)[:-1]])
-                dest = nxt[col] + (np.arange(col.size) - first[col])
-                p_ind[dest] = row
-                p_val[dest] = val
-                nxt += cnt
+                val = elem["data"][s:e]
+                if not csr_rows_sorted(ptr, ind):  # the cursors need sorted columns in each row
+                    chunk = sparse.csr_matrix((val, ind, ptr), shape=(r1 - r0, G))
+                    chunk.sort_indices()
+                    ind, val = chunk.indices, chunk.data
+                cursor = csr_row_cursors(ptr, ind, c0)
+                csr_columns_to_csc(ptr, ind, val, c0, p1, 0, r1 - r0, cursor, nxt, p_val, p_ind, r0)
         panel = sparse.csc_matrix((p_val, p_ind, pptr), shape=(n, p1 - c0))
         panel.sum_duplicates()  # no-op for canonical files
         self._panel = (c0, p1, panel)

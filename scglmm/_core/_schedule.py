@@ -1,0 +1,219 @@
+"""Running the fits of a count matrix block by block: block bounds, threads, joblib / Dask dispatch.
+
+:func:`fit_block` fits one block of genes (a pure function, safe to ship to any worker);
+:func:`fit_blocks` runs it over all blocks, in this thread, on a pool of threads (the kernels
+release the GIL) or through the joblib backend the user configured (e.g. Dask).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+from joblib import Parallel, delayed
+from joblib.parallel import ThreadingBackend, get_active_backend
+
+from ._results import empty_outputs
+from .kernels import _block
+from .kernels._bundles import BlockOut, Cells, FewRows, Quadrature
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+    from scipy import sparse
+
+    from ._counts import CSCBlock
+
+__all__ = ["COMPILE_NOTICE_AFTER", "MIN_BLOCK", "Design", "fit_block", "fit_blocks"]
+
+logger = logging.getLogger("scglmm")
+
+#: Smallest block of genes handed to a worker (the end of a run with several workers).
+MIN_BLOCK = 4
+
+#: Seconds into a fit after which, if the main kernel is still not compiled (nor loaded from numba's
+#: on-disk cache, which takes about a second), the log says that it is being compiled.
+COMPILE_NOTICE_AFTER = 5.0
+
+
+class Design:
+    """The prepared model handed to :func:`fit_block`: cells, quadrature and the fast path's data.
+
+    A weak-referenceable object reporting its size, so that joblib's Dask backend scatters it to
+    the workers once instead of pickling it with every gene block.
+    """
+
+    __slots__ = ("__weakref__", "cells", "few_rows", "quadrature")
+
+    def __init__(self, cells: Cells, quadrature: Quadrature, few_rows: FewRows) -> None:
+        self.cells = cells
+        self.quadrature = quadrature
+        self.few_rows = few_rows
+
+    def __sizeof__(self) -> int:
+        def nbytes(a) -> int:
+            if isinstance(a, tuple):
+                return sum(nbytes(x) for x in a)
+            return int(getattr(a, "nbytes", 8))
+
+        return object.__sizeof__(self) + nbytes(self.__getstate__())
+
+    def __getstate__(self) -> tuple:
+        return (self.cells, self.quadrature, self.few_rows)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.cells, self.quadrature, self.few_rows = state
+
+
+def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockOut, NDArray[np.int64]]:
+    """Fit every gene (column) of one CSC block; a pure function, safe to ship to any worker.
+
+    Returns the kernels' outputs (a :class:`BlockOut`) and the stored entries per gene.
+    """
+    cells = design.cells
+    out = empty_outputs(blk.shape[1], cells.X.shape[1], cells.starts.shape[0] - 1)
+    _block.fit_block_csc(
+        np.asarray(blk.data, dtype=np.float64),
+        np.asarray(blk.indices, dtype=np.int64),
+        np.asarray(blk.indptr, dtype=np.int64),
+        cells,
+        design.quadrature,
+        design.few_rows,
+        out,
+    )
+    return out, np.diff(blk.indptr).astype(np.int64)
+
+
+@contextmanager
+def _compile_notice() -> Iterator[None]:
+    """Log (INFO) that the kernels are being compiled if a fit is still waiting for them after
+    :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes one to two minutes."""
+
+    def ready() -> bool:  # a compiled overload exists (anything but a numba dispatcher counts as ready)
+        return bool(getattr(_block.fit_block_csc, "overloads", True))
+
+    def notice() -> None:
+        if not ready():
+            logger.info(
+                "compiling scglmm's numba kernels: the first fit after installing takes one to two minutes; "
+                "they are cached on disk for later runs"
+            )
+
+    if ready():  # compiled or loaded in this process already
+        yield
+        return
+    timer = threading.Timer(COMPILE_NOTICE_AFTER, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _block_bounds(n_genes: int, block_size: int, n_workers: int = 1) -> list[tuple[int, int]]:
+    """Blocks of consecutive genes, at most ``block_size`` each. With several workers the blocks
+    shrink towards the end of the run (each at most an eighth of the remaining genes per worker,
+    but at least ``MIN_BLOCK``), so that the workers finish at about the same time."""
+    if n_workers <= 1:
+        return [(a, min(a + block_size, n_genes)) for a in range(0, n_genes, block_size)]
+    bounds, a = [], 0
+    while a < n_genes:
+        size = min(block_size, max(MIN_BLOCK, -(-(n_genes - a) // (8 * n_workers))))
+        bounds.append((a, min(a + size, n_genes)))
+        a += size
+    return bounds
+
+
+def fit_blocks(
+    get_block: Callable[[int, int], sparse.csc_matrix | CSCBlock],
+    design: Design,
+    n_genes: int,
+    *,
+    n_jobs: int,
+    n_workers: int,
+    block_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[BlockOut, NDArray[np.int64]]:
+    """Fit genes ``0 .. n_genes - 1`` block by block.
+
+    Parameters
+    ----------
+    get_block
+        Genes ``a:b`` as a CSC block (see :func:`scglmm._core._counts.block_getter`).
+    design
+        The prepared model.
+    n_genes
+        Number of genes.
+    n_jobs
+        As in :func:`scglmm.fit_genes`: 1 fits in this thread.
+    n_workers
+        Workers of the backend (``joblib.effective_n_jobs(n_jobs)``, asked once by the caller).
+    block_size
+        Largest number of genes per block.
+    progress
+        Called with the number of genes finished after every block.
+
+    Returns
+    -------
+    The outputs of all genes and their stored entries per gene.
+    """
+    cells = design.cells
+    out = empty_outputs(n_genes, cells.X.shape[1], cells.starts.shape[0] - 1)
+    nnz = np.zeros(n_genes, dtype=np.int64)
+    bounds = _block_bounds(n_genes, int(block_size), n_workers)
+
+    def store(a: int, b: int, res: tuple[BlockOut, NDArray[np.int64]]) -> None:
+        block_out, block_nnz = res
+        for dest, val in zip(out, block_out, strict=True):
+            dest[a:b] = val
+        nnz[a:b] = block_nnz
+        if progress is not None:
+            progress(b - a)
+
+    with _compile_notice():
+        if n_jobs == 1 or len(bounds) == 1:
+            for a, b in bounds:
+                store(a, b, fit_block(get_block(a, b), design))
+        elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
+            _fit_in_threads(bounds, get_block, design, n_workers, store)
+        else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
+            par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
+            results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
+            for (a, b), res in zip(bounds, results, strict=True):
+                store(a, b, res)
+    return out, nnz
+
+
+def _fit_in_threads(
+    bounds: list[tuple[int, int]],
+    get_block: Callable[[int, int], sparse.csc_matrix | CSCBlock],
+    design: Design,
+    n_threads: int,
+    store: Callable[[int, int, tuple], None],
+) -> None:
+    """Fit the blocks on a pool of threads (the kernels release the GIL), at most two blocks per
+    thread in flight so that the blocks cut from the matrix stay few (CSR panels are then freed as
+    the fit moves on), collecting results as they finish. Used for joblib's default (threading)
+    backend: joblib's own dispatch costs about 20 ms per call, as much as fitting 20 genes."""
+    pending: dict = {}
+    todo = iter(bounds)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+
+        def submit_next() -> None:
+            ab = next(todo, None)
+            if ab is not None:
+                pending[pool.submit(fit_block, get_block(*ab), design)] = ab
+
+        for _ in range(2 * n_threads):
+            submit_next()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                a, b = pending.pop(fut)
+                store(a, b, fut.result())
+                submit_next()

@@ -1,0 +1,40 @@
+"""Numba kernels for the negative binomial GLMM with one scalar random effect per donor block.
+
+Everything here works on plain arrays and the small named tuples of :mod:`._bundles`. Cells are
+sorted so that each donor is a contiguous block ``starts[i]:starts[i + 1]``; the random-effect
+vector of a block has length one (a random intercept), and all per-block work is done in
+functions that take the block bounds, so that blocks with a longer random-effect vector can later
+reuse the same outer optimiser.
+
+Notation (see ``docs/model.md``): for one gene, cell ``j`` in donor ``i``,
+
+    eta_ij = x_ij' beta + o_ij + b_i,   mu = exp(eta),   theta = exp(t),   sigma^2 = exp(s)
+
+The NB log-density is split as
+
+    log NB(y; mu, theta) = C(y, theta) - lgamma(y + 1) + q(eta, t, y)
+    C(y, theta)          = sum_{k < y} log1p(k / theta)          (no dependence on eta)
+    q(eta, t, y)         = y * eta - (y + theta) * log1p(mu / theta)
+
+which is exact and stays accurate as ``theta -> inf`` (the Poisson limit). ``C`` summed over cells
+only needs ``cnt_gt[k]`` = number of cells with ``y > k``: a table of the gene's distinct counts.
+
+The outer parameter vector is ``phi = (beta_1..beta_p, s, t)``. The Laplace approximation of the
+marginal log-likelihood and its exact gradient and Hessian in ``phi`` (including the implicit
+dependence of the conditional modes ``b_i^`` on ``phi``) are assembled per donor from sums of
+per-cell derivatives of ``q`` up to fourth order in ``eta``.
+
+Modules, each importing only the ones above it:
+
+* ``_jit``: compilation options; ``_bundles``: the named tuples passed between the kernels;
+* ``_cell``: per-cell pieces and the count table; ``_vector``: vectorised exp / log1p and chunk sums;
+* ``_linalg``: Cholesky and solves for the tiny dense systems;
+* ``_laplace``: the general Laplace / AGQ value, conditional modes, gradient and Hessian;
+* ``_few_rows``: the fast path for designs with few distinct rows (sums by power series);
+* ``_start``: starting values; ``_optimise``: evaluation, Newton maximiser, one gene;
+* ``_block``: a block of genes from CSC arrays;
+* ``_sparse``: CSR -> CSC panels; ``_order``: the order of the cells.
+
+Numba caches each function on disk next to its module and does not notice when a function it
+calls from another module changes: after editing a kernel module, clear ``__pycache__`` here.
+"""

@@ -1,0 +1,92 @@
+"""The named tuples passed to and between the kernels (numba types them like tuples, fields by name).
+
+A model's cells, its quadrature and its few-rows data are prepared once per fit (see
+``scglmm._core._design``); :class:`Gene` and :class:`DesignColumns` are built inside the kernels
+for each gene and each block of genes.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+Cells = namedtuple("Cells", ["pos", "X", "off", "starts"])
+Cells.__doc__ = """The cells of a model in donor-sorted order.
+
+pos : (n,) int64
+    Sorted position of each input row (cell).
+X : (n, p) float64
+    Fixed-effect design, sorted.
+off : (n,) float64
+    Log offsets, sorted.
+starts : (m + 1,) int64
+    Bounds of the cells of each level of the random-effect term (donor ``i`` owns
+    ``starts[i]:starts[i + 1]``). One term for now: the donor random intercept.
+"""
+
+Quadrature = namedtuple("Quadrature", ["nodes", "logw"])
+Quadrature.__doc__ = (
+    """Adaptive Gauss-Hermite rule: nodes z_k and log(w_k) + z_k^2 (one node: the Laplace approximation)."""
+)
+
+FewRows = namedtuple("FewRows", ["on", "Xb", "Lw", "o_ref", "PA", "Lc", "bstarts", "dblk"])
+FewRows.__doc__ = """Precomputed data of the fast path for designs with few distinct rows.
+
+on : bool
+    Whether the fast path applies (otherwise the arrays are placeholders of the right types).
+Xb : (nb, p) float64
+    Design row of each block (cells of one donor sharing a design row and a narrow range of offsets).
+Lw : (n,) float64
+    ``exp(off - o_ref)`` per sorted cell.
+o_ref : float
+    Reference offset (the largest).
+PA : (nb, FEW_ROWS_KMAX + 1) float64
+    Centred power sums ``sum_j (Lw_j / Lc_k - 1)^k`` of each block.
+Lc : (nb,) float64
+    Centre of each block's range of ``Lw``.
+bstarts : (nb + 1,) int64
+    Block bounds in the sorted cells.
+dblk : (m + 1,) int64
+    Donor ``i`` owns blocks ``dblk[i]:dblk[i + 1]``.
+"""
+
+Gene = namedtuple("Gene", ["nz_pos", "nz_y", "nz_starts", "PZ"])
+Gene.__doc__ = """One gene's counts as lists of its non-zero cells.
+
+nz_pos : (nnz,) int64
+    Sorted positions of the cells with a non-zero count, listed block by block (donor by donor when
+    the fast path is off), in increasing position within a block.
+nz_y : (nnz,) float64
+    Their counts.
+nz_starts : (blocks + 1,) int64
+    Bounds of each block's entries in ``nz_pos`` / ``nz_y``.
+PZ : (nb, FEW_ROWS_KMAX + 3) float64
+    Fast path only: y-weighted centred power sums per block, then its total count and sum of y * offset.
+"""
+
+DesignColumns = namedtuple("DesignColumns", ["cell_level", "two_valued", "first_value"])
+DesignColumns.__doc__ = """Facts about the design's columns used by every gene.
+
+cell_level : int
+    The only column varying within some donor, -1 if none does, -2 if several do.
+two_valued : (p,) bool
+    Whether each column takes exactly two values (checked for separation).
+first_value : (p,) float64
+    The first value of each column.
+"""
+
+BlockOut = namedtuple("BlockOut", ["phi", "modes", "cov", "loglik", "n_iter", "status", "grad_max"])
+BlockOut.__doc__ = """Outputs of a block of G genes, row g for gene g (written by the kernels).
+
+phi : (G, p + 2) float64
+    beta, log sigma^2, log theta.
+modes : (G, m) float64
+    Conditional modes of the donor effects.
+cov : (G, p + 2, p + 2) float64
+    Inverse negative Hessian over the free parameters (NaN elsewhere).
+loglik : (G,) float64
+n_iter : (G,) int64
+status : (G,) int64
+    Status bits (``scglmm._core._status``).
+grad_max : (G,) float64
+    Largest absolute gradient entry over the free parameters.
+"""

@@ -1,0 +1,67 @@
+"""Sparse input: columns of a CSR matrix as CSC arrays (in memory and chunk by chunk from disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._jit import JIT as _JIT
+
+
+@njit(**_JIT)
+def csr_column_counts(indptr, indices, n_cols, r0, r1):
+    """Number of stored entries per column in rows ``r0:r1`` of a CSR matrix."""
+    out = np.zeros(n_cols, dtype=np.int64)
+    for k in range(indptr[r0], indptr[r1]):
+        out[indices[k]] += 1
+    return out
+
+
+@njit(**_JIT)
+def csr_row_cursors(indptr, indices, a):
+    """Per row of a canonical CSR matrix, the position of its first entry in column >= ``a``."""
+    n = indptr.shape[0] - 1
+    cur = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        lo = indptr[r]
+        hi = indptr[r + 1]
+        while lo < hi:  # binary search: the row's column indices are sorted
+            mid = (lo + hi) // 2
+            if indices[mid] < a:
+                lo = mid + 1
+            else:
+                hi = mid
+        cur[r] = lo
+    return cur
+
+
+@njit(**_JIT)
+def csr_columns_to_csc(indptr, indices, data, a, e, r0, r1, cursor, dest, out_data, out_rows, row0=0):
+    """Scatter the entries of rows ``r0:r1`` in columns ``a:e`` of a canonical CSR matrix into
+    CSC arrays ``out_data`` / ``out_rows`` of those columns; ``dest`` (e - a) holds each column's
+    next free position and is advanced here, and ``cursor`` each row's first entry in column >= ``a``
+    (:func:`csr_row_cursors`), advanced here to column ``e``: consecutive panels then read every
+    entry once in all. Rows are visited in order, so each column's rows come sorted; disjoint row
+    ranges with their own ``dest`` can be scattered by concurrent threads. Row ``r`` is stored as
+    ``row0 + r`` (``row0``: the first row of a chunk of rows read from a file)."""
+    for r in range(r0, r1):
+        k = cursor[r]
+        end = indptr[r + 1]
+        while k < end and indices[k] < e:
+            c = indices[k] - a
+            d = dest[c]
+            out_rows[d] = row0 + r
+            out_data[d] = data[k]
+            dest[c] = d + 1
+            k += 1
+        cursor[r] = k
+
+
+@njit(**_JIT)
+def csr_rows_sorted(indptr, indices):
+    """Whether the column indices of every row of a CSR matrix are in non-decreasing order."""
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r] + 1, indptr[r + 1]):
+            if indices[k] < indices[k - 1]:
+                return False
+    return True
