@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from ._core._counts import as_backed_counts
+from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from ._layout import OffsetSource
 
 if TYPE_CHECKING:
