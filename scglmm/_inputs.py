@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import sparse
 
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
+from ._core._inference import CALIBRATIONS
 from ._core._io import as_backed_counts
 from ._layout import OffsetSource
 
@@ -21,7 +22,21 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import ArrayLike
 
-__all__ = ["counts", "gene_counts", "log_offset", "min_count"]
+__all__ = [
+    "block_size",
+    "calibration",
+    "counts",
+    "donor_labels",
+    "gene_counts",
+    "groupby_labels",
+    "key_added",
+    "log_offset",
+    "min_count",
+    "n_agq",
+    "n_jobs",
+    "not_empty",
+    "test_method",
+]
 
 
 def counts(adata: AnnData, layer: str | None) -> tuple[object, str]:
@@ -152,3 +167,121 @@ def gene_counts(Y, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         per = np.asarray(D @ B.astype(np.float64))
         ndon = (per > 0).sum(axis=0).astype(np.int64)
     return ncell, ndon
+
+
+# ------------------------------------------------------------------------------------------------
+# settings of tl.fit and tl.test
+# ------------------------------------------------------------------------------------------------
+def key_added(value: object) -> str:
+    """The key under which a fit is stored: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        msg = f"key_added must be a non-empty string; got {value!r}."
+        raise InvalidValueError(msg, param="key_added")
+    return value
+
+
+def calibration(value: object, *, or_none: bool = False) -> str | None:
+    """A calibration of :data:`~scglmm._core._inference.CALIBRATIONS`; with ``or_none`` (for
+    :func:`scglmm.tl.test`) also ``None``, meaning the fit's."""
+    if or_none and value is None:
+        return None
+    if value not in CALIBRATIONS:
+        alt = " or None (the fit's)" if or_none else ""
+        msg = f"calibration must be one of {CALIBRATIONS}{alt}; got {value!r}."
+        raise InvalidValueError(msg, param="calibration")
+    return str(value)
+
+
+def n_agq(value: object) -> int:
+    """Gauss-Hermite nodes: 1 (Laplace) or more."""
+    if not isinstance(value, int | np.integer) or value < 1:
+        msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {value!r}."
+        raise InvalidValueError(msg, param="n_agq")
+    return int(value)
+
+
+def n_jobs(value: object) -> int:
+    """Worker threads: a non-zero integer (-1 = all cores); ``None`` takes ``scanpy.settings.n_jobs``."""
+    if value is None:
+        import scanpy as sc
+
+        value = int(sc.settings.n_jobs) if sc.settings.n_jobs else 1
+    if not isinstance(value, int | np.integer) or value == 0:
+        msg = f"n_jobs must be a non-zero integer (-1 = all cores) or None; got {value!r}."
+        raise InvalidValueError(msg, param="n_jobs")
+    return int(value)
+
+
+def block_size(value: object) -> int:
+    """Genes per compiled call: a positive integer."""
+    if not isinstance(value, int | np.integer) or value < 1:
+        msg = f"block_size must be a positive integer; got {value!r}."
+        raise InvalidValueError(msg, param="block_size")
+    return int(value)
+
+
+def test_method(method: object, reduced_formula: str | None) -> str:
+    """``"wald"`` or ``"lrt"``; only an LRT takes a reduced formula."""
+    if method not in ("wald", "lrt"):
+        msg = f"method must be 'wald' or 'lrt'; got {method!r}."
+        raise InvalidValueError(msg, param="method")
+    if method == "wald" and reduced_formula is not None:
+        msg = "reduced_formula is only used with method='lrt'."
+        raise InvalidValueError(msg, param="reduced_formula")
+    return str(method)
+
+
+# ------------------------------------------------------------------------------------------------
+# the cells: something to fit, donors, groups
+# ------------------------------------------------------------------------------------------------
+def not_empty(adata: AnnData) -> None:
+    """Refuse an AnnData without cells or genes."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"adata has {adata.n_obs} cells x {adata.n_vars} genes; nothing to fit (was it subset to empty?)."
+        raise InvalidValueError(msg, param="adata")
+
+
+def donor_labels(adata: AnnData, donor: str) -> pd.Series:
+    """The donor column of ``(1 | donor)``: present, a non-empty label for every cell, two donors
+    at least."""
+    if donor not in adata.obs.columns:
+        msg = (
+            f"donor column {donor!r} of '(1 | {donor})' is not in adata.obs; "
+            f"available columns: {list(adata.obs.columns)}."
+        )
+        raise MissingKeyError(msg, param="formula")
+    labels = adata.obs[donor]
+    if labels.isna().any():
+        msg = f"donor column {donor!r} has {int(labels.isna().sum())} missing value(s); every cell needs a donor."
+        raise InvalidValueError(msg, param="adata")
+    empty = labels.astype(str).str.strip() == ""
+    if empty.any():
+        msg = (
+            f"donor column {donor!r} has {int(empty.sum())} empty label(s) "
+            "''; every cell needs a donor name (an empty name cannot be stored in .h5ad either)."
+        )
+        raise InvalidValueError(msg, param="adata")
+    n_donors = int(pd.Series(labels).nunique())
+    if n_donors < 2:
+        msg = (
+            f"donor column {donor!r} has {n_donors} distinct value(s) {[str(d) for d in pd.unique(labels)]}; "
+            "a donor variance needs at least 2 donors. Check that the formula's '(1 | ...)' names the donor column "
+            "and that the cells were not subset to one donor."
+        )
+        raise InvalidValueError(msg, param="formula")
+    return labels
+
+
+def groupby_labels(adata: AnnData, groupby: str) -> pd.Series:
+    """The ``groupby`` column: present, a label for every cell."""
+    if groupby not in adata.obs.columns:
+        msg = f"groupby column {groupby!r} is not in adata.obs; available columns: {list(adata.obs.columns)}."
+        raise MissingKeyError(msg, param="groupby")
+    labels = adata.obs[groupby]
+    if labels.isna().any():
+        msg = (
+            f"groupby column {groupby!r} has {int(labels.isna().sum())} missing value(s); "
+            "label every cell or subset the cells first."
+        )
+        raise InvalidValueError(msg, param="groupby")
+    return labels
