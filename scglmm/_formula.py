@@ -32,7 +32,7 @@ class ParsedFormula:
 def parse_formula(formula: str) -> ParsedFormula:
     """Split ``"~ condition + x + (1 | donor)"`` into ``"~ condition + x"`` and ``"donor"``.
 
-    Raises ValueError with a suggestion when the formula is not of the supported form.
+    Raises InvalidValueError with a suggestion when the formula is not of the supported form.
     """
     if not isinstance(formula, str):
         msg = f"formula must be a string such as '~ condition + (1 | donor)'; got {type(formula).__name__}."
@@ -59,6 +59,20 @@ def parse_formula(formula: str) -> ParsedFormula:
             "use a single random intercept '(1 | donor)'."
         )
         raise InvalidValueError(msg, param="formula")
+    donor = _donor_term(formula, f)
+    rest = _BAR_TERM.sub("", f[1:])
+    rest = re.sub(r"\+\s*\+", "+", rest)
+    rest = rest.strip().strip("+").strip()
+    rest = re.sub(r"\+\s*$", "", rest).strip()
+    if "|" in rest:
+        msg = f"formula {formula!r}: a '|' outside a '( ... | group)' term is not valid."
+        raise InvalidValueError(msg, param="formula")
+    fixed = "~ " + (rest if rest else "1")
+    return ParsedFormula(formula=formula, fixed=fixed, donor=donor)
+
+
+def _donor_term(formula: str, f: str) -> str:
+    """The donor column of the one random-intercept term ``(1 | donor)`` of ``f``."""
     terms = _BAR_TERM.findall(f)
     if not terms:
         msg = (
@@ -72,34 +86,26 @@ def parse_formula(formula: str) -> ParsedFormula:
             "random intercept, '(1 | donor)'."
         )
         raise InvalidValueError(msg, param="formula")
-    lhs, grp = (s.strip() for s in terms[0])
+    lhs, donor = (s.strip() for s in terms[0])
     if lhs.replace(" ", "") in ("", "0", "-1", "0+1"):
         msg = (
-            f"random-effect term '({lhs} | {grp})' has no intercept before the '|'; "
-            f"write the donor random intercept as '(1 | {grp or 'donor'})'."
+            f"random-effect term '({lhs} | {donor})' has no intercept before the '|'; "
+            f"write the donor random intercept as '(1 | {donor or 'donor'})'."
         )
         raise InvalidValueError(msg, param="formula")
     if lhs.replace(" ", "") not in ("1",):
         msg = (
-            f"random-effect term '({lhs} | {grp})' is not supported: only a random intercept "
-            f"'(1 | {grp})' is. Random slopes are planned; for now add '{lhs}' as a fixed effect."
+            f"random-effect term '({lhs} | {donor})' is not supported: only a random intercept "
+            f"'(1 | {donor})' is. Random slopes are planned; for now add '{lhs}' as a fixed effect."
         )
         raise InvalidValueError(msg, param="formula")
-    if not _NAME.match(grp):
+    if not _NAME.match(donor):
         msg = (
-            f"grouping factor {grp!r} in '(1 | {grp})' is not supported: use a single obs column. "
+            f"grouping factor {donor!r} in '(1 | {donor})' is not supported: use a single obs column. "
             "For nested designs make one column of the combined labels, e.g. obs['sample']."
         )
         raise InvalidValueError(msg, param="formula")
-    rest = _BAR_TERM.sub("", f[1:])
-    rest = re.sub(r"\+\s*\+", "+", rest)
-    rest = rest.strip().strip("+").strip()
-    rest = re.sub(r"\+\s*$", "", rest).strip()
-    if "|" in rest:
-        msg = f"formula {formula!r}: a '|' outside a '( ... | group)' term is not valid."
-        raise InvalidValueError(msg, param="formula")
-    fixed = "~ " + (rest if rest else "1")
-    return ParsedFormula(formula=formula, fixed=fixed, donor=grp)
+    return donor
 
 
 @dataclass(frozen=True)

@@ -72,36 +72,13 @@ def log_offset(
     """The per-cell log offset of a fit and its source: ``offset`` (log scale) or
     ``size_factors`` (a scale, logged), each an ``obs`` column or an array, or by default the log
     of each cell's total count over all genes of ``Y``."""
-    n = adata.n_obs
     if size_factors is not None and offset is not None:
         msg = "pass either size_factors (a scale, logged internally) or offset (already on the log scale), not both."
         raise InvalidValueError(msg, param="size_factors")
     if offset is not None:
-        if isinstance(offset, str):
-            if offset not in adata.obs.columns:
-                msg = f"offset column {offset!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-                raise MissingKeyError(msg, param="offset")
-            if not pd.api.types.is_numeric_dtype(adata.obs[offset]) or pd.api.types.is_bool_dtype(adata.obs[offset]):
-                msg = f"offset column {offset!r} must be numeric (log scale); it has dtype {adata.obs[offset].dtype}."
-                raise InvalidTypeError(msg, param="offset")
-            off = adata.obs[offset].to_numpy(dtype=float)
-            src = OffsetSource("log_offset", offset)
-        else:
-            off = np.asarray(offset, dtype=float).ravel()
-            src = OffsetSource("log_offset")
-        if off.shape != (n,):
-            msg = f"offset must have one value per cell ({n}); got shape {off.shape}."
-            raise InvalidValueError(msg, param="offset")
-        if not np.all(np.isfinite(off)):
-            msg = (
-                f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
-                "size factor gives -inf); fix them or remove those cells."
-            )
-            raise InvalidValueError(msg, param="offset")
-        return off, src
+        return _given_offset(adata, offset)
     if size_factors is None:
         sf = np.asarray(Y.sum(axis=1), dtype=float).ravel()
-        src = OffsetSource("total_counts")
         if np.any(sf <= 0):
             bad = adata.obs_names[sf <= 0][:5].tolist()
             msg = (
@@ -110,24 +87,58 @@ def log_offset(
                 "or pass size_factors=."
             )
             raise InvalidValueError(msg, param="size_factors")
-        return np.log(sf), src
+        return np.log(sf), OffsetSource("total_counts")
+    return _given_size_factors(adata, size_factors)
+
+
+#: Message for an ``obs`` column of the wrong dtype, by parameter.
+_NOT_NUMERIC = {
+    "offset": "offset column {column!r} must be numeric (log scale); it has dtype {dtype}.",
+    "size_factors": "size_factors column {column!r} must be numeric (positive scale factors), not {dtype}.",
+}
+
+
+def _numeric_column(adata: AnnData, param: str, column: str) -> np.ndarray:
+    """``obs[column]``, named by ``param`` (``"offset"`` or ``"size_factors"``): present and numeric."""
+    if column not in adata.obs.columns:
+        msg = f"{param} column {column!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
+        raise MissingKeyError(msg, param=param)
+    col = adata.obs[column]
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise InvalidTypeError(_NOT_NUMERIC[param].format(column=column, dtype=col.dtype), param=param)
+    return col.to_numpy(dtype=float)
+
+
+def _given_offset(adata: AnnData, offset: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
+    """A log offset passed by the user: an ``obs`` column or an array, finite, one per cell."""
+    if isinstance(offset, str):
+        off = _numeric_column(adata, "offset", offset)
+        src = OffsetSource("log_offset", offset)
+    else:
+        off = np.asarray(offset, dtype=float).ravel()
+        src = OffsetSource("log_offset")
+    if off.shape != (adata.n_obs,):
+        msg = f"offset must have one value per cell ({adata.n_obs}); got shape {off.shape}."
+        raise InvalidValueError(msg, param="offset")
+    if not np.all(np.isfinite(off)):
+        msg = (
+            f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
+            "size factor gives -inf); fix them or remove those cells."
+        )
+        raise InvalidValueError(msg, param="offset")
+    return off, src
+
+
+def _given_size_factors(adata: AnnData, size_factors: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
+    """Size factors passed by the user (an ``obs`` column or an array, positive, one per cell), logged."""
     if isinstance(size_factors, str):
-        if size_factors not in adata.obs.columns:
-            msg = (
-                f"size_factors column {size_factors!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-            )
-            raise MissingKeyError(msg, param="size_factors")
-        col = adata.obs[size_factors]
-        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            msg = f"size_factors column {size_factors!r} must be numeric (positive scale factors), not {col.dtype}."
-            raise InvalidTypeError(msg, param="size_factors")
-        sf = col.to_numpy(dtype=float)
+        sf = _numeric_column(adata, "size_factors", size_factors)
         src = OffsetSource("size_factors", size_factors)
     else:
         sf = np.asarray(size_factors, dtype=float).ravel()
         src = OffsetSource("size_factors")
-    if sf.shape != (n,):
-        msg = f"size_factors must have one value per cell ({n}); got shape {sf.shape}."
+    if sf.shape != (adata.n_obs,):
+        msg = f"size_factors must have one value per cell ({adata.n_obs}); got shape {sf.shape}."
         raise InvalidValueError(msg, param="size_factors")
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
         kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
