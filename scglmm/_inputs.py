@@ -15,13 +15,28 @@ from scipy import sparse
 
 from ._core._counts import as_backed_counts
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
+from ._core._inference import CALIBRATIONS
 from ._layout import OffsetSource
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import ArrayLike
 
-__all__ = ["counts", "gene_counts", "log_offset", "min_count"]
+__all__ = [
+    "block_size",
+    "calibration",
+    "counts",
+    "donor_labels",
+    "gene_counts",
+    "groupby_labels",
+    "key_added",
+    "log_offset",
+    "min_count",
+    "n_agq",
+    "n_jobs",
+    "not_empty",
+    "test_method",
+]
 
 
 def counts(adata: AnnData, layer: str | None) -> tuple[object, str]:
@@ -57,36 +72,13 @@ def log_offset(
     """The per-cell log offset of a fit and its source: ``offset`` (log scale) or
     ``size_factors`` (a scale, logged), each an ``obs`` column or an array, or by default the log
     of each cell's total count over all genes of ``Y``."""
-    n = adata.n_obs
     if size_factors is not None and offset is not None:
         msg = "pass either size_factors (a scale, logged internally) or offset (already on the log scale), not both."
         raise InvalidValueError(msg, param="size_factors")
     if offset is not None:
-        if isinstance(offset, str):
-            if offset not in adata.obs.columns:
-                msg = f"offset column {offset!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-                raise MissingKeyError(msg, param="offset")
-            if not pd.api.types.is_numeric_dtype(adata.obs[offset]) or pd.api.types.is_bool_dtype(adata.obs[offset]):
-                msg = f"offset column {offset!r} must be numeric (log scale); it has dtype {adata.obs[offset].dtype}."
-                raise InvalidTypeError(msg, param="offset")
-            off = adata.obs[offset].to_numpy(dtype=float)
-            src = OffsetSource("log_offset", offset)
-        else:
-            off = np.asarray(offset, dtype=float).ravel()
-            src = OffsetSource("log_offset")
-        if off.shape != (n,):
-            msg = f"offset must have one value per cell ({n}); got shape {off.shape}."
-            raise InvalidValueError(msg, param="offset")
-        if not np.all(np.isfinite(off)):
-            msg = (
-                f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
-                "size factor gives -inf); fix them or remove those cells."
-            )
-            raise InvalidValueError(msg, param="offset")
-        return off, src
+        return _given_offset(adata, offset)
     if size_factors is None:
         sf = np.asarray(Y.sum(axis=1), dtype=float).ravel()
-        src = OffsetSource("total_counts")
         if np.any(sf <= 0):
             bad = adata.obs_names[sf <= 0][:5].tolist()
             msg = (
@@ -95,24 +87,58 @@ def log_offset(
                 "or pass size_factors=."
             )
             raise InvalidValueError(msg, param="size_factors")
-        return np.log(sf), src
+        return np.log(sf), OffsetSource("total_counts")
+    return _given_size_factors(adata, size_factors)
+
+
+#: Message for an ``obs`` column of the wrong dtype, by parameter.
+_NOT_NUMERIC = {
+    "offset": "offset column {column!r} must be numeric (log scale); it has dtype {dtype}.",
+    "size_factors": "size_factors column {column!r} must be numeric (positive scale factors), not {dtype}.",
+}
+
+
+def _numeric_column(adata: AnnData, param: str, column: str) -> np.ndarray:
+    """``obs[column]``, named by ``param`` (``"offset"`` or ``"size_factors"``): present and numeric."""
+    if column not in adata.obs.columns:
+        msg = f"{param} column {column!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
+        raise MissingKeyError(msg, param=param)
+    col = adata.obs[column]
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise InvalidTypeError(_NOT_NUMERIC[param].format(column=column, dtype=col.dtype), param=param)
+    return col.to_numpy(dtype=float)
+
+
+def _given_offset(adata: AnnData, offset: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
+    """A log offset passed by the user: an ``obs`` column or an array, finite, one per cell."""
+    if isinstance(offset, str):
+        off = _numeric_column(adata, "offset", offset)
+        src = OffsetSource("log_offset", offset)
+    else:
+        off = np.asarray(offset, dtype=float).ravel()
+        src = OffsetSource("log_offset")
+    if off.shape != (adata.n_obs,):
+        msg = f"offset must have one value per cell ({adata.n_obs}); got shape {off.shape}."
+        raise InvalidValueError(msg, param="offset")
+    if not np.all(np.isfinite(off)):
+        msg = (
+            f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
+            "size factor gives -inf); fix them or remove those cells."
+        )
+        raise InvalidValueError(msg, param="offset")
+    return off, src
+
+
+def _given_size_factors(adata: AnnData, size_factors: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
+    """Size factors passed by the user (an ``obs`` column or an array, positive, one per cell), logged."""
     if isinstance(size_factors, str):
-        if size_factors not in adata.obs.columns:
-            msg = (
-                f"size_factors column {size_factors!r} not in adata.obs; available columns: {list(adata.obs.columns)}."
-            )
-            raise MissingKeyError(msg, param="size_factors")
-        col = adata.obs[size_factors]
-        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-            msg = f"size_factors column {size_factors!r} must be numeric (positive scale factors), not {col.dtype}."
-            raise InvalidTypeError(msg, param="size_factors")
-        sf = col.to_numpy(dtype=float)
+        sf = _numeric_column(adata, "size_factors", size_factors)
         src = OffsetSource("size_factors", size_factors)
     else:
         sf = np.asarray(size_factors, dtype=float).ravel()
         src = OffsetSource("size_factors")
-    if sf.shape != (n,):
-        msg = f"size_factors must have one value per cell ({n}); got shape {sf.shape}."
+    if sf.shape != (adata.n_obs,):
+        msg = f"size_factors must have one value per cell ({adata.n_obs}); got shape {sf.shape}."
         raise InvalidValueError(msg, param="size_factors")
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
         kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
@@ -152,3 +178,121 @@ def gene_counts(Y, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         per = np.asarray(D @ B.astype(np.float64))
         ndon = (per > 0).sum(axis=0).astype(np.int64)
     return ncell, ndon
+
+
+# ------------------------------------------------------------------------------------------------
+# settings of tl.fit and tl.test
+# ------------------------------------------------------------------------------------------------
+def key_added(value: object) -> str:
+    """The key under which a fit is stored: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        msg = f"key_added must be a non-empty string; got {value!r}."
+        raise InvalidValueError(msg, param="key_added")
+    return value
+
+
+def calibration(value: object, *, or_none: bool = False) -> str | None:
+    """A calibration of :data:`~scglmm._core._inference.CALIBRATIONS`; with ``or_none`` (for
+    :func:`scglmm.tl.test`) also ``None``, meaning the fit's."""
+    if or_none and value is None:
+        return None
+    if value not in CALIBRATIONS:
+        alt = " or None (the fit's)" if or_none else ""
+        msg = f"calibration must be one of {CALIBRATIONS}{alt}; got {value!r}."
+        raise InvalidValueError(msg, param="calibration")
+    return str(value)
+
+
+def n_agq(value: object) -> int:
+    """Gauss-Hermite nodes: 1 (Laplace) or more."""
+    if not isinstance(value, int | np.integer) or value < 1:
+        msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {value!r}."
+        raise InvalidValueError(msg, param="n_agq")
+    return int(value)
+
+
+def n_jobs(value: object) -> int:
+    """Worker threads: a non-zero integer (-1 = all cores); ``None`` takes ``scanpy.settings.n_jobs``."""
+    if value is None:
+        import scanpy as sc
+
+        value = int(sc.settings.n_jobs) if sc.settings.n_jobs else 1
+    if not isinstance(value, int | np.integer) or value == 0:
+        msg = f"n_jobs must be a non-zero integer (-1 = all cores) or None; got {value!r}."
+        raise InvalidValueError(msg, param="n_jobs")
+    return int(value)
+
+
+def block_size(value: object) -> int:
+    """Genes per compiled call: a positive integer."""
+    if not isinstance(value, int | np.integer) or value < 1:
+        msg = f"block_size must be a positive integer; got {value!r}."
+        raise InvalidValueError(msg, param="block_size")
+    return int(value)
+
+
+def test_method(method: object, reduced_formula: str | None) -> str:
+    """``"wald"`` or ``"lrt"``; only an LRT takes a reduced formula."""
+    if method not in ("wald", "lrt"):
+        msg = f"method must be 'wald' or 'lrt'; got {method!r}."
+        raise InvalidValueError(msg, param="method")
+    if method == "wald" and reduced_formula is not None:
+        msg = "reduced_formula is only used with method='lrt'."
+        raise InvalidValueError(msg, param="reduced_formula")
+    return str(method)
+
+
+# ------------------------------------------------------------------------------------------------
+# the cells: something to fit, donors, groups
+# ------------------------------------------------------------------------------------------------
+def not_empty(adata: AnnData) -> None:
+    """Refuse an AnnData without cells or genes."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"adata has {adata.n_obs} cells x {adata.n_vars} genes; nothing to fit (was it subset to empty?)."
+        raise InvalidValueError(msg, param="adata")
+
+
+def donor_labels(adata: AnnData, donor: str) -> pd.Series:
+    """The donor column of ``(1 | donor)``: present, a non-empty label for every cell, two donors
+    at least."""
+    if donor not in adata.obs.columns:
+        msg = (
+            f"donor column {donor!r} of '(1 | {donor})' is not in adata.obs; "
+            f"available columns: {list(adata.obs.columns)}."
+        )
+        raise MissingKeyError(msg, param="formula")
+    labels = adata.obs[donor]
+    if labels.isna().any():
+        msg = f"donor column {donor!r} has {int(labels.isna().sum())} missing value(s); every cell needs a donor."
+        raise InvalidValueError(msg, param="adata")
+    empty = labels.astype(str).str.strip() == ""
+    if empty.any():
+        msg = (
+            f"donor column {donor!r} has {int(empty.sum())} empty label(s) "
+            "''; every cell needs a donor name (an empty name cannot be stored in .h5ad either)."
+        )
+        raise InvalidValueError(msg, param="adata")
+    n_donors = int(pd.Series(labels).nunique())
+    if n_donors < 2:
+        msg = (
+            f"donor column {donor!r} has {n_donors} distinct value(s) {[str(d) for d in pd.unique(labels)]}; "
+            "a donor variance needs at least 2 donors. Check that the formula's '(1 | ...)' names the donor column "
+            "and that the cells were not subset to one donor."
+        )
+        raise InvalidValueError(msg, param="formula")
+    return labels
+
+
+def groupby_labels(adata: AnnData, groupby: str) -> pd.Series:
+    """The ``groupby`` column: present, a label for every cell."""
+    if groupby not in adata.obs.columns:
+        msg = f"groupby column {groupby!r} is not in adata.obs; available columns: {list(adata.obs.columns)}."
+        raise MissingKeyError(msg, param="groupby")
+    labels = adata.obs[groupby]
+    if labels.isna().any():
+        msg = (
+            f"groupby column {groupby!r} has {int(labels.isna().sum())} missing value(s); "
+            "label every cell or subset the cells first."
+        )
+        raise InvalidValueError(msg, param="groupby")
+    return labels

@@ -671,13 +671,13 @@ def _check_coefs(adata: AnnData, formula: str, coefs: tuple[str, ...]) -> None:
     so this is the one check of the design the program makes; the design and the matching rule
     are the library's.
     """
+    from ._core._inference import resolve_column
     from ._formula import build_design, parse_formula
-    from .get._results import resolve_coef
 
     columns = build_design(parse_formula(formula).fixed, adata.obs).columns
     for c in coefs:
         try:
-            resolve_coef(c, columns)
+            resolve_column(c, columns, asked_as="coef", param="coef")
         except KeyError as err:
             msg = f"--coef: {_one_line(err.args[0])}"  # args[0]: str() of a KeyError would add quotes
             raise CLIError(msg) from None

@@ -7,7 +7,7 @@ import pytest
 from scipy import sparse
 
 import scglmm
-import scglmm.tl._fit as fit_module
+import scglmm.tl._run as fit_module  # the module that calls fit_genes
 from scglmm._core._status import FILTERED
 
 FORMULA = "~ condition + (1 | donor)"

@@ -89,6 +89,32 @@ def test_wald_from_stored_cov_equals_refit_pvalues(calibration):
         np.testing.assert_allclose(res.p_value, expect, rtol=1e-10, equal_nan=True)
 
 
+@pytest.mark.parametrize("calibration", ["satterthwaite", "satterthwaite_floor"])
+def test_satterthwaite_runs_through_fit_and_test(calibration, tmp_path):
+    """Satterthwaite df differ by gene: the fit stores NaN in params['df'] and the df of each gene."""
+    a = _data()
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False, calibration=calibration)
+    params = a.uns["scglmm"]["params"]
+    assert params["calibration"] == calibration
+    assert np.isnan(params["df"]["treatment[T.C]"])  # donor-level: one df per gene
+    assert np.isinf(params["df"]["covariate"])  # within donors: the normal reference
+    gene_df = params["df_per_gene"]["treatment[T.C]"]
+    assert gene_df.shape == (a.n_vars,)
+    name = scglmm.tl.test(a, "treatment[T.C]")
+    res = scglmm.get.results(a, contrast=name)
+    coef = scglmm.get.results(a, "treatment[T.C]")
+    ok = np.isfinite(res.p_value)
+    assert ok.sum() >= 12
+    assert (res.df[ok] >= 6).all()  # from m - r = 6 when the donor variance dominates, up to the normal
+    np.testing.assert_allclose(res.df[ok], gene_df[ok], rtol=1e-12)
+    np.testing.assert_allclose(res.p_value, coef.p_value, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(res.p_value[ok], 2 * stats.t.sf(np.abs(res.stat[ok]), res.df[ok]), rtol=1e-10)
+    assert np.isnan(coef.attrs["df"])
+    a.write_h5ad(tmp_path / "s.h5ad")
+    b = ad.read_h5ad(tmp_path / "s.h5ad")
+    pd.testing.assert_frame_equal(scglmm.get.results(b, "treatment[T.C]"), coef)
+
+
 def test_lrt_equals_twice_loglik_difference(fitted):
     a = fitted.copy()
     name = scglmm.tl.test(a, "treatment", method="lrt")

@@ -318,9 +318,11 @@ def test_pvalue_qq_band_covers_uniform():
     import anndata as ad
 
     adata = ad.AnnData(np.zeros((2, n), dtype=np.float32), var=pd.DataFrame(index=genes))
-    adata.uns["u"] = {"params": {"design_columns": ["Intercept", "x"]}}
+    params = {"design_columns": ["Intercept", "x"], "calibration": "z", "df": {"Intercept": np.inf, "x": np.inf}}
+    adata.uns["u"] = {"params": params}
     adata.varm["u_coef"] = pd.DataFrame({"Intercept": 0.0, "x": z}, index=genes)
     adata.varm["u_se"] = pd.DataFrame({"Intercept": 1.0, "x": np.ones(n)}, index=genes)
+    adata.varm["u_stat"] = pd.DataFrame({"Intercept": 0.0, "x": z}, index=genes)  # what every fit stores
     adata.varm["u_pval"] = pd.DataFrame({"Intercept": 1.0, "x": p}, index=genes)
     adata.varm["u_fit"] = pd.DataFrame({"sigma2": 0.1, "dispersion": 0.1, "status": "ok"}, index=genes)
     ax = scglmm.pl.pvalue_qq(adata, key="u", show=False)

@@ -1,6 +1,6 @@
 """Numerics: pure-array estimators (no AnnData); imports nothing of scglmm outside ``_core``.
 
-Modules, each importing only the ones listed before it (checked by ``tests/test_layout_rules.py``):
+Modules, each importing only the ones listed before it (checked by ``tests/test_dependencies.py``):
 
 * ``_status``: the per-gene status bits and their names (numpy only);
 * ``kernels``: the numba kernels (a package, see its docstring);

@@ -52,10 +52,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import stats
+
+from ._errors import MissingKeyError
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
@@ -71,6 +73,7 @@ __all__ = [
     "wald",
     "wald_pvalues",
     "lrt_pvalues",
+    "resolve_column",
 ]
 
 #: Small-sample calibration options of Wald tests (see the module docstring).
@@ -104,18 +107,49 @@ def bh_adjust(p: ArrayLike) -> NDArray[np.float64]:
 # ------------------------------------------------------------------------------------------------
 # contrasts
 # ------------------------------------------------------------------------------------------------
-def _resolve(name: str, columns: Sequence[str]) -> str:
+#: Messages of :func:`resolve_column` (not a column, several columns), by who asks.
+_UNRESOLVED = {
+    "contrast": (
+        "{name!r} is not a design column; choose from {columns}.",
+        "{name!r} matches several design columns {matches}; name one of them.",
+    ),
+    "coef": (
+        "coefficient {name!r} is not in the design; choose one of {columns}.",
+        "coefficient {name!r} matches several design columns {matches}; choose one of them.",
+    ),
+}
+
+
+def resolve_column(
+    name: str, columns: Sequence[str], *, asked_as: Literal["contrast", "coef"] = "contrast", param: str | None = None
+) -> str:
+    """The design column ``name`` means: itself, or the only column of the variable ``name``.
+
+    Parameters
+    ----------
+    name
+        A design column (``"condition[T.stim]"``) or a variable with one column (``"condition"``).
+    columns
+        The design columns.
+    asked_as
+        Wording of the error: a term of a contrast (``"contrast"``) or a coefficient (``"coef"``).
+    param
+        The parameter that carried ``name``, for the error.
+
+    Raises
+    ------
+    MissingKeyError
+        No column, or several columns, match.
+    """
     name = name.strip()
     if name in columns:
         return name
-    cands = [c for c in columns if c.startswith(f"{name}[")]
-    if len(cands) == 1:
-        return cands[0]
-    if len(cands) > 1:
-        msg = f"{name!r} matches several design columns {cands}; name one of them."
-        raise KeyError(msg)
-    msg = f"{name!r} is not a design column; choose from {list(columns)}."
-    raise KeyError(msg)
+    matches = [c for c in columns if c.startswith(f"{name}[")]
+    if len(matches) == 1:
+        return matches[0]
+    missing, several = _UNRESOLVED[asked_as]
+    msg = (several if matches else missing).format(name=name, columns=list(columns), matches=matches)
+    raise MissingKeyError(msg, param=param)
 
 
 def _level_column(factor: str, level: str, columns: Sequence[str], reference: str | None) -> str | None:
@@ -198,8 +232,8 @@ def contrast_vector(
             msg = "contrast is an empty string; name a design column, e.g. 'condition[T.stim]'."
             raise ValueError(msg)
         try:  # a whole column name may itself contain '-' or '+' (e.g. a level 'IFN-b')
-            vec[cols.index(_resolve(expr, cols))] = 1.0
-            return vec, _resolve(expr, cols)
+            vec[cols.index(resolve_column(expr, cols))] = 1.0
+            return vec, resolve_column(expr, cols)
         except KeyError:
             pass
         terms = _split_terms(expr)
@@ -212,12 +246,12 @@ def contrast_vector(
             if m and not term.replace(".", "").isdigit():
                 weight = float(m.group(1))
                 term = m.group(2).strip()
-            vec[cols.index(_resolve(term, cols))] += sign * weight
+            vec[cols.index(resolve_column(term, cols))] += sign * weight
         name = expr
     elif isinstance(contrast, Mapping):
         for k, w in contrast.items():
-            vec[cols.index(_resolve(str(k), cols))] += float(w)
-        name = " + ".join(f"{float(w):g}*{_resolve(str(k), cols)}" for k, w in contrast.items())
+            vec[cols.index(resolve_column(str(k), cols))] += float(w)
+        name = " + ".join(f"{float(w):g}*{resolve_column(str(k), cols)}" for k, w in contrast.items())
     elif isinstance(contrast, tuple) and len(contrast) == 3 and all(isinstance(s, str) for s in contrast):
         factor, lev_a, lev_b = contrast
         if lev_a == lev_b:
@@ -487,17 +521,13 @@ def _two_sided(stat: NDArray, df: float | NDArray) -> NDArray:
     return out
 
 
-def lrt_pvalues(
-    loglik_full: ArrayLike, loglik_reduced: ArrayLike, df: int, *, bartlett: float | None = None
-) -> tuple[NDArray, NDArray]:
+def lrt_pvalues(loglik_full: ArrayLike, loglik_reduced: ArrayLike, df: int) -> tuple[NDArray, NDArray]:
     """Likelihood-ratio statistic ``2 (l_full - l_reduced)`` and its chi-square(df) p-value.
 
-    ``bartlett`` divides the statistic by a Bartlett-type factor (``E[LR] / df``) first.
     Slightly negative statistics from optimiser noise are set to 0.
     """
     lf = np.asarray(loglik_full, dtype=float)
     lr = np.asarray(loglik_reduced, dtype=float)
     stat = 2.0 * (lf - lr)
     stat = np.where(np.isfinite(stat), np.maximum(stat, 0.0), np.nan)
-    s = stat / bartlett if bartlett else stat
-    return stat, stats.chi2.sf(s, df)
+    return stat, stats.chi2.sf(stat, df)

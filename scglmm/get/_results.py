@@ -8,124 +8,99 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._core._inference import bh_adjust, contrast_vector
+from .._core._errors import InvalidValueError, MissingKeyError
+from .._core._inference import bh_adjust, contrast_vector, resolve_column
+from .._layout import contrast_key, contrast_name, fit_params, run_keys, stored_contrasts, varm_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["results", "bh_adjust", "resolve_coef"]
+__all__ = ["results"]
 
 
-def _params(adata: AnnData, key: str) -> dict:
-    if key not in adata.uns or "params" not in adata.uns[key]:
-        found = [k for k in adata.uns if isinstance(adata.uns[k], Mapping) and "params" in adata.uns[k]]
-        msg = f"no scglmm results under key {key!r}; run scglmm.tl.fit(adata, ...) first (keys with results: {found})."
-        raise KeyError(msg)
-    return adata.uns[key]["params"]
-
-
-def resolve_coef(coef: str, columns: list[str]) -> str:
-    """Match ``coef`` to a design column: exact name, or a unique column of that variable."""
-    if coef in columns:
-        return coef
-    cands = [c for c in columns if c.startswith(f"{coef}[") or c == coef]
-    if len(cands) == 1:
-        return cands[0]
-    msg = f"coefficient {coef!r} is not in the design; choose one of {columns}."
-    if len(cands) > 1:
-        msg = f"coefficient {coef!r} matches several design columns {cands}; choose one of them."
-    raise KeyError(msg)
-
-
-def _coef_table(adata: AnnData, coef: str | None, key: str) -> pd.DataFrame:
-    params = _params(adata, key)
+def _coef_table(adata: AnnData, coef: str | None, sub: str) -> pd.DataFrame:
+    """The results of one design column of one run."""
+    params = fit_params(adata, sub)
     columns = list(params["design_columns"])
     if coef is None:
         non_int = [c for c in columns if c != "Intercept"]
         if len(non_int) != 1:
             msg = f"several coefficients were fitted; choose one with coef=, one of {columns}."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="coef")
         coef = non_int[0]
-    name = resolve_coef(coef, columns)
-    beta = adata.varm[f"{key}_coef"][name].to_numpy(dtype=float)
-    se = adata.varm[f"{key}_se"][name].to_numpy(dtype=float)
-    fitdf = adata.varm[f"{key}_fit"]
-    if f"{key}_stat" in adata.varm:
-        stat = adata.varm[f"{key}_stat"][name].to_numpy(dtype=float)
-    else:  # fits stored before calibrated tests: the Wald z
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stat = beta / se
-    p = adata.varm[f"{key}_pval"][name].to_numpy(dtype=float)
-    df = pd.DataFrame(
+    name = resolve_column(coef, columns, asked_as="coef", param="coef")
+    beta = adata.varm[varm_key(sub, "coef")][name].to_numpy(dtype=float)
+    p = adata.varm[varm_key(sub, "pval")][name].to_numpy(dtype=float)
+    table = _with_fit(
+        adata,
+        sub,
         {
             "log_fc": beta,
             "log2_fc": beta / np.log(2.0),
-            "se": se,
-            "stat": stat,
+            "se": adata.varm[varm_key(sub, "se")][name].to_numpy(dtype=float),
+            "stat": adata.varm[varm_key(sub, "stat")][name].to_numpy(dtype=float),
             "p_value": p,
             "adj_p_value": bh_adjust(p),
-            "sigma2": fitdf["sigma2"].to_numpy(),
-            "dispersion": fitdf["dispersion"].to_numpy(),
-            "status": fitdf["status"].astype(str).to_numpy(),
         },
-        index=adata.var_names.copy(),
     )
-    df.attrs["coef"] = name
-    df.attrs["calibration"] = str(params.get("calibration", "z"))
-    dfs = params.get("df", {})
-    df.attrs["df"] = float(dfs[name]) if name in dfs else float("inf")
-    return df
+    table.attrs["coef"] = name
+    table.attrs["calibration"] = str(params["calibration"])
+    table.attrs["df"] = float(params["df"][name])
+    return table
 
 
-def _contrast_name(adata: AnnData, key: str, contrast) -> str:
-    uns = adata.uns[key]
-    stored = dict(uns.get("contrasts", {})) if isinstance(uns, Mapping) else {}
+def _with_fit(adata: AnnData, sub: str, columns: dict[str, np.ndarray], **after: np.ndarray) -> pd.DataFrame:
+    """``columns``, then the run's ``sigma2``, ``dispersion`` and ``status``, then ``after``."""
+    fit = adata.varm[varm_key(sub, "fit")]
+    columns = {
+        **columns,
+        "sigma2": fit["sigma2"].to_numpy(),
+        "dispersion": fit["dispersion"].to_numpy(),
+        "status": fit["status"].astype(str).to_numpy(),
+        **after,
+    }
+    return pd.DataFrame(columns, index=adata.var_names.copy())
+
+
+def _stored_contrast(adata: AnnData, sub: str, contrast) -> str:
+    """The stored name of a tested contrast: as given, without spaces, or derived as tl.test did."""
+    stored = stored_contrasts(adata, sub)
+
+    def found(name: str) -> bool:
+        return name in stored or contrast_key(sub, name) in adata.varm
+
     if isinstance(contrast, str):
-        for cand in (contrast, contrast.replace(" ", "")):
-            if cand in stored or f"{key}_contrast_{cand}" in adata.varm:
-                return cand
-    params = _params(adata, key)
+        for name in (contrast, contrast.replace(" ", "")):
+            if found(name):
+                return name
+    params = fit_params(adata, sub)
     try:
-        _, nm = contrast_vector(
-            contrast, list(params["design_columns"]), reference_levels=params.get("reference_levels")
+        _, derived = contrast_vector(
+            contrast, list(params["design_columns"]), reference_levels=params["reference_levels"]
         )
     except (KeyError, ValueError):
-        nm = None
-    if nm is not None:
-        nm = nm.replace(" ", "").replace("/", "_")
-        if nm in stored or f"{key}_contrast_{nm}" in adata.varm:
-            return nm
+        derived = None
+    if derived is not None and found(contrast_name(derived)):
+        return contrast_name(derived)
     msg = (
-        f"no tested contrast {contrast!r} under key {key!r}; run scglmm.tl.test(adata, contrast) first "
+        f"no tested contrast {contrast!r} under key {sub!r}; run scglmm.tl.test(adata, contrast) first "
         f"(stored contrasts: {list(stored)})."
     )
-    raise KeyError(msg)
+    raise MissingKeyError(msg, param="contrast")
 
 
-def _contrast_table(adata: AnnData, contrast, key: str) -> pd.DataFrame:
-    name = _contrast_name(adata, key, contrast)
-    stored = adata.varm[f"{key}_contrast_{name}"]
-    fitdf = adata.varm[f"{key}_fit"]
+def _contrast_table(adata: AnnData, contrast, sub: str) -> pd.DataFrame:
+    """The results of one tested contrast of one run."""
+    name = _stored_contrast(adata, sub, contrast)
+    stored = adata.varm[contrast_key(sub, name)]
     est = stored["estimate"].to_numpy(dtype=float)
-    df = pd.DataFrame(
-        {
-            "log_fc": est,
-            "log2_fc": est / np.log(2.0),
-            "se": stored["se"].to_numpy(dtype=float),
-            "stat": stored["stat"].to_numpy(dtype=float),
-            "p_value": stored["p_value"].to_numpy(dtype=float),
-            "adj_p_value": stored["adj_p_value"].to_numpy(dtype=float),
-            "sigma2": fitdf["sigma2"].to_numpy(),
-            "dispersion": fitdf["dispersion"].to_numpy(),
-            "status": fitdf["status"].astype(str).to_numpy(),
-            "df": stored["df"].to_numpy(dtype=float),
-        },
-        index=adata.var_names.copy(),
-    )
-    info = dict(adata.uns[key].get("contrasts", {}).get(name, {}))
-    df.attrs["contrast"] = name
-    df.attrs["method"] = str(info.get("method", ""))
-    return df
+    columns = {"log_fc": est, "log2_fc": est / np.log(2.0)}
+    for col in ("se", "stat", "p_value", "adj_p_value"):
+        columns[col] = stored[col].to_numpy(dtype=float)
+    table = _with_fit(adata, sub, columns, df=stored["df"].to_numpy(dtype=float))
+    table.attrs["contrast"] = name
+    table.attrs["method"] = str(stored_contrasts(adata, sub).get(name, {}).get("method", ""))
+    return table
 
 
 def results(
@@ -163,13 +138,10 @@ def results(
     the order of ``adata.var_names``; contrasts add ``df``. ``attrs`` holds the coefficient or
     contrast name, and for coefficients the calibration and degrees of freedom.
     """
-    from ..tl._test import subkeys
-
     if coef is not None and contrast is not None:
         msg = "pass either coef= or contrast=, not both."
-        raise ValueError(msg)
-    _params(adata, key)
-    subs = subkeys(adata, key, group)
+        raise InvalidValueError(msg, param="contrast")
+    subs = run_keys(adata, key, group)
 
     def one(sub: str) -> pd.DataFrame:
         return _coef_table(adata, coef, sub) if contrast is None else _contrast_table(adata, contrast, sub)

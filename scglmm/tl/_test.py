@@ -3,19 +3,30 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
+from .. import _inputs
 from .._core._api import fit_genes
-from .._core._inference import CALIBRATIONS, bh_adjust, contrast_vector, lrt_pvalues, wald_pvalues
+from .._core._errors import InvalidValueError, MissingKeyError
+from .._core._inference import bh_adjust, contrast_vector, lrt_pvalues, wald_pvalues
 from .._core._status import FILTERED
 from .._formula import build_design, parse_formula
-from .._inputs import counts
+from .._layout import (
+    coef_cov,
+    contrast_key,
+    contrast_name,
+    fit_params,
+    run_keys,
+    stored_log_offset,
+    varm_key,
+    write_contrast,
+)
 from .._logging import logger, progress_bar
 
 if TYPE_CHECKING:
@@ -23,40 +34,6 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 __all__ = ["test"]
-
-
-def _fit_params(adata: AnnData, key: str) -> dict:
-    if key not in adata.uns or "params" not in adata.uns[key]:
-        found = [k for k in adata.uns if isinstance(adata.uns[k], Mapping) and "params" in adata.uns[k]]
-        msg = f"no scglmm results under key {key!r}; run scglmm.tl.fit(adata, ...) first (keys with results: {found})."
-        raise KeyError(msg)
-    return adata.uns[key]["params"]
-
-
-def subkeys(adata: AnnData, key: str, group: str | Sequence[str] | None = None) -> dict[str, str]:
-    """``{group label: storage key}`` of a fit (``{"": key}`` without ``groupby``)."""
-    params = _fit_params(adata, key)
-    if "group_keys" not in params:
-        if group is not None:
-            msg = f"the fit under key {key!r} was not run with groupby; leave group=None."
-            raise ValueError(msg)
-        return {"": key}
-    groups = {str(g): str(s) for g, s in zip(params["groups"], params["group_keys"], strict=True)}
-    if group is None:
-        return groups
-    wanted = [group] if isinstance(group, str) else list(group)
-    missing = [g for g in wanted if str(g) not in groups]
-    if missing:
-        skipped = dict(zip(params.get("skipped_groups", []), params.get("skipped_reasons", []), strict=True))
-        extra = f" (skipped in the fit: {skipped})" if skipped else ""
-        msg = f"group(s) {missing} not fitted under key {key!r}; fitted groups: {list(groups)}{extra}."
-        raise KeyError(msg)
-    return {str(g): groups[str(g)] for g in wanted}
-
-
-def _clean_name(name: str) -> str:
-    name = re.sub(r"\s+", "", str(name))
-    return name.replace("/", "_")
 
 
 def test(
@@ -133,67 +110,44 @@ def test(
         The test's settings: method, contrast vector, design columns, calibration, reference
         distribution, reduced formula.
     """
-    if method not in ("wald", "lrt"):
-        msg = f"method must be 'wald' or 'lrt'; got {method!r}."
-        raise ValueError(msg)
-    if calibration is not None and calibration not in CALIBRATIONS:
-        msg = f"calibration must be one of {CALIBRATIONS} or None (the fit's); got {calibration!r}."
-        raise ValueError(msg)
-    if method == "wald" and reduced_formula is not None:
-        msg = "reduced_formula is only used with method='lrt'."
-        raise ValueError(msg)
-    subs = subkeys(adata, key, group)
+    method = _inputs.test_method(method, reduced_formula)
+    calibration = _inputs.calibration(calibration, or_none=True)
     outputs: dict[str, tuple[pd.DataFrame, dict]] = {}
-    name = None
-    for label, sub in subs.items():
+    name = ""
+    for label, sub in run_keys(adata, key, group).items():
         if method == "wald":
-            df, info, nm = _wald_one(adata, sub, contrast, calibration)
+            table, info, name = _wald_one(adata, sub, contrast, calibration)
         else:
-            df, info, nm = _lrt_one(adata, key, sub, label, contrast, reduced_formula, n_jobs, progress)
-        name = _clean_name(key_added) if key_added else nm
-        outputs[sub] = (df, info)
-    # write only after every group succeeded
-    for sub, (df, info) in outputs.items():
-        adata.varm[f"{sub}_contrast_{name}"] = df
-        uns = adata.uns[sub]
-        contrasts = dict(uns.get("contrasts", {}))
-        contrasts[name] = info
-        uns["contrasts"] = contrasts
-    logger.info("added varm %s", [f"{s}_contrast_{name}" for s in outputs])
+            table, info, name = _lrt_one(adata, sub, label, contrast, reduced_formula, n_jobs, progress)
+        outputs[sub] = (table, info)
+    if key_added:
+        name = contrast_name(key_added)
+    for sub, (table, info) in outputs.items():  # write only after every group succeeded
+        write_contrast(adata, sub, name, table, info)
+    logger.info("added varm %s", [contrast_key(s, name) for s in outputs])
     return name
 
 
 def _wald_one(adata: AnnData, sub: str, contrast, calibration: str | None) -> tuple[pd.DataFrame, dict, str]:
-    params = _fit_params(adata, sub)
+    """The Wald test of ``contrast`` on one run, from its stored coefficients and covariance."""
+    params = fit_params(adata, sub)
     cols = [str(c) for c in params["design_columns"]]
-    vec, nm = contrast_vector(contrast, cols, reference_levels=params.get("reference_levels"))
-    cal = calibration or str(params.get("calibration", "z"))
-    coef = adata.varm[f"{sub}_coef"][cols].to_numpy(dtype=float)
-    cov = np.asarray(adata.varm[f"{sub}_cov"], dtype=float)
-    fitdf = adata.varm[f"{sub}_fit"]
-    dmask = np.array([c in set(params.get("donor_level_columns", [])) for c in cols])
-    Xb = np.asarray(params.get("donor_design", np.zeros((int(params["n_donors"]), len(cols)))), dtype=float)
-    if cal != "z" and "donor_design" not in params:
-        msg = f"the fit under {sub!r} predates calibrated tests (no donor design stored); refit or use calibration='z'."
-        raise ValueError(msg)
+    vec, name = contrast_vector(contrast, cols, reference_levels=params["reference_levels"])
+    cal = calibration or str(params["calibration"])
+    donor_level = set(params["donor_level_columns"])
     out = wald_pvalues(
-        coef, cov, vec, sigma2=fitdf["sigma2"].to_numpy(dtype=float), donor_mask=dmask, donor_design=Xb,
+        adata.varm[varm_key(sub, "coef")][cols].to_numpy(dtype=float),
+        coef_cov(adata, sub),
+        vec,
+        sigma2=adata.varm[varm_key(sub, "fit")]["sigma2"].to_numpy(dtype=float),
+        donor_mask=np.array([c in donor_level for c in cols]),
+        donor_design=np.asarray(params["donor_design"], dtype=float),
         calibration=cal,
-    )  # fmt: skip
-    df_col = np.broadcast_to(np.asarray(out["df"], dtype=float), out["stat"].shape)
-    res = pd.DataFrame(
-        {
-            "estimate": out["estimate"],
-            "log2_fc": out["estimate"] / np.log(2.0),
-            "se": out["se"],
-            "se_test": out["se_test"],
-            "stat": out["stat"],
-            "df": df_col,
-            "p_value": out["p_value"],
-            "adj_p_value": bh_adjust(out["p_value"]),
-        },
-        index=adata.var_names.copy(),
     )
+    table = _table(
+        adata, estimate=out["estimate"], se=out["se"], se_test=out["se_test"], stat=out["stat"],
+        df=np.broadcast_to(np.asarray(out["df"], dtype=float), out["stat"].shape), p_value=out["p_value"],
+    )  # fmt: skip
     info = {
         "method": "wald",
         "contrast": str(contrast) if not isinstance(contrast, np.ndarray) else str(contrast.tolist()),
@@ -203,10 +157,133 @@ def _wald_one(adata: AnnData, sub: str, contrast, calibration: str | None) -> tu
         "donor_level": bool(out["donor_level"]),
         "scale": "natural log (log2_fc = estimate / ln 2)",
     }
-    return res, info, _clean_name(nm)
+    return table, info, contrast_name(name)
+
+
+def _table(
+    adata: AnnData,
+    *,
+    estimate: np.ndarray,
+    se: np.ndarray,
+    se_test: np.ndarray,
+    stat: np.ndarray,
+    df: np.ndarray,
+    p_value: np.ndarray,
+    **extra: np.ndarray,
+) -> pd.DataFrame:
+    """The per-gene table of a test (``varm[f"{sub}_contrast_{name}"]``)."""
+    columns = {
+        "estimate": estimate,
+        "log2_fc": estimate / np.log(2.0),
+        "se": se,
+        "se_test": se_test,
+        "stat": stat,
+        "df": df,
+        "p_value": p_value,
+        "adj_p_value": bh_adjust(p_value),
+        **extra,
+    }
+    return pd.DataFrame(columns, index=adata.var_names.copy())
+
+
+# ------------------------------------------------------------------------------------------------
+# likelihood-ratio tests
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Reduced:
+    """The null model of a likelihood-ratio test."""
+
+    matrix: np.ndarray
+    columns: list[str]
+    dropped: list[str]
+    description: str
+
+
+def _lrt_one(
+    adata: AnnData, sub: str, label: str, contrast, reduced_formula: str | None, n_jobs: int | None, progress
+) -> tuple[pd.DataFrame, dict, str]:
+    """The likelihood-ratio test of one run: refit the reduced model on the run's cells."""
+    params = fit_params(adata, sub)
+    mask = _run_cells(adata, sub, label, params)
+    reduced = _reduced_model(params, adata.obs.loc[mask], sub, contrast, reduced_formula)
+    df_lr = len(params["design_columns"]) - len(reduced.columns)
+    t0 = time.perf_counter()
+    ll_reduced = _refit(adata, sub, params, mask, reduced, n_jobs, progress)
+    ll_full = adata.varm[varm_key(sub, "fit")]["loglik"].to_numpy(dtype=float)
+    stat, p = lrt_pvalues(ll_full, ll_reduced, df_lr)
+    est, se = np.full(adata.n_vars, np.nan), np.full(adata.n_vars, np.nan)
+    if df_lr == 1:
+        est = adata.varm[varm_key(sub, "coef")][reduced.dropped[0]].to_numpy(dtype=float)
+        se = adata.varm[varm_key(sub, "se")][reduced.dropped[0]].to_numpy(dtype=float)
+    table = _table(
+        adata, estimate=est, se=se, se_test=np.full(adata.n_vars, np.nan), stat=stat,
+        df=np.full(adata.n_vars, float(df_lr)), p_value=p, loglik_full=ll_full, loglik_reduced=ll_reduced,
+    )  # fmt: skip
+    info = {
+        "method": "lrt",
+        "contrast": str(contrast),
+        "dropped_columns": reduced.dropped,
+        "reduced_formula": reduced.description,
+        "reduced_columns": list(reduced.columns),
+        "df": int(df_lr),
+        "reference": f"chi-square({df_lr})",
+        "seconds": float(time.perf_counter() - t0),
+    }
+    name = "lrt_" + ("_".join(reduced.dropped) if reduced_formula is None else contrast_name(str(contrast)))
+    return table, info, contrast_name(name)
+
+
+def _run_cells(adata: AnnData, sub: str, label: str, params: Mapping) -> np.ndarray:
+    """The cells of a run (its group's, or all), checked against the fit."""
+    mask = np.ones(adata.n_obs, dtype=bool)
+    if label != "":
+        mask = (adata.obs[str(params["groupby"])].astype(str) == label).to_numpy()
+    if int(mask.sum()) != int(params["n_cells"]):
+        msg = (
+            f"the cells of {sub!r} changed since the fit ({int(mask.sum())} now, {params['n_cells']} fitted); "
+            "the likelihood-ratio test needs the fitted cells: refit first."
+        )
+        raise InvalidValueError(msg, param="adata")
+    return mask
+
+
+def _reduced_model(params: Mapping, obs: pd.DataFrame, sub: str, contrast, reduced_formula: str | None) -> _Reduced:
+    """The null model: ``reduced_formula`` (nested in the fit's) or the fit without the contrast's columns."""
+    cols = [str(c) for c in params["design_columns"]]
+    donor = str(params["donor_key"])
+    full = build_design(str(params["fixed_formula"]), obs)
+    if full.columns != cols:
+        msg = f"the design of {sub!r} changed since the fit ({full.columns} now, {cols} fitted); refit first."
+        raise InvalidValueError(msg, param="adata")
+    if reduced_formula is None:
+        dropped = _drop_columns(contrast, cols)
+        keep = [i for i, c in enumerate(cols) if c not in dropped]
+        description = f"{params['fixed_formula']} without {dropped} + (1 | {donor})"
+        reduced = _Reduced(full.matrix[:, keep], [cols[i] for i in keep], dropped, description)
+    else:
+        reduced = _reduced_formula(reduced_formula, obs, cols, donor)
+    if len(reduced.columns) >= len(cols):
+        msg = f"the reduced model drops no column of {cols}; nothing to test."
+        raise InvalidValueError(msg, param="reduced_formula")
+    return reduced
+
+
+def _reduced_formula(reduced_formula: str, obs: pd.DataFrame, cols: list[str], donor: str) -> _Reduced:
+    formula = reduced_formula if "|" in reduced_formula else f"{reduced_formula.rstrip()} + (1 | {donor})"
+    parsed = parse_formula(formula)
+    if parsed.donor != donor:
+        msg = f"reduced_formula groups by {parsed.donor!r} but the fit by {donor!r}; use '(1 | {donor})'."
+        raise InvalidValueError(msg, param="reduced_formula")
+    red = build_design(parsed.fixed, obs)
+    extra = [c for c in red.columns if c not in cols]
+    if extra:
+        msg = f"reduced_formula is not nested in the fitted model: column(s) {extra} are not in {cols}."
+        raise InvalidValueError(msg, param="reduced_formula")
+    return _Reduced(red.matrix, list(red.columns), [c for c in cols if c not in red.columns], parsed.formula)
 
 
 def _drop_columns(contrast, cols: list[str]) -> list[str]:
+    """The columns an LRT without ``reduced_formula`` drops: named columns, or all of a variable's."""
     if isinstance(contrast, str):
         items = [contrast]
     elif isinstance(contrast, Sequence) and all(isinstance(c, str) for c in contrast):
@@ -216,125 +293,44 @@ def _drop_columns(contrast, cols: list[str]) -> list[str]:
             "for method='lrt' without reduced_formula, contrast names the column(s) to drop: a design column, "
             f"a variable (all its columns) or a list of columns; got {contrast!r}. Or pass reduced_formula."
         )
-        raise ValueError(msg)
+        raise InvalidValueError(msg, param="contrast")
     drop: list[str] = []
     for it in items:
         if it in cols:
             drop.append(it)
             continue
-        cands = [c for c in cols if c.startswith(f"{it}[")]
-        if not cands:
+        matches = [c for c in cols if c.startswith(f"{it}[")]
+        if not matches:
             msg = f"{it!r} is neither a design column nor a variable of the design; columns: {cols}."
-            raise KeyError(msg)
-        drop += cands
+            raise MissingKeyError(msg, param="contrast")
+        drop += matches
     if "Intercept" in drop and len(drop) == len(cols):
         msg = "the reduced model would have no fixed effect at all."
-        raise ValueError(msg)
+        raise InvalidValueError(msg, param="contrast")
     return list(dict.fromkeys(drop))
 
 
-def _lrt_one(
-    adata: AnnData, key: str, sub: str, label: str, contrast, reduced_formula: str | None, n_jobs, progress
-) -> tuple[pd.DataFrame, dict, str]:
-    params = _fit_params(adata, sub)
-    top = _fit_params(adata, key)
-    cols = [str(c) for c in params["design_columns"]]
-    donor_key = str(params["donor_key"])
-    groupby = top.get("groupby")
-    mask = np.ones(adata.n_obs, dtype=bool)
-    if groupby is not None and label != "":
-        mask = (adata.obs[groupby].astype(str) == label).to_numpy()
-    obs = adata.obs.loc[mask]
-    if int(mask.sum()) != int(params["n_cells"]):
-        msg = (
-            f"the cells of {sub!r} changed since the fit ({int(mask.sum())} now, {params['n_cells']} fitted); "
-            "the likelihood-ratio test needs the fitted cells: refit first."
-        )
-        raise ValueError(msg)
-    full = build_design(str(params["fixed_formula"]), obs)
-    if full.columns != cols:
-        msg = f"the design of {sub!r} changed since the fit ({full.columns} now, {cols} fitted); refit first."
-        raise ValueError(msg)
-    if reduced_formula is not None:
-        red_f = reduced_formula if "|" in reduced_formula else f"{reduced_formula.rstrip()} + (1 | {donor_key})"
-        parsed = parse_formula(red_f)
-        if parsed.group != donor_key:
-            msg = f"reduced_formula groups by {parsed.group!r} but the fit by {donor_key!r}; use '(1 | {donor_key})'."
-            raise ValueError(msg)
-        red = build_design(parsed.fixed, obs)
-        extra = [c for c in red.columns if c not in cols]
-        if extra:
-            msg = f"reduced_formula is not nested in the fitted model: column(s) {extra} are not in {cols}."
-            raise ValueError(msg)
-        Xr = red.matrix
-        red_cols = red.columns
-        dropped = [c for c in cols if c not in red_cols]
-        reduced_desc = parsed.formula
-    else:
-        dropped = _drop_columns(contrast, cols)
-        keep = [i for i, c in enumerate(cols) if c not in dropped]
-        Xr = full.matrix[:, keep]
-        red_cols = [cols[i] for i in keep]
-        reduced_desc = f"{params['fixed_formula']} without {dropped} + (1 | {donor_key})"
-    df_lr = len(cols) - len(red_cols)
-    if df_lr < 1:
-        msg = f"the reduced model drops no column of {cols}; nothing to test."
-        raise ValueError(msg)
-    fitdf = adata.varm[f"{sub}_fit"]
-    status = fitdf["status_code"].to_numpy(dtype=np.int64)
+def _refit(
+    adata: AnnData, sub: str, params: Mapping, mask: np.ndarray, reduced: _Reduced, n_jobs: int | None, progress
+) -> np.ndarray:
+    """Log-likelihood of the reduced model per gene (NaN for the genes the fit filtered out)."""
+    status = adata.varm[varm_key(sub, "fit")]["status_code"].to_numpy(dtype=np.int64)
     idx = np.flatnonzero((status & FILTERED) == 0)
-    layer = params.get("layer", "X")
-    Y, _ = counts(adata, None if layer in (None, "X") else str(layer))
-    off_all = np.asarray(adata.uns[key]["log_offset"], dtype=float)
-    Ysub = Y[mask][:, idx]
-    if n_jobs is None:
-        n_jobs = int(params.get("n_jobs", 1))
-    t0 = time.perf_counter()
+    layer = params["layer"]
+    Y, _ = _inputs.counts(adata, None if layer in (None, "X") else str(layer))
+    obs = adata.obs.loc[mask]
     with progress_bar(total=int(idx.size), enabled=progress, desc="scglmm lrt refit") as bar:
         res = fit_genes(
-            Ysub,
-            Xr,
-            obs[donor_key].astype(str).to_numpy(),
-            off_all[mask],
+            Y[mask][:, idx],
+            reduced.matrix,
+            obs[str(params["donor_key"])].astype(str).to_numpy(),
+            stored_log_offset(adata, sub)[mask],
             n_agq=int(params["n_agq"]),
-            n_jobs=int(n_jobs),
-            coef_names=red_cols,
+            n_jobs=int(params["n_jobs"] if n_jobs is None else n_jobs),
+            coef_names=reduced.columns,
             check=False,
             progress=bar.update if bar is not None else None,
         )
-    ll_red = np.full(adata.n_vars, np.nan)
-    ll_red[idx] = res.loglik
-    ll_full = fitdf["loglik"].to_numpy(dtype=float)
-    stat, p = lrt_pvalues(ll_full, ll_red, df_lr)
-    est = np.full(adata.n_vars, np.nan)
-    se = np.full(adata.n_vars, np.nan)
-    if df_lr == 1:
-        est = adata.varm[f"{sub}_coef"][dropped[0]].to_numpy(dtype=float)
-        se = adata.varm[f"{sub}_se"][dropped[0]].to_numpy(dtype=float)
-    out = pd.DataFrame(
-        {
-            "estimate": est,
-            "log2_fc": est / np.log(2.0),
-            "se": se,
-            "se_test": np.full(adata.n_vars, np.nan),
-            "stat": stat,
-            "df": np.full(adata.n_vars, float(df_lr)),
-            "p_value": p,
-            "adj_p_value": bh_adjust(p),
-            "loglik_full": ll_full,
-            "loglik_reduced": ll_red,
-        },
-        index=adata.var_names.copy(),
-    )
-    info = {
-        "method": "lrt",
-        "contrast": str(contrast),
-        "dropped_columns": dropped,
-        "reduced_formula": reduced_desc,
-        "reduced_columns": list(red_cols),
-        "df": int(df_lr),
-        "reference": f"chi-square({df_lr})",
-        "seconds": float(time.perf_counter() - t0),
-    }
-    nm = "lrt_" + ("_".join(dropped) if reduced_formula is None else _clean_name(str(contrast)))
-    return out, info, _clean_name(nm)
+    out = np.full(adata.n_vars, np.nan)
+    out[idx] = res.loglik
+    return out

@@ -1,0 +1,186 @@
+"""Everything :func:`scglmm.tl.fit` stores, assembled from its runs before the AnnData is touched.
+
+The keys come from :mod:`scglmm._layout`; this module decides the values: one table per output
+of each run, the run's settings (``uns[sub]["params"]``) and, with ``groupby``, the fit's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._core._inference import EB_GRID
+from .._layout import StoredFit, rank_key, status_key, varm_key
+
+if TYPE_CHECKING:
+    from .._formula import ParsedFormula
+    from ._run import FitOptions, Run, WaldTests
+
+__all__ = ["FitSettings", "stored_fit"]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What a fit was asked, as stored with every run."""
+
+    parsed: ParsedFormula
+    options: FitOptions
+    inputs: dict[str, Any]
+    """Layer, offset source, ``size_factors``/``offset`` columns and package versions."""
+    log_offset: np.ndarray
+    groupby: str | None = None
+    min_cells_group: int = 0
+    min_donors_group: int = 0
+
+
+def versions() -> dict[str, str]:
+    """Versions of scglmm and the packages its results depend on."""
+    out = {}
+    for pkg in ("scglmm", "numpy", "scipy", "numba", "anndata", "scanpy", "formulaic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def stored_fit(
+    key: str,
+    settings: FitSettings,
+    runs: dict[str, Run],
+    tests: dict[str, WaldTests],
+    var_names: pd.Index,
+    *,
+    labels: dict[str, str],
+    skipped: dict[str, str],
+    rank_block: dict | None,
+    seconds: float,
+) -> StoredFit:
+    """Every output of a fit under ``key``; ``labels`` maps run keys to group labels (``groupby``)."""
+    stored = StoredFit()
+    params = {sub: {**run_params(run, tests[sub], settings), **settings.inputs} for sub, run in runs.items()}
+    if settings.groupby is None:
+        (only,) = params.values()
+        stored.uns[key] = {"params": {**only, "seconds": float(seconds)}}
+    else:
+        stored.uns[key] = {"params": _groupby_params(settings, runs, labels, skipped, var_names, seconds)}
+        for sub in runs:
+            extra = {"group": labels[sub], "groupby": settings.groupby, "parent_key": key}
+            stored.uns[sub] = {"params": {**params[sub], **extra}}
+    stored.uns[key]["log_offset"] = np.asarray(settings.log_offset, dtype=float)
+    for sub, run in runs.items():
+        stored.varm.update(_run_varm(sub, run, tests[sub], var_names))
+        stored.var[status_key(sub)] = pd.Categorical(run.fit.status_str.astype(str))
+    if rank_block is not None:
+        stored.uns[rank_key(key)] = rank_block
+    return stored
+
+
+def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict[str, Any]:
+    """The ``varm`` tables of one run."""
+    fit, cols = run.fit, list(run.design.columns)
+
+    def genes_by(values: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(values, index=var_names.copy(), columns=columns)
+
+    return {
+        varm_key(sub, "coef"): genes_by(fit.coef, cols),
+        varm_key(sub, "se"): genes_by(fit.se, cols),
+        varm_key(sub, "pval"): genes_by(tests.pval, cols),
+        varm_key(sub, "stat"): genes_by(tests.stat, cols),
+        varm_key(sub, "cov"): fit.cov.reshape(fit.cov.shape[0], -1),
+        varm_key(sub, "fit"): _fit_table(run, var_names),
+        varm_key(sub, "donor_effects"): genes_by(fit.modes, [str(d) for d in fit.donors]),
+    }
+
+
+def _fit_table(run: Run, var_names: pd.Index) -> pd.DataFrame:
+    fit = run.fit
+    columns = {
+        "sigma2": fit.sigma2,
+        "dispersion": fit.dispersion,
+        "theta": fit.theta,
+        "loglik": fit.loglik,
+        "n_iter": fit.n_iter,
+        "converged": fit.converged,
+        "status": fit.status_str.astype(str),
+        "status_code": fit.status,
+        "n_nonzero": fit.n_nonzero,
+        "grad_max": fit.grad_max,
+    }
+    return pd.DataFrame(columns, index=var_names.copy())
+
+
+def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, Any]:
+    """The settings and summary of one run (``uns[sub]["params"]``, before the fit's inputs)."""
+    parsed, options, design, fit = settings.parsed, settings.options, run.design, run.fit
+    status_counts = pd.Series(fit.status_str).value_counts()
+    cols = list(design.columns)
+    return {
+        "formula": parsed.formula,
+        "fixed_formula": parsed.fixed,
+        "donor_key": parsed.donor,
+        "design_columns": cols,
+        "reference_levels": dict(design.reference_levels),
+        "n_agq": options.n_agq,
+        "method": "laplace" if options.n_agq == 1 else f"adaptive Gauss-Hermite ({options.n_agq} nodes)",
+        "n_cells": len(run.donor_codes),
+        "n_genes": int(fit.coef.shape[0]),
+        "n_donors": len(fit.donors),
+        "donors": [str(d) for d in fit.donors],
+        "n_jobs": options.n_jobs,
+        "seconds": float(run.seconds),
+        "status_counts": {str(k): int(v) for k, v in status_counts.items()},
+        "scale": "natural log (log2_fc = coef / ln 2)",
+        "calibration": options.calibration,
+        "df": tests.df,
+        # Satterthwaite: df["col"] is NaN and the df of each gene is here
+        **({"df_per_gene": tests.df_per_gene} if tests.df_per_gene else {}),
+        # "eb": the learnt prior of the donor variance (weights on eb_grid) per donor-level column
+        **({"eb_grid": np.asarray(EB_GRID, dtype=float), "eb_prior": tests.eb_prior} if tests.eb_prior else {}),
+        "donor_level_columns": [c for c, b in zip(cols, tests.donor_mask, strict=True) if b],
+        "donor_design": tests.donor_design,
+        "min_cells": options.min_cells,
+        "min_donors": options.min_donors,
+        "n_filtered": run.n_filtered,
+    }
+
+
+def _groupby_params(
+    settings: FitSettings,
+    runs: dict[str, Run],
+    labels: dict[str, str],
+    skipped: dict[str, str],
+    var_names: pd.Index,
+    seconds: float,
+) -> dict[str, Any]:
+    """``uns[key]["params"]`` of a fit by group: what all groups share, and which were fitted."""
+    parsed, options = settings.parsed, settings.options
+    first = next(iter(runs.values())).design
+    return {
+        "formula": parsed.formula,
+        "fixed_formula": parsed.fixed,
+        "donor_key": parsed.donor,
+        "groupby": settings.groupby,
+        "design_columns": list(first.columns),
+        "reference_levels": dict(first.reference_levels),
+        # lists, not dicts keyed by group: group names may hold characters h5ad keys cannot
+        "groups": list(labels.values()),
+        "group_keys": list(labels.keys()),
+        "skipped_groups": list(skipped.keys()),
+        "skipped_reasons": list(skipped.values()),
+        "min_cells_group": settings.min_cells_group,
+        "min_donors_group": settings.min_donors_group,
+        "n_cells": int(len(settings.log_offset)),
+        "n_genes": len(var_names),
+        "seconds": float(seconds),
+        **settings.inputs,
+        "min_cells": options.min_cells,
+        "min_donors": options.min_donors,
+        "calibration": options.calibration,
+        "n_agq": options.n_agq,
+    }

@@ -1,0 +1,208 @@
+"""One run of :func:`scglmm.tl.fit`: the genes of one set of cells (all, or one group's), fitted.
+
+A run filters the genes, fits the kept ones with :func:`scglmm.fit_genes` and spreads the result
+back onto every gene (the filtered ones NaN, status ``filtered``). :func:`wald_tests` then adds
+the calibrated Wald test of each design column.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .._core._api import fit_genes
+from .._core._inference import donor_level_design, wald_pvalues
+from .._core._results import GenesFit
+from .._core._status import FILTERED
+from .._inputs import gene_counts
+from .._logging import logger, progress_bar
+
+if TYPE_CHECKING:
+    from .._formula import FixedDesign
+
+__all__ = ["FitOptions", "Run", "WaldTests", "fit_run", "scatter_genes", "wald_tests"]
+
+#: Fields of :class:`GenesFit` that describe the run, not one gene each.
+_RUN_FIELDS = ("coef_names", "donors")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The validated settings that every run of a fit shares."""
+
+    min_cells: int
+    min_donors: int
+    calibration: str
+    n_agq: int
+    n_jobs: int
+    block_size: int
+    progress: bool | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """The fit of every gene on one set of cells, before it is tested and stored."""
+
+    design: FixedDesign
+    fit: GenesFit
+    """Every gene: the filtered ones NaN, with status ``filtered``."""
+    donor_codes: np.ndarray
+    """Per cell: the index of its donor in ``fit.donors``."""
+    n_filtered: int
+    seconds: float
+    warning: str | None
+    """Summary of the genes without an estimate; :func:`scglmm.tl.fit` emits one warning per fit."""
+
+
+@dataclass(frozen=True)
+class WaldTests:
+    """The calibrated Wald test of each design column of a run, for every gene."""
+
+    pval: np.ndarray
+    stat: np.ndarray
+    df: dict[str, float]
+    """Degrees of freedom per column: ``inf`` for the normal reference, NaN when they differ by gene."""
+    df_per_gene: dict[str, np.ndarray]
+    """The columns whose degrees of freedom differ by gene (the Satterthwaite calibrations)."""
+    eb_prior: dict[str, np.ndarray]
+    donor_mask: np.ndarray
+    donor_design: np.ndarray
+
+
+def fit_run(
+    obs: pd.DataFrame,
+    Y,
+    log_off: np.ndarray,
+    design: FixedDesign,
+    donor: str,
+    var_names: pd.Index,
+    options: FitOptions,
+    *,
+    key: str,
+    desc: str,
+) -> Run:
+    """Filter the genes, fit the kept ones and spread the result onto every gene.
+
+    ``obs``, ``Y`` and ``log_off`` hold the run's cells; ``donor`` is the donor column of ``obs``,
+    ``key`` the run key (named in messages) and ``desc`` the run's name in logs.
+    """
+    t0 = time.perf_counter()
+    labels = obs[donor].astype(str).to_numpy()
+    codes, donors = pd.factorize(labels, sort=True)
+    ncell, ndon = gene_counts(Y, codes, len(donors))
+    idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
+    _log_filter(desc, len(var_names) - idx.size, len(var_names), options)
+    logger.info(
+        "%s: fitting %d genes x %d cells, %d donors, design %s, n_agq=%d, n_jobs=%d",
+        desc, idx.size, len(obs), len(donors), design.columns, options.n_agq, options.n_jobs,
+    )  # fmt: skip
+    part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
+    fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
+    return Run(
+        design=design,
+        fit=fit,
+        donor_codes=codes,
+        n_filtered=int(len(var_names) - idx.size),
+        seconds=time.perf_counter() - t0,
+        warning=_unestimated(fit, var_names, key=key, desc=desc),
+    )
+
+
+def _log_filter(desc: str, n_filtered: int, n_genes: int, options: FitOptions) -> None:
+    if n_filtered:
+        logger.info(
+            "%s: %d of %d genes filtered out before fitting (fewer than min_cells=%d cells or min_donors=%d "
+            "donors with counts); their rows are NaN with status 'filtered'",
+            desc, n_filtered, n_genes, options.min_cells, options.min_donors,
+        )  # fmt: skip
+
+
+def _fit_kept(
+    Y, idx: np.ndarray, design: FixedDesign, labels: np.ndarray, log_off: np.ndarray, options: FitOptions, *, desc: str
+) -> GenesFit:
+    """:func:`fit_genes` on the genes ``idx`` of ``Y`` (none: an empty fit of the right shapes)."""
+    if idx.size == Y.shape[1]:
+        Ykept = Y
+    elif idx.size:
+        Ykept = Y[:, idx]
+    else:
+        Ykept = np.zeros((Y.shape[0], 0))
+    with progress_bar(total=int(idx.size), enabled=options.progress, desc=desc) as bar:
+        return fit_genes(
+            Ykept,
+            design.matrix,
+            labels,
+            log_off,
+            n_agq=options.n_agq,
+            n_jobs=options.n_jobs,
+            block_size=options.block_size,
+            coef_names=design.columns,
+            check=False,
+            progress=bar.update if bar is not None else None,
+        )
+
+
+def scatter_genes(part: GenesFit, idx: np.ndarray, n_genes: int, *, fill: dict[str, object]) -> GenesFit:
+    """``part``, the fit of the genes ``idx``, spread onto ``n_genes`` genes.
+
+    Every per-gene field of :class:`GenesFit` gets ``n_genes`` rows: the rows ``idx`` from
+    ``part``, the others from ``fill`` (a value or one per gene) or NaN.
+    """
+    spread = {}
+    for f in fields(part):
+        if f.name in _RUN_FIELDS:
+            continue
+        value = np.asarray(getattr(part, f.name))
+        out = np.empty((n_genes, *value.shape[1:]), dtype=value.dtype)
+        out[...] = np.reshape(fill[f.name], (-1,) + (1,) * (value.ndim - 1)) if f.name in fill else np.nan
+        out[idx] = value
+        spread[f.name] = out
+    return replace(part, **spread)
+
+
+def _unestimated(fit: GenesFit, var_names: pd.Index, *, key: str, desc: str) -> str | None:
+    """Log the genes whose status is not ``ok``; the warning text for those without an estimate."""
+    status = fit.status
+    counts = pd.Series(fit.status_str).value_counts()
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items() if k not in ("ok", "filtered"))
+    fitted = (status & FILTERED) == 0
+    n_bad = int(((status != 0) & fitted).sum())
+    if n_bad:
+        logger.info("%s: status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", desc, n_bad, summary, key)
+    no_estimate = ~np.isfinite(fit.coef[:, 0]) & fitted if fit.coef.shape[1] else np.zeros(len(var_names), bool)
+    if not no_estimate.any():
+        return None
+    examples = list(var_names[no_estimate][:5])
+    return (
+        f"{desc}: {int(no_estimate.sum())} of {len(var_names)} genes have no estimate (NaN; e.g. {examples}): "
+        f"{summary}. See adata.varm['{key}_fit']['status']."
+    )
+
+
+def wald_tests(run: Run, calibration: str) -> WaldTests:
+    """The calibrated Wald test of each design column of ``run`` (see :func:`scglmm.tl.fit`)."""
+    fit = run.fit
+    G, p = fit.coef.shape
+    donor_mask, donor_design = donor_level_design(run.design.matrix, run.donor_codes)
+    pval, stat = np.full((G, p), np.nan), np.full((G, p), np.nan)
+    df: dict[str, float] = {}
+    df_per_gene: dict[str, np.ndarray] = {}
+    eb_prior: dict[str, np.ndarray] = {}
+    for j, col in enumerate(run.design.columns):
+        out = wald_pvalues(
+            fit.coef, fit.cov, np.eye(p)[j], sigma2=fit.sigma2, donor_mask=donor_mask, donor_design=donor_design,
+            calibration=calibration,
+        )  # fmt: skip
+        pval[:, j], stat[:, j] = out["p_value"], out["stat"]
+        if np.ndim(out["df"]):  # Satterthwaite: one df per gene
+            df[col] = float("nan")
+            df_per_gene[col] = np.asarray(out["df"], dtype=float)
+        else:
+            df[col] = float(out["df"])
+        if "eb_prior" in out:
+            eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
+    return WaldTests(pval, stat, df, df_per_gene, eb_prior, donor_mask, np.asarray(donor_design, dtype=float))
