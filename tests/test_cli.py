@@ -529,7 +529,7 @@ def test_verbose_shows_the_traceback(small_h5ad, tmp_path):
     res = run("fit", small_h5ad, "-f", "~ conditon + (1 | donor)", "-o", tmp_path / "o.h5ad", "--verbose")
     assert res.exit_code == 1
     assert "Traceback" in res.stderr
-    assert res.stderr.rstrip("\n").splitlines()[-1].startswith("Error: column(s) ['conditon']")
+    assert res.stderr.rstrip("\n").splitlines()[-1].startswith("Error: --formula: column(s) ['conditon']")
 
 
 @pytest.mark.parametrize(

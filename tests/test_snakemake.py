@@ -129,4 +129,4 @@ def test_failed_job_leaves_no_output(workflow_run, tmp_path):
     assert bad.returncode != 0
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     log = (tmp_path / "logs" / "small.scglmm_fit.log").read_text()
-    assert log.strip().splitlines()[-1].startswith("Error: column(s) ['conditon']")
+    assert log.strip().splitlines()[-1].startswith("Error: --formula: column(s) ['conditon']")

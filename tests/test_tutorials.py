@@ -90,5 +90,5 @@ def test_snakemake_tutorial_runs_the_rule():
     assert "exit code: 0 | True" in text  # the second run has nothing to do
     # the run with a typo in the formula fails, says why, and leaves no output
     assert "snakemake exit code: 1" in text
-    assert "last line of the log: Error: column(s) ['conditon']" in text
+    assert "last line of the log: Error: --formula: column(s) ['conditon']" in text
     assert "outputs left behind: []" in text
