@@ -23,6 +23,7 @@ from ._checks import (
 )
 from ._counts import as_backed_counts, block_getter
 from ._design import few_rows_data, gauss_hermite, prepare_design
+from ._errors import InvalidValueError
 from ._results import GeneFit, GenesFit, assemble
 from ._schedule import Design, fit_blocks
 
@@ -154,6 +155,6 @@ def fit_gene(
         y = y.ravel()
     if y.ndim != 1:
         msg = f"y must be a vector of counts (one per cell); got shape {y.shape}."
-        raise ValueError(msg)
+        raise InvalidValueError(msg, param="y")
     res = fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names)
     return res.gene(0)

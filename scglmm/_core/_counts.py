@@ -42,6 +42,7 @@ import numpy as np
 from scipy import sparse
 
 from ._checks import check_counts
+from ._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from .kernels._sparse import csr_column_counts, csr_columns_to_csc, csr_row_cursors, csr_rows_sorted
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def _encoding(elem) -> str:
     if enc in ("csc_matrix", "csc"):
         return "csc"
     msg = f"{elem.name!r} is not a sparse matrix (csr_matrix / csc_matrix encoding) or a dense dataset; got {enc!r}."
-    raise ValueError(msg)
+    raise InvalidValueError(msg, param="Y")
 
 
 class BackedCounts:
@@ -229,7 +230,7 @@ class BackedCounts:
             elem = getattr(source, "group", source)  # anndata backed sparse dataset -> its h5py group
             if not isinstance(elem, h5py.Group | h5py.Dataset):
                 msg = f"cannot read counts from {type(source).__name__}; pass a path, an h5py group/dataset or adata.X."
-                raise TypeError(msg)
+                raise InvalidTypeError(msg, param="Y")
             self._elem = elem
             self._read_meta(elem)
         self.chunk_nnz = int(chunk_nnz)
@@ -251,7 +252,7 @@ class BackedCounts:
             self.dtype = elem["data"].dtype
         if len(self._shape) != 2:
             msg = f"counts must be 2-d (cells x genes); got shape {self._shape}."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="Y")
 
     @contextmanager
     def _open(self) -> Iterator[Any]:
@@ -263,7 +264,7 @@ class BackedCounts:
         with h5py.File(self._path, "r") as fh:
             if self._key not in fh:
                 msg = f"{self._key!r} not found in {self._path}; available: {list(fh.keys())}."
-                raise KeyError(msg)
+                raise MissingKeyError(msg, param="Y")
             yield fh[self._key]
 
     def _get_indptr(self, elem) -> NDArray[np.int64]:
@@ -334,17 +335,17 @@ class BackedCounts:
                     )
                     yield 0, _place_columns(blk[:, cols[pos] - c0], pos, self.shape[1]).tocsr()
 
-    def check_counts(self, what: str = "counts") -> None:
+    def check_counts(self, what: str = "counts", *, param: str = "Y") -> None:
         """Raise unless all entries are finite non-negative integers (streamed)."""
         for _, chunk in self.iter_chunks():
-            check_counts(chunk, what=what)
+            check_counts(chunk, what=what, param=param)
 
     def sum(self, axis: int | None = None) -> NDArray[np.float64] | float:
         """Sums over ``axis`` (1: per cell, 0: per gene, None: all), streamed."""
         n, G = self.shape
         if axis not in (0, 1, None):
             msg = f"axis must be 0, 1 or None; got {axis!r}."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="Y")
         rows = np.zeros(n)
         cols = np.zeros(G)
         for r0, chunk in self.iter_chunks():

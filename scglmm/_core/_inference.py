@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import stats
 
-from ._errors import MissingKeyError
+from ._errors import InvalidValueError, MissingKeyError
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
@@ -162,10 +162,10 @@ def _level_column(factor: str, level: str, columns: Sequence[str], reference: st
     levels = [c[len(factor) + 1 : -1].removeprefix("T.") for c in columns if c.startswith(f"{factor}[")]
     if not levels:
         msg = f"{factor!r} is not a factor of the design; design columns are {list(columns)}."
-        raise KeyError(msg)
+        raise MissingKeyError(msg, param="contrast")
     choices = ([str(reference)] if reference is not None else []) + levels
     msg = f"level {level!r} of {factor!r} is not in the design; levels: {choices}."
-    raise KeyError(msg)
+    raise MissingKeyError(msg, param="contrast")
 
 
 def _split_terms(expr: str) -> list[tuple[float, str]]:
@@ -230,7 +230,7 @@ def contrast_vector(
         expr = contrast.strip()
         if not expr:
             msg = "contrast is an empty string; name a design column, e.g. 'condition[T.stim]'."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="contrast")
         try:  # a whole column name may itself contain '-' or '+' (e.g. a level 'IFN-b')
             vec[cols.index(resolve_column(expr, cols))] = 1.0
             return vec, resolve_column(expr, cols)
@@ -239,7 +239,7 @@ def contrast_vector(
         terms = _split_terms(expr)
         if not terms:
             msg = f"could not read the contrast {contrast!r}."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="contrast")
         for sign, term in terms:
             weight = 1.0
             m = _WEIGHTED.match(term)
@@ -256,7 +256,7 @@ def contrast_vector(
         factor, lev_a, lev_b = contrast
         if lev_a == lev_b:
             msg = f"contrast {contrast!r} compares a level with itself."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="contrast")
         ca = _level_column(factor, lev_a, cols, ref.get(factor))
         cb = _level_column(factor, lev_b, cols, ref.get(factor))
         if ca is not None:
@@ -268,12 +268,12 @@ def contrast_vector(
         arr = np.asarray(contrast, dtype=float).ravel()
         if arr.shape != (p,):
             msg = f"a numeric contrast needs one weight per design column ({p}: {cols}); got {arr.shape[0]} values."
-            raise ValueError(msg)
+            raise InvalidValueError(msg, param="contrast")
         vec = arr.copy()
         name = "contrast_" + "_".join(f"{w:g}" for w in arr)
     if not np.any(vec != 0) or not np.all(np.isfinite(vec)):
         msg = f"contrast {contrast!r} has no non-zero finite weight on the design columns {cols}."
-        raise ValueError(msg)
+        raise InvalidValueError(msg, param="contrast")
     return vec, name
 
 
@@ -449,7 +449,7 @@ def wald_pvalues(
     """
     if calibration not in CALIBRATIONS:
         msg = f"calibration must be one of {CALIBRATIONS}; got {calibration!r}."
-        raise ValueError(msg)
+        raise InvalidValueError(msg, param="calibration")
     c = np.asarray(c, dtype=float)
     est, var = wald(coef, cov, c)
     se = np.sqrt(np.where(var >= 0, var, np.nan))

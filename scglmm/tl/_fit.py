@@ -247,7 +247,7 @@ def _validate(
         _inputs.groupby_labels(adata, groupby)
     design = build_design(parsed.fixed, adata.obs) if groupby is None else None
     Y, what = _inputs.counts(adata, layer)
-    check_counts(Y, what=what)
+    check_counts(Y, what=what, param="layer")
     log_off, source = _inputs.log_offset(adata, Y, size_factors, offset)
     inputs = {
         "layer": "X" if layer is None else str(layer),
