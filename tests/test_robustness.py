@@ -103,7 +103,9 @@ def test_one_nonzero_cell_with_condition_is_flagged(paired: bool) -> None:
     res = _fit(y[:, None], paired=paired)
     assert_contract(res)
     assert "separation" in res.status_str[0]
-    assert np.all(np.isnan(res.coef[0])) and np.all(np.isnan(res.p_value[0]))
+    # the condition effect diverges (no counts in the stim cells): NaN; since issue 14 the rest of
+    # the model is estimated without those cells (status partial_separation)
+    assert np.isnan(res.coef[0, 1]) and np.isnan(res.p_value[0, 1])
 
 
 @pytest.mark.parametrize("paired", [False, True], ids=["donor_level", "paired"])
@@ -357,7 +359,7 @@ def test_tl_fit_hard_genes_one_warning() -> None:
     pval = a.varm["scglmm_pval"]
     ok = fit["status"] == "ok"
     assert np.all(np.isfinite(coef[ok].to_numpy())) and np.all(np.isfinite(pval[ok].to_numpy()))
-    assert np.isnan(pval.loc["absent_stim"]).all()
+    assert np.isnan(pval.loc["absent_stim", "condition[T.stim]"])  # the intercept is estimated (issue 14)
     assert list(a.var["scglmm_status"]) == list(fit["status"])
 
 

@@ -21,11 +21,12 @@ from ._checks import (
     check_n_jobs,
     check_offset,
 )
-from ._counts import as_backed_counts, block_getter
+from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
 from ._results import GeneFit, GenesFit, assemble
 from ._schedule import Design, fit_blocks
+from ._separation import refit_separated
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -115,7 +116,12 @@ def fit_genes(
     out, nnz = fit_blocks(
         get_block, design, G, n_jobs=n_jobs, n_workers=n_workers, block_size=block_size, progress=progress
     )
-    return assemble(out, nnz, p, coef_names, prepared.donors.levels)
+    fit = assemble(out, nnz, p, coef_names, prepared.donors.levels)
+
+    def refit(Yr, Xr, codes_r, off_r, names) -> GenesFit:  # the model without the cells that separate
+        return fit_genes(Yr, Xr, codes_r, off_r, n_agq=n_agq, n_jobs=n_jobs, block_size=block_size, coef_names=names)
+
+    return refit_separated(fit, lambda genes: gene_columns(Y, genes), X, codes, off, refit)
 
 
 def fit_gene(

@@ -503,3 +503,10 @@ def as_backed_counts(Y, **kwargs) -> BackedCounts | None:
     if isinstance(Y, h5py.Group | h5py.Dataset) or isinstance(getattr(Y, "group", None), h5py.Group):
         return BackedCounts(Y, **kwargs)
     return None
+
+
+def gene_columns(Y: Any, genes: NDArray[np.int64]) -> sparse.csc_matrix:
+    """The columns ``genes`` of a count matrix (dense, sparse or :class:`BackedCounts`) as CSC."""
+    if isinstance(Y, BackedCounts):
+        return Y[:, genes].get_block(0, len(genes))
+    return sparse.csc_matrix(Y[:, genes])

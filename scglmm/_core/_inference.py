@@ -322,14 +322,17 @@ def _between(c: NDArray, mask: NDArray, Xb: NDArray) -> tuple[bool, int, float]:
 def wald(coef: ArrayLike, cov: ArrayLike, c: ArrayLike) -> tuple[NDArray, NDArray]:
     """Estimate ``c' beta`` and its model variance ``c' V c`` per gene.
 
-    ``coef`` is (G, p); ``cov`` is (G, p, p) or (G, p*p) row-major.
+    ``coef`` is (G, p); ``cov`` is (G, p, p) or (G, p*p) row-major. Only the columns with a
+    non-zero weight enter, so a coefficient that is NaN (it diverged, status ``partial_separation``)
+    does not affect contrasts that do not involve it.
     """
     coef = np.asarray(coef, dtype=float)
     G, p = coef.shape
     cov = np.asarray(cov, dtype=float).reshape(G, p, p)
     c = np.asarray(c, dtype=float)
-    est = coef @ c
-    var = np.einsum("i,gij,j->g", c, cov, c)
+    nz = np.flatnonzero(c != 0.0)
+    est = coef[:, nz] @ c[nz]
+    var = np.einsum("i,gij,j->g", c[nz], cov[:, nz][:, :, nz], c[nz])
     return est, var
 
 

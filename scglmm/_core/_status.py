@@ -21,6 +21,9 @@ ALL_ZERO = 16
 FAILED = 32
 #: Set by the AnnData layer for genes removed by the gene filter before fitting.
 FILTERED = 64
+#: Some coefficients run to infinity (a factor level, e.g. a donor, whose cells all have zero counts):
+#: they are NaN, and the others are estimated without those cells (their limit; see ``_separation``).
+PARTIAL_SEPARATION = 128
 
 #: Bit -> name, in the order names are joined in a status string.
 STATUS_BITS: dict[int, str] = {
@@ -28,6 +31,7 @@ STATUS_BITS: dict[int, str] = {
     ALL_ZERO: "all_zero",
     FAILED: "failed",
     SEPARATION: "separation",
+    PARTIAL_SEPARATION: "partial_separation",
     NOT_CONVERGED: "not_converged",
     SIGMA2_BOUNDARY: "sigma2_boundary",
     POISSON_LIMIT: "poisson_limit",

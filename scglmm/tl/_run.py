@@ -173,7 +173,8 @@ def _unestimated(fit: GenesFit, var_names: pd.Index, *, key: str, desc: str) -> 
     n_bad = int(((status != 0) & fitted).sum())
     if n_bad:
         logger.info("%s: status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", desc, n_bad, summary, key)
-    no_estimate = ~np.isfinite(fit.coef[:, 0]) & fitted if fit.coef.shape[1] else np.zeros(len(var_names), bool)
+    # a gene lacks an estimate if any coefficient is NaN (all of them, or those that diverged)
+    no_estimate = ~np.isfinite(fit.coef).all(axis=1) & fitted if fit.coef.shape[1] else np.zeros(len(var_names), bool)
     if not no_estimate.any():
         return None
     examples = list(var_names[no_estimate][:5])
