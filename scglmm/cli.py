@@ -285,12 +285,13 @@ def _read_h5ad(path: Path, *, backed: bool = False) -> AnnData:
     return adata
 
 
-def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
+def _results_into_copy(src: Path, adata: AnnData, compression: str | None) -> Callable[[Path], None]:
     """A writer for ``--backed``: copy INPUT byte for byte, then replace its var, varm and uns.
 
-    The count matrix is never loaded: the copy carries it over, and only the (small) per-gene
-    results and settings are written.
+    The count matrix is never loaded: the copy carries it over as INPUT stores it, and only the
+    (small) per-gene results and settings are written, with ``compression``.
     """
+    dataset_kwargs = {} if compression is None else {"compression": compression}
 
     def writer(tmp: Path) -> None:
         import shutil
@@ -307,7 +308,7 @@ def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
             for name, value in (("var", adata.var), ("varm", dict(adata.varm)), ("uns", dict(adata.uns))):
                 if name in f:
                     del f[name]
-                write_elem(f, name, value)
+                write_elem(f, name, value, dataset_kwargs=dataset_kwargs)
 
     return writer
 
@@ -318,15 +319,19 @@ def _write_outputs(
     table: Path | None,
     df: pd.DataFrame,
     *,
-    compression: str | None = None,
+    compression: str | None,
     backed_from: Path | None = None,
 ) -> None:
-    """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all."""
+    """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all.
+
+    ``compression`` (``"gzip"``, ``"lzf"`` or ``None``) applies to every array of ``--out``; with
+    ``backed_from``, to the results only (the counts are copied as they are stored).
+    """
 
     def write_h5ad(p: Path) -> None:
-        adata.write_h5ad(p, **({} if compression is None else {"compression": compression}))
+        adata.write_h5ad(p, compression=compression)
 
-    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata)
+    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata, compression)
     targets: list[tuple[Path, Callable[[Path], None]]] = [(out, writer)]
     if table is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
@@ -459,11 +464,20 @@ def _verbosity(f: Callable) -> Callable:
     return f
 
 
+def _no_compression(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
+    """``--compression none`` is ``None``, anndata's spelling of uncompressed."""
+    return None if value == "none" else value
+
+
 def _outputs(f: Callable) -> Callable:
     f = click.option(
         "--compression",
-        type=click.Choice(["gzip", "lzf"]),
-        help="Compress the arrays of the output .h5ad (smaller, slower to write).  [default: none]",
+        type=click.Choice(["gzip", "lzf", "none"]),
+        default="gzip",
+        show_default=True,
+        callback=_no_compression,
+        help="Compression of the arrays of the output .h5ad: gzip (smallest), lzf (faster, larger) or none "
+        "(fastest, several times larger). With --backed: of the results; the counts are copied as INPUT stores them.",
     )(f)
     f = click.option(
         "--table", metavar="TSV", type=click.Path(path_type=Path), help="Also write the per-gene results as a TSV file."
@@ -646,9 +660,6 @@ def fit_cmd(
         _check_io(input_h5ad, out, table)
         if fit_kwargs["size_factors"] is not None and fit_kwargs["offset"] is not None:
             msg = "pass either --size-factors (a scale, logged internally) or --offset (already a log), not both."
-            raise click.UsageError(msg)
-        if backed and compression is not None:
-            msg = "--compression cannot be used with --backed (the output is a copy of INPUT as it is stored)."
             raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad, backed=backed)
         try:

@@ -195,8 +195,17 @@ def test_backed_equals_in_memory(fitted, small_h5ad, tmp_path):
     tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
     tn = pd.read_csv(out_dir / "fit.tsv", sep="\t")
     pd.testing.assert_frame_equal(tb, tn, rtol=1e-10)
-    bad = run("fit", small_h5ad, "-f", FORMULA, "--backed", "--compression", "gzip", "-o", tmp_path / "c.h5ad")
-    assert_one_line_error(bad, 2, ["--compression", "--backed"])
+
+
+def test_backed_compresses_the_results_and_copies_the_counts(small_h5ad, tmp_path):
+    """With --backed the counts are INPUT's bytes (here uncompressed); the results get --compression (gzip)."""
+    import h5py
+
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--backed", "-o", tmp_path / "b.h5ad", "-q")
+    assert res.exit_code == 0, res.stderr
+    with h5py.File(small_h5ad) as src, h5py.File(tmp_path / "b.h5ad") as f:
+        assert f["X"]["data"].compression == src["X"]["data"].compression is None
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression == "gzip"
 
 
 def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
@@ -212,17 +221,24 @@ def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
     assert listing(tmp_path) == []
 
 
-def test_compression(small_h5ad, tmp_path, reference):
+def test_compression(fitted, small_h5ad, tmp_path, reference):
+    """The output is gzip-compressed by default; --compression none writes plain arrays, the same values."""
     import h5py
 
+    _, out_dir, _ = fitted  # default flags
+    with h5py.File(out_dir / "fit.h5ad") as f:
+        assert f["X"]["data"].compression == "gzip"
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression == "gzip"
     res = run(
-        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "c.h5ad", "--compression", "gzip"
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "c.h5ad", "--compression", "none"
     )
     assert res.exit_code == 0, res.stderr
     with h5py.File(tmp_path / "c.h5ad") as f:
-        assert f["X"]["data"].compression == "gzip"
+        assert f["X"]["data"].compression is None
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression is None
     out = ad.read_h5ad(tmp_path / "c.h5ad")
     np.testing.assert_allclose(out.varm["scglmm_coef"], reference.varm["scglmm_coef"], rtol=1e-10)
+    assert "[default: gzip]" in run("fit", "--help").stdout
     bad = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "x.h5ad", "--compression", "zip")
     assert_one_line_error(bad, 2, ["--compression", "zip"])
 
