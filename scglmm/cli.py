@@ -351,12 +351,30 @@ def _long(res: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
     return part
 
 
+def _ranked(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
+    """``df`` with the rows of each block of ``by`` (e.g. group and coef) by ``p_value``, then ``|stat|``.
+
+    Smallest p-value first; among equal p-values (those that underflow to 0, say) the largest
+    ``|stat|`` first; missing values last; otherwise the order of ``df``. The blocks keep the order
+    in which they first appear.
+    """
+    import numpy as np
+
+    by = tuple(c for c in by if c in df)
+    block = df.groupby(list(by), sort=False).ngroup().to_numpy() if by else np.zeros(len(df), dtype=int)
+    p = df["p_value"].to_numpy(float) if "p_value" in df else np.zeros(len(df))
+    minus_abs_stat = -np.abs(df["stat"].to_numpy(float)) if "stat" in df else np.zeros(len(df))
+    order = np.lexsort((np.nan_to_num(minus_abs_stat, nan=np.inf), np.nan_to_num(p, nan=np.inf), block))
+    return df.iloc[order].reset_index(drop=True)
+
+
 def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame:
     """:func:`scglmm.get.results` for each coefficient (and group), stacked into one long table.
 
     The columns are those of ``get.results`` after ``gene`` (and ``group`` with ``--groupby``) and
     ``coef``. Without ``coefs``, every non-intercept coefficient is reported (the intercept if there
     is no other). A coefficient missing from one group's design leaves that group out, with a warning.
+    The genes of each coefficient (and group) are ranked by :func:`_ranked`.
     """
     import pandas as pd
 
@@ -377,22 +395,18 @@ def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame
     if not parts:
         msg = "no results to report: none of the requested coefficients was fitted in any group."
         raise CLIError(msg)
-    return pd.concat(parts, ignore_index=True)
+    return _ranked(pd.concat(parts, ignore_index=True), ("group", "coef"))
 
 
 def _print_top(df: pd.DataFrame, n: int, by: tuple[str, ...] = ("coef",)) -> None:
-    """Print the ``n`` smallest p-values of each coefficient (and group) as an aligned table."""
-    import numpy as np
-
+    """Print the first ``n`` genes of each coefficient (and group) of a table ranked by :func:`_ranked`."""
     if n <= 0 or df.empty:
         return
     cols = [c for c in ("log2_fc", "se", "p_value", "adj_p_value", "sigma2", "dispersion", "status") if c in df]
     by = tuple(c for c in by if c in df)
     try:
         for label, part in df.groupby(list(by), sort=False):
-            ranked = part.assign(_abs=np.abs(part["stat"]) if "stat" in part else 0.0)
-            ranked = ranked.sort_values(["p_value", "_abs"], ascending=[True, False], na_position="last")
-            best = ranked.head(n).set_index("gene")[cols]
+            best = part.head(n).set_index("gene")[cols]
             n_sig = int((part["adj_p_value"] < 0.05).sum()) if "adj_p_value" in part else 0
             name = " / ".join(str(v) for v in label)
             click.echo(f"top {len(best)} of {len(part)} genes for {name} ({n_sig} with adj_p_value < 0.05):")
@@ -526,6 +540,8 @@ Where the results go (KEY = --key-added, default 'scglmm'):
             gene, [group,] coef, then the columns of scglmm.get.results:
             log_fc, log2_fc, se, stat, p_value, adj_p_value (Benjamini-
             Hochberg), sigma2, dispersion, status, ...; missing values are NA.
+            Ranked within each coefficient (and group): by p_value, then
+            |stat|.
   stdout    the top genes of each coefficient (nothing with --quiet).
   stderr    log messages.
 
@@ -718,7 +734,8 @@ Where the results go:
   --out     INPUT's AnnData plus varm[KEY_contrast_NAME] (see scglmm.tl.test;
             NAME is --key-added or derived from the contrast, and is logged).
   --table   tab-separated, one row per gene (and group): gene, [group,]
-            contrast, then the columns of scglmm.get.results(contrast=NAME).
+            contrast, then the columns of scglmm.get.results(contrast=NAME),
+            ranked by p_value, then |stat|.
   stdout    the top genes (nothing with --quiet).
 """
 
@@ -791,7 +808,8 @@ def test_cmd(
         groups = list(group) or None
         name = tl.test(adata, _parse_contrast(contrast), group=groups, progress=False if quiet else None, **test_kwargs)
         logger.info("results stored as %r", name)
-        df = _long(get.results(adata, contrast=name, key=test_kwargs["key"], group=groups), "contrast", name)
+        res = get.results(adata, contrast=name, key=test_kwargs["key"], group=groups)
+        df = _ranked(_long(res, "contrast", name), ("group", "contrast"))
         _write_outputs(adata, out, table, df, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "contrast"))

@@ -71,6 +71,17 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def ranked_genes(results: pd.DataFrame) -> list[str]:
+    """The genes of a ``get.results`` table by p-value, then |stat| (largest first), missing values last."""
+    ranked = results.assign(minus_abs_stat=-results["stat"].abs())
+    return ranked.sort_values(["p_value", "minus_abs_stat"], kind="stable", na_position="last").index.tolist()
+
+
+def by_gene(tsv: pd.DataFrame, genes: list[str] | pd.Index) -> pd.DataFrame:
+    """The rows of a table written by the program, in the order of ``genes``."""
+    return tsv.set_index("gene").loc[list(genes)]
+
+
 # ------------------------------------------------------------------------------------------------
 # success
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +123,9 @@ def test_fit_table_equals_get_results(fitted, reference):
     assert list(tsv.columns) == ["gene", "coef", *expected.columns]
     assert len(tsv) == 20
     assert (tsv["coef"] == COEF).all()
-    assert tsv["gene"].tolist() == reference.var_names.tolist()
+    assert sorted(tsv["gene"]) == sorted(reference.var_names)
+    assert tsv["gene"].tolist() == ranked_genes(expected)  # smallest p first, ties by |stat|
+    expected = expected.loc[tsv["gene"]]
     for col in expected.columns:
         if pd.api.types.is_numeric_dtype(expected[col]):
             np.testing.assert_allclose(tsv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-10)
@@ -127,10 +140,8 @@ def test_fit_stdout_is_the_top_table_and_logs_go_to_stderr(fitted, reference):
     res, _, _ = fitted
     lines = res.stdout.splitlines()
     assert lines[0].startswith(f"top 5 of 20 genes for {COEF}")
-    expected = scglmm.get.results(reference, COEF)
-    best = expected.assign(a=expected["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False])
     shown = [line.split()[0] for line in lines[3:]]  # title, column header, index-name line
-    assert shown == best.index[:5].tolist()
+    assert shown == ranked_genes(scglmm.get.results(reference, COEF))[:5]
     assert "[scglmm" not in res.stdout
     assert "[scglmm" in res.stderr
     assert "fit.h5ad" in res.stderr
@@ -168,7 +179,7 @@ def test_coef_option_and_key_added(small_h5ad, tmp_path, reference):
     tsv = pd.read_csv(tmp_path / "k.tsv", sep="\t")
     assert tsv["coef"].tolist() == ["Intercept"] * 20 + [COEF] * 20
     np.testing.assert_allclose(
-        tsv.loc[tsv["coef"] == "Intercept", "log_fc"].to_numpy(),
+        by_gene(tsv[tsv["coef"] == "Intercept"], reference.var_names)["log_fc"].to_numpy(),
         reference.varm["scglmm_coef"]["Intercept"].to_numpy(),
         rtol=1e-10,
     )
@@ -252,8 +263,8 @@ def test_offset_equals_log_size_factors(small_h5ad, tmp_path):
     b = run("fit", src, "-f", FORMULA, "--offset", "log_sf", "-o", tmp_path / "b.h5ad", "--table", tmp_path / "b.tsv")
     assert a.exit_code == 0, a.stderr
     assert b.exit_code == 0, b.stderr
-    ta = pd.read_csv(tmp_path / "a.tsv", sep="\t")
-    tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
+    ta = pd.read_csv(tmp_path / "a.tsv", sep="\t").set_index("gene")
+    tb = by_gene(pd.read_csv(tmp_path / "b.tsv", sep="\t"), ta.index)
     np.testing.assert_allclose(ta["log_fc"], tb["log_fc"], rtol=1e-8)
     np.testing.assert_allclose(ta["se"], tb["se"], rtol=1e-8)
 
@@ -287,7 +298,8 @@ def test_groupby(small_h5ad, tmp_path):
             warnings.simplefilter("ignore", UserWarning)
             scglmm.tl.fit(alone, FORMULA, size_factors=SF, n_jobs=1, progress=False)
         expected = scglmm.get.results(alone, COEF)
-        part = tsv[tsv["group"] == g]
+        assert tsv.loc[tsv["group"] == g, "gene"].tolist() == ranked_genes(expected)  # ranked within the group
+        part = by_gene(tsv[tsv["group"] == g], expected.index)
         np.testing.assert_allclose(part["log_fc"].to_numpy(), expected["log_fc"].to_numpy(), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(part["se"].to_numpy(), expected["se"].to_numpy(), rtol=1e-8)
     assert res.stdout.count("top 3 of 20 genes for") == 2
@@ -310,9 +322,28 @@ def test_groupby(small_h5ad, tmp_path):
     assert list(t.columns[:3]) == ["gene", "group", "contrast"]
     assert (t["group"] == "A").all()
     assert len(t) == 20
-    part = tsv[tsv["group"] == "A"]
+    part = by_gene(tsv[tsv["group"] == "A"], t["gene"])
     np.testing.assert_allclose(t["log2_fc"].to_numpy(), part["log2_fc"].to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(t["p_value"].to_numpy(), part["p_value"].to_numpy(), rtol=1e-8)
+
+
+def test_tables_are_ranked_by_p_then_abs_stat_within_each_block():
+    """Within each (group, coef) block: smallest p first, ties (p underflowing to 0) by |stat|, NaN last;
+    the blocks keep their order."""
+    nan = np.nan
+    df = pd.DataFrame(
+        {
+            "gene": ["a", "b", "c", "d", "e", "f", "g"],
+            "group": ["B", "B", "B", "B", "A", "A", "A"],
+            "coef": "x",
+            "stat": [2.0, -40.0, 30.0, nan, 1.0, nan, -3.0],
+            "p_value": [0.04, 0.0, 0.0, nan, 0.3, nan, 0.003],
+        }
+    )
+    ranked = cli_mod._ranked(df, ("group", "coef"))
+    assert ranked["gene"].tolist() == ["b", "c", "a", "d", "g", "e", "f"]
+    assert ranked.index.tolist() == list(range(7))
+    assert cli_mod._ranked(df.drop(columns="group"), ("group", "coef"))["gene"].tolist()[:3] == ["b", "c", "g"]
 
 
 def test_version_and_help():
@@ -713,8 +744,10 @@ def test_test_command_wald(fitted, tmp_path):
     out = ad.read_h5ad(tmp_path / "t.h5ad")
     expected = scglmm.get.results(out, contrast=name)
     assert list(tsv.columns[2:]) == list(expected.columns)
-    np.testing.assert_allclose(tsv["p_value"].to_numpy(), expected["p_value"].to_numpy(), rtol=1e-12)
+    assert tsv["gene"].tolist() == ranked_genes(expected)
+    np.testing.assert_allclose(tsv["p_value"].to_numpy(), expected.loc[tsv["gene"], "p_value"].to_numpy(), rtol=1e-12)
     # a Wald test of one coefficient is that coefficient's own test
+    fit_tsv = by_gene(fit_tsv, tsv["gene"])
     np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
     np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
     assert res.stdout.startswith(f"top 3 of 20 genes for {name}")
@@ -728,6 +761,7 @@ def test_test_command_level_triple_and_lrt(fitted, tmp_path):
     res = run("test", src, "-c", "condition,ctrl,stim", "-o", tmp_path / "t.h5ad", "--table", tmp_path / "t.tsv")
     assert res.exit_code == 0, res.stderr
     tsv = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    fit_tsv = by_gene(fit_tsv, tsv["gene"])
     np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), -fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
     # likelihood-ratio test against the intercept-only model: LR = 2 (l_full - l_reduced)
@@ -740,6 +774,7 @@ def test_test_command_level_triple_and_lrt(fitted, tmp_path):
     lrt = pd.read_csv(tmp_path / "l.tsv", sep="\t")
     assert (lrt["contrast"] == "lrt_cond").all()
     stored = ad.read_h5ad(tmp_path / "l.h5ad").varm["scglmm_contrast_lrt_cond"]
+    lrt = by_gene(lrt, stored.index)
     ok = np.isfinite(stored["loglik_full"].to_numpy())
     assert ok.sum() >= 15
     lr = 2 * (stored["loglik_full"] - stored["loglik_reduced"]).to_numpy()
