@@ -179,6 +179,51 @@ class _Group(click.Group):
         sys.exit(code)
 
 
+#: What the value of a required option is, for the message when it was given without its flag.
+_VALUE_NAMES = {"formula": "the formula", "contrast": "the contrast", "out": "the output file name"}
+
+
+class _Command(click.Command):
+    """A click command that names the stray arguments when a required option is missing.
+
+    ``scglmm fit in.h5ad "~ condition + (1 | donor)" --out o.h5ad`` would otherwise only say
+    "Missing option '-f' / '--formula'", although the formula is on the line, without its flag.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, list(args))
+        except click.MissingParameter as err:
+            stray = self._stray_arguments(ctx, args)
+            if not stray or not isinstance(err.param, click.Option):
+                raise
+            raise click.UsageError(_stray_message(err, err.param, stray), ctx=ctx) from None
+
+    def _stray_arguments(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """The arguments left over once the options and the positional arguments have taken theirs."""
+        try:
+            _, extra, _ = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:
+            return []
+        return [str(a) for a in extra]
+
+
+def _stray_message(err: click.MissingParameter, option: click.Option, stray: list[str]) -> str:
+    """``Missing option ...``, the stray argument(s), and where the value goes, with an example."""
+    import shlex
+
+    flags = "/".join(option.opts)
+    what = _VALUE_NAMES.get(option.name or "", f"the value of {max(option.opts, key=len)}")
+    given = ", ".join(repr(a) for a in stray)
+    plural = "s" if len(stray) > 1 else ""
+    quotes = ", in quotes" if len(stray) > 1 else ""
+    example = f"{min(option.opts, key=len)} {shlex.quote(' '.join(stray))}"
+    return (
+        f"{err.format_message()} Got the extra argument{plural} {given}: {what} goes after {flags}{quotes}, "
+        f"e.g. {example}."
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # files
 # ------------------------------------------------------------------------------------------------
@@ -551,7 +596,7 @@ when interrupted).
 """
 
 
-@cli.command("fit", help=_FIT_HELP, no_args_is_help=True)
+@cli.command("fit", cls=_Command, help=_FIT_HELP, no_args_is_help=True)
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
     "-f",
@@ -748,7 +793,7 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     return (m.group(1), m.group(2), m.group(3)) if m else text
 
 
-@cli.command("test", help=_TEST_HELP, no_args_is_help=True)
+@cli.command("test", cls=_Command, help=_TEST_HELP, no_args_is_help=True)
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-c", "--contrast", required=True, metavar="CONTRAST", help="What to test (see above).")
 @_outputs

@@ -529,6 +529,25 @@ def test_missing_required_options(small_h5ad, tmp_path):
     assert_one_line_error(run("fitt", small_h5ad), 2, ["No such command", "fitt"])
 
 
+def test_a_value_without_its_flag_is_named(small_h5ad, fitted, tmp_path):
+    """A formula (contrast, output name) given as a positional argument: the error names it and its flag."""
+    res = run("fit", small_h5ad, FORMULA, "-o", tmp_path / "o.h5ad")
+    line = assert_one_line_error(res, 2, ["Missing option '-f' / '--formula'"])
+    assert line == (
+        f"Error: Missing option '-f' / '--formula'. Got the extra argument '{FORMULA}': the formula goes after "
+        f"-f/--formula, e.g. -f '{FORMULA}'. See 'scglmm fit --help'."
+    )
+    # unquoted, the shell splits the formula into words: all of them are named, and the quotes asked for
+    res = run("fit", small_h5ad, *FORMULA.split(), "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 2, ["'~', 'condition', '+'", "the formula goes after -f/--formula, in quotes", FORMULA])
+    _, out_dir, _ = fitted
+    res = run("test", out_dir / "fit.h5ad", "condition", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 2, ["--contrast", "extra argument 'condition'", "goes after -c/--contrast"])
+    res = run("fit", small_h5ad, "-f", FORMULA, tmp_path / "o.h5ad")
+    assert_one_line_error(res, 2, ["--out", f"extra argument '{tmp_path / 'o.h5ad'}'", "goes after -o/--out"])
+    assert listing(tmp_path) == []
+
+
 def test_out_equal_to_input_is_refused(small_h5ad, tmp_path):
     before = sha256(small_h5ad)
     same = [small_h5ad, small_h5ad.parent / ".." / small_h5ad.parent.name / small_h5ad.name]
