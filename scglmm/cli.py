@@ -4,7 +4,8 @@ The command line is a thin shell around the Python API. It adds what a pipeline 
 statistical: logs on stderr (stdout only carries the top-genes table), one-line error messages with
 non-zero exit codes, and outputs that appear whole or not at all (written to a temporary file in the
 same folder, then renamed). It checks only what the library cannot know (files, and flags of its
-own); every other input error is the library's, printed as it is, after the flag it names.
+own) and, for ``scglmm test``, that the input holds a fit, to point at ``scglmm fit`` rather than
+``scglmm.tl.fit``; every other input error is the library's, printed as it is, after the flag it names.
 
 Exit codes: 0 success, 1 bad input or a failed run, 2 a usage error (unknown flag, missing
 option), 130 interrupted (Ctrl-C or SIGTERM).
@@ -850,6 +851,7 @@ def test_cmd(
             msg = "--reduced-formula is only used with --method lrt."
             raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad)
+        _check_fitted(adata, test_kwargs["key"], input_h5ad)
         groups = list(group) or None
         name = tl.test(adata, _parse_contrast(contrast), group=groups, progress=False if quiet else None, **test_kwargs)
         logger.info("results stored as %r", name)
@@ -858,6 +860,31 @@ def test_cmd(
         _write_outputs(adata, out, table, df, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "contrast"))
+
+
+def _check_fitted(adata: AnnData, key: str, path: Path) -> None:
+    """``scglmm test`` reads a file written by ``scglmm fit``: say so, in the program's words, if it is not one.
+
+    The library would ask for ``scglmm.tl.fit(adata, ...)``; a command-line user runs ``scglmm fit``,
+    or passes ``--key`` when the fit used ``--key-added``. A fit is an ``uns`` entry whose ``params``
+    hold ``design_columns`` (scanpy's ``rank_genes_groups`` entries have ``params`` too); the runs
+    of each group of a ``--groupby`` fit are not listed.
+    """
+    from collections.abc import Mapping
+
+    def params(value: object) -> Mapping:
+        entry = value.get("params") if isinstance(value, Mapping) else None
+        return entry if isinstance(entry, Mapping) else {}
+
+    if "design_columns" in params(adata.uns.get(key)):
+        return
+    found = [str(k) for k, v in adata.uns.items() if "design_columns" in params(v) and "parent_key" not in params(v)]
+    where = f"no scglmm results under key {key!r} in {str(path)!r}"
+    if found:
+        msg = f"--key: {where}; pass the --key-added of its fit as --key (keys with results: {found})."
+    else:
+        msg = f"{where}; run 'scglmm fit' on it first, and 'scglmm test' on the file that writes."
+    raise CLIError(msg)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -806,9 +806,14 @@ def test_test_command_errors(fitted, small_h5ad, tmp_path):
     res = run("test", src, "--contrast", "nope", "-o", tmp_path / "t.h5ad")
     assert_one_line_error(res, 1, ["nope"])
     res = run("test", small_h5ad, "--contrast", COEF, "-o", tmp_path / "t.h5ad")  # not fitted
-    assert_one_line_error(res, 1, ["no scglmm results under key 'scglmm'", "run scglmm.tl.fit"])
+    line = assert_one_line_error(res, 1, ["no scglmm results under key 'scglmm'", "run 'scglmm fit' on it first"])
+    assert "scglmm.tl.fit" not in line  # the program's words, not the Python API's
     res = run("test", src, "--contrast", COEF, "--key", "other", "-o", tmp_path / "t.h5ad")
-    assert_one_line_error(res, 1, ["key 'other'", "keys with results: ['scglmm'"])
+    line = assert_one_line_error(res, 1, ["--key: ", "key 'other'", "as --key (keys with results: ['scglmm'])"])
+    assert "scglmm.tl.fit" not in line
+    # scanpy's layout also has 'params': not a fit
+    res = run("test", src, "--contrast", COEF, "--key", "scglmm_rank_genes_groups", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 1, ["--key: ", "keys with results: ['scglmm']"])
     res = run("test", src, "--contrast", COEF, "-o", src)
     assert_one_line_error(res, 1, ["is the input file"])
     res = run("test", src, "--contrast", COEF, "--method", "score", "-o", tmp_path / "t.h5ad")
