@@ -75,6 +75,35 @@ def _flag(param: str | None) -> str | None:
     return None
 
 
+def _mentions(message: str, keyword: str) -> bool:
+    """Whether ``message`` holds ``keyword`` (``offset=``) as a whole word (not inside ``log_offset=``)."""
+    start = message.find(keyword)
+    while start != -1:
+        if start == 0 or not (message[start - 1].isalnum() or message[start - 1] in "_."):
+            return True
+        start = message.find(keyword, start + 1)
+    return False
+
+
+def _keyword_gloss(message: str) -> str:
+    """`` (on the command line: offset= is --offset)`` for the running command's keywords ``message`` names.
+
+    Library messages suggest Python keywords (``pass it as offset=``, ``layer=None for adata.X``);
+    the message stays as it is and this says which flag each one is. Empty if it names none.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return ""
+    glosses = []
+    for option in ctx.command.params:
+        name = option.name if isinstance(option, click.Option) else None
+        if name is None or not _mentions(message, f"{name}="):
+            continue
+        flag = max(option.opts, key=len)
+        glosses.append(f"{name}=None is no {flag}" if _mentions(message, f"{name}=None") else f"{name}= is {flag}")
+    return f" (on the command line: {'; '.join(glosses)})" if glosses else ""
+
+
 def _describe(err: BaseException) -> tuple[str, bool]:
     """The one-line text of an exception, and whether it is bad input (``False``: a bug or a crash).
 
@@ -84,7 +113,7 @@ def _describe(err: BaseException) -> tuple[str, bool]:
     """
     if isinstance(err, InputError):
         flag = _flag(err.param)
-        return (f"{flag}: " if flag else "") + _one_line(str(err)), True
+        return (f"{flag}: " if flag else "") + _one_line(str(err)) + _keyword_gloss(str(err)), True
     sentence = err.args[0] if isinstance(err, KeyError | ValueError | TypeError) and err.args else None
     if isinstance(sentence, str) and " " in sentence.strip():
         return _one_line(sentence), True  # args[0]: str() of a KeyError would add quotes

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -438,12 +439,24 @@ ERRORS = [
     ("random slope", None, ["-f", "~ condition + (1 + condition | donor)"], 1, ["not supported"]),
     ("two random effects", None, ["-f", "~ condition + (1 | donor) + (1 | sample)"], 1, ["2 random-effect terms"]),
     ("formula syntax", None, ["-f", "~ condition * + (1 | donor)"], 1, ["formula"]),
-    ("missing layer", None, ["--layer", "counts"], 1, ["--layer: layer 'counts' not found", "layer=None"]),
+    (
+        "missing layer",
+        None,
+        ["--layer", "counts"],
+        1,
+        ["--layer: layer 'counts' not found", "layer=None", "line: layer=None is no --layer"],
+    ),
     ("size factor column", None, ["--size-factors", "libsize"], 1, ["--size-factors: ", "'libsize'", "donor_group"]),
     ("offset column", None, ["--offset", "log_lib", "--size-factors", None], 1, ["--offset: ", "'log_lib'"]),
     ("groupby column", None, ["--groupby", "celltype"], 1, ["celltype"]),
     ("coef not in design", None, ["--coef", "treatment"], 1, ["--coef", "'treatment'", "condition[T.stim]"]),
-    ("non-integer counts", _float_counts, [], 1, ["non-integer", "raw integer counts", "layer='counts'"]),
+    (
+        "non-integer counts",
+        _float_counts,
+        [],
+        1,
+        ["non-integer", "raw integer counts", "layer='counts'", "line: layer= is --layer"],
+    ),
     ("negative counts", _negative_counts, [], 1, ["negative"]),
     ("NaN counts", _nan_counts, [], 1, ["NaN"]),
     ("one donor", _one_donor, [], 1, ["donor", "2"]),
@@ -453,9 +466,15 @@ ERRORS = [
         _zero_cells,
         ["--size-factors", None],
         1,
-        ["--size-factors: ", "zero total counts", "pass size_factors="],
+        ["--size-factors: ", "zero total counts", "pass size_factors=", "size_factors= is --size-factors"],
     ),
-    ("zero size factor", _zero_sf, [], 1, ["--size-factors: size_factors must be positive", "offset="]),
+    (
+        "zero size factor",
+        _zero_sf,
+        [],
+        1,
+        ["--size-factors: size_factors must be positive", "offset=", "line: offset= is --offset"],
+    ),
     ("rank deficient", _copy_condition, ["-f", "~ condition + stimulated + (1 | donor)"], 1, ["rank deficient"]),
     ("both offset kinds", None, ["--offset", SF], 2, ["--size-factors", "--offset", "not both"]),
     ("n-jobs zero", None, ["--n-jobs", "0"], 2, ["--n-jobs"]),
@@ -527,6 +546,19 @@ def test_missing_required_options(small_h5ad, tmp_path):
     assert_one_line_error(run("fit", small_h5ad, "-o", tmp_path / "o.h5ad"), 2, ["Missing option", "--formula"])
     assert_one_line_error(run("fit", small_h5ad, "-f", FORMULA), 2, ["Missing option", "--out"])
     assert_one_line_error(run("fitt", small_h5ad), 2, ["No such command", "fitt"])
+
+
+def test_keyword_gloss_names_whole_keywords_only():
+    """The gloss says which flag a Python keyword of the message is; 'log_offset=' is not 'offset='."""
+    with cli_mod.cli.make_context("scglmm", ["fit", "--help"], resilient_parsing=True) as ctx:
+        fit = cli_mod.cli.get_command(ctx, "fit")
+        with click.Context(fit, info_name="fit", parent=ctx):
+            assert cli_mod._keyword_gloss("pass offset= or layer=None") == (
+                " (on the command line: layer=None is no --layer; offset= is --offset)"
+            )
+            assert cli_mod._keyword_gloss("stored as log_offset= and adata.layer=") == ""
+            assert cli_mod._keyword_gloss("no keyword here") == ""
+    assert cli_mod._keyword_gloss("offset=") == ""  # no command running
 
 
 def test_a_value_without_its_flag_is_named(small_h5ad, fitted, tmp_path):
