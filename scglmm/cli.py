@@ -4,7 +4,8 @@ The command line is a thin shell around the Python API. It adds what a pipeline 
 statistical: logs on stderr (stdout only carries the top-genes table), one-line error messages with
 non-zero exit codes, and outputs that appear whole or not at all (written to a temporary file in the
 same folder, then renamed). It checks only what the library cannot know (files, and flags of its
-own); every other input error is the library's, printed as it is, after the flag it names.
+own) and, for ``scglmm test``, that the input holds a fit, to point at ``scglmm fit`` rather than
+``scglmm.tl.fit``; every other input error is the library's, printed as it is, after the flag it names.
 
 Exit codes: 0 success, 1 bad input or a failed run, 2 a usage error (unknown flag, missing
 option), 130 interrupted (Ctrl-C or SIGTERM).
@@ -74,6 +75,35 @@ def _flag(param: str | None) -> str | None:
     return None
 
 
+def _mentions(message: str, keyword: str) -> bool:
+    """Whether ``message`` holds ``keyword`` (``offset=``) as a whole word (not inside ``log_offset=``)."""
+    start = message.find(keyword)
+    while start != -1:
+        if start == 0 or not (message[start - 1].isalnum() or message[start - 1] in "_."):
+            return True
+        start = message.find(keyword, start + 1)
+    return False
+
+
+def _keyword_gloss(message: str) -> str:
+    """`` (on the command line: offset= is --offset)`` for the running command's keywords ``message`` names.
+
+    Library messages suggest Python keywords (``pass it as offset=``, ``layer=None for adata.X``);
+    the message stays as it is and this says which flag each one is. Empty if it names none.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return ""
+    glosses = []
+    for option in ctx.command.params:
+        name = option.name if isinstance(option, click.Option) else None
+        if name is None or not _mentions(message, f"{name}="):
+            continue
+        flag = max(option.opts, key=len)
+        glosses.append(f"{name}=None is no {flag}" if _mentions(message, f"{name}=None") else f"{name}= is {flag}")
+    return f" (on the command line: {'; '.join(glosses)})" if glosses else ""
+
+
 def _describe(err: BaseException) -> tuple[str, bool]:
     """The one-line text of an exception, and whether it is bad input (``False``: a bug or a crash).
 
@@ -83,7 +113,7 @@ def _describe(err: BaseException) -> tuple[str, bool]:
     """
     if isinstance(err, InputError):
         flag = _flag(err.param)
-        return (f"{flag}: " if flag else "") + _one_line(str(err)), True
+        return (f"{flag}: " if flag else "") + _one_line(str(err)) + _keyword_gloss(str(err)), True
     sentence = err.args[0] if isinstance(err, KeyError | ValueError | TypeError) and err.args else None
     if isinstance(sentence, str) and " " in sentence.strip():
         return _one_line(sentence), True  # args[0]: str() of a KeyError would add quotes
@@ -177,6 +207,51 @@ class _Group(click.Group):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+#: What the value of a required option is, for the message when it was given without its flag.
+_VALUE_NAMES = {"formula": "the formula", "contrast": "the contrast", "out": "the output file name"}
+
+
+class _Command(click.Command):
+    """A click command that names the stray arguments when a required option is missing.
+
+    ``scglmm fit in.h5ad "~ condition + (1 | donor)" --out o.h5ad`` would otherwise only say
+    "Missing option '-f' / '--formula'", although the formula is on the line, without its flag.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, list(args))
+        except click.MissingParameter as err:
+            stray = self._stray_arguments(ctx, args)
+            if not stray or not isinstance(err.param, click.Option):
+                raise
+            raise click.UsageError(_stray_message(err, err.param, stray), ctx=ctx) from None
+
+    def _stray_arguments(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """The arguments left over once the options and the positional arguments have taken theirs."""
+        try:
+            _, extra, _ = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:
+            return []
+        return [str(a) for a in extra]
+
+
+def _stray_message(err: click.MissingParameter, option: click.Option, stray: list[str]) -> str:
+    """``Missing option ...``, the stray argument(s), and where the value goes, with an example."""
+    import shlex
+
+    flags = "/".join(option.opts)
+    what = _VALUE_NAMES.get(option.name or "", f"the value of {max(option.opts, key=len)}")
+    given = ", ".join(repr(a) for a in stray)
+    plural = "s" if len(stray) > 1 else ""
+    quotes = ", in quotes" if len(stray) > 1 else ""
+    example = f"{min(option.opts, key=len)} {shlex.quote(' '.join(stray))}"
+    return (
+        f"{err.format_message()} Got the extra argument{plural} {given}: {what} goes after {flags}{quotes}, "
+        f"e.g. {example}."
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,12 +360,13 @@ def _read_h5ad(path: Path, *, backed: bool = False) -> AnnData:
     return adata
 
 
-def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
+def _results_into_copy(src: Path, adata: AnnData, compression: str | None) -> Callable[[Path], None]:
     """A writer for ``--backed``: copy INPUT byte for byte, then replace its var, varm and uns.
 
-    The count matrix is never loaded: the copy carries it over, and only the (small) per-gene
-    results and settings are written.
+    The count matrix is never loaded: the copy carries it over as INPUT stores it, and only the
+    (small) per-gene results and settings are written, with ``compression``.
     """
+    dataset_kwargs = {} if compression is None else {"compression": compression}
 
     def writer(tmp: Path) -> None:
         import shutil
@@ -307,7 +383,7 @@ def _results_into_copy(src: Path, adata: AnnData) -> Callable[[Path], None]:
             for name, value in (("var", adata.var), ("varm", dict(adata.varm)), ("uns", dict(adata.uns))):
                 if name in f:
                     del f[name]
-                write_elem(f, name, value)
+                write_elem(f, name, value, dataset_kwargs=dataset_kwargs)
 
     return writer
 
@@ -318,15 +394,19 @@ def _write_outputs(
     table: Path | None,
     df: pd.DataFrame,
     *,
-    compression: str | None = None,
+    compression: str | None,
     backed_from: Path | None = None,
 ) -> None:
-    """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all."""
+    """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all.
+
+    ``compression`` (``"gzip"``, ``"lzf"`` or ``None``) applies to every array of ``--out``; with
+    ``backed_from``, to the results only (the counts are copied as they are stored).
+    """
 
     def write_h5ad(p: Path) -> None:
-        adata.write_h5ad(p, **({} if compression is None else {"compression": compression}))
+        adata.write_h5ad(p, compression=compression)
 
-    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata)
+    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata, compression)
     targets: list[tuple[Path, Callable[[Path], None]]] = [(out, writer)]
     if table is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
@@ -346,12 +426,30 @@ def _long(res: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
     return part
 
 
+def _ranked(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
+    """``df`` with the rows of each block of ``by`` (e.g. group and coef) by ``p_value``, then ``|stat|``.
+
+    Smallest p-value first; among equal p-values (those that underflow to 0, say) the largest
+    ``|stat|`` first; missing values last; otherwise the order of ``df``. The blocks keep the order
+    in which they first appear.
+    """
+    import numpy as np
+
+    by = tuple(c for c in by if c in df)
+    block = df.groupby(list(by), sort=False).ngroup().to_numpy() if by else np.zeros(len(df), dtype=int)
+    p = df["p_value"].to_numpy(float) if "p_value" in df else np.zeros(len(df))
+    minus_abs_stat = -np.abs(df["stat"].to_numpy(float)) if "stat" in df else np.zeros(len(df))
+    order = np.lexsort((np.nan_to_num(minus_abs_stat, nan=np.inf), np.nan_to_num(p, nan=np.inf), block))
+    return df.iloc[order].reset_index(drop=True)
+
+
 def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame:
     """:func:`scglmm.get.results` for each coefficient (and group), stacked into one long table.
 
     The columns are those of ``get.results`` after ``gene`` (and ``group`` with ``--groupby``) and
     ``coef``. Without ``coefs``, every non-intercept coefficient is reported (the intercept if there
     is no other). A coefficient missing from one group's design leaves that group out, with a warning.
+    The genes of each coefficient (and group) are ranked by :func:`_ranked`.
     """
     import pandas as pd
 
@@ -372,22 +470,18 @@ def _fit_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame
     if not parts:
         msg = "no results to report: none of the requested coefficients was fitted in any group."
         raise CLIError(msg)
-    return pd.concat(parts, ignore_index=True)
+    return _ranked(pd.concat(parts, ignore_index=True), ("group", "coef"))
 
 
 def _print_top(df: pd.DataFrame, n: int, by: tuple[str, ...] = ("coef",)) -> None:
-    """Print the ``n`` smallest p-values of each coefficient (and group) as an aligned table."""
-    import numpy as np
-
+    """Print the first ``n`` genes of each coefficient (and group) of a table ranked by :func:`_ranked`."""
     if n <= 0 or df.empty:
         return
     cols = [c for c in ("log2_fc", "se", "p_value", "adj_p_value", "sigma2", "dispersion", "status") if c in df]
     by = tuple(c for c in by if c in df)
     try:
         for label, part in df.groupby(list(by), sort=False):
-            ranked = part.assign(_abs=np.abs(part["stat"]) if "stat" in part else 0.0)
-            ranked = ranked.sort_values(["p_value", "_abs"], ascending=[True, False], na_position="last")
-            best = ranked.head(n).set_index("gene")[cols]
+            best = part.head(n).set_index("gene")[cols]
             n_sig = int((part["adj_p_value"] < 0.05).sum()) if "adj_p_value" in part else 0
             name = " / ".join(str(v) for v in label)
             click.echo(f"top {len(best)} of {len(part)} genes for {name} ({n_sig} with adj_p_value < 0.05):")
@@ -459,11 +553,20 @@ def _verbosity(f: Callable) -> Callable:
     return f
 
 
+def _no_compression(ctx: click.Context, param: click.Parameter, value: str) -> str | None:
+    """``--compression none`` is ``None``, anndata's spelling of uncompressed."""
+    return None if value == "none" else value
+
+
 def _outputs(f: Callable) -> Callable:
     f = click.option(
         "--compression",
-        type=click.Choice(["gzip", "lzf"]),
-        help="Compress the arrays of the output .h5ad (smaller, slower to write).  [default: none]",
+        type=click.Choice(["gzip", "lzf", "none"]),
+        default="gzip",
+        show_default=True,
+        callback=_no_compression,
+        help="Compression of the arrays of the output .h5ad: gzip (smallest), lzf (faster, larger) or none "
+        "(fastest, several times larger). With --backed: of the results; the counts are copied as INPUT stores them.",
     )(f)
     f = click.option(
         "--table", metavar="TSV", type=click.Path(path_type=Path), help="Also write the per-gene results as a TSV file."
@@ -512,6 +615,8 @@ Where the results go (KEY = --key-added, default 'scglmm'):
             gene, [group,] coef, then the columns of scglmm.get.results:
             log_fc, log2_fc, se, stat, p_value, adj_p_value (Benjamini-
             Hochberg), sigma2, dispersion, status, ...; missing values are NA.
+            Ranked within each coefficient (and group): by p_value, then
+            |stat|.
   stdout    the top genes of each coefficient (nothing with --quiet).
   stderr    log messages.
 
@@ -521,7 +626,7 @@ when interrupted).
 """
 
 
-@cli.command("fit", help=_FIT_HELP, no_args_is_help=True)
+@cli.command("fit", cls=_Command, help=_FIT_HELP, no_args_is_help=True)
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
     "-f",
@@ -647,9 +752,6 @@ def fit_cmd(
         if fit_kwargs["size_factors"] is not None and fit_kwargs["offset"] is not None:
             msg = "pass either --size-factors (a scale, logged internally) or --offset (already a log), not both."
             raise click.UsageError(msg)
-        if backed and compression is not None:
-            msg = "--compression cannot be used with --backed (the output is a copy of INPUT as it is stored)."
-            raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad, backed=backed)
         try:
             if coef:
@@ -707,7 +809,8 @@ Where the results go:
   --out     INPUT's AnnData plus varm[KEY_contrast_NAME] (see scglmm.tl.test;
             NAME is --key-added or derived from the contrast, and is logged).
   --table   tab-separated, one row per gene (and group): gene, [group,]
-            contrast, then the columns of scglmm.get.results(contrast=NAME).
+            contrast, then the columns of scglmm.get.results(contrast=NAME),
+            ranked by p_value, then |stat|.
   stdout    the top genes (nothing with --quiet).
 """
 
@@ -720,7 +823,7 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     return (m.group(1), m.group(2), m.group(3)) if m else text
 
 
-@cli.command("test", help=_TEST_HELP, no_args_is_help=True)
+@cli.command("test", cls=_Command, help=_TEST_HELP, no_args_is_help=True)
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-c", "--contrast", required=True, metavar="CONTRAST", help="What to test (see above).")
 @_outputs
@@ -777,13 +880,40 @@ def test_cmd(
             msg = "--reduced-formula is only used with --method lrt."
             raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad)
+        _check_fitted(adata, test_kwargs["key"], input_h5ad)
         groups = list(group) or None
         name = tl.test(adata, _parse_contrast(contrast), group=groups, progress=False if quiet else None, **test_kwargs)
         logger.info("results stored as %r", name)
-        df = _long(get.results(adata, contrast=name, key=test_kwargs["key"], group=groups), "contrast", name)
+        res = get.results(adata, contrast=name, key=test_kwargs["key"], group=groups)
+        df = _ranked(_long(res, "contrast", name), ("group", "contrast"))
         _write_outputs(adata, out, table, df, compression=compression)
         if not quiet:
             _print_top(df, top, by=("group", "contrast"))
+
+
+def _check_fitted(adata: AnnData, key: str, path: Path) -> None:
+    """``scglmm test`` reads a file written by ``scglmm fit``: say so, in the program's words, if it is not one.
+
+    The library would ask for ``scglmm.tl.fit(adata, ...)``; a command-line user runs ``scglmm fit``,
+    or passes ``--key`` when the fit used ``--key-added``. A fit is an ``uns`` entry whose ``params``
+    hold ``design_columns`` (scanpy's ``rank_genes_groups`` entries have ``params`` too); the runs
+    of each group of a ``--groupby`` fit are not listed.
+    """
+    from collections.abc import Mapping
+
+    def params(value: object) -> Mapping:
+        entry = value.get("params") if isinstance(value, Mapping) else None
+        return entry if isinstance(entry, Mapping) else {}
+
+    if "design_columns" in params(adata.uns.get(key)):
+        return
+    found = [str(k) for k, v in adata.uns.items() if "design_columns" in params(v) and "parent_key" not in params(v)]
+    where = f"no scglmm results under key {key!r} in {str(path)!r}"
+    if found:
+        msg = f"--key: {where}; pass the --key-added of its fit as --key (keys with results: {found})."
+    else:
+        msg = f"{where}; run 'scglmm fit' on it first, and 'scglmm test' on the file that writes."
+    raise CLIError(msg)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

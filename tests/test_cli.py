@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,6 +72,17 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def ranked_genes(results: pd.DataFrame) -> list[str]:
+    """The genes of a ``get.results`` table by p-value, then |stat| (largest first), missing values last."""
+    ranked = results.assign(minus_abs_stat=-results["stat"].abs())
+    return ranked.sort_values(["p_value", "minus_abs_stat"], kind="stable", na_position="last").index.tolist()
+
+
+def by_gene(tsv: pd.DataFrame, genes: list[str] | pd.Index) -> pd.DataFrame:
+    """The rows of a table written by the program, in the order of ``genes``."""
+    return tsv.set_index("gene").loc[list(genes)]
+
+
 # ------------------------------------------------------------------------------------------------
 # success
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +124,9 @@ def test_fit_table_equals_get_results(fitted, reference):
     assert list(tsv.columns) == ["gene", "coef", *expected.columns]
     assert len(tsv) == 20
     assert (tsv["coef"] == COEF).all()
-    assert tsv["gene"].tolist() == reference.var_names.tolist()
+    assert sorted(tsv["gene"]) == sorted(reference.var_names)
+    assert tsv["gene"].tolist() == ranked_genes(expected)  # smallest p first, ties by |stat|
+    expected = expected.loc[tsv["gene"]]
     for col in expected.columns:
         if pd.api.types.is_numeric_dtype(expected[col]):
             np.testing.assert_allclose(tsv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-10)
@@ -127,10 +141,8 @@ def test_fit_stdout_is_the_top_table_and_logs_go_to_stderr(fitted, reference):
     res, _, _ = fitted
     lines = res.stdout.splitlines()
     assert lines[0].startswith(f"top 5 of 20 genes for {COEF}")
-    expected = scglmm.get.results(reference, COEF)
-    best = expected.assign(a=expected["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False])
     shown = [line.split()[0] for line in lines[3:]]  # title, column header, index-name line
-    assert shown == best.index[:5].tolist()
+    assert shown == ranked_genes(scglmm.get.results(reference, COEF))[:5]
     assert "[scglmm" not in res.stdout
     assert "[scglmm" in res.stderr
     assert "fit.h5ad" in res.stderr
@@ -168,7 +180,7 @@ def test_coef_option_and_key_added(small_h5ad, tmp_path, reference):
     tsv = pd.read_csv(tmp_path / "k.tsv", sep="\t")
     assert tsv["coef"].tolist() == ["Intercept"] * 20 + [COEF] * 20
     np.testing.assert_allclose(
-        tsv.loc[tsv["coef"] == "Intercept", "log_fc"].to_numpy(),
+        by_gene(tsv[tsv["coef"] == "Intercept"], reference.var_names)["log_fc"].to_numpy(),
         reference.varm["scglmm_coef"]["Intercept"].to_numpy(),
         rtol=1e-10,
     )
@@ -195,8 +207,17 @@ def test_backed_equals_in_memory(fitted, small_h5ad, tmp_path):
     tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
     tn = pd.read_csv(out_dir / "fit.tsv", sep="\t")
     pd.testing.assert_frame_equal(tb, tn, rtol=1e-10)
-    bad = run("fit", small_h5ad, "-f", FORMULA, "--backed", "--compression", "gzip", "-o", tmp_path / "c.h5ad")
-    assert_one_line_error(bad, 2, ["--compression", "--backed"])
+
+
+def test_backed_compresses_the_results_and_copies_the_counts(small_h5ad, tmp_path):
+    """With --backed the counts are INPUT's bytes (here uncompressed); the results get --compression (gzip)."""
+    import h5py
+
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--backed", "-o", tmp_path / "b.h5ad", "-q")
+    assert res.exit_code == 0, res.stderr
+    with h5py.File(small_h5ad) as src, h5py.File(tmp_path / "b.h5ad") as f:
+        assert f["X"]["data"].compression == src["X"]["data"].compression is None
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression == "gzip"
 
 
 def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
@@ -212,17 +233,24 @@ def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
     assert listing(tmp_path) == []
 
 
-def test_compression(small_h5ad, tmp_path, reference):
+def test_compression(fitted, small_h5ad, tmp_path, reference):
+    """The output is gzip-compressed by default; --compression none writes plain arrays, the same values."""
     import h5py
 
+    _, out_dir, _ = fitted  # default flags
+    with h5py.File(out_dir / "fit.h5ad") as f:
+        assert f["X"]["data"].compression == "gzip"
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression == "gzip"
     res = run(
-        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "c.h5ad", "--compression", "gzip"
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "c.h5ad", "--compression", "none"
     )
     assert res.exit_code == 0, res.stderr
     with h5py.File(tmp_path / "c.h5ad") as f:
-        assert f["X"]["data"].compression == "gzip"
+        assert f["X"]["data"].compression is None
+        assert f["varm"]["scglmm_coef"]["condition[T.stim]"].compression is None
     out = ad.read_h5ad(tmp_path / "c.h5ad")
     np.testing.assert_allclose(out.varm["scglmm_coef"], reference.varm["scglmm_coef"], rtol=1e-10)
+    assert "[default: gzip]" in run("fit", "--help").stdout
     bad = run("fit", small_h5ad, "-f", FORMULA, "-o", tmp_path / "x.h5ad", "--compression", "zip")
     assert_one_line_error(bad, 2, ["--compression", "zip"])
 
@@ -236,8 +264,8 @@ def test_offset_equals_log_size_factors(small_h5ad, tmp_path):
     b = run("fit", src, "-f", FORMULA, "--offset", "log_sf", "-o", tmp_path / "b.h5ad", "--table", tmp_path / "b.tsv")
     assert a.exit_code == 0, a.stderr
     assert b.exit_code == 0, b.stderr
-    ta = pd.read_csv(tmp_path / "a.tsv", sep="\t")
-    tb = pd.read_csv(tmp_path / "b.tsv", sep="\t")
+    ta = pd.read_csv(tmp_path / "a.tsv", sep="\t").set_index("gene")
+    tb = by_gene(pd.read_csv(tmp_path / "b.tsv", sep="\t"), ta.index)
     np.testing.assert_allclose(ta["log_fc"], tb["log_fc"], rtol=1e-8)
     np.testing.assert_allclose(ta["se"], tb["se"], rtol=1e-8)
 
@@ -271,7 +299,8 @@ def test_groupby(small_h5ad, tmp_path):
             warnings.simplefilter("ignore", UserWarning)
             scglmm.tl.fit(alone, FORMULA, size_factors=SF, n_jobs=1, progress=False)
         expected = scglmm.get.results(alone, COEF)
-        part = tsv[tsv["group"] == g]
+        assert tsv.loc[tsv["group"] == g, "gene"].tolist() == ranked_genes(expected)  # ranked within the group
+        part = by_gene(tsv[tsv["group"] == g], expected.index)
         np.testing.assert_allclose(part["log_fc"].to_numpy(), expected["log_fc"].to_numpy(), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(part["se"].to_numpy(), expected["se"].to_numpy(), rtol=1e-8)
     assert res.stdout.count("top 3 of 20 genes for") == 2
@@ -294,9 +323,28 @@ def test_groupby(small_h5ad, tmp_path):
     assert list(t.columns[:3]) == ["gene", "group", "contrast"]
     assert (t["group"] == "A").all()
     assert len(t) == 20
-    part = tsv[tsv["group"] == "A"]
+    part = by_gene(tsv[tsv["group"] == "A"], t["gene"])
     np.testing.assert_allclose(t["log2_fc"].to_numpy(), part["log2_fc"].to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(t["p_value"].to_numpy(), part["p_value"].to_numpy(), rtol=1e-8)
+
+
+def test_tables_are_ranked_by_p_then_abs_stat_within_each_block():
+    """Within each (group, coef) block: smallest p first, ties (p underflowing to 0) by |stat|, NaN last;
+    the blocks keep their order."""
+    nan = np.nan
+    df = pd.DataFrame(
+        {
+            "gene": ["a", "b", "c", "d", "e", "f", "g"],
+            "group": ["B", "B", "B", "B", "A", "A", "A"],
+            "coef": "x",
+            "stat": [2.0, -40.0, 30.0, nan, 1.0, nan, -3.0],
+            "p_value": [0.04, 0.0, 0.0, nan, 0.3, nan, 0.003],
+        }
+    )
+    ranked = cli_mod._ranked(df, ("group", "coef"))
+    assert ranked["gene"].tolist() == ["b", "c", "a", "d", "g", "e", "f"]
+    assert ranked.index.tolist() == list(range(7))
+    assert cli_mod._ranked(df.drop(columns="group"), ("group", "coef"))["gene"].tolist()[:3] == ["b", "c", "g"]
 
 
 def test_version_and_help():
@@ -391,12 +439,24 @@ ERRORS = [
     ("random slope", None, ["-f", "~ condition + (1 + condition | donor)"], 1, ["not supported"]),
     ("two random effects", None, ["-f", "~ condition + (1 | donor) + (1 | sample)"], 1, ["2 random-effect terms"]),
     ("formula syntax", None, ["-f", "~ condition * + (1 | donor)"], 1, ["formula"]),
-    ("missing layer", None, ["--layer", "counts"], 1, ["--layer: layer 'counts' not found", "layer=None"]),
+    (
+        "missing layer",
+        None,
+        ["--layer", "counts"],
+        1,
+        ["--layer: layer 'counts' not found", "layer=None", "line: layer=None is no --layer"],
+    ),
     ("size factor column", None, ["--size-factors", "libsize"], 1, ["--size-factors: ", "'libsize'", "donor_group"]),
     ("offset column", None, ["--offset", "log_lib", "--size-factors", None], 1, ["--offset: ", "'log_lib'"]),
     ("groupby column", None, ["--groupby", "celltype"], 1, ["celltype"]),
     ("coef not in design", None, ["--coef", "treatment"], 1, ["--coef", "'treatment'", "condition[T.stim]"]),
-    ("non-integer counts", _float_counts, [], 1, ["non-integer", "raw integer counts", "layer='counts'"]),
+    (
+        "non-integer counts",
+        _float_counts,
+        [],
+        1,
+        ["non-integer", "raw integer counts", "layer='counts'", "line: layer= is --layer"],
+    ),
     ("negative counts", _negative_counts, [], 1, ["negative"]),
     ("NaN counts", _nan_counts, [], 1, ["NaN"]),
     ("one donor", _one_donor, [], 1, ["donor", "2"]),
@@ -406,9 +466,15 @@ ERRORS = [
         _zero_cells,
         ["--size-factors", None],
         1,
-        ["--size-factors: ", "zero total counts", "pass size_factors="],
+        ["--size-factors: ", "zero total counts", "pass size_factors=", "size_factors= is --size-factors"],
     ),
-    ("zero size factor", _zero_sf, [], 1, ["--size-factors: size_factors must be positive", "offset="]),
+    (
+        "zero size factor",
+        _zero_sf,
+        [],
+        1,
+        ["--size-factors: size_factors must be positive", "offset=", "line: offset= is --offset"],
+    ),
     ("rank deficient", _copy_condition, ["-f", "~ condition + stimulated + (1 | donor)"], 1, ["rank deficient"]),
     ("both offset kinds", None, ["--offset", SF], 2, ["--size-factors", "--offset", "not both"]),
     ("n-jobs zero", None, ["--n-jobs", "0"], 2, ["--n-jobs"]),
@@ -480,6 +546,38 @@ def test_missing_required_options(small_h5ad, tmp_path):
     assert_one_line_error(run("fit", small_h5ad, "-o", tmp_path / "o.h5ad"), 2, ["Missing option", "--formula"])
     assert_one_line_error(run("fit", small_h5ad, "-f", FORMULA), 2, ["Missing option", "--out"])
     assert_one_line_error(run("fitt", small_h5ad), 2, ["No such command", "fitt"])
+
+
+def test_keyword_gloss_names_whole_keywords_only():
+    """The gloss says which flag a Python keyword of the message is; 'log_offset=' is not 'offset='."""
+    with cli_mod.cli.make_context("scglmm", ["fit", "--help"], resilient_parsing=True) as ctx:
+        fit = cli_mod.cli.get_command(ctx, "fit")
+        with click.Context(fit, info_name="fit", parent=ctx):
+            assert cli_mod._keyword_gloss("pass offset= or layer=None") == (
+                " (on the command line: layer=None is no --layer; offset= is --offset)"
+            )
+            assert cli_mod._keyword_gloss("stored as log_offset= and adata.layer=") == ""
+            assert cli_mod._keyword_gloss("no keyword here") == ""
+    assert cli_mod._keyword_gloss("offset=") == ""  # no command running
+
+
+def test_a_value_without_its_flag_is_named(small_h5ad, fitted, tmp_path):
+    """A formula (contrast, output name) given as a positional argument: the error names it and its flag."""
+    res = run("fit", small_h5ad, FORMULA, "-o", tmp_path / "o.h5ad")
+    line = assert_one_line_error(res, 2, ["Missing option '-f' / '--formula'"])
+    assert line == (
+        f"Error: Missing option '-f' / '--formula'. Got the extra argument '{FORMULA}': the formula goes after "
+        f"-f/--formula, e.g. -f '{FORMULA}'. See 'scglmm fit --help'."
+    )
+    # unquoted, the shell splits the formula into words: all of them are named, and the quotes asked for
+    res = run("fit", small_h5ad, *FORMULA.split(), "-o", tmp_path / "o.h5ad")
+    assert_one_line_error(res, 2, ["'~', 'condition', '+'", "the formula goes after -f/--formula, in quotes", FORMULA])
+    _, out_dir, _ = fitted
+    res = run("test", out_dir / "fit.h5ad", "condition", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 2, ["--contrast", "extra argument 'condition'", "goes after -c/--contrast"])
+    res = run("fit", small_h5ad, "-f", FORMULA, tmp_path / "o.h5ad")
+    assert_one_line_error(res, 2, ["--out", f"extra argument '{tmp_path / 'o.h5ad'}'", "goes after -o/--out"])
+    assert listing(tmp_path) == []
 
 
 def test_out_equal_to_input_is_refused(small_h5ad, tmp_path):
@@ -697,8 +795,10 @@ def test_test_command_wald(fitted, tmp_path):
     out = ad.read_h5ad(tmp_path / "t.h5ad")
     expected = scglmm.get.results(out, contrast=name)
     assert list(tsv.columns[2:]) == list(expected.columns)
-    np.testing.assert_allclose(tsv["p_value"].to_numpy(), expected["p_value"].to_numpy(), rtol=1e-12)
+    assert tsv["gene"].tolist() == ranked_genes(expected)
+    np.testing.assert_allclose(tsv["p_value"].to_numpy(), expected.loc[tsv["gene"], "p_value"].to_numpy(), rtol=1e-12)
     # a Wald test of one coefficient is that coefficient's own test
+    fit_tsv = by_gene(fit_tsv, tsv["gene"])
     np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
     np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
     assert res.stdout.startswith(f"top 3 of 20 genes for {name}")
@@ -712,6 +812,7 @@ def test_test_command_level_triple_and_lrt(fitted, tmp_path):
     res = run("test", src, "-c", "condition,ctrl,stim", "-o", tmp_path / "t.h5ad", "--table", tmp_path / "t.tsv")
     assert res.exit_code == 0, res.stderr
     tsv = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    fit_tsv = by_gene(fit_tsv, tsv["gene"])
     np.testing.assert_allclose(tsv["log2_fc"].to_numpy(), -fit_tsv["log2_fc"].to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(tsv["p_value"].to_numpy(), fit_tsv["p_value"].to_numpy(), rtol=1e-8)
     # likelihood-ratio test against the intercept-only model: LR = 2 (l_full - l_reduced)
@@ -724,6 +825,7 @@ def test_test_command_level_triple_and_lrt(fitted, tmp_path):
     lrt = pd.read_csv(tmp_path / "l.tsv", sep="\t")
     assert (lrt["contrast"] == "lrt_cond").all()
     stored = ad.read_h5ad(tmp_path / "l.h5ad").varm["scglmm_contrast_lrt_cond"]
+    lrt = by_gene(lrt, stored.index)
     ok = np.isfinite(stored["loglik_full"].to_numpy())
     assert ok.sum() >= 15
     lr = 2 * (stored["loglik_full"] - stored["loglik_reduced"]).to_numpy()
@@ -736,9 +838,14 @@ def test_test_command_errors(fitted, small_h5ad, tmp_path):
     res = run("test", src, "--contrast", "nope", "-o", tmp_path / "t.h5ad")
     assert_one_line_error(res, 1, ["nope"])
     res = run("test", small_h5ad, "--contrast", COEF, "-o", tmp_path / "t.h5ad")  # not fitted
-    assert_one_line_error(res, 1, ["no scglmm results under key 'scglmm'", "run scglmm.tl.fit"])
+    line = assert_one_line_error(res, 1, ["no scglmm results under key 'scglmm'", "run 'scglmm fit' on it first"])
+    assert "scglmm.tl.fit" not in line  # the program's words, not the Python API's
     res = run("test", src, "--contrast", COEF, "--key", "other", "-o", tmp_path / "t.h5ad")
-    assert_one_line_error(res, 1, ["key 'other'", "keys with results: ['scglmm'"])
+    line = assert_one_line_error(res, 1, ["--key: ", "key 'other'", "as --key (keys with results: ['scglmm'])"])
+    assert "scglmm.tl.fit" not in line
+    # scanpy's layout also has 'params': not a fit
+    res = run("test", src, "--contrast", COEF, "--key", "scglmm_rank_genes_groups", "-o", tmp_path / "t.h5ad")
+    assert_one_line_error(res, 1, ["--key: ", "keys with results: ['scglmm']"])
     res = run("test", src, "--contrast", COEF, "-o", src)
     assert_one_line_error(res, 1, ["is the input file"])
     res = run("test", src, "--contrast", COEF, "--method", "score", "-o", tmp_path / "t.h5ad")

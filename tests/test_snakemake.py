@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,6 +79,8 @@ def test_declared_h5ad(workflow_run):
     inp = ad.read_h5ad(small)
     assert out.shape == inp.shape == (300, 20)
     assert (out.X != inp.X).nnz == 0  # the counts are carried over unchanged
+    with h5py.File(work / "out" / "small.scglmm.h5ad") as f:
+        assert f["X"]["data"].compression == "gzip"  # the program's default
     for suffix in ("coef", "se", "pval", "cov", "fit", "donor_effects"):
         assert f"scglmm_{suffix}" in out.varm
     assert list(out.varm["scglmm_coef"].columns) == ["Intercept", "condition[T.stim]"]
@@ -95,7 +98,11 @@ def test_declared_tsv(workflow_run):
     expected = scglmm.get.results(out, "condition[T.stim]")
     assert list(tsv.columns) == ["gene", "coef", *expected.columns]
     assert len(tsv) == 20
-    assert tsv["gene"].tolist() == out.var_names.tolist()
+    assert sorted(tsv["gene"]) == sorted(out.var_names)
+    ranked = expected.assign(minus_abs_stat=-expected["stat"].abs())
+    ranked = ranked.sort_values(["p_value", "minus_abs_stat"], kind="stable", na_position="last")
+    assert tsv["gene"].tolist() == ranked.index.tolist()  # smallest p first, then largest |stat|
+    expected = expected.loc[tsv["gene"]]
     assert (tsv["coef"] == "condition[T.stim]").all()
     for col in ("log_fc", "se", "p_value", "adj_p_value", "sigma2", "dispersion"):
         np.testing.assert_allclose(tsv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-12)
