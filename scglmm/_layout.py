@@ -129,11 +129,16 @@ class OffsetSource:
 def fit_params(adata: AnnData, key: str) -> dict:
     """``uns[key]["params"]`` of a fit (or of one group's run); a clear error if there is none."""
     entry = adata.uns.get(key)
-    if not isinstance(entry, Mapping) or "params" not in entry:
-        found = [k for k in adata.uns if isinstance(adata.uns[k], Mapping) and "params" in adata.uns[k]]
+    if not _is_fit(entry):
+        found = [k for k in adata.uns if _is_fit(adata.uns[k])]
         msg = f"no scglmm results under key {key!r}; run scglmm.tl.fit(adata, ...) first (keys with results: {found})."
         raise MissingKeyError(msg, param="key")
     return entry["params"]
+
+
+def _is_fit(entry: object) -> bool:
+    """Whether an ``uns`` entry holds a fit (its params name a formula; a rank block's do not)."""
+    return isinstance(entry, Mapping) and isinstance(entry.get("params"), Mapping) and "formula" in entry["params"]
 
 
 def run_keys(adata: AnnData, key: str, group: str | Sequence[str] | None = None) -> dict[str, str]:
