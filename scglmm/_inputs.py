@@ -141,14 +141,21 @@ def _given_size_factors(adata: AnnData, size_factors: str | ArrayLike) -> tuple[
         msg = f"size_factors must have one value per cell ({adata.n_obs}); got shape {sf.shape}."
         raise InvalidValueError(msg, param="size_factors")
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-        kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
-        found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
-        msg = (
-            f"size_factors must be positive and finite (a scale, not a log); found {found}. "
-            "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
-        )
-        raise InvalidValueError(msg, param="size_factors")
+        raise InvalidValueError(_bad_size_factors(adata, sf, src.column), param="size_factors")
     return np.log(sf), src
+
+
+def _bad_size_factors(adata: AnnData, sf: np.ndarray, column: str) -> str:
+    """The message for size factors that are not all positive and finite, naming where they were read."""
+    kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
+    found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
+    where = f" in adata.obs[{column!r}]" if column else " in the array passed"
+    bad = ~(np.isfinite(sf) & (sf > 0))
+    cells = adata.obs_names[bad][:3].tolist()
+    return (
+        f"size_factors must be positive and finite (a scale, not a log); found {found}{where} (e.g. cells {cells}). "
+        "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
+    )
 
 
 def min_count(name: str, value: int | None) -> int:
