@@ -165,7 +165,13 @@ def fit(
         ``pvals``, ``pvals_adj`` as record arrays with one field per group, laid out as
         :func:`scanpy.tl.rank_genes_groups` writes them, so :func:`scanpy.get.rank_genes_groups_df`
         and ``sc.pl.rank_genes_groups_*`` work with ``key=f'{key}_rank_genes_groups'``. Without
-        ``groupby`` the one field is the tested level (e.g. ``stim`` for ``condition[T.stim]``).
+        ``groupby`` the one field is the tested level (e.g. ``stim`` for ``condition[T.stim]``) and
+        ``params['reference']`` its reference level, so scanpy titles the panel ``stim vs. ctrl``.
+        With ``groupby`` the fields are the groups (e.g. ``Mono``), each ranking the same
+        comparison within its cells, and ``params['reference']`` says so: scanpy titles the
+        panels ``Mono vs. ctrl (stim vs. ctrl within each cell_type)``. ``params`` also holds
+        ``coef``, ``variable``, ``tested_level``, ``reference_level`` and ``comparison``
+        (``stim vs. ctrl``).
 
     With ``groupby``, each fitted group ``g`` gets all of the varm/var/uns outputs above under
     its own key ``f'{key}:{g}'`` (``/`` in a group name becomes ``_``), which survives
