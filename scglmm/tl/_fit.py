@@ -21,6 +21,7 @@ from .._logging import logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
 from ._rank_genes_groups import RankedRun, rank_genes_groups
+from ._report import log_text, warning_text
 from ._run import FitOptions, fit_run, wald_tests
 
 if TYPE_CHECKING:
@@ -124,7 +125,9 @@ def fit(
     block_size
         Genes per compiled call.
     progress
-        Show a progress bar; ``None`` shows it only in an interactive session.
+        Show a progress bar (``tqdm.auto``: a widget in notebooks). ``None`` shows it once a run
+        has lasted 2 seconds, unless scanpy's verbosity is below its default
+        (``sc.settings.verbosity = "error"``); ``True`` shows it at once, ``False`` never.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -180,7 +183,10 @@ def fit(
     (group -> reason), and :func:`scglmm.get.results` takes ``group=``.
 
     Re-running with the same ``key_added`` replaces these keys whole; nothing is written if
-    anything fails.
+    anything fails. The call ends with one summary in the log (logger ``scglmm``, INFO; with
+    ``groupby`` a table with a row per group) counting the genes filtered, without an estimate
+    and not converged, and one :class:`UserWarning` if some genes have no estimate; the valid
+    boundary estimates ``sigma2_boundary`` and ``poisson_limit`` are not counted (``docs/status.md``).
     """
     t_start = time.perf_counter()
     settings, Y, design = _validate(
@@ -192,7 +198,7 @@ def fit(
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
     tests = {sub: wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
     seconds = time.perf_counter() - t_start
-    _warn_once([run.warning for run in fitted.runs.values() if run.warning])
+    _report(fitted, settings, key=key_added)
     ranked = {sub: RankedRun(fitted.labels[sub], run, tests[sub]) for sub, run in fitted.runs.items()}
     block = rank_genes_groups(ranked, rank_coef, adata.var_names, groupby=groupby, layer=layer)
     stored = stored_fit(
@@ -281,9 +287,16 @@ def _fit_runs(adata: AnnData, Y, design: FixedDesign | None, settings: FitSettin
     return GroupRuns(runs={key: run}, labels={key: ""})
 
 
-def _warn_once(messages: list[str]) -> None:
-    """One summary warning per fit (all groups together), never one per gene or per group."""
-    if len(messages) == 1:
-        warn(messages[0])
-    elif messages:
-        warn(f"{len(messages)} groups have genes without an estimate: " + " | ".join(messages))
+def _report(fitted: GroupRuns, settings: FitSettings, *, key: str) -> None:
+    """One INFO summary per fit (a table per group with ``groupby``) and at most one warning."""
+    summaries = {fitted.labels[sub]: run.summary for sub, run in fitted.runs.items()}
+    options = settings.options
+    logger.info(
+        "%s",
+        log_text(
+            summaries, key=key, groupby=settings.groupby, min_cells=options.min_cells, min_donors=options.min_donors
+        ),
+    )
+    message = warning_text(summaries, key=key, groupby=settings.groupby)
+    if message is not None:
+        warn(message)
