@@ -20,6 +20,7 @@ from .._core._results import GenesFit
 from .._core._status import FILTERED
 from .._inputs import gene_counts
 from .._logging import logger, progress_bar
+from ._expression import expression_table
 from ._report import StatusSummary, status_summary
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class FitOptions:
     n_jobs: int
     block_size: int
     progress: bool | None
+    log_offset_center: float = 0.0
+    """Mean log offset over all cells of the fit: size factors for the mean expression are
+    ``exp(log_offset - log_offset_center)``."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class Run:
     n_filtered: int
     seconds: float
     summary: StatusSummary
+    expression: pd.DataFrame
+    """Per gene: ``base_mean`` and the mean and detection per factor level (:mod:`._expression`)."""
+    expression_levels: dict[str, list[str]]
+    """``{variable: [reference, level, ...]}`` of the factors in ``expression``."""
     """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
 
 
@@ -102,6 +110,7 @@ def fit_run(
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
     fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
+    expression, levels = expression_table(obs, Y, log_off, design, options.log_offset_center, var_names)
     return Run(
         design=design,
         fit=fit,
@@ -109,6 +118,8 @@ def fit_run(
         n_filtered=int(len(var_names) - idx.size),
         seconds=time.perf_counter() - t0,
         summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
+        expression=expression,
+        expression_levels=levels,
     )
 
 
