@@ -188,45 +188,47 @@ def results(
 ) -> pd.DataFrame:
     """Tidy per-gene results of one coefficient of a fit, or of a tested contrast.
 
-       Parameters
-       ----------
-       adata
-           An AnnData on which :func:`scglmm.tl.fit` has run.
-       coef
-           A design column (e.g. ``"condition[T.stim]"``), or a variable name with a single column
-           (``"condition"``). ``None`` takes the only non-intercept column if there is exactly one.
-       contrast
-           Instead of ``coef``: the name returned by :func:`scglmm.tl.test` (or the contrast as it
-           was passed to it).
-       group
-           For a fit with ``groupby``: one group, or several. ``None`` returns every fitted group,
-           stacked, with a ``group`` column first.
-       key
-           The ``key_added`` of the fit.
+    Parameters
+    ----------
+    adata
+        An AnnData on which :func:`scglmm.tl.fit` has run.
+    coef
+        A design column (e.g. ``"condition[T.stim]"``), or a variable name with a single column
+        (``"condition"``). ``None`` takes the only non-intercept column if there is exactly one.
+    contrast
+        Instead of ``coef``: the name returned by :func:`scglmm.tl.test` (or the contrast as it
+        was passed to it).
+    group
+        For a fit with ``groupby``: one group, or several. ``None`` returns every fitted group,
+        stacked, with a ``group`` column first.
+    key
+        The ``key_added`` of the fit.
 
-       Returns
-       -------
-       DataFrame indexed by gene, in the order of ``adata.var_names``, with
+    Returns
+    -------
+    DataFrame indexed by gene, in the order of ``adata.var_names``, with ``log_fc`` (natural log),
+    ``log2_fc``, ``se`` (model standard error), ``stat`` (the test statistic behind the p-value:
+    Wald, with the calibration of the fit; for an LRT contrast the LR statistic), ``p_value``,
+    ``log10_p_value``, ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each
+    group), ``base_mean``, then for a comparison of two levels ``mean_<level>`` and ``pct_<level>``
+    of each, then ``sigma2``, ``dispersion`` and ``status``; contrasts add ``df``. ``attrs`` holds
+    the coefficient or contrast name, and for coefficients the calibration and degrees of freedom.
 
-       - ``log_fc`` (natural log), ``log2_fc``, ``se`` (model standard error);
-       - ``stat``: the test statistic behind the p-value (Wald, with the calibration of the fit; for
-         an LRT contrast the LR statistic);
-       - ``p_value`` and ``log10_p_value``: its ``log10``, computed from ``stat`` and its reference
-         distribution (``log10(2) + log S(|stat|) / ln 10`` with the normal or t(df) survival
-         function ``S``; chi-square for an LRT), so that it stays finite where ``p_value`` underflows
-         to 0 and the strongest genes can still be ordered;
-       - ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each group);
-       - ``base_mean``: mean normalised expression over the fitted cells (of the group), counts
-         divided by size factors scaled to geometric mean 1 over all cells of the fit (DESeq2's
-         ``baseMean``);
-       - for a coefficient that codes one level of a factor (e.g. ``condition[T.stim]``), or a
-         contrast between two levels: ``mean_<level>`` (mean normalised expression) and
-         ``pct_<level>`` (fraction of cells with a count, between 0 and 1, as scanpy's ``pts``) for
-         each of the two compared levels, e.g. ``mean_stim``, ``mean_ctrl``, ``pct_stim``,
-         ``pct_ctrl`` (from ``varm[f'{key}_expression']``, computed from the counts at fit time);
-       - ``sigma2``, ``dispersion`` and ``status``; contrasts add ``df``.
-    ``attrs`` holds the coefficient or
-       contrast name, and for coefficients the calibration and degrees of freedom.
+    Notes
+    -----
+    ``log10_p_value`` is the ``log10`` of the p-value computed from ``stat`` and its reference
+    distribution (``log10(2) + log S(|stat|) / ln 10`` with the normal or t(df) survival function
+    ``S``; chi-square for an LRT), so it stays finite where ``p_value`` underflows to 0 and the
+    strongest genes can still be ordered.
+
+    ``base_mean`` is the mean normalised expression over the fitted cells (of the group): counts
+    divided by size factors scaled to geometric mean 1 over those cells (DESeq2's ``baseMean``).
+    For a coefficient that codes one level of a factor (e.g. ``condition[T.stim]``), or a
+    contrast between two levels, ``mean_<level>`` (the same mean over the cells at that level)
+    and ``pct_<level>`` (fraction of those cells with a count, 0 to 1, as scanpy's ``pts``) are
+    given for each of the two compared levels, e.g. ``mean_stim``, ``mean_ctrl``, ``pct_stim``,
+    ``pct_ctrl``; they come from ``varm[f'{key}_expression']``, computed from the counts at fit
+    time.
     """
     if coef is not None and contrast is not None:
         msg = "pass either coef= or contrast=, not both."

@@ -151,7 +151,7 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         # what varm[f"{sub}_expression"] holds, and which levels each design column compares
         "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
         "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
-        "size_factor_center": float(options.log_offset_center),
+        "size_factor_center": float(run.size_factor_center),
     }
 
 

@@ -38,8 +38,9 @@ def expression_table(
     fraction of cells with a count (``mean[variable=level]``, ``pct[variable=level]``).
 
     Expression is normalised as ``count / s`` with the size factor ``s = exp(log_off - center)``
-    (``center``: the mean log offset of all cells of the fit, so ``s`` has geometric mean 1 there,
-    as DESeq2's ``baseMean``). Returns the table and the levels of each factor.
+    (``center``: the mean log offset of the run's cells, so ``s`` has geometric mean 1 there, as
+    DESeq2's ``baseMean``, and a group's table equals that of its cells fitted alone). Returns the
+    table and the levels of each factor.
     """
     scale = np.exp(np.asarray(log_off, dtype=float) - center)
     n = len(obs)

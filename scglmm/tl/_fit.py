@@ -10,10 +10,7 @@ calibrated Wald tests (:func:`._run.wald_tests`), the ``rank_genes_groups`` bloc
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from .. import _inputs
 from .._core._checks import check_counts
@@ -162,7 +159,8 @@ def fit(
     `adata.varm[f'{key}_expression']` : :class:`pandas.DataFrame`
         Computed from the counts at fit time (not recomputable later without them): ``base_mean``,
         the mean of ``count / s`` over the fitted cells, with size factors ``s`` = exp(log offset)
-        scaled to geometric mean 1 over all cells of the fit (DESeq2's ``baseMean``); and for each
+        scaled to geometric mean 1 over the run's cells (all, or the group's: as if the group
+        were fitted alone; DESeq2's ``baseMean``); and for each
         level of each factor of the design (``uns[key]['params']['expression_levels']``)
         ``mean[variable=level]``, the same mean over the cells at that level, and
         ``pct[variable=level]``, the fraction of those cells with a count (0 to 1, as scanpy's
@@ -280,7 +278,6 @@ def _validate(
         "offset": offset if isinstance(offset, str) else None,
         "versions": versions(),
     }
-    options = replace(options, log_offset_center=float(np.mean(log_off)))
     settings = FitSettings(parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group)
     return settings, Y, design
 

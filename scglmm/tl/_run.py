@@ -43,9 +43,6 @@ class FitOptions:
     n_jobs: int
     block_size: int
     progress: bool | None
-    log_offset_center: float = 0.0
-    """Mean log offset over all cells of the fit: size factors for the mean expression are
-    ``exp(log_offset - log_offset_center)``."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,8 @@ class Run:
     """Per gene: ``base_mean`` and the mean and detection per factor level (:mod:`._expression`)."""
     expression_levels: dict[str, list[str]]
     """``{variable: [reference, level, ...]}`` of the factors in ``expression``."""
+    size_factor_center: float
+    """Mean log offset of the run's cells: the size factors of ``expression`` are ``exp(log_off - center)``."""
     """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
 
 
@@ -110,7 +109,8 @@ def fit_run(
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
     fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
-    expression, levels = expression_table(obs, Y, log_off, design, options.log_offset_center, var_names)
+    center = float(np.mean(log_off)) if len(log_off) else 0.0
+    expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
     return Run(
         design=design,
         fit=fit,
@@ -120,6 +120,7 @@ def fit_run(
         summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
         expression=expression,
         expression_levels=levels,
+        size_factor_center=center,
     )
 
 
