@@ -76,11 +76,7 @@ def _donor_term(formula: str, f: str) -> str:
     """The donor column of the one random-intercept term ``(1 | donor)`` of ``f``."""
     terms = _BAR_TERM.findall(f)
     if not terms:
-        msg = (
-            f"formula {formula!r} has no random-effect term; add a donor random intercept, "
-            "e.g. '~ condition + (1 | donor)'."
-        )
-        raise InvalidValueError(msg, param="formula")
+        raise InvalidValueError(_no_random_term(formula, f), param="formula")
     if len(terms) > 1:
         msg = (
             f"formula {formula!r} has {len(terms)} random-effect terms; scglmm supports exactly one "
@@ -107,6 +103,31 @@ def _donor_term(formula: str, f: str) -> str:
         )
         raise InvalidValueError(msg, param="formula")
     return donor
+
+
+#: ``1 | donor`` without its parentheses.
+_BARE_BAR = re.compile(r"(?<![(|])\b1\s*\|\s*([A-Za-z_.][A-Za-z0-9_.]*)")
+#: ``(1 / donor)``, ``[1 | donor]`` and similar near misses of ``(1 | donor)``.
+_NEAR_BAR = re.compile(r"[(\[{]\s*1\s*[|/\\!:;,]\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*[)\]}]")
+
+
+def _no_random_term(formula: str, f: str) -> str:
+    """The message for a formula without a ``( ... | group)`` term, with the intended formula when it can be guessed."""
+    for pattern, why in (
+        (_NEAR_BAR, "a random intercept is written with a bar '|' inside round parentheses"),
+        (_BARE_BAR, "the random intercept needs its parentheses"),
+    ):
+        hit = pattern.search(f)
+        if hit is not None:
+            fixed = f[: hit.start()] + f"(1 | {hit.group(1)})" + f[hit.end() :]
+            return (
+                f"formula {formula!r} has no random-effect term: {why}; "
+                f"did you mean {' '.join(fixed.split())!r}?"
+            )
+    return (
+        f"formula {formula!r} has no random-effect term; add a donor random intercept, "
+        "e.g. '~ condition + (1 | donor)'."
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ __all__ = [
     "counts",
     "donor_labels",
     "gene_counts",
+    "level_sums",
     "groupby_labels",
     "key_added",
     "log_offset",
@@ -141,14 +142,21 @@ def _given_size_factors(adata: AnnData, size_factors: str | ArrayLike) -> tuple[
         msg = f"size_factors must have one value per cell ({adata.n_obs}); got shape {sf.shape}."
         raise InvalidValueError(msg, param="size_factors")
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-        kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
-        found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
-        msg = (
-            f"size_factors must be positive and finite (a scale, not a log); found {found}. "
-            "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
-        )
-        raise InvalidValueError(msg, param="size_factors")
+        raise InvalidValueError(_bad_size_factors(adata, sf, src.column), param="size_factors")
     return np.log(sf), src
+
+
+def _bad_size_factors(adata: AnnData, sf: np.ndarray, column: str) -> str:
+    """The message for size factors that are not all positive and finite, naming where they were read."""
+    kinds = {"missing (NaN)": np.isnan(sf), "infinite": np.isinf(sf), "zero": sf == 0, "negative": sf < 0}
+    found = ", ".join(f"{int(v.sum())} {k}" for k, v in kinds.items() if v.any())
+    where = f" in adata.obs[{column!r}]" if column else " in the array passed"
+    bad = ~(np.isfinite(sf) & (sf > 0))
+    cells = adata.obs_names[bad][:3].tolist()
+    return (
+        f"size_factors must be positive and finite (a scale, not a log); found {found}{where} (e.g. cells {cells}). "
+        "Remove those cells or fix the factors; if your column is already on the log scale, pass it as offset=."
+    )
 
 
 def min_count(name: str, value: int | None) -> int:
@@ -296,3 +304,32 @@ def groupby_labels(adata: AnnData, groupby: str) -> pd.Series:
         )
         raise InvalidValueError(msg, param="groupby")
     return labels
+
+
+# ------------------------------------------------------------------------------------------------
+# expression per level (stored at fit time: not recomputable without the counts)
+# ------------------------------------------------------------------------------------------------
+def level_sums(Y, codes: np.ndarray, m: int, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per level and gene: the sum of ``count / scale`` and the number of cells with a count.
+
+    ``codes`` gives each cell's level (``0..m-1``; ``-1``: none), ``scale`` each cell's size
+    factor. Streams counts on disk and never densifies a sparse matrix. Returns two ``(m, genes)``
+    arrays.
+    """
+    codes = np.asarray(codes)
+    n = codes.shape[0]
+    rows, cells = codes[codes >= 0], np.flatnonzero(codes >= 0)
+    W = sparse.csr_matrix((1.0 / np.asarray(scale, dtype=float)[cells], (rows, cells)), shape=(m, n))
+    D = sparse.csr_matrix((np.ones(cells.size), (rows, cells)), shape=(m, n))
+    if hasattr(Y, "iter_chunks"):  # counts on disk
+        sums, detected = np.zeros((m, Y.shape[1])), np.zeros((m, Y.shape[1]))
+        for r0, chunk in Y.iter_chunks():
+            part = slice(r0, r0 + chunk.shape[0])
+            sums += np.asarray((W[:, part] @ chunk).todense())
+            detected += np.asarray((D[:, part] @ (chunk > 0).astype(np.float64)).todense())
+        return sums, detected
+    if sparse.issparse(Y):
+        Y = sparse.csr_matrix(Y)
+        return np.asarray((W @ Y).todense()), np.asarray((D @ (Y > 0).astype(np.float64)).todense())
+    Y = np.asarray(Y)
+    return np.asarray(W @ Y), np.asarray(D @ (Y > 0).astype(np.float64))

@@ -6,6 +6,8 @@ line read goes through this module, so the layout is defined once. For a fit und
 *run key* ``sub`` below):
 
 - ``varm[f"{sub}_{suffix}"]`` for each suffix of :data:`VARM_SUFFIXES`;
+- ``varm[f"{sub}_expression"]``: ``base_mean`` and, per level of each factor of the design,
+  :func:`expression_column` ``mean[...]`` and ``pct[...]`` (levels in ``params["expression_levels"]``);
 - ``varm[f"{sub}_contrast_{name}"]`` for each test of :func:`scglmm.tl.test`;
 - ``var[f"{sub}_status"]``;
 - ``uns[sub]["params"]`` (the settings of the run) and ``uns[sub]["contrasts"]``;
@@ -36,6 +38,7 @@ __all__ = [
     "contrast_name",
     "coef_cov",
     "drop_fit",
+    "expression_column",
     "fit_params",
     "group_key",
     "h5ad_name",
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 #: Suffixes of the varm keys of one run (``f"{sub}_{suffix}"``).
-VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects")
+VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects", "expression")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,6 +87,12 @@ def contrast_key(sub: str, name: str) -> str:
 def status_key(sub: str) -> str:
     """``var`` column holding the status strings of a run."""
     return f"{sub}_status"
+
+
+def expression_column(kind: Literal["mean", "pct"], variable: str, level: str) -> str:
+    """Column of ``varm[f"{sub}_expression"]``: the mean normalised expression (``"mean"``) or the
+    fraction of cells with a count (``"pct"``) among the cells at one level of a factor."""
+    return h5ad_name(f"{kind}[{variable}={level}]")
 
 
 def rank_key(key: str) -> str:

@@ -35,17 +35,53 @@ def _interactive() -> bool:
     return shell is not None and hasattr(shell, "kernel") and importlib.util.find_spec("ipywidgets") is not None
 
 
+#: With ``progress=None`` the bar appears only once a run has lasted this long (seconds).
+PROGRESS_DELAY = 2.0
+
+
+def _scanpy_verbosity_allows() -> bool:
+    """Whether scanpy's verbosity is at least its default (``warning``): lowered to ``error``, no bar."""
+    try:
+        import scanpy as sc
+        from scanpy import Verbosity
+    except ImportError:  # pragma: no cover - scanpy is a dependency
+        return True
+    return int(sc.settings.verbosity) >= int(Verbosity.warning)
+
+
+def progress_settings(enabled: bool | None) -> tuple[bool, float]:
+    """Whether to draw a progress bar and after how many seconds of a run.
+
+    ``True``: at once; ``False``: never; ``None``: after :data:`PROGRESS_DELAY` seconds (so short
+    runs stay quiet), unless scanpy's verbosity is below its default (``sc.settings.verbosity =
+    "error"`` hides it), in scripts, terminals and notebooks alike.
+    """
+    if enabled is None:
+        return _scanpy_verbosity_allows(), PROGRESS_DELAY
+    return bool(enabled), 0.0
+
+
+def _tqdm() -> type:
+    """``tqdm.auto.tqdm``: a widget in a notebook with ipywidgets, else text; tqdm's own warning about a
+    notebook without ipywidgets is not passed on (the text bar works there too)."""
+    with warnings.catch_warnings():
+        from tqdm import TqdmWarning
+
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 @contextmanager
 def progress_bar(*, total: int, enabled: bool | None, desc: str) -> Iterator[object | None]:
-    """A tqdm bar (``tqdm.auto``) or ``None``; ``enabled=None`` means only when interactive."""
-    if enabled is None:
-        enabled = _interactive()
-    if not enabled:
+    """A tqdm bar (``tqdm.auto``) or ``None``; see :func:`progress_settings` for ``enabled``."""
+    show, delay = progress_settings(enabled)
+    if not show:
         yield None
         return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="gene", leave=False)
+    # a terminal or a notebook widget redraws often; a log file or a pipe gets a line every few seconds
+    mininterval = 0.1 if _interactive() else 5.0
+    bar = _tqdm()(total=total, desc=desc, unit="gene", leave=False, delay=delay, mininterval=mininterval)
     try:
         yield bar
     finally:

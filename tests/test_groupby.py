@@ -130,6 +130,50 @@ def test_rank_genes_groups_block(grouped, tmp_path):
     matplotlib.pyplot.close("all")
 
 
+def _rendered_panels(adata: ad.AnnData, key: str, n_genes: int) -> list[tuple[str, list[str], list[float]]]:
+    """Title, gene names and scores of each panel of ``sc.pl.rank_genes_groups``, read off the axes."""
+    sc.pl.rank_genes_groups(adata, key=key, n_genes=n_genes, show=False)
+    fig = matplotlib.pyplot.gcf()
+    panels = [
+        (ax.get_title(), [t.get_text() for t in ax.texts], [t.get_position()[1] for t in ax.texts]) for ax in fig.axes
+    ]
+    matplotlib.pyplot.close(fig)
+    return panels
+
+
+def test_rank_block_labels_as_scanpy_renders_them(grouped):
+    """Per-group panels say what is compared (stim vs. ctrl within the cell type), not '<cell type> vs. rest'."""
+    key = "scglmm_rank_genes_groups"
+    params = grouped.uns[key]["params"]
+    assert params["reference"] == "ctrl (stim vs. ctrl within each cell_type)"
+    assert params["comparison"] == "stim vs. ctrl" and params["coef"] == "condition[T.stim]"
+    assert (params["variable"], params["tested_level"], params["reference_level"]) == ("condition", "stim", "ctrl")
+    panels = _rendered_panels(grouped, key, 5)
+    assert [title for title, _, _ in panels] == [
+        "Mono vs. ctrl (stim vs. ctrl within each cell_type)",
+        "T cell vs. ctrl (stim vs. ctrl within each cell_type)",
+    ]
+    for (_, genes, scores), g in zip(panels, ("Mono", "T cell"), strict=True):
+        df = sc.get.rank_genes_groups_df(grouped, g, key=key)
+        res = scglmm.get.results(grouped, "condition", group=g).sort_values("stat", ascending=False)
+        assert genes == list(df["names"][:5]) == list(res.index[:5])
+        np.testing.assert_allclose(scores, df["scores"][:5], rtol=1e-6)
+        np.testing.assert_allclose(scores, res["stat"][:5], rtol=1e-6)
+        assert "rest" not in str(params["reference"])
+
+
+def test_rank_block_without_groupby_renders_level_vs_reference():
+    a = _data()
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False)
+    key = "scglmm_rank_genes_groups"
+    ((title, genes, scores),) = _rendered_panels(a, key, 4)
+    assert title == "stim vs. ctrl"
+    res = scglmm.get.results(a, "condition").sort_values("stat", ascending=False)
+    assert genes == list(res.index[:4]) == list(sc.get.rank_genes_groups_df(a, "stim", key=key)["names"][:4])
+    np.testing.assert_allclose(scores, res["stat"][:4], rtol=1e-6)
+    assert a.uns[key]["params"]["comparison"] == "stim vs. ctrl"
+
+
 def test_rank_block_without_groupby():
     a = _data()
     scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False)

@@ -347,3 +347,94 @@ def test_default_calibration_with_few_genes_is_between_donor_t(fitted):
     np.testing.assert_allclose(res.p_value, 2 * stats.t.sf(np.abs(res.log_fc / res.se), 6), rtol=1e-10)
     cov = scglmm.get.results(fitted, "covariate")
     np.testing.assert_allclose(cov.p_value, 2 * stats.norm.sf(np.abs(cov.log_fc / cov.se)), rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 14: log10 p-values and expression next to each fold change
+# ------------------------------------------------------------------------------------------------
+def _manual_expression(a: ad.AnnData, cells: np.ndarray, center: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of count / size factor and the fraction of cells with a count, over ``cells``."""
+    Y = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    sf = a.obs["libsize"].to_numpy(float) / np.exp(center)
+    return (Y[cells] / sf[cells, None]).mean(axis=0), (Y[cells] > 0).mean(axis=0)
+
+
+def test_results_expression_per_compared_level(fitted, tmp_path):
+    a = fitted.copy()
+    center = float(np.mean(np.log(a.obs["libsize"].to_numpy(float))))
+    res = scglmm.get.results(a, "treatment[T.B]")
+    for level in ("A", "B"):
+        mean, pct = _manual_expression(a, (a.obs["treatment"] == level).to_numpy(), center)
+        np.testing.assert_allclose(res[f"mean_{level}"], mean, rtol=1e-12)
+        np.testing.assert_allclose(res[f"pct_{level}"], pct, rtol=1e-12)
+    assert "mean_C" not in res.columns
+    np.testing.assert_allclose(res["base_mean"], _manual_expression(a, np.ones(a.n_obs, bool), center)[0], rtol=1e-12)
+    # a contrast between two levels shows those two; a numeric covariate only base_mean
+    name = scglmm.tl.test(a, ("treatment", "C", "B"))
+    con = scglmm.get.results(a, contrast=name)
+    assert [c for c in con.columns if c.startswith(("mean_", "pct_"))] == ["mean_C", "mean_B", "pct_C", "pct_B"]
+    np.testing.assert_allclose(con["mean_B"], res["mean_B"])
+    cov = scglmm.get.results(a, "covariate")
+    assert "base_mean" in cov.columns and not any(c.startswith(("mean_", "pct_")) for c in cov.columns)
+    # stored at fit time: the counts are not needed afterwards, also after a round trip through h5ad
+    path = tmp_path / "e.h5ad"
+    a.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    back.X = None
+    pd.testing.assert_frame_equal(scglmm.get.results(back, "treatment[T.B]"), res)
+    assert back.uns["scglmm"]["params"]["expression_levels"]["treatment"].tolist() == ["A", "B", "C"]
+
+
+@pytest.mark.filterwarnings("ignore:.*have no estimate:UserWarning")
+def test_results_expression_by_group():
+    a = _data()
+    a.obs["half"] = pd.Categorical(np.where(np.arange(a.n_obs) % 2 == 0, "x", "y"))
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", groupby="half", n_jobs=1, progress=False)
+    in_y = (a.obs["half"] == "y").to_numpy()
+    center = float(np.mean(np.log(a.obs["libsize"].to_numpy(float)[in_y])))  # the group's cells, as fitted alone
+    res = scglmm.get.results(a, "treatment[T.C]", group="y")
+    cells = ((a.obs["half"] == "y") & (a.obs["treatment"] == "C")).to_numpy()
+    mean, pct = _manual_expression(a, cells, center)
+    np.testing.assert_allclose(res["mean_C"], mean, rtol=1e-12)
+    np.testing.assert_allclose(res["pct_C"], pct, rtol=1e-12)
+
+
+@pytest.mark.parametrize("calibration", ["z", "t", "satterthwaite", "eb"])
+def test_log10_p_value_matches_p_value(calibration):
+    a = _data()
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", n_jobs=1, progress=False, calibration=calibration)
+    for coef in ("treatment[T.B]", "covariate"):
+        res = scglmm.get.results(a, coef)
+        ok = res["p_value"] > 0
+        assert ok.sum() >= 10
+        np.testing.assert_allclose(res.loc[ok, "log10_p_value"], np.log10(res.loc[ok, "p_value"]), rtol=1e-7)
+        assert res.loc[res["p_value"].isna(), "log10_p_value"].isna().all()
+    name = scglmm.tl.test(a, "treatment", method="lrt", progress=False)
+    lrt = scglmm.get.results(a, contrast=name)
+    ok = lrt["p_value"] > 0
+    np.testing.assert_allclose(lrt.loc[ok, "log10_p_value"], np.log10(lrt.loc[ok, "p_value"]), rtol=1e-7)
+
+
+def test_log10_p_value_finite_where_p_underflows(fitted):
+    a = fitted.copy()
+    gene = a.var_names[0]
+    a.varm["scglmm_stat"].loc[gene, "covariate"] = 45.0  # the covariate varies within donors: normal reference
+    a.varm["scglmm_pval"].loc[gene, "covariate"] = 0.0
+    res = scglmm.get.results(a, "covariate")
+    assert res.attrs["df"] == np.inf
+    np.testing.assert_allclose(res.loc[gene, "log10_p_value"], np.log10(2) + stats.norm.logsf(45.0) / np.log(10))
+    assert np.isfinite(res.loc[gene, "log10_p_value"]) and res.loc[gene, "log10_p_value"] < -440
+    assert res["log10_p_value"].idxmin() == gene
+
+
+def test_log10_helpers_in_the_far_tail():
+    from scglmm.get._log10p import log10_chi2_sf, log10_two_sided
+
+    # t: continuous with scipy where scipy is still finite, finite beyond
+    for df in (3.0, 8.0, 50.0):
+        a = np.array([5.0, 20.0, 37.0])
+        np.testing.assert_allclose(log10_two_sided(a, df), np.log10(2 * stats.t.sf(a, df)), rtol=1e-10)
+    assert np.isfinite(log10_two_sided([1e200], [4.0])).all()
+    # chi-square(1) = z^2: the LRT tail equals the two-sided normal tail
+    np.testing.assert_allclose(log10_chi2_sf([1600.0, 4e4], 1), log10_two_sided([40.0, 200.0]), rtol=1e-9)
+    np.testing.assert_allclose(log10_chi2_sf([3000.0], 2), [-1500 / np.log(10)], rtol=1e-12)

@@ -13,6 +13,7 @@ Contract tested here (``fit_genes`` and ``tl.fit``):
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import anndata as ad
@@ -21,6 +22,8 @@ import pandas as pd
 import pytest
 
 import scglmm
+from scglmm._core._status import ALL_ZERO, FILTERED, NOT_CONVERGED, POISSON_LIMIT, SEPARATION, SIGMA2_BOUNDARY
+from scglmm.tl._report import MAX_GROUPS_NAMED, StatusSummary, log_text, status_summary, warning_text
 
 M, C = 6, 30  # donors, cells per donor
 N = M * C
@@ -403,3 +406,90 @@ def test_tl_fit_groupby_warns_once_per_run() -> None:
     assert msgs[0].startswith("2 groups have genes without an estimate")
     for g in ("A", "B"):
         assert a.varm[f"scglmm:{g}_fit"].loc["all_zero", "status"] == "all_zero"
+
+
+# ------------------------------------------------------------------------------------------------
+# what tl.fit reports (issue 14): one short INFO summary (a table per group), at most one short
+# warning; boundary estimates (sigma2_boundary, poisson_limit) are valid and not counted
+# ------------------------------------------------------------------------------------------------
+
+
+def _fit_logged(a, caplog, **kwargs) -> tuple[list[str], list[str]]:
+    """The INFO messages of the scglmm logger and the warnings of one tl.fit call."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scglmm"), warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", n_jobs=1, progress=False, **kwargs)
+    return [r.getMessage() for r in caplog.records], [str(w.message) for w in rec]
+
+
+def test_boundary_estimates_are_not_counted_as_problems():
+    codes = np.array([0, SIGMA2_BOUNDARY, POISSON_LIMIT, SIGMA2_BOUNDARY | POISSON_LIMIT, NOT_CONVERGED,
+                      SEPARATION | SIGMA2_BOUNDARY, ALL_ZERO, FILTERED])  # fmt: skip
+    coef = np.ones((codes.size, 2))
+    coef[5:] = np.nan
+    s = status_summary(codes, coef, pd.Index([f"g{i}" for i in range(codes.size)]), n_cells=10, n_donors=4)
+    assert (s.n_genes, s.n_filtered, s.n_fitted) == (8, 1, 7)
+    assert s.n_no_estimate == 2 and s.no_estimate == {"separation": 1, "all_zero": 1}
+    assert s.n_not_converged == 1
+    assert s.examples == ["g5", "g6"]
+    text = log_text({"": s}, key="k", groupby=None, min_cells=3, min_donors=2)
+    assert "2 without an estimate (separation: 1, all_zero: 1), 1 not converged" in text
+    assert "sigma2_boundary" not in text and "poisson_limit" not in text and "not 'ok'" not in text
+
+
+def test_one_summary_line_and_no_warning_when_every_gene_is_estimated(caplog):
+    a = _hard_adata()[:, [f"nb{i}" for i in range(6)]].copy()
+    infos, warns = _fit_logged(a, caplog)
+    assert warns == []
+    summary = [m for m in infos if m.startswith("scglmm fit: 6 genes")]
+    assert len(summary) == 1 and "0 without an estimate" in summary[0]
+    assert not any("not 'ok'" in m or "sigma2_boundary" in m for m in infos)
+
+
+def test_groupby_one_short_warning_and_one_table(caplog):
+    a = _hard_adata()
+    a.obs["cell_type"] = pd.Categorical(np.where(np.arange(N) % 3 == 0, "B", "A"))
+    infos, warns = _fit_logged(a, caplog, groupby="cell_type", min_cells_group=5, min_cells=0, min_donors=0)
+    assert len(warns) == 1 and len(warns[0]) < 400, warns
+    assert warns[0].startswith("2 groups have genes without an estimate (NaN): [A] ")
+    tables = [m for m in infos if m.startswith("scglmm fit by cell_type: 2 groups")]
+    assert len(tables) == 1
+    lines = tables[0].splitlines()
+    assert lines[1].split() == [
+        "cell_type",
+        "cells",
+        "donors",
+        "fitted",
+        "filtered",
+        "no",
+        "estimate",
+        "not",
+        "converged",
+    ]
+    for line, g in zip(lines[2:], ("A", "B"), strict=True):
+        fit = a.varm[f"scglmm:{g}_fit"]
+        no_est = int(
+            fit["coef" if "coef" in fit else "status"].pipe(lambda s: s.str.contains("separation|all_zero")).sum()
+        )
+        assert line.split()[0] == g and int(line.split()[5]) == no_est
+    assert not any("sigma2_boundary" in m for m in infos + warns)
+
+
+def test_warning_names_a_few_groups_only():
+    examples = ["GENE1", "GENE2", "GENE3", "GENE4", "GENE5"]
+    s = StatusSummary(7583, 500, 8, 100, {"separation": 40}, n_no_estimate=40, n_not_converged=2, examples=examples)
+    summaries = {f"cell type {i}": s for i in range(14)}
+    text = warning_text(summaries, key="scglmm", groupby="cell_type")
+    assert text is not None and len(text) < 500
+    assert text.startswith("14 groups have genes without an estimate")
+    assert f"and {14 - MAX_GROUPS_NAMED} more" in text and "GENE1" not in text
+    assert "separation: 560" in text
+    table = log_text(summaries, key="scglmm", groupby="cell_type", min_cells=3, min_donors=2)
+    assert len(table.splitlines()) == 2 + 14
+
+
+@pytest.mark.parametrize("groupby", [None, "cell_type"])
+def test_no_warning_text_without_genes_lacking_an_estimate(groupby):
+    s = StatusSummary(10, 50, 4, 0, {}, 0, 3, [])
+    assert warning_text({"": s} if groupby is None else {"A": s, "B": s}, key="k", groupby=groupby) is None

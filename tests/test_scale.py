@@ -209,10 +209,12 @@ def test_tl_fit_on_backed_anndata(small, tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("progress", "interactive", "shown"),
-    [(True, False, True), (False, True, False), (None, False, False), (None, True, True)],
+    # progress=None: shown in scripts and notebooks alike (issue 14), once the run lasts PROGRESS_DELAY
+    [(True, False, True), (False, True, False), (None, False, True), (None, True, True)],
 )
 def test_progress_bar(small, capsys, monkeypatch, progress, interactive, shown):
     monkeypatch.setattr(slog, "_interactive", lambda: interactive)
+    monkeypatch.setattr(slog, "PROGRESS_DELAY", 0.0)  # the run is short; no timing in tests
     a = small[:, :6].copy()
     scglmm.tl.fit(a, FORMULA, size_factors="libsize", block_size=2, progress=progress)
     err = capsys.readouterr().err
@@ -220,6 +222,61 @@ def test_progress_bar(small, capsys, monkeypatch, progress, interactive, shown):
         assert "scglmm fit:" in err and "/6 [" in err and "gene/s" in err
     else:
         assert "scglmm fit" not in err and "gene/s" not in err
+
+
+class _FakeBar:
+    """Records the arguments of the tqdm bar scglmm would draw."""
+
+    made: list[dict] = []
+
+    def __init__(self, **kwargs):
+        self.made.append(kwargs)
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("progress", "verbosity", "shown", "delay"),
+    [
+        (None, "warning", True, slog.PROGRESS_DELAY),  # scanpy's default: a bar once the run lasts a while
+        (None, "info", True, slog.PROGRESS_DELAY),
+        (None, "error", False, None),  # scanpy's verbosity lowered: no bar
+        (True, "error", True, 0.0),  # asked for: at once, whatever the verbosity
+        (False, "hint", False, None),
+    ],
+)
+def test_progress_bar_follows_scanpy_verbosity(small, monkeypatch, progress, verbosity, shown, delay):
+    import scanpy as sc
+
+    monkeypatch.setattr(slog, "_tqdm", lambda: _FakeBar)
+    _FakeBar.made = []
+    saved = sc.settings.verbosity
+    sc.settings.verbosity = verbosity
+    try:
+        scglmm.tl.fit(small[:, :4].copy(), FORMULA, size_factors="libsize", progress=progress)
+        settings = slog.progress_settings(progress)
+    finally:
+        sc.settings.verbosity = saved
+    assert len(_FakeBar.made) == int(shown)
+    if shown:
+        (kw,) = _FakeBar.made
+        assert kw["delay"] == delay and kw["total"] == 4 and kw["desc"] == "scglmm fit"
+    assert settings == (shown, slog.PROGRESS_DELAY if progress is None else 0.0)
+
+
+def test_progress_bar_uses_tqdm_auto_without_its_notebook_warning(monkeypatch):
+    """In a notebook without ipywidgets tqdm.auto warns and draws text; scglmm keeps the text bar, not the warning."""
+    import warnings
+
+    import tqdm.auto
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert slog._tqdm() is tqdm.auto.tqdm
 
 
 def test_interactive_follows_stderr_tty(monkeypatch):

@@ -159,6 +159,11 @@ def test_nothing_lost(now, saved):
 def test_every_result_unchanged(now, saved):
     for k in sorted(saved):
         a, b = now[k], saved[k]
+        if k.startswith("get/") and k.endswith("/__columns__"):
+            # tables of get.results may gain columns (issue 14: log10_p_value, base_mean, ...): the saved
+            # columns all come back, in their order; each one's values are compared below under its own key
+            assert [c for c in a if c in set(b)] == list(b), k
+            continue
         assert a.shape == b.shape, k
         if b.dtype.kind == "f":
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-300, equal_nan=True, err_msg=k)

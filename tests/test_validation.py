@@ -149,6 +149,22 @@ FIT_CASES: list[Case] = [
         r"no random-effect term; add a donor random intercept",
         formula="~ condition",
     ),
+    Case(
+        "formula_bare_bar",
+        "random intercept without parentheses `1 | donor`",
+        ValueError,
+        r"no random-effect term: the random intercept needs its parentheses; "
+        r"did you mean '~ condition \+ \(1 \| donor\)'\?",
+        formula="~ condition + 1 | donor",
+    ),
+    Case(
+        "formula_slash_bar",
+        "`/` instead of `|` in `(1 / donor)`",
+        ValueError,
+        r"no random-effect term: a random intercept is written with a bar"
+        r".*did you mean '~ condition \+ \(1 \| donor\)'",
+        formula="~ condition + (1 / donor)",
+    ),
     # unsupported random effects
     Case(
         "re_slope",
@@ -339,7 +355,7 @@ FIT_CASES: list[Case] = [
         "sf_zero",
         "a zero size factor",
         ValueError,
-        r"size_factors must be positive and finite.*found 1 zero",
+        r"size_factors must be positive and finite.*found 1 zero in adata.obs\['sf'\] \(e.g. cells \['cell000000'\]\)",
         mutate=_set_obs("sf", 0.0, row=0),
         kwargs={"size_factors": "sf"},
     ),

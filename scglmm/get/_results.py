@@ -10,7 +10,16 @@ import pandas as pd
 
 from .._core._errors import InvalidValueError, MissingKeyError
 from .._core._inference import bh_adjust, contrast_vector, resolve_column
-from .._layout import contrast_key, contrast_name, fit_params, run_keys, stored_contrasts, varm_key
+from .._layout import (
+    contrast_key,
+    contrast_name,
+    expression_column,
+    fit_params,
+    run_keys,
+    stored_contrasts,
+    varm_key,
+)
+from ._log10p import log10_chi2_sf, log10_two_sided
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -31,6 +40,10 @@ def _coef_table(adata: AnnData, coef: str | None, sub: str) -> pd.DataFrame:
     name = resolve_column(coef, columns, asked_as="coef", param="coef")
     beta = adata.varm[varm_key(sub, "coef")][name].to_numpy(dtype=float)
     p = adata.varm[varm_key(sub, "pval")][name].to_numpy(dtype=float)
+    stat = adata.varm[varm_key(sub, "stat")][name].to_numpy(dtype=float)
+    df = params["df"][name]
+    if not np.isfinite(df) and not np.isinf(df):  # Satterthwaite: one df per gene
+        df = np.asarray(params.get("df_per_gene", {}).get(name, np.full(stat.shape, np.nan)), dtype=float)
     table = _with_fit(
         adata,
         sub,
@@ -38,15 +51,70 @@ def _coef_table(adata: AnnData, coef: str | None, sub: str) -> pd.DataFrame:
             "log_fc": beta,
             "log2_fc": beta / np.log(2.0),
             "se": adata.varm[varm_key(sub, "se")][name].to_numpy(dtype=float),
-            "stat": adata.varm[varm_key(sub, "stat")][name].to_numpy(dtype=float),
+            "stat": stat,
             "p_value": p,
+            "log10_p_value": _finite_where_p(log10_two_sided(stat, df), p),
             "adj_p_value": bh_adjust(p),
+            **_expression(adata, sub, _coef_levels(params, name)),
         },
     )
     table.attrs["coef"] = name
     table.attrs["calibration"] = str(params["calibration"])
     table.attrs["df"] = float(params["df"][name])
     return table
+
+
+def _finite_where_p(log10p: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``log10p`` where the gene has a p-value, NaN where it has none."""
+    return np.where(np.isnan(p), np.nan, log10p)
+
+
+def _coef_levels(params: Mapping, column: str) -> tuple[str, str, str] | None:
+    """``(variable, level, reference)`` compared by a design column that codes one level of a factor."""
+    found = params.get("factor_levels", {}).get(column)
+    if found is None:
+        return None
+    variable, level = (str(v) for v in found)
+    ref = str(params["reference_levels"].get(variable, ""))
+    return (variable, level, ref) if ref else None
+
+
+def _contrast_levels(params: Mapping, info: Mapping) -> tuple[str, str, str] | None:
+    """``(variable, level, other)`` compared by a tested contrast: one level-column (vs. the
+    reference), or one level-column minus another of the same factor; else ``None``."""
+    cols = [str(c) for c in params["design_columns"]]
+    if info.get("method") == "lrt":
+        dropped = list(info.get("dropped_columns", []))
+        return _coef_levels(params, str(dropped[0])) if len(dropped) == 1 else None
+    vec = np.asarray(info.get("vector", []), dtype=float)
+    if vec.shape != (len(cols),):
+        return None
+    nz = {cols[i]: float(vec[i]) for i in np.flatnonzero(vec)}
+    if len(nz) == 1 and next(iter(nz.values())) == 1.0:
+        return _coef_levels(params, next(iter(nz)))
+    if len(nz) == 2 and sorted(nz.values()) == [-1.0, 1.0]:
+        plus, minus = (_coef_levels(params, c) for c in sorted(nz, key=lambda c: -nz[c]))
+        if plus is not None and minus is not None and plus[0] == minus[0]:
+            return plus[0], plus[1], minus[1]
+    return None
+
+
+def _expression(adata: AnnData, sub: str, levels: tuple[str, str, str] | None) -> dict[str, np.ndarray]:
+    """``base_mean`` and, for a comparison of two levels, ``mean_<level>`` and ``pct_<level>`` of each
+    (from ``varm[f"{sub}_expression"]``; nothing for a fit stored before these were)."""
+    stored = adata.varm.get(varm_key(sub, "expression"))
+    if stored is None:
+        return {}
+    out = {"base_mean": stored["base_mean"].to_numpy(dtype=float)}
+    if levels is None:
+        return out
+    variable, *compared = levels
+    for kind in ("mean", "pct"):
+        for level in compared:
+            col = expression_column(kind, variable, level)  # type: ignore[arg-type]
+            if col in stored.columns:
+                out[f"{kind}_{level}"] = stored[col].to_numpy(dtype=float)
+    return out
 
 
 def _with_fit(adata: AnnData, sub: str, columns: dict[str, np.ndarray], **after: np.ndarray) -> pd.DataFrame:
@@ -94,12 +162,19 @@ def _contrast_table(adata: AnnData, contrast, sub: str) -> pd.DataFrame:
     name = _stored_contrast(adata, sub, contrast)
     stored = adata.varm[contrast_key(sub, name)]
     est = stored["estimate"].to_numpy(dtype=float)
+    info = stored_contrasts(adata, sub).get(name, {})
     columns = {"log_fc": est, "log2_fc": est / np.log(2.0)}
-    for col in ("se", "stat", "p_value", "adj_p_value"):
+    for col in ("se", "stat", "p_value"):
         columns[col] = stored[col].to_numpy(dtype=float)
-    table = _with_fit(adata, sub, columns, df=stored["df"].to_numpy(dtype=float))
+    df = stored["df"].to_numpy(dtype=float)
+    lrt = info.get("method") == "lrt"
+    log10p = log10_chi2_sf(columns["stat"], df) if lrt else log10_two_sided(columns["stat"], df)
+    columns["log10_p_value"] = _finite_where_p(log10p, columns["p_value"])
+    columns["adj_p_value"] = stored["adj_p_value"].to_numpy(dtype=float)
+    columns.update(_expression(adata, sub, _contrast_levels(fit_params(adata, sub), info)))
+    table = _with_fit(adata, sub, columns, df=df)
     table.attrs["contrast"] = name
-    table.attrs["method"] = str(stored_contrasts(adata, sub).get(name, {}).get("method", ""))
+    table.attrs["method"] = str(info.get("method", ""))
     return table
 
 
@@ -131,12 +206,29 @@ def results(
 
     Returns
     -------
-    DataFrame indexed by gene with ``log_fc`` (natural log), ``log2_fc``, ``se`` (model standard
-    error), ``stat`` (the test statistic behind the p-value: Wald, with the calibration of the
-    fit; for an LRT contrast the LR statistic), ``p_value``, ``adj_p_value`` (Benjamini-Hochberg
-    over genes with a p-value, within each group), ``sigma2``, ``dispersion`` and ``status``, in
-    the order of ``adata.var_names``; contrasts add ``df``. ``attrs`` holds the coefficient or
-    contrast name, and for coefficients the calibration and degrees of freedom.
+    DataFrame indexed by gene, in the order of ``adata.var_names``, with ``log_fc`` (natural log),
+    ``log2_fc``, ``se`` (model standard error), ``stat`` (the test statistic behind the p-value:
+    Wald, with the calibration of the fit; for an LRT contrast the LR statistic), ``p_value``,
+    ``log10_p_value``, ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each
+    group), ``base_mean``, then for a comparison of two levels ``mean_<level>`` and ``pct_<level>``
+    of each, then ``sigma2``, ``dispersion`` and ``status``; contrasts add ``df``. ``attrs`` holds
+    the coefficient or contrast name, and for coefficients the calibration and degrees of freedom.
+
+    Notes
+    -----
+    ``log10_p_value`` is the ``log10`` of the p-value computed from ``stat`` and its reference
+    distribution (``log10(2) + log S(|stat|) / ln 10`` with the normal or t(df) survival function
+    ``S``; chi-square for an LRT), so it stays finite where ``p_value`` underflows to 0 and the
+    strongest genes can still be ordered.
+
+    ``base_mean`` is the mean normalised expression over the fitted cells (of the group): counts
+    divided by size factors scaled to geometric mean 1 over those cells (DESeq2's ``baseMean``).
+    For a coefficient that codes one level of a factor (e.g. ``condition[T.stim]``), or a
+    contrast between two levels, ``mean_<level>`` (the same mean over the cells at that level)
+    and ``pct_<level>`` (fraction of those cells with a count, 0 to 1, as scanpy's ``pts``) are
+    given for each of the two compared levels, e.g. ``mean_stim``, ``mean_ctrl``, ``pct_stim``,
+    ``pct_ctrl``; they come from ``varm[f'{key}_expression']``, computed from the counts at fit
+    time.
     """
     if coef is not None and contrast is not None:
         msg = "pass either coef= or contrast=, not both."

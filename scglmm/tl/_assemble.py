@@ -95,6 +95,7 @@ def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict
         varm_key(sub, "cov"): fit.cov.reshape(fit.cov.shape[0], -1),
         varm_key(sub, "fit"): _fit_table(run, var_names),
         varm_key(sub, "donor_effects"): genes_by(fit.modes, [str(d) for d in fit.donors]),
+        varm_key(sub, "expression"): run.expression,
     }
 
 
@@ -147,6 +148,10 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "min_cells": options.min_cells,
         "min_donors": options.min_donors,
         "n_filtered": run.n_filtered,
+        # what varm[f"{sub}_expression"] holds, and which levels each design column compares
+        "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
+        "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
+        "size_factor_center": float(run.size_factor_center),
     }
 
 

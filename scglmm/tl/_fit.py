@@ -21,6 +21,7 @@ from .._logging import logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
 from ._rank_genes_groups import RankedRun, rank_genes_groups
+from ._report import log_text, warning_text
 from ._run import FitOptions, fit_run, wald_tests
 
 if TYPE_CHECKING:
@@ -124,7 +125,9 @@ def fit(
     block_size
         Genes per compiled call.
     progress
-        Show a progress bar; ``None`` shows it only in an interactive session.
+        Show a progress bar (``tqdm.auto``: a widget in notebooks). ``None`` shows it once a run
+        has lasted 2 seconds, unless scanpy's verbosity is below its default
+        (``sc.settings.verbosity = "error"``); ``True`` shows it at once, ``False`` never.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -153,6 +156,16 @@ def fit(
         ``n_nonzero``, ``grad_max``.
     `adata.varm[f'{key}_donor_effects']` : :class:`pandas.DataFrame`
         Conditional modes of the donor effects, genes x donors.
+    `adata.varm[f'{key}_expression']` : :class:`pandas.DataFrame`
+        Computed from the counts at fit time (not recomputable later without them): ``base_mean``,
+        the mean of ``count / s`` over the fitted cells, with size factors ``s`` = exp(log offset)
+        scaled to geometric mean 1 over the run's cells (all, or the group's: as if the group
+        were fitted alone; DESeq2's ``baseMean``); and for each
+        level of each factor of the design (``uns[key]['params']['expression_levels']``)
+        ``mean[variable=level]``, the same mean over the cells at that level, and
+        ``pct[variable=level]``, the fraction of those cells with a count (0 to 1, as scanpy's
+        ``pts``). :func:`scglmm.get.results` shows them as ``base_mean``, ``mean_<level>`` and
+        ``pct_<level>`` next to each fold change between two levels.
     `adata.var[f'{key}_status']` : :class:`pandas.Series`
         The status string, for quick filtering.
     `adata.uns[key]['params']` : `dict`
@@ -165,7 +178,13 @@ def fit(
         ``pvals``, ``pvals_adj`` as record arrays with one field per group, laid out as
         :func:`scanpy.tl.rank_genes_groups` writes them, so :func:`scanpy.get.rank_genes_groups_df`
         and ``sc.pl.rank_genes_groups_*`` work with ``key=f'{key}_rank_genes_groups'``. Without
-        ``groupby`` the one field is the tested level (e.g. ``stim`` for ``condition[T.stim]``).
+        ``groupby`` the one field is the tested level (e.g. ``stim`` for ``condition[T.stim]``) and
+        ``params['reference']`` its reference level, so scanpy titles the panel ``stim vs. ctrl``.
+        With ``groupby`` the fields are the groups (e.g. ``Mono``), each ranking the same
+        comparison within its cells, and ``params['reference']`` says so: scanpy titles the
+        panels ``Mono vs. ctrl (stim vs. ctrl within each cell_type)``. ``params`` also holds
+        ``coef``, ``variable``, ``tested_level``, ``reference_level`` and ``comparison``
+        (``stim vs. ctrl``).
 
     With ``groupby``, each fitted group ``g`` gets all of the varm/var/uns outputs above under
     its own key ``f'{key}:{g}'`` (``/`` in a group name becomes ``_``), which survives
@@ -174,7 +193,10 @@ def fit(
     (group -> reason), and :func:`scglmm.get.results` takes ``group=``.
 
     Re-running with the same ``key_added`` replaces these keys whole; nothing is written if
-    anything fails.
+    anything fails. The call ends with one summary in the log (logger ``scglmm``, INFO; with
+    ``groupby`` a table with a row per group) counting the genes filtered, without an estimate
+    and not converged, and one :class:`UserWarning` if some genes have no estimate; the valid
+    boundary estimates ``sigma2_boundary`` and ``poisson_limit`` are not counted (``docs/status.md``).
     """
     t_start = time.perf_counter()
     settings, Y, design = _validate(
@@ -186,7 +208,7 @@ def fit(
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
     tests = {sub: wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
     seconds = time.perf_counter() - t_start
-    _warn_once([run.warning for run in fitted.runs.values() if run.warning])
+    _report(fitted, settings, key=key_added)
     ranked = {sub: RankedRun(fitted.labels[sub], run, tests[sub]) for sub, run in fitted.runs.items()}
     block = rank_genes_groups(ranked, rank_coef, adata.var_names, groupby=groupby, layer=layer)
     stored = stored_fit(
@@ -275,9 +297,16 @@ def _fit_runs(adata: AnnData, Y, design: FixedDesign | None, settings: FitSettin
     return GroupRuns(runs={key: run}, labels={key: ""})
 
 
-def _warn_once(messages: list[str]) -> None:
-    """One summary warning per fit (all groups together), never one per gene or per group."""
-    if len(messages) == 1:
-        warn(messages[0])
-    elif messages:
-        warn(f"{len(messages)} groups have genes without an estimate: " + " | ".join(messages))
+def _report(fitted: GroupRuns, settings: FitSettings, *, key: str) -> None:
+    """One INFO summary per fit (a table per group with ``groupby``) and at most one warning."""
+    summaries = {fitted.labels[sub]: run.summary for sub, run in fitted.runs.items()}
+    options = settings.options
+    logger.info(
+        "%s",
+        log_text(
+            summaries, key=key, groupby=settings.groupby, min_cells=options.min_cells, min_donors=options.min_donors
+        ),
+    )
+    message = warning_text(summaries, key=key, groupby=settings.groupby)
+    if message is not None:
+        warn(message)

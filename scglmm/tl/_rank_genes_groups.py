@@ -4,6 +4,7 @@ writes it, so that scanpy's ``get`` and ``pl`` functions read it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,10 @@ from .._core._inference import bh_adjust, resolve_column
 from .._layout import h5ad_name
 from ._run import Run, WaldTests
 
-__all__ = ["RankedRun", "rank_genes_groups", "ranked_column"]
+if TYPE_CHECKING:
+    from .._formula import FixedDesign
+
+__all__ = ["RankedRun", "comparison_labels", "rank_genes_groups", "ranked_column", "within_groups_reference"]
 
 
 @dataclass(frozen=True)
@@ -48,20 +52,53 @@ def rank_genes_groups(
     coef = ranked_column(first.columns, rank_coef)
     if coef is None or any(coef not in r.run.design.columns for r in runs.values()):
         return None
+    labels = comparison_labels(first, coef)
     if groupby is not None:
-        return _block(list(runs.values()), coef, var_names, groupby=groupby, reference="rest", layer=layer)
+        reference = within_groups_reference(labels, groupby)
+        return _block(list(runs.values()), coef, var_names, groupby=groupby, reference=reference, layer=layer, **labels)
     if coef not in first.factor_levels:
         return None
-    variable, level = first.factor_levels[coef]
     (only,) = runs.values()
-    reference = str(first.reference_levels.get(variable, "rest"))
     return _block(
-        [RankedRun(level, only.run, only.tests)], coef, var_names, groupby=variable, reference=reference, layer=layer
-    )
+        [RankedRun(labels["tested_level"], only.run, only.tests)], coef, var_names, groupby=labels["variable"],
+        reference=labels["reference_level"], layer=layer, **labels,
+    )  # fmt: skip
+
+
+def comparison_labels(design: FixedDesign, coef: str) -> dict[str, str]:
+    """What the ranked column compares: ``variable``, ``tested_level``, ``reference_level`` and
+    ``comparison`` (e.g. ``"stim vs. ctrl"``); for a column that codes no level of a factor the
+    levels are empty and ``comparison`` names the column."""
+    if coef not in design.factor_levels:
+        return {"variable": coef, "tested_level": "", "reference_level": "", "comparison": f"effect of {coef}"}
+    variable, level = design.factor_levels[coef]
+    ref = str(design.reference_levels.get(variable, ""))
+    return {"variable": variable, "tested_level": level, "reference_level": ref, "comparison": f"{level} vs. {ref}"}
+
+
+def within_groups_reference(labels: dict[str, str], groupby: str) -> str:
+    """``params["reference"]`` of a block by group: scanpy titles each panel ``f"{group} vs. {reference}"``.
+
+    With ``groupby`` the fields are the groups (so that scanpy's functions keyed by group, e.g.
+    :func:`scanpy.get.rank_genes_groups_df` or dot plots coloured by fold change, keep working) and
+    each ranks the same comparison within its group, which the reference spells out, e.g.
+    ``"ctrl (stim vs. ctrl within each cell_type)"``: the title reads
+    ``"Mono vs. ctrl (stim vs. ctrl within each cell_type)"``, never ``"Mono vs. rest"``.
+    """
+    if labels["reference_level"]:
+        return f"{labels['reference_level']} ({labels['comparison']} within each {groupby})"
+    return f"no {labels['comparison']} (within each {groupby})"
 
 
 def _block(
-    runs: list[RankedRun], coef: str, var_names: pd.Index, *, groupby: str, reference: str, layer: str | None
+    runs: list[RankedRun],
+    coef: str,
+    var_names: pd.Index,
+    *,
+    groupby: str,
+    reference: str,
+    layer: str | None,
+    **labels: str,
 ) -> dict:
     fields = [h5ad_name(r.label) for r in runs]  # "/" cannot be written to h5ad
     ranked = [_ranked(r, coef, var_names) for r in runs]
@@ -79,6 +116,7 @@ def _block(
             "layer": "X" if layer is None else str(layer),
             "corr_method": "benjamini-hochberg",
             "coef": coef,
+            **labels,
         },
         "names": rec("names", f"U{width}"),
         "scores": rec("scores", "float32"),

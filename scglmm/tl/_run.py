@@ -20,6 +20,8 @@ from .._core._results import GenesFit
 from .._core._status import FILTERED
 from .._inputs import gene_counts
 from .._logging import logger, progress_bar
+from ._expression import expression_table
+from ._report import StatusSummary, status_summary
 
 if TYPE_CHECKING:
     from .._formula import FixedDesign
@@ -54,8 +56,14 @@ class Run:
     """Per cell: the index of its donor in ``fit.donors``."""
     n_filtered: int
     seconds: float
-    warning: str | None
-    """Summary of the genes without an estimate; :func:`scglmm.tl.fit` emits one warning per fit."""
+    summary: StatusSummary
+    expression: pd.DataFrame
+    """Per gene: ``base_mean`` and the mean and detection per factor level (:mod:`._expression`)."""
+    expression_levels: dict[str, list[str]]
+    """``{variable: [reference, level, ...]}`` of the factors in ``expression``."""
+    size_factor_center: float
+    """Mean log offset of the run's cells: the size factors of ``expression`` are ``exp(log_off - center)``."""
+    """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
 
 
 @dataclass(frozen=True)
@@ -95,30 +103,25 @@ def fit_run(
     codes, donors = pd.factorize(labels, sort=True)
     ncell, ndon = gene_counts(Y, codes, len(donors))
     idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
-    _log_filter(desc, len(var_names) - idx.size, len(var_names), options)
     logger.info(
         "%s: fitting %d genes x %d cells, %d donors, design %s, n_agq=%d, n_jobs=%d",
         desc, idx.size, len(obs), len(donors), design.columns, options.n_agq, options.n_jobs,
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
     fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
+    center = float(np.mean(log_off)) if len(log_off) else 0.0
+    expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
     return Run(
         design=design,
         fit=fit,
         donor_codes=codes,
         n_filtered=int(len(var_names) - idx.size),
         seconds=time.perf_counter() - t0,
-        warning=_unestimated(fit, var_names, key=key, desc=desc),
+        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
+        expression=expression,
+        expression_levels=levels,
+        size_factor_center=center,
     )
-
-
-def _log_filter(desc: str, n_filtered: int, n_genes: int, options: FitOptions) -> None:
-    if n_filtered:
-        logger.info(
-            "%s: %d of %d genes filtered out before fitting (fewer than min_cells=%d cells or min_donors=%d "
-            "donors with counts); their rows are NaN with status 'filtered'",
-            desc, n_filtered, n_genes, options.min_cells, options.min_donors,
-        )  # fmt: skip
 
 
 def _fit_kept(
@@ -162,26 +165,6 @@ def scatter_genes(part: GenesFit, idx: np.ndarray, n_genes: int, *, fill: dict[s
         out[idx] = value
         spread[f.name] = out
     return replace(part, **spread)
-
-
-def _unestimated(fit: GenesFit, var_names: pd.Index, *, key: str, desc: str) -> str | None:
-    """Log the genes whose status is not ``ok``; the warning text for those without an estimate."""
-    status = fit.status
-    counts = pd.Series(fit.status_str).value_counts()
-    summary = ", ".join(f"{k}: {v}" for k, v in counts.items() if k not in ("ok", "filtered"))
-    fitted = (status & FILTERED) == 0
-    n_bad = int(((status != 0) & fitted).sum())
-    if n_bad:
-        logger.info("%s: status of %d genes not 'ok' (%s); see varm['%s_fit']['status']", desc, n_bad, summary, key)
-    # a gene lacks an estimate if any coefficient is NaN (all of them, or those that diverged)
-    no_estimate = ~np.isfinite(fit.coef).all(axis=1) & fitted if fit.coef.shape[1] else np.zeros(len(var_names), bool)
-    if not no_estimate.any():
-        return None
-    examples = list(var_names[no_estimate][:5])
-    return (
-        f"{desc}: {int(no_estimate.sum())} of {len(var_names)} genes have no estimate (NaN; e.g. {examples}): "
-        f"{summary}. See adata.varm['{key}_fit']['status']."
-    )
 
 
 def wald_tests(run: Run, calibration: str) -> WaldTests:

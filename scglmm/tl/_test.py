@@ -94,7 +94,7 @@ def test(
     n_jobs
         Threads for the refit of ``"lrt"``; ``None`` uses the fit's.
     progress
-        Progress bar for the refit; ``None`` shows it only in an interactive session.
+        Progress bar for the refit; ``None``, ``True``, ``False`` as in :func:`scglmm.tl.fit`.
 
     Returns
     -------
