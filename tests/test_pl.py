@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from itertools import combinations
 
 import matplotlib
 
@@ -33,6 +34,16 @@ def fitted():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the fit may warn about the all-zero gene
         scglmm.tl.fit(adata, "~ condition + (1 | donor)", progress=False, n_jobs=1)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def kang():
+    """The shipped Kang CD14 example, fitted as in the README (~ condition + (1 | donor))."""
+    adata = scglmm.datasets.kang2018_cd14_mono()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(adata, "~ condition + (1 | donor)", progress=False, n_jobs=2)
     return adata
 
 
@@ -102,6 +113,46 @@ def test_volcano_content(fitted, tmp_path):
     texts = sorted(t.get_text() for t in ax.texts if t.get_gid() == "gene_label")
     expected = sorted(res[sig].sort_values("p_value").index[:2])
     assert texts == expected
+
+
+def _label_boxes(ax):
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    return {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if t.get_gid() == "gene_label"}
+
+
+@pytest.mark.parametrize("figsize", [None, (3.5, 3.0)])
+def test_volcano_labels_do_not_overlap_on_kang(kang, figsize):
+    """Issue 14: the 15 labels of the Kang CD14 volcano were an unreadable blob."""
+    res = scglmm.get.results(kang)
+    sig = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= 1.0)
+    ax = scglmm.pl.volcano(kang, n_labels=15, figsize=figsize, show=False)
+    boxes = _label_boxes(ax)
+    # the 15 most significant called genes (ties in p broken by |stat|), each labelled once
+    top = res[sig].assign(a=res["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False]).index[:15]
+    assert sorted(boxes) == sorted(top)
+    assert "left out" not in ax.get_title()
+    for (a, box_a), (b, box_b) in combinations(boxes.items(), 2):
+        assert not box_a.overlaps(box_b), (a, b)
+    # inside the axes, and each label joined to its gene's point or next to it
+    frame = ax.get_window_extent().padded(1)
+    for name, box in boxes.items():
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
+    lines = [p for p in ax.patches if p.get_gid() == "gene_label_line"]
+    assert {p.patchA.get_text() for p in lines} <= set(boxes)
+
+
+def test_volcano_drops_labels_with_no_free_place(kang):
+    """Far more labels than fit: those left over are removed, never drawn over each other."""
+    ax = scglmm.pl.volcano(kang, n_labels=40, figsize=(3.0, 2.5), show=False)
+    boxes = _label_boxes(ax)
+    n_left_out = 40 - len(boxes)
+    assert n_left_out > 0
+    assert f"{n_left_out} label(s) left out: no place without overlap" in ax.get_title()
+    for (a, box_a), (b, box_b) in combinations(boxes.items(), 2):
+        assert not box_a.overlaps(box_b), (a, b)
+    lines = [p for p in ax.patches if p.get_gid() == "gene_label_line"]
+    assert {p.patchA.get_text() for p in lines} <= set(boxes)
 
 
 def test_volcano_group_colours_and_ax(fitted):
