@@ -20,7 +20,7 @@ from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
 import scglmm
-from scglmm.pl._utils import neg_log10_p
+from scglmm.pl._utils import neg_log10_p, readable_name
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,54 @@ def test_volcano_group_colours_and_ax(fitted):
     ]
     assert not _lines(axes[1], "lfc_threshold")  # threshold 0: no vertical lines
     assert not [t for t in axes[1].texts if t.get_gid() == "gene_label"]
+
+
+def test_titles_say_level_vs_reference(fitted):
+    """Issue 14: a factor level column reads "stim vs ctrl", not the design name condition[T.stim]."""
+    assert fitted.uns["scglmm"]["params"]["reference_levels"] == {"condition": "ctrl"}
+    n_ok = int(scglmm.get.results(fitted)["p_value"].notna().sum())
+    ax = scglmm.pl.volcano(fitted, n_labels=0, show=False)
+    assert ax.get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    assert ax.get_xlabel() == "log2 fold change (condition[T.stim])"  # the name to pass as coef=
+    assert scglmm.pl.pvalue_qq(fitted, show=False).get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    assert scglmm.pl.pvalue_hist(fitted, show=False).get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    # a numeric covariate says what its fold change is per
+    adata = fitted[:, :4].copy()
+    scglmm.tl.fit(
+        adata, "~ condition + covariate + (1 | donor)", size_factors="libsize", key_added="cov", progress=False
+    )
+    ax = scglmm.pl.volcano(adata, "covariate", key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith("covariate (per unit increase): 4 genes")
+    ax = scglmm.pl.volcano(adata, "condition", key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith("stim vs ctrl: 4 genes")
+    # a contrast keeps the name it was tested under
+    name = scglmm.tl.test(adata, {"condition[T.stim]": 1.0, "covariate": 1.0}, key="cov", progress=False)
+    ax = scglmm.pl.volcano(adata, contrast=name, key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith(f"{name}: 4 genes")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("condition[T.stim]", "stim vs ctrl"),
+        ("cell_type[T.B cells]", "B cells vs T cells"),
+        ("`cell type`[T.B]", "B vs A"),
+        ("treated", "treated: True vs False"),
+        ("pct_mito", "pct_mito (per unit increase)"),
+        ("np.log(n_counts)", "np.log(n_counts) (per unit increase)"),
+        ("condition[T.stim]:pct_mito", "condition[T.stim]:pct_mito"),
+        ("Intercept", "Intercept"),
+        ("stim-ctrl", "stim-ctrl"),
+        ("batch[T.b2]", "batch[T.b2]"),  # no reference level stored: the design name
+    ],
+)
+def test_readable_name(name, expected):
+    params = {
+        "design_columns": ["Intercept", "condition[T.stim]", "cell_type[T.B cells]", "`cell type`[T.B]", "treated"]
+        + ["pct_mito", "np.log(n_counts)", "condition[T.stim]:pct_mito", "batch[T.b2]"],
+        "reference_levels": {"condition": "ctrl", "cell_type": "T cells", "cell type": "A", "treated": ""},
+    }
+    assert readable_name(name, params) == expected
 
 
 def _with_p_zero(adata, gene="G00000", z=45.0):
@@ -457,7 +505,7 @@ def test_plots_of_a_groupby_fit(fitted):
     ax = scglmm.pl.volcano(adata, key="gb", group="even", lfc_threshold=0.0, show=False)
     res = scglmm.get.results(adata, key="gb", group="even")
     assert _n_points(ax) == int(res["p_value"].notna().sum())
-    assert ax.get_title().startswith("condition[T.stim] [even]:")
+    assert ax.get_title().startswith("stim vs ctrl [even]:")  # issue 14: was "condition[T.stim] [even]:"
     ys = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)]))
     np.testing.assert_allclose(ys, np.sort(-np.log10(res["p_value"].dropna())), rtol=1e-9)
 
