@@ -47,6 +47,25 @@ def kang():
     return adata
 
 
+@pytest.fixture(scope="module")
+def by_type():
+    """A groupby fit: 3 fake cell types (each in every donor); gene 12 (DE) has no counts in type C."""
+    adata = scglmm.datasets.simulate(
+        n_donors=8, cells_per_donor=120, n_genes=24, frac_de=0.4, lfc=(1.5, 3.0), mean_range=(0.5, 10.0), seed=3
+    )
+    adata.obs["cell_type"] = pd.Categorical(np.array(["A", "B", "C"])[np.arange(adata.n_obs) % 3])
+    X = adata.X.tolil()
+    X[np.flatnonzero(adata.obs["cell_type"] == "C"), 12] = 0
+    adata.X = sparse.csr_matrix(X)
+    adata.X.eliminate_zeros()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(
+            adata, "~ condition + (1 | donor)", groupby="cell_type", size_factors="libsize", progress=False, n_jobs=1
+        )
+    return adata
+
+
 @pytest.fixture(autouse=True)
 def _close():
     yield
@@ -560,3 +579,96 @@ def test_plots_after_an_h5ad_round_trip(fitted, tmp_path):
     for ca, cb in zip(_points(a), _points(b), strict=True):
         np.testing.assert_allclose(ca.get_offsets(), cb.get_offsets(), rtol=1e-12)
     assert [t.get_text() for t in a.get_xticklabels()] == [t.get_text() for t in b.get_xticklabels()]
+
+
+# ------------------------------------------------------------------------------------------------
+# summary across the groups of a groupby fit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lfc_threshold", [1.0, 0.0])
+def test_groups_summary_content(by_type, tmp_path, lfc_threshold):
+    out = tmp_path / "groups.png"
+    axes = scglmm.pl.groups_summary(by_type, lfc_threshold=lfc_threshold, n_top=8, show=False, save=out)
+    _check_png(out)
+    assert set(axes) == {"counts", "heatmap", "colorbar"}
+    res = scglmm.get.results(by_type)  # all groups, stacked
+    groups = ["A", "B", "C"]
+    # bars: DE genes up and down per group, as get.results calls them
+    called = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= lfc_threshold)
+    n_up = [int((called & (res["log2_fc"] > 0) & (res["group"] == g)).sum()) for g in groups]
+    n_down = [int((called & (res["log2_fc"] < 0) & (res["group"] == g)).sum()) for g in groups]
+    assert sum(n_up) + sum(n_down) >= 6
+    ax = axes["counts"]
+    for gid, expected in (("up", n_up), ("down", n_down)):
+        bars = [p for p in ax.patches if p.get_gid() == gid]
+        assert [b.get_height() for b in bars] == expected
+        assert [round(b.get_x() + b.get_width() / 2) for b in bars] == [0, 1, 2]
+    assert "stim vs ctrl by cell_type" in ax.get_title()
+    assert f"|log2 FC| >= {lfc_threshold:g}" in ax.get_title()
+    # heatmap: rows = top genes (DE somewhere, by smallest adj. p), columns = groups, log2 FC
+    hm = axes["heatmap"]
+    rows = [t.get_text() for t in hm.get_yticklabels()]
+    assert [t.get_text() for t in hm.get_xticklabels()] == groups
+    best = res[called].groupby(level=0)["adj_p_value"].min().sort_values(kind="stable")
+    assert len(rows) == min(8, len(best))
+    assert set(rows) <= set(best.index)
+    np.testing.assert_array_equal(np.sort(best[rows].to_numpy()), best[rows].to_numpy())
+    assert len(best) > len(rows)
+    assert best[rows].max() <= best.drop(rows).min()
+    (image,) = hm.images
+    values = image.get_array()
+    for i, gene in enumerate(rows):
+        for j, g in enumerate(groups):
+            stored = by_type.varm[f"scglmm:{g}_coef"].loc[gene, "condition[T.stim]"] / np.log(2.0)
+            if np.isfinite(stored):
+                assert values[i, j] == pytest.approx(stored, rel=1e-12)
+            else:
+                assert values.mask[i, j]
+    # colour scale symmetric about 0; dots on the DE cells
+    lo, hi = image.get_clim()
+    assert lo == pytest.approx(-hi)
+    (dots,) = [c for c in hm.collections if c.get_gid() == "called"]
+    expected = {(j, i) for i, gene in enumerate(rows) for j, g in enumerate(groups) if called[res["group"] == g][gene]}
+    assert {tuple(map(int, xy)) for xy in dots.get_offsets()} == expected
+
+
+def test_groups_summary_shows_missing_values(by_type):
+    """Gene 12 has no counts in type C: its C cell is missing (grey), the others are drawn."""
+    res = scglmm.get.results(by_type, group=["A", "B", "C"]).loc["G00012"].set_index("group")
+    assert np.isnan(res.loc["C", "log2_fc"])
+    assert (res.loc[["A", "B"], "adj_p_value"] < 0.05).any()  # DE elsewhere: among the top genes
+    axes = scglmm.pl.groups_summary(by_type, lfc_threshold=0.0, n_top=24, show=False)
+    hm = axes["heatmap"]
+    rows = [t.get_text() for t in hm.get_yticklabels()]
+    values = hm.images[0].get_array()
+    i = rows.index("G00012")
+    assert values.mask[i, 2]
+    assert not values.mask[i, :2].any()
+    np.testing.assert_allclose(values[i, :2], res.loc[["A", "B"], "log2_fc"], rtol=1e-12)
+    # the missing colour is grey, not a colour of the scale
+    assert to_rgba(hm.images[0].get_cmap().get_bad()) == to_rgba("0.82")
+    assert "grey: no estimate" in hm.get_title()
+
+
+def test_groups_summary_into_ax_and_errors(by_type, fitted):
+    adata = by_type.copy()
+    adata.var["gene_symbol"] = [f"sym{i}" for i in range(adata.n_vars)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 5))
+    axes = scglmm.pl.groups_summary(adata, n_top=5, gene_symbols="gene_symbol", ax=right, show=False)
+    assert right not in fig.axes
+    assert left in fig.axes
+    assert {axes[k] for k in axes} <= set(fig.axes)
+    assert axes["heatmap"].get_position().x0 >= left.get_position().x1
+    assert {t.get_text() for t in axes["heatmap"].get_yticklabels()} <= set(adata.var["gene_symbol"])
+    assert len(axes["heatmap"].get_yticklabels()) == 5
+    with pytest.raises(ValueError, match="was not run with groupby") as err:
+        scglmm.pl.groups_summary(fitted, show=False)
+    assert err.value.param == "key"
+    with pytest.raises(ValueError, match="alpha must lie strictly between") as err:
+        scglmm.pl.groups_summary(by_type, alpha=0.0, show=False)
+    assert err.value.param == "alpha"
+    with pytest.raises(ValueError, match="n_top must be a positive integer") as err:
+        scglmm.pl.groups_summary(by_type, n_top=0, show=False)
+    assert err.value.param == "n_top"
+    with pytest.raises(ValueError, match="lfc_threshold must be a non-negative") as err:
+        scglmm.pl.groups_summary(by_type, lfc_threshold=-1.0, show=False)
+    assert err.value.param == "lfc_threshold"

@@ -21,6 +21,7 @@ from ..get import results
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from numpy.typing import ArrayLike
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "check_count",
     "check_unit",
     "chi2_neg_log10_sf",
+    "finish",
     "gene_labels",
     "height",
     "neg_log10_p",
@@ -70,8 +72,14 @@ def render(
 
         _, ax = plt.subplots(figsize=figsize or (5.0, 4.2))
     draw(ax)
+    return None if finish(ax.figure, show=show, save=save) else ax
+
+
+def finish(fig: Figure, *, show: bool | None, save: str | Path | None) -> bool:
+    """Save ``fig`` if ``save`` is a path, then show it as scanpy does; return whether it was shown
+    (``show``; ``None`` follows ``scanpy.settings.autoshow``)."""
     if save is not None:
-        ax.figure.savefig(save, bbox_inches="tight", dpi=150)
+        fig.savefig(save, bbox_inches="tight", dpi=150)
     if show is None:
         from scanpy import settings
 
@@ -80,8 +88,7 @@ def render(
         import matplotlib.pyplot as plt
 
         plt.show()
-        return None
-    return ax
+    return bool(show)
 
 
 # ------------------------------------------------------------------------------------------------
