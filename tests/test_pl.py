@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from itertools import combinations
 
 import matplotlib
 
@@ -19,7 +20,7 @@ from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
 import scglmm
-from scglmm.pl._utils import neg_log10_p
+from scglmm.pl._utils import neg_log10_p, readable_name
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,35 @@ def fitted():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the fit may warn about the all-zero gene
         scglmm.tl.fit(adata, "~ condition + (1 | donor)", progress=False, n_jobs=1)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def kang():
+    """The shipped Kang CD14 example, fitted as in the README (~ condition + (1 | donor))."""
+    adata = scglmm.datasets.kang2018_cd14_mono()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(adata, "~ condition + (1 | donor)", progress=False, n_jobs=2)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def by_type():
+    """A groupby fit: 3 fake cell types (each in every donor); gene 12 (DE) has no counts in type C."""
+    adata = scglmm.datasets.simulate(
+        n_donors=8, cells_per_donor=120, n_genes=24, frac_de=0.4, lfc=(1.5, 3.0), mean_range=(0.5, 10.0), seed=3
+    )
+    adata.obs["cell_type"] = pd.Categorical(np.array(["A", "B", "C"])[np.arange(adata.n_obs) % 3])
+    X = adata.X.tolil()
+    X[np.flatnonzero(adata.obs["cell_type"] == "C"), 12] = 0
+    adata.X = sparse.csr_matrix(X)
+    adata.X.eliminate_zeros()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(
+            adata, "~ condition + (1 | donor)", groupby="cell_type", size_factors="libsize", progress=False, n_jobs=1
+        )
     return adata
 
 
@@ -104,6 +134,46 @@ def test_volcano_content(fitted, tmp_path):
     assert texts == expected
 
 
+def _label_boxes(ax):
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    return {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if t.get_gid() == "gene_label"}
+
+
+@pytest.mark.parametrize("figsize", [None, (3.5, 3.0)])
+def test_volcano_labels_do_not_overlap_on_kang(kang, figsize):
+    """Issue 14: the 15 labels of the Kang CD14 volcano were an unreadable blob."""
+    res = scglmm.get.results(kang)
+    sig = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= 1.0)
+    ax = scglmm.pl.volcano(kang, n_labels=15, figsize=figsize, show=False)
+    boxes = _label_boxes(ax)
+    # the 15 most significant called genes (ties in p broken by |stat|), each labelled once
+    top = res[sig].assign(a=res["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False]).index[:15]
+    assert sorted(boxes) == sorted(top)
+    assert "left out" not in ax.get_title()
+    for (a, box_a), (b, box_b) in combinations(boxes.items(), 2):
+        assert not box_a.overlaps(box_b), (a, b)
+    # inside the axes, and each label joined to its gene's point or next to it
+    frame = ax.get_window_extent().padded(1)
+    for name, box in boxes.items():
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
+    lines = [p for p in ax.patches if p.get_gid() == "gene_label_line"]
+    assert {p.patchA.get_text() for p in lines} <= set(boxes)
+
+
+def test_volcano_drops_labels_with_no_free_place(kang):
+    """Far more labels than fit: those left over are removed, never drawn over each other."""
+    ax = scglmm.pl.volcano(kang, n_labels=40, figsize=(3.0, 2.5), show=False)
+    boxes = _label_boxes(ax)
+    n_left_out = 40 - len(boxes)
+    assert n_left_out > 0
+    assert f"{n_left_out} label(s) left out: no place without overlap" in ax.get_title()
+    for (a, box_a), (b, box_b) in combinations(boxes.items(), 2):
+        assert not box_a.overlaps(box_b), (a, b)
+    lines = [p for p in ax.patches if p.get_gid() == "gene_label_line"]
+    assert {p.patchA.get_text() for p in lines} <= set(boxes)
+
+
 def test_volcano_group_colours_and_ax(fitted):
     fig, axes = plt.subplots(1, 2)
     ret = scglmm.pl.volcano(fitted, color_by="is_de", lfc_threshold=0.0, n_labels=0, ax=axes[1], show=False)
@@ -120,6 +190,54 @@ def test_volcano_group_colours_and_ax(fitted):
     ]
     assert not _lines(axes[1], "lfc_threshold")  # threshold 0: no vertical lines
     assert not [t for t in axes[1].texts if t.get_gid() == "gene_label"]
+
+
+def test_titles_say_level_vs_reference(fitted):
+    """Issue 14: a factor level column reads "stim vs ctrl", not the design name condition[T.stim]."""
+    assert fitted.uns["scglmm"]["params"]["reference_levels"] == {"condition": "ctrl"}
+    n_ok = int(scglmm.get.results(fitted)["p_value"].notna().sum())
+    ax = scglmm.pl.volcano(fitted, n_labels=0, show=False)
+    assert ax.get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    assert ax.get_xlabel() == "log2 fold change (condition[T.stim])"  # the name to pass as coef=
+    assert scglmm.pl.pvalue_qq(fitted, show=False).get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    assert scglmm.pl.pvalue_hist(fitted, show=False).get_title().startswith(f"stim vs ctrl: {n_ok} genes")
+    # a numeric covariate says what its fold change is per
+    adata = fitted[:, :4].copy()
+    scglmm.tl.fit(
+        adata, "~ condition + covariate + (1 | donor)", size_factors="libsize", key_added="cov", progress=False
+    )
+    ax = scglmm.pl.volcano(adata, "covariate", key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith("covariate (per unit increase): 4 genes")
+    ax = scglmm.pl.volcano(adata, "condition", key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith("stim vs ctrl: 4 genes")
+    # a contrast keeps the name it was tested under
+    name = scglmm.tl.test(adata, {"condition[T.stim]": 1.0, "covariate": 1.0}, key="cov", progress=False)
+    ax = scglmm.pl.volcano(adata, contrast=name, key="cov", n_labels=0, show=False)
+    assert ax.get_title().startswith(f"{name}: 4 genes")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("condition[T.stim]", "stim vs ctrl"),
+        ("cell_type[T.B cells]", "B cells vs T cells"),
+        ("`cell type`[T.B]", "B vs A"),
+        ("treated", "treated: True vs False"),
+        ("pct_mito", "pct_mito (per unit increase)"),
+        ("np.log(n_counts)", "np.log(n_counts) (per unit increase)"),
+        ("condition[T.stim]:pct_mito", "condition[T.stim]:pct_mito"),
+        ("Intercept", "Intercept"),
+        ("stim-ctrl", "stim-ctrl"),
+        ("batch[T.b2]", "batch[T.b2]"),  # no reference level stored: the design name
+    ],
+)
+def test_readable_name(name, expected):
+    params = {
+        "design_columns": ["Intercept", "condition[T.stim]", "cell_type[T.B cells]", "`cell type`[T.B]", "treated"]
+        + ["pct_mito", "np.log(n_counts)", "condition[T.stim]:pct_mito", "batch[T.b2]"],
+        "reference_levels": {"condition": "ctrl", "cell_type": "T cells", "cell type": "A", "treated": ""},
+    }
+    assert readable_name(name, params) == expected
 
 
 def _with_p_zero(adata, gene="G00000", z=45.0):
@@ -406,7 +524,7 @@ def test_plots_of_a_groupby_fit(fitted):
     ax = scglmm.pl.volcano(adata, key="gb", group="even", lfc_threshold=0.0, show=False)
     res = scglmm.get.results(adata, key="gb", group="even")
     assert _n_points(ax) == int(res["p_value"].notna().sum())
-    assert ax.get_title().startswith("condition[T.stim] [even]:")
+    assert ax.get_title().startswith("stim vs ctrl [even]:")  # issue 14: was "condition[T.stim] [even]:"
     ys = np.sort(np.concatenate([c.get_offsets()[:, 1] for c in _points(ax)]))
     np.testing.assert_allclose(ys, np.sort(-np.log10(res["p_value"].dropna())), rtol=1e-9)
 
@@ -461,3 +579,96 @@ def test_plots_after_an_h5ad_round_trip(fitted, tmp_path):
     for ca, cb in zip(_points(a), _points(b), strict=True):
         np.testing.assert_allclose(ca.get_offsets(), cb.get_offsets(), rtol=1e-12)
     assert [t.get_text() for t in a.get_xticklabels()] == [t.get_text() for t in b.get_xticklabels()]
+
+
+# ------------------------------------------------------------------------------------------------
+# summary across the groups of a groupby fit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lfc_threshold", [1.0, 0.0])
+def test_groups_summary_content(by_type, tmp_path, lfc_threshold):
+    out = tmp_path / "groups.png"
+    axes = scglmm.pl.groups_summary(by_type, lfc_threshold=lfc_threshold, n_top=8, show=False, save=out)
+    _check_png(out)
+    assert set(axes) == {"counts", "heatmap", "colorbar"}
+    res = scglmm.get.results(by_type)  # all groups, stacked
+    groups = ["A", "B", "C"]
+    # bars: DE genes up and down per group, as get.results calls them
+    called = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= lfc_threshold)
+    n_up = [int((called & (res["log2_fc"] > 0) & (res["group"] == g)).sum()) for g in groups]
+    n_down = [int((called & (res["log2_fc"] < 0) & (res["group"] == g)).sum()) for g in groups]
+    assert sum(n_up) + sum(n_down) >= 6
+    ax = axes["counts"]
+    for gid, expected in (("up", n_up), ("down", n_down)):
+        bars = [p for p in ax.patches if p.get_gid() == gid]
+        assert [b.get_height() for b in bars] == expected
+        assert [round(b.get_x() + b.get_width() / 2) for b in bars] == [0, 1, 2]
+    assert "stim vs ctrl by cell_type" in ax.get_title()
+    assert f"|log2 FC| >= {lfc_threshold:g}" in ax.get_title()
+    # heatmap: rows = top genes (DE somewhere, by smallest adj. p), columns = groups, log2 FC
+    hm = axes["heatmap"]
+    rows = [t.get_text() for t in hm.get_yticklabels()]
+    assert [t.get_text() for t in hm.get_xticklabels()] == groups
+    best = res[called].groupby(level=0)["adj_p_value"].min().sort_values(kind="stable")
+    assert len(rows) == min(8, len(best))
+    assert set(rows) <= set(best.index)
+    np.testing.assert_array_equal(np.sort(best[rows].to_numpy()), best[rows].to_numpy())
+    assert len(best) > len(rows)
+    assert best[rows].max() <= best.drop(rows).min()
+    (image,) = hm.images
+    values = image.get_array()
+    for i, gene in enumerate(rows):
+        for j, g in enumerate(groups):
+            stored = by_type.varm[f"scglmm:{g}_coef"].loc[gene, "condition[T.stim]"] / np.log(2.0)
+            if np.isfinite(stored):
+                assert values[i, j] == pytest.approx(stored, rel=1e-12)
+            else:
+                assert values.mask[i, j]
+    # colour scale symmetric about 0; dots on the DE cells
+    lo, hi = image.get_clim()
+    assert lo == pytest.approx(-hi)
+    (dots,) = [c for c in hm.collections if c.get_gid() == "called"]
+    expected = {(j, i) for i, gene in enumerate(rows) for j, g in enumerate(groups) if called[res["group"] == g][gene]}
+    assert {tuple(map(int, xy)) for xy in dots.get_offsets()} == expected
+
+
+def test_groups_summary_shows_missing_values(by_type):
+    """Gene 12 has no counts in type C: its C cell is missing (grey), the others are drawn."""
+    res = scglmm.get.results(by_type, group=["A", "B", "C"]).loc["G00012"].set_index("group")
+    assert np.isnan(res.loc["C", "log2_fc"])
+    assert (res.loc[["A", "B"], "adj_p_value"] < 0.05).any()  # DE elsewhere: among the top genes
+    axes = scglmm.pl.groups_summary(by_type, lfc_threshold=0.0, n_top=24, show=False)
+    hm = axes["heatmap"]
+    rows = [t.get_text() for t in hm.get_yticklabels()]
+    values = hm.images[0].get_array()
+    i = rows.index("G00012")
+    assert values.mask[i, 2]
+    assert not values.mask[i, :2].any()
+    np.testing.assert_allclose(values[i, :2], res.loc[["A", "B"], "log2_fc"], rtol=1e-12)
+    # the missing colour is grey, not a colour of the scale
+    assert to_rgba(hm.images[0].get_cmap().get_bad()) == to_rgba("0.82")
+    assert "grey: no estimate" in hm.get_title()
+
+
+def test_groups_summary_into_ax_and_errors(by_type, fitted):
+    adata = by_type.copy()
+    adata.var["gene_symbol"] = [f"sym{i}" for i in range(adata.n_vars)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 5))
+    axes = scglmm.pl.groups_summary(adata, n_top=5, gene_symbols="gene_symbol", ax=right, show=False)
+    assert right not in fig.axes
+    assert left in fig.axes
+    assert {axes[k] for k in axes} <= set(fig.axes)
+    assert axes["heatmap"].get_position().x0 >= left.get_position().x1
+    assert {t.get_text() for t in axes["heatmap"].get_yticklabels()} <= set(adata.var["gene_symbol"])
+    assert len(axes["heatmap"].get_yticklabels()) == 5
+    with pytest.raises(ValueError, match="was not run with groupby") as err:
+        scglmm.pl.groups_summary(fitted, show=False)
+    assert err.value.param == "key"
+    with pytest.raises(ValueError, match="alpha must lie strictly between") as err:
+        scglmm.pl.groups_summary(by_type, alpha=0.0, show=False)
+    assert err.value.param == "alpha"
+    with pytest.raises(ValueError, match="n_top must be a positive integer") as err:
+        scglmm.pl.groups_summary(by_type, n_top=0, show=False)
+    assert err.value.param == "n_top"
+    with pytest.raises(ValueError, match="lfc_threshold must be a non-negative") as err:
+        scglmm.pl.groups_summary(by_type, lfc_threshold=-1.0, show=False)
+    assert err.value.param == "lfc_threshold"

@@ -3,7 +3,8 @@ plot, gene labels, input checks, and the ``-log10 p`` heights of the stored p-va
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,12 +15,13 @@ from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
 
 from .._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
-from .._layout import run_keys
+from .._layout import fit_params, run_keys
 from ..get import results
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from numpy.typing import ArrayLike
 
 __all__ = [
@@ -30,11 +32,13 @@ __all__ = [
     "check_count",
     "check_unit",
     "chi2_neg_log10_sf",
+    "finish",
     "gene_labels",
     "height",
     "neg_log10_p",
     "one_result",
     "rank_stat",
+    "readable_name",
     "render",
     "run_key",
     "title_of",
@@ -68,8 +72,14 @@ def render(
 
         _, ax = plt.subplots(figsize=figsize or (5.0, 4.2))
     draw(ax)
+    return None if finish(ax.figure, show=show, save=save) else ax
+
+
+def finish(fig: Figure, *, show: bool | None, save: str | Path | None) -> bool:
+    """Save ``fig`` if ``save`` is a path, then show it as scanpy does; return whether it was shown
+    (``show``; ``None`` follows ``scanpy.settings.autoshow``)."""
     if save is not None:
-        ax.figure.savefig(save, bbox_inches="tight", dpi=150)
+        fig.savefig(save, bbox_inches="tight", dpi=150)
     if show is None:
         from scanpy import settings
 
@@ -78,8 +88,7 @@ def render(
         import matplotlib.pyplot as plt
 
         plt.show()
-        return None
-    return ax
+    return bool(show)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,16 +108,40 @@ def run_key(adata: AnnData, key: str, group: str | None) -> str:
 
 def one_result(adata: AnnData, coef: str | None, contrast: str | None, group: str | None, key: str) -> pd.DataFrame:
     """:func:`scglmm.get.results` for exactly one coefficient or contrast of one fit or group;
-    ``attrs["name"]`` names it."""
-    run_key(adata, key, group)
+    ``attrs["name"]`` names it as stored, ``attrs["title"]`` in words (:func:`readable_name`)."""
+    sub = run_key(adata, key, group)
     res = results(adata, coef, contrast=contrast, group=group, key=key)
     res.attrs["name"] = str(res.attrs.get("contrast", res.attrs.get("coef", "")))
+    res.attrs["title"] = readable_name(res.attrs["name"], fit_params(adata, sub))
     return res
 
 
+#: A design column coding one level of a factor, as formulaic names it: ``condition[T.stim]``.
+_LEVEL_COLUMN = re.compile(r"^(?P<variable>[^\[\]:]+)\[T\.(?P<level>[^\]]*)\]$")
+
+
+def readable_name(name: str, params: Mapping) -> str:
+    """A design column or contrast in words, for titles.
+
+    A column coding one level of a factor reads ``"stim vs ctrl"`` (its reference level from
+    ``params["reference_levels"]``; a boolean column ``flag`` reads ``"flag: True vs False"``),
+    a numeric covariate ``"pct_mito (per unit increase)"``. Anything else (interactions,
+    contrasts, columns of other codings) keeps its stored name.
+    """
+    reference = {str(k): str(v) for k, v in dict(params.get("reference_levels", {})).items()}
+    hit = _LEVEL_COLUMN.match(name)
+    if hit is not None and reference.get(hit["variable"].strip("`")):
+        return f"{hit['level']} vs {reference[hit['variable'].strip('`')]}"
+    if name not in list(params.get("design_columns", [])) or name == "Intercept" or ":" in name or hit is not None:
+        return name
+    if reference.get(name.strip("`")) == "":  # a boolean column is coded as one 0/1 column
+        return f"{name}: True vs False"
+    return name if name.strip("`") in reference else f"{name} (per unit increase)"
+
+
 def title_of(res: pd.DataFrame, group: str | None, n: int) -> str:
-    """``"name [group]: n genes"``, the start of every title of a result."""
-    return f"{res.attrs['name']}{'' if group is None else f' [{group}]'}: {n} genes"
+    """``"title [group]: n genes"``, the start of every title of a result (``title`` in words)."""
+    return f"{res.attrs.get('title', res.attrs['name'])}{'' if group is None else f' [{group}]'}: {n} genes"
 
 
 def gene_labels(adata: AnnData, gene_symbols: str | None) -> pd.Index:

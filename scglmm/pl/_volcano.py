@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._core._errors import InvalidValueError, MissingKeyError
+from ._labels import repel_labels
 from ._utils import (
     DOWN,
     LEGEND,
@@ -113,17 +114,17 @@ def _draw_thresholds(ax: Axes, c: _Calls, lfc_threshold: float) -> None:
         ax.axhline(c.y[c.passed_p].min(), color="0.4", linestyle="--", linewidth=0.8, gid="p_threshold")
 
 
-def _draw_labels(ax: Axes, c: _Calls, names: pd.Index, n_labels: int) -> None:
-    """Label the ``n_labels`` significant genes with the smallest p-values."""
+def _draw_labels(ax: Axes, c: _Calls, names: pd.Index, n_labels: int) -> int:
+    """Label the ``n_labels`` significant genes with the smallest p-values, without overlaps.
+
+    Returns the number of labels left out because they found no free place.
+    """
     top = np.flatnonzero(c.sig)
     top = top[np.lexsort((-c.rank[top], -c.y[top]))][: int(n_labels)]
-    for g in top:
-        ax.annotate(
-            str(names[g]), (c.x[g], c.y[g]), xytext=(3, 3), textcoords="offset points", fontsize=7, gid="gene_label"
-        )
+    return repel_labels(ax, c.x[top], c.y[top], [str(names[g]) for g in top], avoid=(c.x[c.ok], c.y[c.ok]))
 
 
-def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend_title: str) -> None:
+def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend_title: str, n_unlabelled: int) -> None:
     name = res.attrs["name"]
     ax.set_xlabel(f"log2 fold change ({name})")
     ax.set_ylabel(r"$-\log_{10}$ p")
@@ -133,6 +134,8 @@ def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend
         title += f" ({n_nan} with no estimate not shown)"
     if c.clipped.any():
         title += f"\n{int(c.clipped.sum())} with p = 0 clipped at the smallest p (triangles)"
+    if n_unlabelled:
+        title += f"\n{n_unlabelled} label(s) left out: no place without overlap"
     ax.set_title(title, fontsize=9)
     ax.legend(title=legend_title, title_fontsize=7, loc="best", **LEGEND)
 
@@ -192,7 +195,10 @@ def volcano(
     p_threshold
         Maximum BH-adjusted p-value of a significant gene.
     n_labels
-        Label this many significant genes, those with the smallest p-values.
+        Label this many significant genes, those with the smallest p-values. The labels are
+        pushed apart and off the points (with adjustText), a thin line joining a moved label to
+        its gene; a label that still finds no place free of the others is left out, and the title
+        says how many were.
     gene_symbols
         ``adata.var`` column with the names to print (default: ``var_names``).
     point_size
@@ -222,7 +228,7 @@ def volcano(
     def draw(ax: Axes) -> None:
         _draw_points(ax, c, classes, point_size)
         _draw_thresholds(ax, c, lfc_threshold)
-        _draw_labels(ax, c, names, n_labels)
-        _draw_text(ax, res, c, group, legend_title)
+        n_unlabelled = _draw_labels(ax, c, names, n_labels)  # before the legend, which avoids them
+        _draw_text(ax, res, c, group, legend_title, n_unlabelled)
 
     return render(draw, ax=ax, figsize=figsize, show=show, save=save)
