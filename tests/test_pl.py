@@ -437,6 +437,7 @@ def test_pvalue_qq_band_covers_uniform():
 
     adata = ad.AnnData(np.zeros((2, n), dtype=np.float32), var=pd.DataFrame(index=genes))
     params = {"design_columns": ["Intercept", "x"], "calibration": "z", "df": {"Intercept": np.inf, "x": np.inf}}
+    params["formula"] = "~ x + (1 | donor)"
     adata.uns["u"] = {"params": params}
     adata.varm["u_coef"] = pd.DataFrame({"Intercept": 0.0, "x": z}, index=genes)
     adata.varm["u_se"] = pd.DataFrame({"Intercept": 1.0, "x": np.ones(n)}, index=genes)
