@@ -21,6 +21,10 @@ ALL_ZERO = 16
 FAILED = 32
 #: Set by the AnnData layer for genes removed by the gene filter before fitting.
 FILTERED = 64
+#: General random-effect structures (:mod:`scglmm._core._re`): a term's covariance matrix is singular
+#: with every variance positive, i.e. a correlation at +-1 (lme4's singular fit). A variance at 0
+#: sets :data:`SIGMA2_BOUNDARY` instead (for these structures it means "some variance component is 0").
+CORRELATION_BOUNDARY = 128
 
 #: Bit -> name, in the order names are joined in a status string.
 STATUS_BITS: dict[int, str] = {
@@ -31,6 +35,7 @@ STATUS_BITS: dict[int, str] = {
     NOT_CONVERGED: "not_converged",
     SIGMA2_BOUNDARY: "sigma2_boundary",
     POISSON_LIMIT: "poisson_limit",
+    CORRELATION_BOUNDARY: "correlation_boundary",
 }
 
 #: Bits after which a gene's estimates are NaN (nothing can be trusted).
