@@ -317,6 +317,20 @@ def _start(s: REStructure, y: NDArray[np.float64]) -> NDArray[np.float64]:
     return phi
 
 
+def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A second start after a boundary fit: the same beta and theta, each term's sds kept (at least
+    0.3) and its correlations set to 0."""
+    out = phi.copy()
+    d = s.data
+    for it, L in enumerate(s.cholesky(phi)):
+        sd = np.maximum(np.sqrt(np.diag(L @ L.T)), 0.3)
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                out[s.p + i] = sd[d.lam_r[i]] if d.lam_r[i] == d.lam_c[i] else 0.0
+    out[-1] = min(out[-1], 10.0)
+    return out
+
+
 @dataclass(frozen=True)
 class REFitOne:
     """The fit of one gene (see :func:`fit_re_one`)."""
@@ -435,6 +449,17 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
     phi = _start(s, prob.y)
     phi, val, _, converged, it, free = _maximise(prob, phi, max_iter)
+    if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
+        # the boundaries are stationary points of the Cholesky parameterisation and can be local
+        # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
+        u_best = prob.u.copy()
+        prob.u = np.zeros_like(prob.u)
+        phi2, val2, _, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
+        it += it2
+        if val2 > val:
+            phi, val, converged, free = phi2, val2, conv2, free2
+        else:
+            prob.u = u_best
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
     val, g = prob.value_grad(phi)
