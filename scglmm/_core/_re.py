@@ -516,3 +516,37 @@ def varcomp(s: REStructure, phi: NDArray) -> NDArray[np.float64]:
 def linear_predictor_rows(s: REStructure, phi: NDArray) -> NDArray[np.float64]:
     """Rows of ``Z Lambda`` (n, R) at ``phi`` (for tests and diagnostics)."""
     return re_amat(s.data, phi)
+
+
+def laplace_at(s: REStructure, y: NDArray[np.float64], phi: NDArray[np.float64]) -> float:
+    """The Laplace log-likelihood of one gene at given parameters (modes converged from 0)."""
+    prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    return prob.value_grad(np.asarray(phi, dtype=np.float64))[0]
+
+
+def phi_from_varcomp(
+    s: REStructure, beta: NDArray[np.float64], vc: NDArray[np.float64], theta: float
+) -> NDArray[np.float64]:
+    """Outer parameters from fixed effects, variance components (order of :meth:`REStructure.varcomp_names`)
+    and theta (capped at the Poisson limit ``exp(T_MAX)``): the Cholesky factors of the covariances."""
+    phi = np.zeros(s.n_params)
+    phi[: s.p] = beta
+    phi[-1] = min(float(np.log(theta)), T_MAX)
+    k = 0
+    d = s.data
+    for it, term in enumerate(s.terms):
+        q = term.q
+        v = np.asarray(vc[k : k + q], dtype=np.float64)
+        k += q
+        S = np.diag(v)
+        if not term.diagonal:
+            for i in range(q):
+                for j in range(i + 1, q):
+                    S[i, j] = S[j, i] = vc[k] * np.sqrt(v[i] * v[j])
+                    k += 1
+        w, V = np.linalg.eigh(S)
+        L = np.linalg.cholesky(S + 1e-14 * np.eye(q)) if w.min() > 0 else np.linalg.qr((V * np.sqrt(np.maximum(w, 0))).T)[1].T
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
+    return phi
