@@ -84,7 +84,9 @@ class RETerm:
         if not self.diagonal:
             q = self.q
             out += [
-                f"cor({self.coef_names[i]},{self.coef_names[k]}|{self.group})" for i in range(q) for k in range(i + 1, q)
+                f"cor({self.coef_names[i]},{self.coef_names[k]}|{self.group})"
+                for i in range(q)
+                for k in range(i + 1, q)
             ]
         return out
 
@@ -145,7 +147,8 @@ def _nests_in(codes: NDArray[np.int64], parent: NDArray[np.int64]) -> NDArray[np
 
 
 def _choose_top(terms: tuple[RETerm, ...]) -> tuple[int, list[NDArray[np.int64] | None]]:
-    """The term whose grouping factor leaves the smallest border (ties: more levels), and the parent map of each term."""
+    """The term whose grouping factor leaves the smallest border (ties: more levels), and the parent
+    map of each term (None: not nested in it)."""
     best = None
     for s, cand in enumerate(terms):
         parents = [_nests_in(t.codes, cand.codes) for t in terms]
@@ -196,7 +199,9 @@ def _positions(
     return gpos, nk, bstart, NB, pos
 
 
-def prepare_re(X: NDArray[np.float64], offset: NDArray[np.float64], terms: list[RETerm] | tuple[RETerm, ...]) -> REStructure:
+def prepare_re(
+    X: NDArray[np.float64], offset: NDArray[np.float64], terms: list[RETerm] | tuple[RETerm, ...]
+) -> REStructure:
     """Lay out a random-effect structure for the kernels.
 
     Parameters
@@ -545,7 +550,11 @@ def phi_from_varcomp(
                     S[i, j] = S[j, i] = vc[k] * np.sqrt(v[i] * v[j])
                     k += 1
         w, V = np.linalg.eigh(S)
-        L = np.linalg.cholesky(S + 1e-14 * np.eye(q)) if w.min() > 0 else np.linalg.qr((V * np.sqrt(np.maximum(w, 0))).T)[1].T
+        L = (
+            np.linalg.cholesky(S + 1e-14 * np.eye(q))
+            if w.min() > 0
+            else np.linalg.qr((V * np.sqrt(np.maximum(w, 0))).T)[1].T
+        )
         for i in range(s.n_lambda):
             if d.lam_t[i] == it:
                 phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]

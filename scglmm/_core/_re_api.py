@@ -14,7 +14,7 @@ from scipy import sparse
 
 from ._checks import check_coef_names, check_count_matrix, check_counts, check_design_matrix, check_offset
 from ._errors import InvalidValueError
-from ._re import T_MAX, RETerm, REStructure, fit_re_one, prepare_re, varcomp
+from ._re import T_MAX, REStructure, RETerm, fit_re_one, prepare_re, varcomp
 from ._status import NOT_CONVERGED, POISSON_LIMIT, UNUSABLE, status_names
 
 if TYPE_CHECKING:
