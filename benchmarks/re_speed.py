@@ -86,8 +86,9 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        shown = r["formula"].replace("|", "\\|")
         lines.append(
-            f"| {r['set']} | `{r['formula'].replace('|', '\\|')}` | {r['re_s']:.4f} | {r['base_s']:.5f} | {r['re_s'] / r['base_s']:.0f} | "
+            f"| {r['set']} | `{shown}` | {r['re_s']:.4f} | {r['base_s']:.5f} | {r['re_s'] / r['base_s']:.0f} | "
             f"{r['evals']:.0f} | {r['iters']:.0f} | {r['converged']} / {r['genes']} | {SETS[r['set']][1]} |"
         )
     lines += [
