@@ -282,19 +282,24 @@ class _Problem:
             return -np.inf, grad
         return float(val), grad
 
-    def hessian(self, phi: NDArray[np.float64], free: NDArray[np.bool_]) -> NDArray[np.float64]:
-        """Hessian of the log-likelihood by central differences of the exact gradient (free parameters)."""
+    def hessian(self, phi: NDArray[np.float64], free: NDArray[np.bool_], *, central: bool = True) -> NDArray:
+        """Hessian of the log-likelihood by central (or forward) differences of the exact gradient,
+        over the free parameters (zero rows and columns elsewhere)."""
         P = phi.shape[0]
         H = np.zeros((P, P))
+        g0 = None if central else self.value_grad(phi, self.u.copy())[1]
         for i in np.flatnonzero(free):
-            h = 1e-4 * max(1.0, abs(phi[i]))
+            h = (1e-4 if central else 1e-5) * max(1.0, abs(phi[i]))
             gs = []
-            for sgn in (1.0, -1.0):
+            for sgn in (1.0, -1.0) if central else (1.0,):
                 ph = phi.copy()
                 ph[i] += sgn * h
                 gs.append(self.value_grad(ph, self.u.copy())[1])
-            H[:, i] = (gs[0] - gs[1]) / (2.0 * h)
-        return 0.5 * (H + H.T)
+            H[:, i] = (gs[0] - gs[1]) / (2.0 * h) if central else (gs[0] - g0) / h
+        H = 0.5 * (H + H.T)
+        H[~free, :] = 0.0
+        H[:, ~free] = 0.0
+        return H
 
 
 def _start(s: REStructure, y: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -384,19 +389,36 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
 
 
 def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
-    """Newton iterations with finite-difference Hessians of the exact gradient."""
+    """Quasi-Newton iterations on the exact gradient, certified by Newton with a finite-difference Hessian.
+
+    The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
+    each step; when the Newton decrement falls below the tolerance with an updated matrix, the
+    Hessian is recomputed by central differences and the test repeated, so that convergence (and the
+    Hessian returned for the covariance) always rests on a fresh finite-difference Hessian.
+
+    Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the central one
+    when converged.
+    """
     val, g = prob.value_grad(phi)
-    free = np.ones(phi.shape[0], dtype=bool)
-    H = np.zeros((phi.shape[0], phi.shape[0]))
+    P = phi.shape[0]
+    free = np.ones(P, dtype=bool)
+    B: NDArray | None = None  # approximation of the negative Hessian
+    central = False
     converged = False
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
-        free[-1] = not (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
-        if not free[-1]:
+        held = phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6
+        if held and free[-1]:
             phi[-1] = T_MAX
             val, g = prob.value_grad(phi)
-        H = prob.hessian(phi, free)
-        step, dec, pd = _newton_step(g, H, free)
+            B = None
+        free[-1] = not held
+        if B is None:
+            B, central = -prob.hessian(phi, free, central=False), False
+        step, dec, pd = _newton_step(g, -B, free)
+        if dec < 1e-10 and not central:
+            B, central = -prob.hessian(phi, free, central=True), True
+            step, dec, pd = _newton_step(g, -B, free)
         if pd and dec < 1e-10:
             converged = True
             break
@@ -406,14 +428,30 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
             u = prob.u.copy()
             vt, gt = prob.value_grad(trial, u)
             if vt > val:
-                phi, val, g, prob.u = trial, vt, gt, u
+                phi, val, g, prob.u, B = trial, vt, gt, u, None
                 continue
         new, vnew, gnew = _line_search(prob, phi, val, step, dec)
         if gnew.size == 0:
-            converged = pd and dec < 1e-6
-            break
+            if central:
+                converged = pd and dec < 1e-6
+                break
+            B = None
+            continue
+        B, central = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
-    return phi, val, H, converged, it, free
+    H = -B if B is not None else np.zeros((P, P))
+    return phi, val, H, converged and central, it, free
+
+
+def _bfgs(B: NDArray, s: NDArray, yv: NDArray) -> NDArray | None:
+    """BFGS update of a positive definite matrix ``B`` (the negative Hessian) with step ``s`` and
+    gradient change ``yv`` (of the negated objective); None (recompute) when the curvature condition fails."""
+    sy = float(s @ yv)
+    Bs = B @ s
+    sBs = float(s @ Bs)
+    if not (sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(yv)) or not sBs > 0.0:
+        return None
+    return B - np.outer(Bs, Bs) / sBs + np.outer(yv, yv) / sy
 
 
 def _boundary_status(s: REStructure, phi: NDArray) -> int:
@@ -453,22 +491,23 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
     phi = _start(s, prob.y)
-    phi, val, _, converged, it, free = _maximise(prob, phi, max_iter)
+    phi, val, H, converged, it, free = _maximise(prob, phi, max_iter)
     if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
         # the boundaries are stationary points of the Cholesky parameterisation and can be local
         # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
         u_best = prob.u.copy()
         prob.u = np.zeros_like(prob.u)
-        phi2, val2, _, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
+        phi2, val2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
         it += it2
         if val2 > val:
-            phi, val, converged, free = phi2, val2, conv2, free2
+            phi, val, H, converged, free = phi2, val2, H2, conv2, free2
         else:
             prob.u = u_best
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
     val, g = prob.value_grad(phi)
-    H = prob.hessian(phi, free)
+    if not converged:
+        H = prob.hessian(phi, free)
     idx = np.flatnonzero(free)
     cov = np.full((P, P), np.nan)
     status = 0 if converged else NOT_CONVERGED
