@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._cell import _cell_all, _cell_d12, _cell_q, theta_terms
+from ._cell import _cell_all_x, theta_terms
 from ._jit import JIT as _JIT
 from ._re_linalg import block_factor, block_local_inverse, block_solve
 
@@ -66,12 +66,22 @@ def _eta(d, eta0, a, u, eta):
 
 
 @njit(**_JIT)
-def _h(d, y, eta0, a, u, t, theta, eta):
-    """h(u) without the count-only constants: sum_j q(eta_j) - u'u / 2."""
+def _pass(d, y, eta0, a, u, t, theta, eta, cs):
+    """One pass over the cells at modes ``u``: ``eta``, the per-cell derivatives ``cs[j] = (e1, e2, e3,
+    t0, t1, t2)`` (one exp and one log per cell) and ``h(u)`` without the count-only constants,
+    ``sum_j q(eta_j) - u'u / 2``."""
     _eta(d, eta0, a, u, eta)
     s = 0.0
     for j in range(y.shape[0]):
-        s += _cell_q(y[j], eta[j], t, theta)
+        z = eta[j] - t
+        q, e1, e2, e3, _, t0, t1, t2, _, _, _, _ = _cell_all_x(y[j], eta[j], math.exp(min(z, 709.0)), z, theta)
+        cs[j, 0] = e1
+        cs[j, 1] = e2
+        cs[j, 2] = e3
+        cs[j, 3] = t0
+        cs[j, 4] = t1
+        cs[j, 5] = t2
+        s += q
     for i in range(u.shape[0]):
         s -= 0.5 * u[i] * u[i]
     return s
@@ -92,10 +102,11 @@ def _accumulate(d, a, w, Tk):
 
 
 @njit(**_JIT)
-def re_modes(d, y, eta0, a, u, t, tol, maxit, work):
+def re_modes(d, y, eta0, a, u, t, tol, maxit, work, cs):
     """Newton maximisation of h over u (in place, warm start). h is strictly concave.
 
-    Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` belong to u^.
+    Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
+    per-cell derivatives in ``cs`` belong to u^.
     """
     Tk, LA, M, LS = work
     n = y.shape[0]
@@ -104,25 +115,22 @@ def re_modes(d, y, eta0, a, u, t, tol, maxit, work):
     theta = math.exp(t)
     eta = np.empty(n)
     w = np.empty(n)
-    e1 = np.empty(n)
     g = np.empty(Q)
     step = np.empty(Q)
     trial = np.empty(Q)
-    hval = _h(d, y, eta0, a, u, t, theta, eta)
+    cs_try = np.empty_like(cs)
+    hval = _pass(d, y, eta0, a, u, t, theta, eta, cs)
     prev = np.inf
     logdet = 0.0
-    hnew = hval
     it = 0
     while True:
         for j in range(n):
-            d1, d2 = _cell_d12(y[j], eta[j], t, theta)
-            e1[j] = d1
-            w[j] = -d2
+            w[j] = -cs[j, 1]
         for i in range(Q):
             g[i] = -u[i]
         for j in range(n):
             for r in range(a.shape[1]):
-                g[d.gidx[j, r]] += e1[j] * a[j, r]
+                g[d.gidx[j, r]] += cs[j, 0] * a[j, r]
         _accumulate(d, a, w, Tk)
         ok, logdet = block_factor(Tk, d.nk, d.nmax, nc, LA, M, LS)
         if not ok:
@@ -136,15 +144,16 @@ def re_modes(d, y, eta0, a, u, t, tol, maxit, work):
         prev = dec
         it += 1
         alpha = 1.0
+        hnew = hval
         for _ in range(60):
             for i in range(Q):
                 trial[i] = u[i] + alpha * step[i]
-            hnew = _h(d, y, eta0, a, trial, t, theta, eta)
+            hnew = _pass(d, y, eta0, a, trial, t, theta, eta, cs_try)
             if hnew >= hval - 1e-13 * (1.0 + abs(hval)):
                 break
             alpha *= 0.5
-        for i in range(Q):
-            u[i] = trial[i]
+        u[:] = trial
+        cs[:, :] = cs_try
         hval = hnew
     return math.isfinite(hval), hval, logdet, it
 
@@ -164,7 +173,6 @@ def re_value_grad(d, y, cnt_gt, lgy, phi, u, grad, want_grad):
     exact gradient into ``grad``. Returns ``(ok, value, inner iterations)``."""
     n, p = d.X.shape
     t = phi[phi.shape[0] - 1]
-    theta = math.exp(t)
     a = re_amat(d, phi)
     eta0 = np.empty(n)
     for j in range(n):
@@ -173,39 +181,32 @@ def re_value_grad(d, y, cnt_gt, lgy, phi, u, grad, want_grad):
             e += d.X[j, k] * phi[k]
         eta0[j] = e
     work = re_workspace(d)
-    ok, hval, logdet, it = re_modes(d, y, eta0, a, u, t, 1e-22, 200, work)
+    cs = np.empty((n, 6))
+    ok, hval, logdet, it = re_modes(d, y, eta0, a, u, t, 1e-22, 200, work, cs)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
     if not ok or not math.isfinite(val):
         return False, val, it
     if want_grad:
-        _gradient(d, y, eta0, a, u, t, theta, cd1, work, grad)
+        _gradient(d, a, u, cs, cd1, work, grad)
     return True, val, it
 
 
 @njit(**_JIT)
-def _gradient(d, y, eta0, a, u, t, theta, cd1, work, grad):
-    """Exact gradient of the Laplace log-likelihood at converged modes ``u`` (see the module docstring)."""
+def _gradient(d, a, u, cs, cd1, work, grad):
+    """Exact gradient of the Laplace log-likelihood at converged modes ``u`` with the per-cell
+    derivatives ``cs`` there (see the module docstring)."""
     Tk, LA, M, LS = work
     n, R = a.shape
     p = d.X.shape[1]
     Q = u.shape[0]
     E = np.empty_like(Tk)
     block_local_inverse(LA, M, LS, d.nk, d.nmax, E)
-    eta = np.empty(n)
-    _eta(d, eta0, a, u, eta)
-    cs = np.empty((n, 6))  # e1, e2, e3, t0, t1, t2
     P = np.empty((n, R))
     dd = np.empty(n)
     xi = np.zeros(Q)
     for j in range(n):
-        _, e1, e2, e3, _, t0, t1, t2, _, _, _, _ = _cell_all(y[j], eta[j], t, theta)
-        cs[j, 0] = e1
-        cs[j, 1] = e2
-        cs[j, 2] = e3
-        cs[j, 3] = t0
-        cs[j, 4] = t1
-        cs[j, 5] = t2
+        e3 = cs[j, 2]
         k = d.blk[j]
         dj = 0.0
         for r in range(R):
