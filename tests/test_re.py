@@ -285,6 +285,26 @@ def test_refuses_agq_and_bad_terms() -> None:
         fit_re_genes(Y[:, :1], X, [bad], off)
 
 
+def test_separation() -> None:
+    """No count in any stimulated cell: the condition effect runs to minus infinity."""
+    X, off, _, _, _ = load("slope")
+    y = gene("slope", 1) * (X[:, 1] == 0)
+    fit = fit_re_genes(y[:, None], X, terms_of("slope"), off)
+    assert status_name(fit.status[0]) == "separation" and np.isnan(fit.coef[0]).all()
+
+
+def test_boundary_flags_match_components() -> None:
+    """sigma2_boundary: some variance reported as 0; correlation_boundary: a correlation of exactly +-1."""
+    X, off, _, Y, _ = load("slope")
+    fit = fit_re_genes(Y[:, :N_FAST], X, terms_of("slope"), off)
+    names = fit.status_str
+    var0 = (fit.varcomp[:, :2] == 0).any(axis=1)
+    cor1 = np.abs(fit.varcomp[:, 2]) == 1
+    assert np.array_equal(var0, np.array(["sigma2_boundary" in s for s in names]))
+    assert np.array_equal(cor1, np.array(["correlation_boundary" in s for s in names]))
+    assert cor1.sum() >= 5  # glmmTMB puts the correlation at +-1 on 68 of the 150 genes
+
+
 def test_all_zero_gene() -> None:
     X, off, _, _, _ = load("crossed")
     fit = fit_re_genes(np.zeros((X.shape[0], 1)), X, terms_of("crossed"), off)

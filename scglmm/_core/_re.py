@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._status import ALL_ZERO, CORRELATION_BOUNDARY, FAILED, NOT_CONVERGED, POISSON_LIMIT, SIGMA2_BOUNDARY
+from ._status import (
+    ALL_ZERO,
+    CORRELATION_BOUNDARY,
+    FAILED,
+    NOT_CONVERGED,
+    POISSON_LIMIT,
+    SEPARATION,
+    SIGMA2_BOUNDARY,
+)
 from .kernels._bundles import REData
 from .kernels._cell import count_table
 from .kernels._re_laplace import re_amat, re_value_grad
@@ -47,6 +55,8 @@ __all__ = ["REFitOne", "RETerm", "REStructure", "fit_re_one", "prepare_re"]
 T_MAX = 18.42
 #: A variance below this is reported as 0 (flag ``sigma2_boundary``).
 VAR_ZERO = 1e-8
+#: A fixed effect beyond this (log scale) is running to infinity: flag ``separation`` (as for the donor intercept).
+SEPARATION_BOUND = 25.0
 #: A correlation matrix whose smallest eigenvalue is below this is singular (flag ``correlation_boundary``).
 COR_SINGULAR = 1e-6
 
@@ -439,6 +449,8 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
             continue
         B, central = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
+        if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
+            break
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, H, converged and central, it, free
 
@@ -489,6 +501,8 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     nan = REFitOne(np.full(P, np.nan), np.nan, np.full((P, P), np.nan), np.full(s.data.Q, np.nan), 0, 0, 0, np.nan)
     if not np.any(y > 0):
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
+    if _separated(s.data.X, y):
+        return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
     phi = _start(s, prob.y)
     phi, val, H, converged, it, free = _maximise(prob, phi, max_iter)
@@ -505,6 +519,8 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
             prob.u = u_best
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
+    if np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
+        return REFitOne(**{**nan.__dict__, "status": SEPARATION, "n_iter": it, "n_eval": prob.n_eval})
     val, g = prob.value_grad(phi)
     if not converged:
         H = prob.hessian(phi, free)
@@ -523,6 +539,18 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     status |= _boundary_status(s, phi)
     modes = _modes_b(s, phi, prob.u)
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
+
+
+def _separated(X: NDArray[np.float64], y: NDArray[np.float64]) -> bool:
+    """Whether a 0/1 column of the design (a factor level) has no counts in its cells, or all of them."""
+    for k in range(X.shape[1]):
+        col = X[:, k]
+        on = col == 1.0
+        if on.all() or not np.all(on | (col == 0.0)):
+            continue
+        if not np.any(y[on] > 0) or not np.any(y[~on] > 0):
+            return True
+    return False
 
 
 def _modes_b(s: REStructure, phi: NDArray, u: NDArray) -> NDArray:
