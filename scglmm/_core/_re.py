@@ -505,6 +505,17 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
         return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
     phi = _start(s, prob.y)
+    if not np.isfinite(prob.value_grad(phi)[0]):
+        return REFitOne(**{**nan.__dict__, "status": FAILED})
+    try:
+        return _fit(s, prob, phi, max_iter, nan)
+    except (np.linalg.LinAlgError, ValueError):  # non-finite numbers reached the small dense algebra
+        return REFitOne(**{**nan.__dict__, "status": FAILED, "n_eval": prob.n_eval})
+
+
+def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne) -> REFitOne:
+    """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags)."""
+    P = s.n_params
     phi, val, H, converged, it, free = _maximise(prob, phi, max_iter)
     if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
         # the boundaries are stationary points of the Cholesky parameterisation and can be local
