@@ -1,4 +1,8 @@
-"""lme4-style formulas: split off the random-effect term, build the fixed design with formulaic."""
+"""lme4-style formulas: split off the random-effect term(s), build the fixed design with formulaic.
+
+:func:`parse_formula` is the form :func:`scglmm.tl.fit` takes today (one donor random intercept);
+:func:`parse_re_formula` and :func:`build_re_terms` read general random-effect structures for the
+array engine of ``scglmm._core._re`` (not yet wired into ``tl``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 
 from ._core._design import redundant_columns
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
+from ._core._re import RETerm
 
 if TYPE_CHECKING:
     from formulaic import ModelMatrix, ModelSpec
@@ -35,6 +40,20 @@ def parse_formula(formula: str) -> ParsedFormula:
 
     Raises InvalidValueError with a suggestion when the formula is not of the supported form.
     """
+    f = _checked_text(formula)
+    if "||" in f.replace(" ", ""):
+        msg = (
+            f"formula {formula!r}: the double-bar '(1 || donor)' form is not supported; "
+            "use a single random intercept '(1 | donor)'."
+        )
+        raise InvalidValueError(msg, param="formula")
+    donor = _donor_term(formula, f)
+    return ParsedFormula(formula=formula, fixed=_fixed_part(formula, f, _BAR_TERM), donor=donor)
+
+
+def _checked_text(formula: object) -> str:
+    """The stripped formula text, after the checks every formula passes (a string, no left-hand side,
+    balanced parentheses)."""
     if not isinstance(formula, str):
         msg = f"formula must be a string such as '~ condition + (1 | donor)'; got {type(formula).__name__}."
         raise InvalidTypeError(msg, param="formula")
@@ -54,22 +73,19 @@ def parse_formula(formula: str) -> ParsedFormula:
             "close every one, e.g. '~ condition + (1 | donor)'."
         )
         raise InvalidValueError(msg, param="formula")
-    if "||" in f.replace(" ", ""):
-        msg = (
-            f"formula {formula!r}: the double-bar '(1 || donor)' form is not supported; "
-            "use a single random intercept '(1 | donor)'."
-        )
-        raise InvalidValueError(msg, param="formula")
-    donor = _donor_term(formula, f)
-    rest = _BAR_TERM.sub("", f[1:])
+    return f
+
+
+def _fixed_part(formula: str, f: str, bar: re.Pattern) -> str:
+    """The fixed part of ``f``: the formula without its random-effect terms (``'~ 1'`` if nothing is left)."""
+    rest = bar.sub("", f[1:])
     rest = re.sub(r"\+\s*\+", "+", rest)
     rest = rest.strip().strip("+").strip()
     rest = re.sub(r"\+\s*$", "", rest).strip()
     if "|" in rest:
         msg = f"formula {formula!r}: a '|' outside a '( ... | group)' term is not valid."
         raise InvalidValueError(msg, param="formula")
-    fixed = "~ " + (rest if rest else "1")
-    return ParsedFormula(formula=formula, fixed=fixed, donor=donor)
+    return "~ " + (rest if rest else "1")
 
 
 def _donor_term(formula: str, f: str) -> str:
@@ -276,3 +292,174 @@ def _factor_levels(spec: ModelSpec) -> dict[str, tuple[str, str]]:
             if hits.size == 1 and codes[hits[0]] == 1.0:
                 out[str(col)] = (str(scoped.factor.expr), str(state.levels[hits[0]]))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# general random-effect structures (lme4 grammar); not yet used by scglmm.tl
+# ------------------------------------------------------------------------------------------------
+_RE_TERM = re.compile(r"\(([^()|]*)(\|\|?)([^()|]*)\)")
+_GROUP = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*(?:\s*[:/]\s*[A-Za-z_.][A-Za-z0-9_.]*)*$")
+
+
+@dataclass(frozen=True)
+class RETermSpec:
+    """One random-effect term after expansion: ``(lhs | g1:g2)``, or ``(lhs || g)`` when ``diagonal``."""
+
+    lhs: str
+    """The formula of the per-level coefficients, with its intercept made explicit (``"1 + condition"``,
+    ``"0 + covariate"``)."""
+    group: tuple[str, ...]
+    """The obs columns whose interaction is the grouping factor (``("donor", "sample")`` for ``donor:sample``)."""
+    diagonal: bool = False
+
+    @property
+    def group_name(self) -> str:
+        """``"donor"``, ``"donor:sample"``."""
+        return ":".join(self.group)
+
+    @property
+    def scalar_intercept(self) -> bool:
+        """Whether the term is a random intercept ``(1 | g)``."""
+        return self.lhs == "1"
+
+    def __str__(self) -> str:
+        return f"({self.lhs} {'||' if self.diagonal else '|'} {self.group_name})"
+
+
+@dataclass(frozen=True)
+class ParsedREFormula:
+    """A formula split into its fixed part and its random-effect terms (lme4 semantics)."""
+
+    formula: str
+    fixed: str
+    terms: tuple[RETermSpec, ...]
+
+
+def parse_re_formula(formula: str) -> ParsedREFormula:
+    """Split a formula with lme4 random-effect terms into its fixed part and a list of terms.
+
+    Accepted terms: ``(1 | g)``, ``(1 + x | g)`` and ``(x | g)`` (intercept implied, correlated
+    coefficients), ``(0 + x | g)`` (no intercept), ``(1 + x || g)`` (independent coefficients: a
+    diagonal covariance, glmmTMB's ``diag``; for a numeric ``x`` the same as lme4's expansion
+    ``(1 | g) + (0 + x | g)``), ``(f | a/b)`` = ``(f | a) + (f | a:b)`` and ``(f | a:b)`` (the
+    interaction of two obs columns as grouping factor). ``x`` may be several columns joined by ``+``.
+
+    Raises InvalidValueError for anything else, with the messages of :func:`parse_formula` where the
+    input is invalid for both.
+    """
+    f = _checked_text(formula)
+    found = _RE_TERM.findall(f)
+    if not found:
+        msg = (
+            f"formula {formula!r} has no random-effect term; add a donor random intercept, "
+            "e.g. '~ condition + (1 | donor)'."
+        )
+        raise InvalidValueError(msg, param="formula")
+    terms: list[RETermSpec] = []
+    for lhs, bar, grp in found:
+        for spec in _expand_term(lhs.strip(), bar, grp.strip()):
+            if spec in terms:
+                msg = f"formula {formula!r}: the random-effect term {spec} appears twice; keep one."
+                raise InvalidValueError(msg, param="formula")
+            terms.append(spec)
+    return ParsedREFormula(formula=formula, fixed=_fixed_part(formula, f, _RE_TERM), terms=tuple(terms))
+
+
+def _expand_term(lhs: str, bar: str, grp: str) -> list[RETermSpec]:
+    """The terms of one ``( lhs | grp )``: the intercept made explicit, ``a/b`` expanded."""
+    shown = f"({lhs} {bar} {grp})"
+    parts = [p.strip() for p in re.sub(r"-\s*1\b", "+ 0", lhs).split("+") if p.strip()]
+    intercept = "0" not in parts
+    covariates = [p for p in parts if p not in ("0", "1")]
+    if not covariates and not intercept:
+        msg = (
+            f"random-effect term '{shown}' has no coefficient before the '{bar}'; "
+            f"write a random intercept '(1 | {grp or 'donor'})' or a slope '(0 + x | {grp or 'donor'})'."
+        )
+        raise InvalidValueError(msg, param="formula")
+    for c in covariates:
+        if not _NAME.match(c):
+            msg = (
+                f"random-effect term '{shown}': {c!r} is not supported before the '{bar}'; use obs columns "
+                "joined by '+' (a factor stands for its contrast columns, a numeric column for a slope)."
+            )
+            raise InvalidValueError(msg, param="formula")
+    if not _GROUP.match(grp):
+        msg = (
+            f"grouping factor {grp!r} in '{shown}' is not supported: use an obs column, an interaction "
+            "of obs columns 'a:b', or a nesting 'a/b' (= 'a' + 'a:b')."
+        )
+        raise InvalidValueError(msg, param="formula")
+    lhs_std = " + ".join((["1"] if intercept else ["0"]) + covariates)
+    diagonal = bar == "||" and len(covariates) + intercept > 1
+    levels = [g.strip() for g in grp.split("/")]
+    out = []
+    for k in range(len(levels)):
+        cols = tuple(c.strip() for lev in levels[: k + 1] for c in lev.split(":"))
+        out.append(RETermSpec(lhs=lhs_std, group=cols, diagonal=diagonal))
+    return out
+
+
+def check_re_agq(terms: tuple[RETermSpec, ...], n_agq: int) -> None:
+    """Refuse adaptive Gauss-Hermite quadrature (``n_agq`` > 1) unless the structure is a single random intercept."""
+    if n_agq != 1 and not (len(terms) == 1 and terms[0].scalar_intercept):
+        shown = " + ".join(str(t) for t in terms)
+        msg = (
+            f"n_agq={n_agq!r} needs a single scalar random effect, e.g. '(1 | donor)'; the random effects "
+            f"{shown} are fitted with the Laplace approximation only: use n_agq=1."
+        )
+        raise InvalidValueError(msg, param="n_agq")
+
+
+def build_re_terms(terms: tuple[RETermSpec, ...], obs: pd.DataFrame) -> list[RETerm]:
+    """Per-cell covariates and level codes of each term, from ``obs``.
+
+    The coefficients of a term are the columns of the model matrix of its left-hand side (formulaic,
+    treatment coding with the reference level of the fixed part, named like the fixed-effect
+    columns, e.g. ``condition[T.stim]``; without an intercept a factor gets one column per level, as
+    in lme4). The grouping factor is the interaction of its obs columns, restricted to the level
+    combinations present: ``donor:sample`` separates sample ``S1`` of donor ``D1`` from ``S1`` of ``D2``.
+    """
+    return [_build_term(t, obs) for t in terms]
+
+
+def _build_term(t: RETermSpec, obs: pd.DataFrame) -> RETerm:
+    missing = [c for c in t.group if c not in obs.columns]
+    if missing:
+        msg = (
+            f"grouping column(s) {missing} of the random-effect term {t} are not in adata.obs; "
+            f"available columns: {list(obs.columns)}."
+        )
+        raise MissingKeyError(msg, param="formula")
+    labels = None
+    for c in t.group:
+        col = obs[c]
+        if col.isna().any():
+            msg = (
+                f"obs column {c!r} has {int(col.isna().sum())} missing value(s) (NaN); "
+                "fill them or subset the cells first (nothing is dropped silently)."
+            )
+            raise InvalidValueError(msg, param="adata")
+        s = col.astype(str).to_numpy(dtype=object)
+        labels = s if labels is None else labels + ":" + s
+    codes, levels = pd.factorize(pd.Series(labels), sort=True)
+    if len(levels) < 2:
+        msg = (
+            f"grouping factor {t.group_name!r} of the random-effect term {t} has a single level in these "
+            "cells; a variance between its levels cannot be estimated. Remove the term."
+        )
+        raise InvalidValueError(msg, param="formula")
+    if t.scalar_intercept:
+        Z = np.ones((len(obs), 1))
+        names = ["Intercept"]
+    else:
+        fd = build_design("~ " + t.lhs, obs)
+        Z, names = fd.matrix, fd.columns
+    return RETerm(
+        group=t.group_name,
+        Z=np.ascontiguousarray(Z, dtype=np.float64),
+        codes=codes.astype(np.int64),
+        levels=np.asarray(levels, dtype=object),
+        coef_names=tuple(names),
+        diagonal=t.diagonal,
+    )

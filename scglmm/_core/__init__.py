@@ -11,5 +11,7 @@ Modules, each importing only the ones listed before it (checked by ``tests/test_
 * ``_results``: :class:`GeneFit`, :class:`GenesFit` and their assembly from the kernels' outputs;
 * ``_schedule``: block bounds, threads, joblib / Dask dispatch;
 * ``_api``: the public ``fit_gene`` and ``fit_genes``;
-* ``_inference``: pure-array statistics on fitted results (Wald, LRT, contrasts, calibration).
+* ``_inference``: pure-array statistics on fitted results (Wald, LRT, contrasts, calibration);
+* ``_re``: general random-effect structures (terms, layout, the fit of one gene; kernels
+  ``kernels._re_laplace`` and ``kernels._re_linalg``); ``_re_api``: their array API ``fit_re_genes``.
 """

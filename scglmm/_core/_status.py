@@ -24,6 +24,10 @@ FILTERED = 64
 #: Some coefficients run to infinity (a factor level, e.g. a donor, whose cells all have zero counts):
 #: they are NaN, and the others are estimated without those cells (their limit; see ``_separation``).
 PARTIAL_SEPARATION = 128
+#: General random-effect structures (:mod:`scglmm._core._re`): a term's covariance matrix is singular
+#: with every variance positive, i.e. a correlation at +-1 (lme4's singular fit). A variance at 0
+#: sets :data:`SIGMA2_BOUNDARY` instead (for these structures it means "some variance component is 0").
+CORRELATION_BOUNDARY = 256
 
 #: Bit -> name, in the order names are joined in a status string.
 STATUS_BITS: dict[int, str] = {
@@ -35,6 +39,7 @@ STATUS_BITS: dict[int, str] = {
     NOT_CONVERGED: "not_converged",
     SIGMA2_BOUNDARY: "sigma2_boundary",
     POISSON_LIMIT: "poisson_limit",
+    CORRELATION_BOUNDARY: "correlation_boundary",
 }
 
 #: Bits after which a gene's estimates are NaN (nothing can be trusted).

@@ -33,7 +33,9 @@ Modules, each importing only the ones above it:
 * ``_few_rows``: the fast path for designs with few distinct rows (sums by power series);
 * ``_start``: starting values; ``_optimise``: evaluation, Newton maximiser, one gene;
 * ``_block``: a block of genes from CSC arrays;
-* ``_sparse``: CSR -> CSC panels; ``_order``: the order of the cells.
+* ``_sparse``: CSR -> CSC panels; ``_order``: the order of the cells;
+* ``_re_linalg``, ``_re_laplace``: general random-effect structures (block-diagonal Hessian with a
+  Schur-complement border; Laplace value, modes and exact gradient), used by ``scglmm._core._re``.
 
 Numba caches each function on disk next to its module and does not notice when a function it
 calls from another module changes: after editing a kernel module, clear ``__pycache__`` here.

@@ -90,3 +90,36 @@ status : (G,) int64
 grad_max : (G,) float64
     Largest absolute gradient entry over the free parameters.
 """
+
+REData = namedtuple(
+    "REData",
+    ["X", "off", "zval", "gidx", "lidx", "blk", "rterm", "rcoef", "toff", "tq", "lam_pos", "lam_t", "lam_r",
+     "lam_c", "nk", "bstart", "nmax", "NB", "Q"],
+)  # fmt: skip
+REData.__doc__ = """A general random-effect structure as the kernels of :mod:`._re_laplace` take it.
+
+Cell ``j`` has ``R = sum_t q_t`` random-effect entries ``r`` (term ``rterm[r]``, coefficient
+``rcoef[r]``; term ``t`` owns entries ``toff[t] : toff[t] + tq[t]``).
+
+X : (n, p) float64
+    Fixed-effect design.
+off : (n,) float64
+    Log offsets.
+zval : (n, R) float64
+    Random-effect covariates of each cell (``Z`` before the Cholesky factor).
+gidx, lidx : (n, R) int64
+    Global position of each entry's effect, and its position in the cell's block-local space
+    (see :mod:`._re_linalg`).
+blk : (n,) int64
+    Top-level block of each cell.
+rterm, rcoef : (R,) int64; toff, tq : (T,) int64
+    Entry -> term and coefficient; term -> first entry and number of coefficients.
+lam_pos : (T, qmax, qmax) int64
+    Position in the outer parameter vector of each entry of each term's Cholesky factor (-1: 0).
+lam_t, lam_r, lam_c : (NL,) int64
+    Term, row and column of the Cholesky parameter ``p + i``.
+nk, bstart : (K,) int64
+    Effects in each top-level block and their first global position.
+nmax, NB, Q : int
+    Largest block, number of block effects (the border starts there), total number of effects.
+"""

@@ -1,0 +1,639 @@
+"""General random-effect structures on plain arrays: terms, their preparation, and the fit of one gene.
+
+The model (MODEL.md section 7) is ``log mu = X beta + offset + Z b`` with one block of random
+effects per term ``(f_t | g_t)``: for each level of ``g_t`` a vector of ``q_t`` coefficients
+(the columns of ``f_t``) ~ ``N(0, Sigma_t)``, independent across levels and terms; ``Sigma_t``
+unstructured (``|``) or diagonal (``||``).
+
+The estimator is the exact Laplace approximation of the NB marginal likelihood, maximised jointly
+over ``(beta, Cholesky factors of the Sigma_t, log theta)``; the kernels are in
+:mod:`.kernels._re_laplace` (value and exact gradient) and :mod:`.kernels._re_linalg` (the
+block-diagonal-plus-border Hessian of the inner problem).
+
+Parameterisation. The covariance of term ``t`` is ``Sigma_t = L_t L_t'`` with ``L_t`` lower
+triangular whose entries (diagonal ones too) are free real numbers, as in lme4. The objective is
+even in each column of ``L_t``, smooth everywhere, and the boundaries (a variance at 0, a
+correlation at +-1) are interior points of this space where Newton's method converges normally;
+in a log-Cholesky parameterisation they sit at minus infinity. Away from the boundary both are
+reparameterisations of each other: ``beta``, its covariance (the beta block of the inverse of the
+full negative Hessian) and the log-likelihood are the same. Only ``log theta`` is bounded above
+(``T_MAX``, the Poisson limit, as for the donor intercept).
+
+Top-level blocks. The top-level factor is the grouping factor (among the terms') in which the most
+random effects nest; terms nested in it form one dense block per top-level level, the others (crossed
+factors, e.g. batches) form the border of the Hessian, eliminated exactly by a Schur complement. The
+border is dense: its size (levels x coefficients of the crossed terms) should stay small (a few
+hundred at most).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._status import (
+    ALL_ZERO,
+    CORRELATION_BOUNDARY,
+    FAILED,
+    NOT_CONVERGED,
+    POISSON_LIMIT,
+    SEPARATION,
+    SIGMA2_BOUNDARY,
+)
+from .kernels._bundles import REData
+from .kernels._cell import count_table
+from .kernels._re_laplace import re_amat, re_value_grad
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = ["REFitOne", "RETerm", "REStructure", "fit_re_one", "prepare_re"]
+
+#: Upper bound of log theta (theta = 1e8, the Poisson limit), as for the donor intercept.
+T_MAX = 18.42
+#: A variance below this is reported as 0 (flag ``sigma2_boundary``).
+VAR_ZERO = 1e-8
+#: A fixed effect beyond this (log scale) is running to infinity: flag ``separation`` (as for the donor intercept).
+SEPARATION_BOUND = 25.0
+#: A correlation matrix whose smallest eigenvalue is below this is singular (flag ``correlation_boundary``).
+COR_SINGULAR = 1e-6
+
+
+@dataclass(frozen=True)
+class RETerm:
+    """One random-effect term ``(f | g)``: per-cell covariates ``Z`` of its coefficients and the level of each cell."""
+
+    group: str
+    """Name of the grouping factor (``"donor"``, ``"donor:sample"``)."""
+    Z: NDArray[np.float64]
+    """(n, q) covariates of the term's coefficients (a column of ones for an intercept)."""
+    codes: NDArray[np.int64]
+    """(n,) level of each cell, ``0 .. len(levels) - 1``."""
+    levels: NDArray[np.object_]
+    """Labels of the levels."""
+    coef_names: tuple[str, ...]
+    """Names of the q coefficients (``"Intercept"``, ``"condition[T.stim]"``)."""
+    diagonal: bool = False
+    """Independent coefficients (``||``): a diagonal covariance."""
+
+    @property
+    def q(self) -> int:
+        """Number of coefficients per level."""
+        return int(self.Z.shape[1])
+
+    @property
+    def m(self) -> int:
+        """Number of levels."""
+        return len(self.levels)
+
+    def varcomp_names(self) -> list[str]:
+        """``var(c|g)`` for each coefficient, then ``cor(c1,c2|g)`` for each pair (unstructured only)."""
+        out = [f"var({c}|{self.group})" for c in self.coef_names]
+        if not self.diagonal:
+            q = self.q
+            out += [
+                f"cor({self.coef_names[i]},{self.coef_names[k]}|{self.group})"
+                for i in range(q)
+                for k in range(i + 1, q)
+            ]
+        return out
+
+
+@dataclass(frozen=True)
+class REStructure:
+    """A random-effect structure prepared for the kernels (see :class:`REData`)."""
+
+    terms: tuple[RETerm, ...]
+    data: REData
+    top: int
+    """Index of the term whose grouping factor is the top-level factor."""
+    nested: tuple[bool, ...]
+    """Whether each term nests in the top-level factor (else it is in the border)."""
+    gpos: tuple[NDArray[np.int64], ...]
+    """Global position of the first effect of each level of each term."""
+    n_lambda: int
+    """Number of free Cholesky entries."""
+
+    @property
+    def p(self) -> int:
+        """Number of fixed effects."""
+        return int(self.data.X.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        """Outer parameters: beta, Cholesky entries, log theta."""
+        return self.p + self.n_lambda + 1
+
+    @property
+    def n_border(self) -> int:
+        """Effects in the dense border (crossed terms)."""
+        return int(self.data.Q - self.data.NB)
+
+    def varcomp_names(self) -> list[str]:
+        """Names of the variance components, term by term."""
+        return [name for t in self.terms for name in t.varcomp_names()]
+
+    def cholesky(self, phi: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+        """The Cholesky factor ``L_t`` of every term at the parameters ``phi``."""
+        out = []
+        for t, term in enumerate(self.terms):
+            q = term.q
+            pos = self.data.lam_pos[t, :q, :q]
+            out.append(np.where(pos >= 0, phi[np.maximum(pos, 0)], 0.0))
+        return out
+
+
+def _nests_in(codes: NDArray[np.int64], parent: NDArray[np.int64]) -> NDArray[np.int64] | None:
+    """The parent level of each level of ``codes`` if every level lies within one parent level, else None."""
+    m = int(codes.max()) + 1
+    pairs = np.unique(np.stack([codes, parent]), axis=1)
+    if pairs.shape[1] != m:
+        return None
+    out = np.empty(m, dtype=np.int64)
+    out[pairs[0]] = pairs[1]
+    return out
+
+
+def _choose_top(terms: tuple[RETerm, ...]) -> tuple[int, list[NDArray[np.int64] | None]]:
+    """The term whose grouping factor leaves the smallest border (ties: more levels), and the parent
+    map of each term (None: not nested in it)."""
+    best = None
+    for s, cand in enumerate(terms):
+        parents = [_nests_in(t.codes, cand.codes) for t in terms]
+        border = sum(t.m * t.q for t, par in zip(terms, parents, strict=True) if par is None)
+        key = (border, -cand.m, s)
+        if best is None or key < best[0]:
+            best = (key, s, parents)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _lambda_layout(terms: tuple[RETerm, ...], p: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``lam_pos`` (T, qmax, qmax) and the (term, row, column) of each Cholesky parameter."""
+    qmax = max(t.q for t in terms)
+    lam_pos = -np.ones((len(terms), qmax, qmax), dtype=np.int64)
+    trc = []
+    for it, t in enumerate(terms):
+        for c in range(t.q):
+            for r in range(c, t.q if not t.diagonal else c + 1):
+                lam_pos[it, r, c] = p + len(trc)
+                trc.append((it, r, c))
+    return lam_pos, np.asarray(trc, dtype=np.int64).reshape(-1, 3)
+
+
+def _positions(
+    terms: tuple[RETerm, ...], top: int, parents: list[NDArray[np.int64] | None]
+) -> tuple[list[NDArray[np.int64]], NDArray[np.int64], NDArray[np.int64], int, int]:
+    """Global position of each level's first effect; block sizes and starts; block effects; total effects."""
+    K = terms[top].m
+    nk = np.zeros(K, dtype=np.int64)
+    gpos: list[NDArray[np.int64]] = [np.zeros(t.m, dtype=np.int64) for t in terms]
+    local: list[NDArray[np.int64]] = [np.zeros(t.m, dtype=np.int64) for t in terms]
+    for it, (t, par) in enumerate(zip(terms, parents, strict=True)):
+        if par is None:
+            continue
+        for lev in range(t.m):
+            local[it][lev] = nk[par[lev]]
+            nk[par[lev]] += t.q
+    bstart = np.concatenate([[0], np.cumsum(nk)[:-1]]).astype(np.int64)
+    NB = int(nk.sum())
+    pos = NB
+    for it, (t, par) in enumerate(zip(terms, parents, strict=True)):
+        if par is None:
+            gpos[it] = pos + t.q * np.arange(t.m, dtype=np.int64)
+            pos += t.q * t.m
+        else:
+            gpos[it] = bstart[par] + local[it]
+    return gpos, nk, bstart, NB, pos
+
+
+def prepare_re(
+    X: NDArray[np.float64], offset: NDArray[np.float64], terms: list[RETerm] | tuple[RETerm, ...]
+) -> REStructure:
+    """Lay out a random-effect structure for the kernels.
+
+    Parameters
+    ----------
+    X
+        (n, p) fixed-effect design (checked by the caller).
+    offset
+        (n,) log offsets.
+    terms
+        The random-effect terms; each cell has one level of every term.
+
+    Returns
+    -------
+    The :class:`REStructure`: the top-level factor, the block and border layout of the effects,
+    and the per-cell entries of ``Z``.
+    """
+    terms = tuple(terms)
+    if not terms:
+        msg = "at least one random-effect term is needed."
+        raise ValueError(msg)
+    n, p = X.shape
+    top, parents = _choose_top(terms)
+    gpos, nk, bstart, NB, Q = _positions(terms, top, parents)
+    nmax = int(nk.max())
+    tq = np.array([t.q for t in terms], dtype=np.int64)
+    toff = np.concatenate([[0], np.cumsum(tq)[:-1]]).astype(np.int64)
+    R = int(tq.sum())
+    rterm = np.repeat(np.arange(len(terms)), tq).astype(np.int64)
+    rcoef = np.concatenate([np.arange(q) for q in tq]).astype(np.int64)
+    blk = terms[top].codes.astype(np.int64)
+    zval = np.ascontiguousarray(np.hstack([t.Z for t in terms]), dtype=np.float64)
+    gidx = np.empty((n, R), dtype=np.int64)
+    lidx = np.empty((n, R), dtype=np.int64)
+    for it, t in enumerate(terms):
+        base = gpos[it][t.codes]
+        for c in range(t.q):
+            r = toff[it] + c
+            gidx[:, r] = base + c
+            lidx[:, r] = gidx[:, r] - bstart[blk] if parents[it] is not None else nmax + gidx[:, r] - NB
+    lam_pos, trc = _lambda_layout(terms, p)
+    data = REData(
+        np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(offset, dtype=np.float64), zval, gidx,
+        lidx, blk, rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(), trc[:, 2].copy(), nk,
+        bstart, nmax, NB, Q,
+    )  # fmt: skip
+    return REStructure(
+        terms=terms,
+        data=data,
+        top=top,
+        nested=tuple(par is not None for par in parents),
+        gpos=tuple(gpos),
+        n_lambda=len(trc),
+    )
+
+
+@dataclass
+class _Problem:
+    """One gene's objective with warm-started modes."""
+
+    s: REStructure
+    y: NDArray[np.float64]
+    cnt_gt: NDArray[np.float64] = field(init=False)
+    lgy: float = field(init=False)
+    u: NDArray[np.float64] = field(init=False)
+    n_eval: int = 0
+
+    def __post_init__(self) -> None:
+        self.cnt_gt, self.lgy = count_table(self.y)
+        self.u = np.zeros(self.s.data.Q)
+
+    def value_grad(self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None) -> tuple[float, NDArray]:
+        """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``)."""
+        uu = self.u if u is None else u
+        grad = np.zeros(phi.shape[0])
+        self.n_eval += 1
+        ok, val, _ = re_value_grad(self.s.data, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
+        if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
+            return -np.inf, grad
+        return float(val), grad
+
+    def hessian(self, phi: NDArray[np.float64], free: NDArray[np.bool_], *, central: bool = True) -> NDArray:
+        """Hessian of the log-likelihood by central (or forward) differences of the exact gradient,
+        over the free parameters (zero rows and columns elsewhere)."""
+        P = phi.shape[0]
+        H = np.zeros((P, P))
+        g0 = None if central else self.value_grad(phi, self.u.copy())[1]
+        for i in np.flatnonzero(free):
+            h = (1e-4 if central else 1e-5) * max(1.0, abs(phi[i]))
+            gs = []
+            for sgn in (1.0, -1.0) if central else (1.0,):
+                ph = phi.copy()
+                ph[i] += sgn * h
+                gs.append(self.value_grad(ph, self.u.copy())[1])
+            H[:, i] = (gs[0] - gs[1]) / (2.0 * h) if central else (gs[0] - g0) / h
+        H = 0.5 * (H + H.T)
+        H[~free, :] = 0.0
+        H[:, ~free] = 0.0
+        return H
+
+
+def _start(s: REStructure, y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Starting values: a Poisson GLM for beta (a few IRLS steps), moment dispersion, Cholesky diagonals 0.3."""
+    X, off = s.data.X, s.data.off
+    p = X.shape[1]
+    beta = np.linalg.lstsq(X, np.full(X.shape[0], np.log(max(y.sum(), 0.5) / np.exp(off).sum())), rcond=None)[0]
+    for _ in range(8):
+        eta = np.clip(X @ beta + off, -30.0, 30.0)
+        mu = np.exp(eta)
+        z = eta - off + (y - mu) / np.maximum(mu, 1e-10)
+        W = np.maximum(mu, 1e-10)
+        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], z * np.sqrt(W), rcond=None)[0]
+        if not np.all(np.isfinite(new)):
+            break
+        beta = new
+    mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
+    disp = max(0.05, float(((y - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
+    phi = np.zeros(s.n_params)
+    phi[:p] = beta
+    lam = s.data
+    for i in range(s.n_lambda):
+        phi[p + i] = 0.3 if lam.lam_r[i] == lam.lam_c[i] else 0.0
+    phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
+    return phi
+
+
+def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A second start after a boundary fit: the same beta and theta, each term's sds kept (at least
+    0.3) and its correlations set to 0."""
+    out = phi.copy()
+    d = s.data
+    for it, L in enumerate(s.cholesky(phi)):
+        sd = np.maximum(np.sqrt(np.diag(L @ L.T)), 0.3)
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                out[s.p + i] = sd[d.lam_r[i]] if d.lam_r[i] == d.lam_c[i] else 0.0
+    out[-1] = min(out[-1], 10.0)
+    return out
+
+
+@dataclass(frozen=True)
+class REFitOne:
+    """The fit of one gene (see :func:`fit_re_one`)."""
+
+    phi: NDArray[np.float64]
+    """Outer parameters ``(beta, Cholesky entries, log theta)`` at the optimum."""
+    loglik: float
+    cov_phi: NDArray[np.float64]
+    """Covariance of ``phi`` (inverse negative Hessian; rows of held parameters are NaN)."""
+    modes: NDArray[np.float64]
+    """Conditional modes ``b = Lambda u`` in global effect order."""
+    n_iter: int
+    n_eval: int
+    status: int
+    grad_max: float
+
+
+def _newton_step(g: NDArray, H: NDArray, free: NDArray[np.bool_]) -> tuple[NDArray, float, bool]:
+    """Newton step of a maximisation on the free parameters, with the negative Hessian's eigenvalues
+    made positive (absolute value, floored). Returns the step, the decrement ``g' step`` and whether
+    the negative Hessian was positive definite."""
+    idx = np.flatnonzero(free)
+    A = -H[np.ix_(idx, idx)]
+    w, V = np.linalg.eigh(A)
+    pd = bool(w.min() > 1e-10 * max(1.0, abs(w).max()))
+    floor = 1e-8 * max(1.0, abs(w).max())
+    wm = np.maximum(np.abs(w), floor)
+    step = np.zeros_like(g)
+    step[idx] = V @ ((V.T @ g[idx]) / wm)
+    return step, float(g[idx] @ step[idx]), pd
+
+
+def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: float) -> tuple[NDArray, float, NDArray]:
+    """Backtracking (Armijo) along ``step`` with log theta projected onto its bound; returns the new point."""
+    alpha = 1.0
+    for _ in range(40):
+        trial = phi + alpha * step
+        trial[-1] = min(trial[-1], T_MAX)
+        u = prob.u.copy()
+        vt, gt = prob.value_grad(trial, u)
+        if np.isfinite(vt) and vt >= val + 1e-4 * alpha * dec - 1e-12 * abs(val):
+            prob.u = u
+            return trial, vt, gt
+        alpha *= 0.5
+    return phi, val, np.array([])
+
+
+def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
+    """Quasi-Newton iterations on the exact gradient, certified by Newton with a finite-difference Hessian.
+
+    The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
+    each step; when the Newton decrement falls below the tolerance with an updated matrix, the
+    Hessian is recomputed by central differences and the test repeated, so that convergence (and the
+    Hessian returned for the covariance) always rests on a fresh finite-difference Hessian.
+
+    Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the central one
+    when converged.
+    """
+    val, g = prob.value_grad(phi)
+    P = phi.shape[0]
+    free = np.ones(P, dtype=bool)
+    B: NDArray | None = None  # approximation of the negative Hessian
+    central = False
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        held = phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6
+        if held and free[-1]:
+            phi[-1] = T_MAX
+            val, g = prob.value_grad(phi)
+            B = None
+        free[-1] = not held
+        if B is None:
+            B, central = -prob.hessian(phi, free, central=False), False
+        step, dec, pd = _newton_step(g, -B, free)
+        if dec < 1e-10 and not central:
+            B, central = -prob.hessian(phi, free, central=True), True
+            step, dec, pd = _newton_step(g, -B, free)
+        if pd and dec < 1e-10:
+            converged = True
+            break
+        if free[-1] and phi[-1] > 6.0 and step[-1] > 0.0:  # theta runs to the Poisson limit: try it
+            trial = phi.copy()
+            trial[-1] = T_MAX
+            u = prob.u.copy()
+            vt, gt = prob.value_grad(trial, u)
+            if vt > val:
+                phi, val, g, prob.u, B = trial, vt, gt, u, None
+                continue
+        new, vnew, gnew = _line_search(prob, phi, val, step, dec)
+        if gnew.size == 0:
+            if central:
+                converged = pd and dec < 1e-6
+                break
+            B = None
+            continue
+        B, central = _bfgs(B, new - phi, g - gnew), False
+        phi, val, g = new, vnew, gnew
+        if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
+            break
+    H = -B if B is not None else np.zeros((P, P))
+    return phi, val, H, converged and central, it, free
+
+
+def _bfgs(B: NDArray, s: NDArray, yv: NDArray) -> NDArray | None:
+    """BFGS update of a positive definite matrix ``B`` (the negative Hessian) with step ``s`` and
+    gradient change ``yv`` (of the negated objective); None (recompute) when the curvature condition fails."""
+    sy = float(s @ yv)
+    Bs = B @ s
+    sBs = float(s @ Bs)
+    if not (sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(yv)) or not sBs > 0.0:
+        return None
+    return B - np.outer(Bs, Bs) / sBs + np.outer(yv, yv) / sy
+
+
+def _boundary_status(s: REStructure, phi: NDArray) -> int:
+    """Flags for variances at 0 and singular correlation matrices."""
+    status = 0
+    for term, L in zip(s.terms, s.cholesky(phi), strict=True):
+        S = L @ L.T
+        v = np.diag(S)
+        if np.any(v < VAR_ZERO):
+            status |= SIGMA2_BOUNDARY
+        elif term.q > 1 and not term.diagonal:
+            sd = np.sqrt(v)
+            if np.linalg.eigvalsh(S / np.outer(sd, sd)).min() < COR_SINGULAR:
+                status |= CORRELATION_BOUNDARY
+    return status
+
+
+def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -> REFitOne:
+    """Maximise the Laplace log-likelihood of one gene.
+
+    Parameters
+    ----------
+    s
+        The prepared structure (:func:`prepare_re`).
+    y
+        (n,) counts of the gene (float64).
+    max_iter
+        Outer Newton iterations.
+
+    Returns
+    -------
+    An :class:`REFitOne`; with an unusable status its numbers are NaN.
+    """
+    P = s.n_params
+    nan = REFitOne(np.full(P, np.nan), np.nan, np.full((P, P), np.nan), np.full(s.data.Q, np.nan), 0, 0, 0, np.nan)
+    if not np.any(y > 0):
+        return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
+    if _separated(s.data.X, y):
+        return REFitOne(**{**nan.__dict__, "status": SEPARATION})
+    prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    phi = _start(s, prob.y)
+    if not np.isfinite(prob.value_grad(phi)[0]):
+        return REFitOne(**{**nan.__dict__, "status": FAILED})
+    try:
+        return _fit(s, prob, phi, max_iter, nan)
+    except (np.linalg.LinAlgError, ValueError):  # non-finite numbers reached the small dense algebra
+        return REFitOne(**{**nan.__dict__, "status": FAILED, "n_eval": prob.n_eval})
+
+
+def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne) -> REFitOne:
+    """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags)."""
+    P = s.n_params
+    phi, val, H, converged, it, free = _maximise(prob, phi, max_iter)
+    if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
+        # the boundaries are stationary points of the Cholesky parameterisation and can be local
+        # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
+        u_best = prob.u.copy()
+        prob.u = np.zeros_like(prob.u)
+        phi2, val2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
+        it += it2
+        if val2 > val:
+            phi, val, H, converged, free = phi2, val2, H2, conv2, free2
+        else:
+            prob.u = u_best
+    if not np.isfinite(val):
+        return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
+    if np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
+        return REFitOne(**{**nan.__dict__, "status": SEPARATION, "n_iter": it, "n_eval": prob.n_eval})
+    val, g = prob.value_grad(phi)
+    if not converged:
+        H = prob.hessian(phi, free)
+    idx = np.flatnonzero(free)
+    cov = np.full((P, P), np.nan)
+    status = 0 if converged else NOT_CONVERGED
+    try:
+        A = -H[np.ix_(idx, idx)]
+        np.linalg.cholesky(A)
+        cov[np.ix_(idx, idx)] = np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        status |= NOT_CONVERGED
+        cov[np.ix_(idx, idx)] = np.linalg.pinv(-H[np.ix_(idx, idx)])
+    if not free[-1]:
+        status |= POISSON_LIMIT
+    status |= _boundary_status(s, phi)
+    modes = _modes_b(s, phi, prob.u)
+    return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
+
+
+def _separated(X: NDArray[np.float64], y: NDArray[np.float64]) -> bool:
+    """Whether a 0/1 column of the design (a factor level) has no counts in its cells, or all of them."""
+    for k in range(X.shape[1]):
+        col = X[:, k]
+        on = col == 1.0
+        if on.all() or not np.all(on | (col == 0.0)):
+            continue
+        if not np.any(y[on] > 0) or not np.any(y[~on] > 0):
+            return True
+    return False
+
+
+def _modes_b(s: REStructure, phi: NDArray, u: NDArray) -> NDArray:
+    """Conditional modes on the scale of ``b`` (``b = L_t u`` per level)."""
+    b = np.empty_like(u)
+    for it, (term, L) in enumerate(zip(s.terms, s.cholesky(phi), strict=True)):
+        idx = s.gpos[it][:, None] + np.arange(term.q)[None, :]
+        b[idx] = u[idx] @ L.T
+    return b
+
+
+def varcomp(s: REStructure, phi: NDArray) -> NDArray[np.float64]:
+    """Variances and correlations (``VarCorr``) in the order of :meth:`REStructure.varcomp_names`.
+
+    A variance below :data:`VAR_ZERO` is reported as 0 and its correlations as NaN; a correlation
+    within :data:`COR_SINGULAR` of +-1 as +-1.
+    """
+    out: list[float] = []
+    for term, L in zip(s.terms, s.cholesky(phi), strict=True):
+        S = L @ L.T
+        v = np.diag(S).copy()
+        zero = v < VAR_ZERO
+        out += list(np.where(zero, 0.0, v))
+        if not term.diagonal:
+            sd = np.sqrt(v)
+            for i in range(term.q):
+                for k in range(i + 1, term.q):
+                    c = S[i, k] / (sd[i] * sd[k]) if not (zero[i] or zero[k]) else np.nan
+                    if abs(c) > 1.0 - COR_SINGULAR:
+                        c = float(np.sign(c))
+                    out.append(c)
+    return np.asarray(out, dtype=np.float64)
+
+
+def linear_predictor_rows(s: REStructure, phi: NDArray) -> NDArray[np.float64]:
+    """Rows of ``Z Lambda`` (n, R) at ``phi`` (for tests and diagnostics)."""
+    return re_amat(s.data, phi)
+
+
+def laplace_at(s: REStructure, y: NDArray[np.float64], phi: NDArray[np.float64]) -> float:
+    """The Laplace log-likelihood of one gene at given parameters (modes converged from 0)."""
+    prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    return prob.value_grad(np.asarray(phi, dtype=np.float64))[0]
+
+
+def phi_from_varcomp(
+    s: REStructure, beta: NDArray[np.float64], vc: NDArray[np.float64], theta: float
+) -> NDArray[np.float64]:
+    """Outer parameters from fixed effects, variance components (order of :meth:`REStructure.varcomp_names`)
+    and theta (capped at the Poisson limit ``exp(T_MAX)``): the Cholesky factors of the covariances."""
+    phi = np.zeros(s.n_params)
+    phi[: s.p] = beta
+    phi[-1] = min(float(np.log(theta)), T_MAX)
+    k = 0
+    d = s.data
+    for it, term in enumerate(s.terms):
+        q = term.q
+        v = np.asarray(vc[k : k + q], dtype=np.float64)
+        k += q
+        S = np.diag(v)
+        if not term.diagonal:
+            for i in range(q):
+                for j in range(i + 1, q):
+                    S[i, j] = S[j, i] = vc[k] * np.sqrt(v[i] * v[j])
+                    k += 1
+        w, V = np.linalg.eigh(S)
+        L = (
+            np.linalg.cholesky(S + 1e-14 * np.eye(q))
+            if w.min() > 0
+            else np.linalg.qr((V * np.sqrt(np.maximum(w, 0))).T)[1].T
+        )
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
+    return phi

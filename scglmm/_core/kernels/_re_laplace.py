@@ -1,0 +1,247 @@
+"""Laplace approximation for general random-effect structures: modes, value and exact gradient.
+
+Spherical random effects ``u ~ N(0, I)`` with ``b = Lambda u``, ``Lambda`` block-diagonal with one
+lower-triangular Cholesky factor ``L_t`` per term (repeated for each of its levels). With
+``a_j`` the row of ``Z Lambda`` of cell ``j``,
+
+    eta_j = x_j' beta + o_j + a_j' u,   h(u) = sum_j log NB(y_j; e^eta_j, theta) - u'u / 2,
+    H = -h''(u^) = sum_j w_j a_j a_j' + I  (w_j = -d2 log NB / d eta2),
+    log L ~= h(u^) - 0.5 log det H,
+
+which equals ``h_b(b^) - 0.5 log det G - 0.5 log det H_b`` of MODEL.md section 7 (``G = Lambda
+Lambda'``) and stays smooth where ``G`` is singular (a variance at 0, a correlation at +-1).
+
+The outer parameters are ``phi = (beta, lambda, log theta)`` with ``lambda`` the free entries of
+the ``L_t``. The gradient is exact (implicit dependence of ``u^`` included): with ``d_j = a_j' H^{-1}
+a_j``, ``xi = sum_j (-e3_j d_j) a_j`` and ``zeta = H^{-1} xi``,
+
+    d logL / d phi_i = dh/dphi_i - 0.5 [tr(H^{-1} dH/dphi_i at fixed u) + zeta' d(grad_u h)/dphi_i].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ._cell import _cell_all_x, theta_terms
+from ._jit import JIT as _JIT
+from ._re_linalg import block_factor, block_local_inverse, block_solve
+
+
+@njit(**_JIT)
+def re_amat(d, phi):
+    """Rows ``a_j`` of ``Z Lambda`` (n, R) for the Cholesky factors in ``phi``."""
+    n, R = d.zval.shape
+    T, qm, _ = d.lam_pos.shape
+    L = np.zeros((T, qm, qm))
+    for t in range(T):
+        for r in range(qm):
+            for c in range(qm):
+                k = d.lam_pos[t, r, c]
+                if k >= 0:
+                    L[t, r, c] = phi[k]
+    a = np.empty((n, R))
+    for j in range(n):
+        for r in range(R):
+            t = d.rterm[r]
+            c = d.rcoef[r]
+            o = d.toff[t]
+            s = 0.0
+            for cc in range(c, d.tq[t]):
+                s += d.zval[j, o + cc] * L[t, cc, c]
+            a[j, r] = s
+    return a
+
+
+@njit(**_JIT)
+def _eta(d, eta0, a, u, eta):
+    n, R = a.shape
+    for j in range(n):
+        e = eta0[j]
+        for r in range(R):
+            e += a[j, r] * u[d.gidx[j, r]]
+        eta[j] = e
+
+
+@njit(**_JIT)
+def _pass(d, y, eta0, a, u, t, theta, eta, cs):
+    """One pass over the cells at modes ``u``: ``eta``, the per-cell derivatives ``cs[j] = (e1, e2, e3,
+    t0, t1, t2)`` (one exp and one log per cell) and ``h(u)`` without the count-only constants,
+    ``sum_j q(eta_j) - u'u / 2``."""
+    _eta(d, eta0, a, u, eta)
+    s = 0.0
+    for j in range(y.shape[0]):
+        z = eta[j] - t
+        q, e1, e2, e3, _, t0, t1, t2, _, _, _, _ = _cell_all_x(y[j], eta[j], math.exp(min(z, 709.0)), z, theta)
+        cs[j, 0] = e1
+        cs[j, 1] = e2
+        cs[j, 2] = e3
+        cs[j, 3] = t0
+        cs[j, 4] = t1
+        cs[j, 5] = t2
+        s += q
+    for i in range(u.shape[0]):
+        s -= 0.5 * u[i] * u[i]
+    return s
+
+
+@njit(**_JIT)
+def _accumulate(d, a, w, Tk):
+    """Tk[k] = sum over the cells of block k of w_j a_j a_j' in block-local positions."""
+    Tk[:] = 0.0
+    n, R = a.shape
+    for j in range(n):
+        k = d.blk[j]
+        for r in range(R):
+            v = w[j] * a[j, r]
+            lr = d.lidx[j, r]
+            for r2 in range(R):
+                Tk[k, lr, d.lidx[j, r2]] += v * a[j, r2]
+
+
+@njit(**_JIT)
+def re_modes(d, y, eta0, a, u, t, tol, maxit, work, cs):
+    """Newton maximisation of h over u (in place, warm start). h is strictly concave.
+
+    Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
+    per-cell derivatives in ``cs`` belong to u^.
+    """
+    Tk, LA, M, LS = work
+    n = y.shape[0]
+    Q = u.shape[0]
+    nc = LS.shape[0]
+    theta = math.exp(t)
+    eta = np.empty(n)
+    w = np.empty(n)
+    g = np.empty(Q)
+    step = np.empty(Q)
+    trial = np.empty(Q)
+    cs_try = np.empty_like(cs)
+    hval = _pass(d, y, eta0, a, u, t, theta, eta, cs)
+    prev = np.inf
+    logdet = 0.0
+    it = 0
+    while True:
+        for j in range(n):
+            w[j] = -cs[j, 1]
+        for i in range(Q):
+            g[i] = -u[i]
+        for j in range(n):
+            for r in range(a.shape[1]):
+                g[d.gidx[j, r]] += cs[j, 0] * a[j, r]
+        _accumulate(d, a, w, Tk)
+        ok, logdet = block_factor(Tk, d.nk, d.nmax, nc, LA, M, LS)
+        if not ok:
+            return False, hval, 0.0, it
+        block_solve(LA, M, LS, d.nk, d.bstart, d.NB, g, step)
+        dec = 0.0
+        for i in range(Q):
+            dec += g[i] * step[i]
+        if dec < tol or (dec < 1e-14 and dec > 0.25 * prev) or it >= maxit:
+            break
+        prev = dec
+        it += 1
+        alpha = 1.0
+        hnew = hval
+        for _ in range(60):
+            for i in range(Q):
+                trial[i] = u[i] + alpha * step[i]
+            hnew = _pass(d, y, eta0, a, trial, t, theta, eta, cs_try)
+            if hnew >= hval - 1e-13 * (1.0 + abs(hval)):
+                break
+            alpha *= 0.5
+        u[:] = trial
+        cs[:, :] = cs_try
+        hval = hnew
+    return math.isfinite(hval), hval, logdet, it
+
+
+@njit(**_JIT)
+def re_workspace(d):
+    """Work arrays of :func:`re_modes` for a structure."""
+    K = d.nk.shape[0]
+    nc = d.Q - d.NB
+    nl = d.nmax + nc
+    return np.zeros((K, nl, nl)), np.zeros((K, d.nmax, d.nmax)), np.zeros((K, d.nmax, nc)), np.zeros((nc, nc))
+
+
+@njit(**_JIT)
+def re_value_grad(d, y, cnt_gt, lgy, phi, u, grad, want_grad):
+    """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place) and, if ``want_grad``, its
+    exact gradient into ``grad``. Returns ``(ok, value, inner iterations)``."""
+    n, p = d.X.shape
+    t = phi[phi.shape[0] - 1]
+    a = re_amat(d, phi)
+    eta0 = np.empty(n)
+    for j in range(n):
+        e = d.off[j]
+        for k in range(p):
+            e += d.X[j, k] * phi[k]
+        eta0[j] = e
+    work = re_workspace(d)
+    cs = np.empty((n, 6))
+    ok, hval, logdet, it = re_modes(d, y, eta0, a, u, t, 1e-22, 200, work, cs)
+    cval, cd1, _ = theta_terms(cnt_gt, t)
+    val = hval + cval - lgy - 0.5 * logdet
+    if not ok or not math.isfinite(val):
+        return False, val, it
+    if want_grad:
+        _gradient(d, a, u, cs, cd1, work, grad)
+    return True, val, it
+
+
+@njit(**_JIT)
+def _gradient(d, a, u, cs, cd1, work, grad):
+    """Exact gradient of the Laplace log-likelihood at converged modes ``u`` with the per-cell
+    derivatives ``cs`` there (see the module docstring)."""
+    Tk, LA, M, LS = work
+    n, R = a.shape
+    p = d.X.shape[1]
+    Q = u.shape[0]
+    E = np.empty_like(Tk)
+    block_local_inverse(LA, M, LS, d.nk, d.nmax, E)
+    P = np.empty((n, R))
+    dd = np.empty(n)
+    xi = np.zeros(Q)
+    for j in range(n):
+        e3 = cs[j, 2]
+        k = d.blk[j]
+        dj = 0.0
+        for r in range(R):
+            s = 0.0
+            lr = d.lidx[j, r]
+            for r2 in range(R):
+                s += E[k, lr, d.lidx[j, r2]] * a[j, r2]
+            P[j, r] = s
+            dj += a[j, r] * s
+        dd[j] = dj
+        for r in range(R):
+            xi[d.gidx[j, r]] -= e3 * dj * a[j, r]
+    zeta = np.empty(Q)
+    block_solve(LA, M, LS, d.nk, d.bstart, d.NB, xi, zeta)
+    grad[:] = 0.0
+    NL = d.lam_t.shape[0]
+    jt = grad.shape[0] - 1
+    for j in range(n):
+        e1, e2, e3, t0, t1, t2 = cs[j, 0], cs[j, 1], cs[j, 2], cs[j, 3], cs[j, 4], cs[j, 5]
+        dj = dd[j]
+        az = 0.0
+        for r in range(R):
+            az += a[j, r] * zeta[d.gidx[j, r]]
+        cb = e1 - 0.5 * (-e3 * dj + e2 * az)
+        for k in range(p):
+            grad[k] += d.X[j, k] * cb
+        grad[jt] += t0 - 0.5 * (-t2 * dj + t1 * az)
+        for i in range(NL):
+            o = d.toff[d.lam_t[i]]
+            rr = o + d.lam_r[i]
+            rc = o + d.lam_c[i]
+            zr = d.zval[j, rr]
+            if zr == 0.0:
+                continue
+            gi = d.gidx[j, rc]
+            s = zr * u[gi]
+            grad[p + i] += e1 * s - 0.5 * (-2.0 * e2 * zr * P[j, rc] - e3 * s * dj + e2 * s * az + e1 * zr * zeta[gi])
+    grad[jt] += cd1
