@@ -48,6 +48,8 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     assert "dispersion" in model
     nb = (out / "tutorials" / "01_scanpy_workflow.html").read_text()
     assert "rank_genes_groups" in nb
+    # the tutorials show their results and figures (stored executed; the build does not run them)
+    assert nb.count("<img") >= 2 and "hits where there is nothing to find" in nb
     # every page in docs/ is reachable (Sphinx would warn otherwise, this names the file)
     pages = {p.stem for p in DOCS.glob("*.md")}
     assert pages <= {p.stem for p in out.glob("*.html")}
