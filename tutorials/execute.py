@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 def execute(path: Path) -> None:
     """Run ``path`` top to bottom in its folder and write it back with its outputs."""
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(HERE)}})
+    resources = {"metadata": {"path": str(HERE)}}  # notebooks find data relative to their folder
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources=resources)
     client.execute()
     nb.metadata.pop("widgets", None)  # progress-bar widget state is not needed on a static page
     nbformat.write(nb, path)
