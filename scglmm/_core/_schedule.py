@@ -41,32 +41,40 @@ COMPILE_NOTICE_AFTER = 5.0
 
 
 class Design:
-    """The prepared model handed to :func:`fit_block`: cells, quadrature and the fast path's data.
+    """The prepared model handed to :func:`fit_block`: cells, quadrature and the fast path's data,
+    and the path the fit takes (the bundle the block kernel is compiled for, see
+    :func:`scglmm._core.kernels._block.model_path`).
 
     A weak-referenceable object reporting its size, so that joblib's Dask backend scatters it to
     the workers once instead of pickling it with every gene block.
     """
 
-    __slots__ = ("__weakref__", "cells", "few_rows", "quadrature")
+    __slots__ = ("__weakref__", "cells", "few_rows", "path", "quadrature")
 
     def __init__(self, cells: Cells, quadrature: Quadrature, few_rows: FewRows) -> None:
         self.cells = cells
         self.quadrature = quadrature
         self.few_rows = few_rows
+        self.path = _block.model_path(cells, quadrature, few_rows)
 
     def __sizeof__(self) -> int:
+        seen: set[int] = set()
+
         def nbytes(a) -> int:
             if isinstance(a, tuple):
                 return sum(nbytes(x) for x in a)
+            if id(a) in seen:  # the path holds the cells (and the few-rows data) again
+                return 0
+            seen.add(id(a))
             return int(getattr(a, "nbytes", 8))
 
         return object.__sizeof__(self) + nbytes(self.__getstate__())
 
     def __getstate__(self) -> tuple:
-        return (self.cells, self.quadrature, self.few_rows)
+        return (self.cells, self.quadrature, self.few_rows, self.path)
 
     def __setstate__(self, state: tuple) -> None:
-        self.cells, self.quadrature, self.few_rows = state
+        self.cells, self.quadrature, self.few_rows, self.path = state
 
 
 def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockOut, NDArray[np.int64]]:
@@ -80,9 +88,7 @@ def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockO
         np.asarray(blk.data, dtype=np.float64),
         np.asarray(blk.indices, dtype=np.int64),
         np.asarray(blk.indptr, dtype=np.int64),
-        cells,
-        design.quadrature,
-        design.few_rows,
+        design.path,
         out,
     )
     return out, np.diff(blk.indptr).astype(np.int64)
