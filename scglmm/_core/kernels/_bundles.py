@@ -124,13 +124,20 @@ def by_path(few_rows: Callable, laplace: Callable, agq: Callable) -> Callable[[C
     """Make a stub dispatch on its path argument (the first bundle of a path type among its
     arguments) when numba compiles a call of it.
 
-    ``few_rows``, ``laplace`` and ``agq`` are plain functions with the stub's parameters; a kernel
-    calling the stub with a :class:`FewRowsPath` runs (and compiles) only ``few_rows``, and so on.
-    The stub itself is not callable from Python.
+    ``few_rows``, ``laplace`` and ``agq`` are functions with the stub's parameters (``None``: no
+    implementation for that path); a kernel calling the stub with a :class:`FewRowsPath` runs (and
+    compiles) only ``few_rows``, and so on. A numba dispatcher given as an implementation is
+    compiled from its Python function, as the implementation itself, rather than called from one:
+    every function level costs compilation time, as numba optimises each function again with all
+    it calls. The stub itself is not callable from Python.
     """
 
     def decorate(stub: Callable) -> Callable:
-        table = {FewRowsPath: few_rows, LaplacePath: laplace, AGQPath: agq}
+        table = {
+            FewRowsPath: getattr(few_rows, "py_func", few_rows),
+            LaplacePath: getattr(laplace, "py_func", laplace),
+            AGQPath: getattr(agq, "py_func", agq),
+        }
 
         def typing(*args):  # argument types -> the implementation for that path (None: no match)
             for a in args:

@@ -546,23 +546,7 @@ def _maximise_agq(
 # ---- the steps of maximise_gene that differ between the paths ---------------------------------
 
 
-def _newton_laplace(
-    y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
-):
-    return _maximise_laplace(
-        y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
-    )
-
-
-def _newton_agq(
-    y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
-):
-    return _maximise_agq(
-        y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
-    )
-
-
-@by_path(_newton_laplace, _newton_laplace, _newton_agq)
+@by_path(_maximise_laplace, _maximise_laplace, _maximise_agq)
 def _maximise(
     y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
 ):
