@@ -52,16 +52,17 @@ class Recorder(ev.Listener):
         if st is None:
             st = stack.s = []
         d = event.data["dispatcher"]
-        st.append((d, event.data["args"], time.perf_counter(), len(st)))
+        st.append((d, event.data["args"], time.perf_counter(), time.thread_time(), len(st)))
 
     def on_end(self, event):
-        d, args, t0, depth = stack.s.pop()
+        d, args, t0, c0, depth = stack.s.pop()
         py = d.py_func
         records.append({
             "name": f"{py.__module__}.{py.__qualname__}",
             "sig": "(" + ", ".join(str(a) for a in args) + ")",
             "start": t0 - t_start,
             "seconds": time.perf_counter() - t0,
+            "cpu": time.thread_time() - c0,
             "depth": depth,
         })
 
@@ -97,23 +98,24 @@ def _run(checkout: Path, cache: Path, work: Path, tag: str) -> dict:
     return json.loads(rec.read_text())
 
 
-def _compile_seconds(events: list[dict]) -> float:
-    """Time spent compiling: the outermost compile events (nested ones are inside them)."""
-    return sum(e["seconds"] for e in events if e["depth"] == 0)
+def _compile_seconds(events: list[dict], key: str = "seconds") -> float:
+    """Time spent compiling (``key``: ``"seconds"`` wall clock, ``"cpu"`` CPU time of the
+    compiling thread): the outermost compile events (nested ones are inside them)."""
+    return sum(e[key] for e in events if e["depth"] == 0)
 
 
 def _per_function(events: list[dict]) -> dict[str, dict]:
-    """Per function: own seconds (nested compilations subtracted), inclusive seconds, signatures."""
+    """Per function: own CPU seconds (nested compilations subtracted), inclusive CPU seconds, signatures."""
     out: dict[str, dict] = {}
     for e in events:
         nested = sum(
-            c["seconds"]
+            c["cpu"]
             for c in events
             if c["depth"] == e["depth"] + 1 and e["start"] <= c["start"] <= e["start"] + e["seconds"]
         )
         row = out.setdefault(e["name"], {"own": 0.0, "inclusive": 0.0, "sigs": []})
-        row["own"] += e["seconds"] - nested
-        row["inclusive"] += e["seconds"]
+        row["own"] += e["cpu"] - nested
+        row["inclusive"] += e["cpu"]
         row["sigs"].append(e["sig"])
     return out
 
@@ -145,7 +147,8 @@ def main() -> None:
                 results[label].append({"cold": cold, "warm": warm})
                 print(
                     f"[{label}] run {r + 1}: compiling {_compile_seconds(cold['events']):.1f} s "
-                    f"({len(cold['events'])} signatures), cold run {cold['wall']:.1f} s, cached run "
+                    f"(CPU {_compile_seconds(cold['events'], 'cpu'):.1f} s; {len(cold['events'])} signatures), "
+                    f"cold run {cold['wall']:.1f} s, cached run "
                     f"{warm['wall']:.1f} s ({len(warm['events'])} compiled)",
                     flush=True,
                 )
@@ -160,15 +163,20 @@ def main() -> None:
         f"{platform.python_version()}, {os.cpu_count()} cores; load average before the runs: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; medians of {a.runs} runs.",
         "",
-        "| checkout | compiling (cold) | signatures compiled | cold run (wall) | cached run (wall) |",
-        "|---|---|---|---|---|",
+        "Compiling: the time spent in numba's compilations (the outermost ones), wall clock and CPU time of "
+        "the compiling thread (less sensitive to the load of a shared machine).",
+        "",
+        "| checkout | compiling (cold, wall) | compiling (cold, CPU) | signatures compiled | cold run (wall) "
+        "| cached run (wall) |",
+        "|---|---|---|---|---|---|",
     ]
     for label, runs in results.items():
         comp = statistics.median(_compile_seconds(x["cold"]["events"]) for x in runs)
+        cpu = statistics.median(_compile_seconds(x["cold"]["events"], "cpu") for x in runs)
         nsig = statistics.median(len(x["cold"]["events"]) for x in runs)
         cold = statistics.median(x["cold"]["wall"] for x in runs)
         warm = statistics.median(x["warm"]["wall"] for x in runs)
-        lines.append(f"| {label} | {comp:.1f} s | {nsig:.0f} | {cold:.1f} s | {warm:.1f} s |")
+        lines.append(f"| {label} | {comp:.1f} s | {cpu:.1f} s | {nsig:.0f} | {cold:.1f} s | {warm:.1f} s |")
     for label, runs in results.items():
         per = [_per_function(x["cold"]["events"]) for x in runs]
         names = sorted(
@@ -176,7 +184,7 @@ def main() -> None:
         )
         lines += [
             "",
-            f"## Per function, {label} (seconds, medians of the runs; own = without what it compiled on the way)",
+            f"## Per function, {label} (CPU seconds, medians of the runs; own = without what it compiled on the way)",
             "",
             "| function | own | inclusive | signatures |",
             "|---|---|---|---|",
