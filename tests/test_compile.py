@@ -49,7 +49,7 @@ _CHILD = textwrap.dedent(
     donors = np.repeat(np.arange(6), 50)
     cond = (donors % 2).astype(float)
     X = np.column_stack([np.ones(300), cond])
-    off = rng.normal(0.0, 0.3, 300)
+    off = rng.normal(0.0, 0.05, 300)  # narrow: few blocks of cells, the few-rows path applies
     Y = rng.poisson(np.exp(off + 0.5 * cond)[:, None] * np.ones(8)).astype(float)
     scglmm.fit_genes(Y, X, donors, off)
     after_few = signatures()
