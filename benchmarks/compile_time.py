@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the tables (markdown) here")
     a = ap.parse_args()
 
+    load_before = os.getloadavg()
     checkouts = [("this checkout", ROOT)]
     for i, c in enumerate(a.checkout):
         checkouts.append((a.label[i] if i < len(a.label) else str(c), c.resolve()))
@@ -160,8 +161,9 @@ def main() -> None:
         "--table results.tsv --n-jobs 2`, in a child process with an empty `NUMBA_CACHE_DIR` (cold), then again "
         "with the cache it filled (cached).",
         f"`python benchmarks/compile_time.py --runs {a.runs}`; {platform.machine()}, Python "
-        f"{platform.python_version()}, {os.cpu_count()} cores; load average before the runs: "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; medians of {a.runs} runs.",
+        f"{platform.python_version()}, {os.cpu_count()} cores; load average (1, 5, 15 min) before the runs: "
+        f"{' '.join(f'{x:.2f}' for x in load_before)}, after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"medians of {a.runs} runs.",
         "",
         "Compiling: the time spent in numba's compilations (the outermost ones), wall clock and CPU time of "
         "the compiling thread (less sensitive to the load of a shared machine).",

@@ -40,7 +40,8 @@ Compilation: the block kernel ``_block.fit_block_csc`` is compiled for the path 
 (:func:`_block.model_path`: the few-rows fast path, the general Laplace kernel or adaptive
 Gauss-Hermite), and the steps that differ between the paths are stubs that choose their
 implementation from the path's type when numba compiles them, so a fit compiles only its own path
-(the README's first command: about a third of the functions). Keep one compiled signature per
+(the README's first command: 71 signatures instead of 135, see
+``benchmarks/results/compile_time.md``). Keep one compiled signature per
 function and path: pass flags that take both values as numpy bools (literal ``True`` / ``False``
 arguments compile a function twice), arrays as contiguous float64 / int64, and copy arrays with
 ``_linalg._copy`` rather than ``a[:] = b`` (numba's shape-mismatch error costs seconds to compile).
