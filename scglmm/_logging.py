@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from numba.core import event as numba_event
+
 logger = logging.getLogger("scglmm")
 
 _PKG_DIR = str(Path(__file__).parent)
@@ -72,9 +74,40 @@ def _tqdm() -> type:
     return tqdm
 
 
+class _CompilePostfix(numba_event.Listener):
+    """A numba compile-event listener showing, in a progress bar's postfix, which of scglmm's
+    kernels numba is compiling (the first run after installing), and how many so far. Numba
+    compiles under one global lock, so the events come one at a time. (Cached runs send no event.)"""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self.depth = 0
+        self.count = 0
+
+    @staticmethod
+    def _ours(event) -> bool:
+        return getattr(event.data["dispatcher"].py_func, "__module__", "").startswith("scglmm.")
+
+    def on_start(self, event) -> None:
+        if self._ours(event):
+            self.depth += 1
+            self.count += 1
+            name = event.data["dispatcher"].py_func.__name__
+            self.bar.set_postfix_str(f"compiling kernels (first run only): {self.count} {name}", refresh=True)
+
+    def on_end(self, event) -> None:
+        if self._ours(event):
+            self.depth -= 1
+            if self.depth == 0:
+                self.bar.set_postfix_str("", refresh=True)
+
+
 @contextmanager
 def progress_bar(*, total: int, enabled: bool | None, desc: str) -> Iterator[object | None]:
-    """A tqdm bar (``tqdm.auto``) or ``None``; see :func:`progress_settings` for ``enabled``."""
+    """A tqdm bar (``tqdm.auto``) or ``None``; see :func:`progress_settings` for ``enabled``.
+
+    While the bar is shown, numba compiling scglmm's kernels (the first run after installing) is
+    shown in its postfix instead of a bar standing still at zero."""
     show, delay = progress_settings(enabled)
     if not show:
         yield None
@@ -83,6 +116,7 @@ def progress_bar(*, total: int, enabled: bool | None, desc: str) -> Iterator[obj
     mininterval = 0.1 if _interactive() else 5.0
     bar = _tqdm()(total=total, desc=desc, unit="gene", leave=False, delay=delay, mininterval=mininterval)
     try:
-        yield bar
+        with numba_event.install_listener("numba:compile", _CompilePostfix(bar)):
+            yield bar
     finally:
         bar.close()

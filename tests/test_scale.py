@@ -402,31 +402,3 @@ def test_cell_order_kernels_match_numpy() -> None:
     key = rng.integers(0, 7, 500)
     seq = rng.permutation(500)
     np.testing.assert_array_equal(K.stable_counting_sort(key, 7, seq), seq[np.argsort(key[seq], kind="stable")])
-
-
-def test_compile_notice_only_while_the_kernels_compile(monkeypatch, caplog):
-    """A fit still waiting for the kernels after ``COMPILE_NOTICE_AFTER`` seconds logs that they are
-    being compiled; nothing is logged once they are compiled (or loaded from the disk cache), nor
-    when the fit ends before the notice is due."""
-    import logging
-    import time
-    import types
-
-    from scglmm._core import _schedule as _api
-
-    monkeypatch.setattr(_api, "COMPILE_NOTICE_AFTER", 0.05)
-    caplog.set_level(logging.INFO, logger="scglmm")
-    cold = types.SimpleNamespace(overloads={})
-    monkeypatch.setattr(_api._block, "fit_block_csc", cold)
-    with _api._compile_notice():
-        time.sleep(0.5)
-    assert sum("compiling scglmm's numba kernels" in r.getMessage() for r in caplog.records) == 1
-    caplog.clear()
-    with _api._compile_notice():  # ends before the notice is due
-        pass
-    time.sleep(0.2)
-    assert not caplog.records
-    monkeypatch.setattr(_api._block, "fit_block_csc", types.SimpleNamespace(overloads={"sig": object()}))
-    with _api._compile_notice():
-        time.sleep(0.2)
-    assert not caplog.records

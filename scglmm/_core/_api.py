@@ -25,7 +25,7 @@ from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
 from ._results import GeneFit, GenesFit, assemble
-from ._schedule import Design, fit_blocks
+from ._schedule import Design, compile_log, fit_blocks
 from ._separation import refit_separated
 
 if TYPE_CHECKING:
@@ -88,6 +88,23 @@ def fit_genes(
     -------
     A :class:`GenesFit` with one row per gene.
     """
+    with compile_log():  # the first run after installing compiles the kernels: say so as it happens
+        return _fit_genes(Y, X, groups, offset, n_agq, n_jobs, block_size, coef_names, check, progress)
+
+
+def _fit_genes(
+    Y: ArrayLike | sparse.spmatrix | sparse.sparray,
+    X: ArrayLike,
+    groups: ArrayLike,
+    offset: ArrayLike | None,
+    n_agq: int,
+    n_jobs: int,
+    block_size: int,
+    coef_names: Sequence[str] | None,
+    check: bool,
+    progress: Callable[[int], None] | None,
+) -> GenesFit:
+    """:func:`fit_genes` (same parameters)."""
     Yb = as_backed_counts(Y)  # a path, h5py object or anndata backed dataset: read blocks from disk
     if Yb is not None:
         Y = Yb

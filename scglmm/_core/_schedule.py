@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from joblib import Parallel, delayed
 from joblib.parallel import ThreadingBackend, get_active_backend
+from numba.core import event as numba_event
 
 from ._results import empty_outputs
 from .kernels import _block
@@ -28,45 +30,49 @@ if TYPE_CHECKING:
 
     from ._counts import CSCBlock
 
-__all__ = ["COMPILE_NOTICE_AFTER", "MIN_BLOCK", "Design", "fit_block", "fit_blocks"]
+__all__ = ["MIN_BLOCK", "CompileLog", "Design", "compile_log", "fit_block", "fit_blocks"]
 
 logger = logging.getLogger("scglmm")
 
 #: Smallest block of genes handed to a worker (the end of a run with several workers).
 MIN_BLOCK = 4
 
-#: Seconds into a fit after which, if the main kernel is still not compiled (nor loaded from numba's
-#: on-disk cache, which takes about a second), the log says that it is being compiled.
-COMPILE_NOTICE_AFTER = 5.0
-
 
 class Design:
-    """The prepared model handed to :func:`fit_block`: cells, quadrature and the fast path's data.
+    """The prepared model handed to :func:`fit_block`: cells, quadrature and the fast path's data,
+    and the path the fit takes (the bundle the block kernel is compiled for, see
+    :func:`scglmm._core.kernels._block.model_path`).
 
     A weak-referenceable object reporting its size, so that joblib's Dask backend scatters it to
     the workers once instead of pickling it with every gene block.
     """
 
-    __slots__ = ("__weakref__", "cells", "few_rows", "quadrature")
+    __slots__ = ("__weakref__", "cells", "few_rows", "path", "quadrature")
 
     def __init__(self, cells: Cells, quadrature: Quadrature, few_rows: FewRows) -> None:
         self.cells = cells
         self.quadrature = quadrature
         self.few_rows = few_rows
+        self.path = _block.model_path(cells, quadrature, few_rows)
 
     def __sizeof__(self) -> int:
+        seen: set[int] = set()
+
         def nbytes(a) -> int:
             if isinstance(a, tuple):
                 return sum(nbytes(x) for x in a)
+            if id(a) in seen:  # the path holds the cells (and the few-rows data) again
+                return 0
+            seen.add(id(a))
             return int(getattr(a, "nbytes", 8))
 
         return object.__sizeof__(self) + nbytes(self.__getstate__())
 
     def __getstate__(self) -> tuple:
-        return (self.cells, self.quadrature, self.few_rows)
+        return (self.cells, self.quadrature, self.few_rows, self.path)
 
     def __setstate__(self, state: tuple) -> None:
-        self.cells, self.quadrature, self.few_rows = state
+        self.cells, self.quadrature, self.few_rows, self.path = state
 
 
 def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockOut, NDArray[np.int64]]:
@@ -80,39 +86,104 @@ def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockO
         np.asarray(blk.data, dtype=np.float64),
         np.asarray(blk.indices, dtype=np.int64),
         np.asarray(blk.indptr, dtype=np.int64),
-        cells,
-        design.quadrature,
-        design.few_rows,
+        design.path,
         out,
     )
     return out, np.diff(blk.indptr).astype(np.int64)
 
 
+#: What the log calls the block kernel compiled for each path (the type of its path argument).
+_PATH_NAMES = {
+    "FewRowsPath": "the few-rows fast path",
+    "LaplacePath": "the general Laplace kernel",
+    "AGQPath": "the adaptive Gauss-Hermite kernel",
+}
+
+
+def _what(dispatcher, args: tuple) -> str:
+    """What a compilation of ``dispatcher`` for argument types ``args`` builds, for the log."""
+    name = dispatcher.py_func.__name__
+    if name == "fit_block_csc" and len(args) > 3:
+        path = getattr(args[3], "instance_class", None)
+        return f"the block kernel of {_PATH_NAMES.get(getattr(path, '__name__', ''), 'a fit')}"
+    return f"kernel {name}"
+
+
+class CompileLog(numba_event.Listener):
+    """Logs (INFO) numba compiling scglmm's kernels: a line when a kernel chain starts compiling
+    (an outermost compilation of a scglmm function: the function and everything it calls that is
+    not compiled or cached yet) and, for a block kernel, a line when it is done. Numba reports
+    compilations only, not loads from its on-disk cache, so a run with cached kernels logs nothing.
+    ``on_compile(name)`` and ``on_chain_end()``, if given, are called as well (e.g. a progress bar)."""
+
+    def __init__(
+        self, on_compile: Callable[[str], None] | None = None, on_chain_end: Callable[[], None] | None = None
+    ) -> None:
+        self._local = threading.local()  # the scglmm compilations in progress in this thread
+        self._lock = threading.Lock()
+        self.on_compile = on_compile
+        self.on_chain_end = on_chain_end
+        self.functions = 0
+        self.seconds = 0.0
+
+    @staticmethod
+    def _ours(event) -> bool:
+        return getattr(event.data["dispatcher"].py_func, "__module__", "").startswith("scglmm.")
+
+    def on_start(self, event) -> None:
+        if not self._ours(event):
+            return
+        stack = self._local.__dict__.setdefault("stack", [])
+        dispatcher, args = event.data["dispatcher"], event.data["args"]
+        if not stack:
+            what = _what(dispatcher, args)
+            with self._lock:
+                first = self.functions == 0
+            if first:
+                logger.info(
+                    "compiling scglmm's numba kernels (the first run after installing; they are cached on disk "
+                    "for later runs): %s ...",
+                    what,
+                )
+            else:
+                logger.info("compiling %s ...", what)
+            stack.append((what, time.perf_counter()))
+        else:
+            stack.append(None)
+        with self._lock:
+            self.functions += 1
+        if self.on_compile is not None:
+            self.on_compile(dispatcher.py_func.__name__)
+
+    def on_end(self, event) -> None:
+        if not self._ours(event):
+            return
+        top = self._local.stack.pop()
+        if top is None:
+            return
+        what, t0 = top
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self.seconds += dt
+        if what.startswith("the block kernel"):
+            logger.info("compiled %s in %.1f s", what, dt)
+        if self.on_chain_end is not None:
+            self.on_chain_end()
+
+
 @contextmanager
-def _compile_notice() -> Iterator[None]:
-    """Log (INFO) that the kernels are being compiled if a fit is still waiting for them after
-    :data:`COMPILE_NOTICE_AFTER` seconds: the first use after installing takes one to two minutes."""
-
-    def ready() -> bool:  # a compiled overload exists (anything but a numba dispatcher counts as ready)
-        return bool(getattr(_block.fit_block_csc, "overloads", True))
-
-    def notice() -> None:
-        if not ready():
-            logger.info(
-                "compiling scglmm's numba kernels: the first fit after installing takes one to two minutes; "
-                "they are cached on disk for later runs"
-            )
-
-    if ready():  # compiled or loaded in this process already
-        yield
-        return
-    timer = threading.Timer(COMPILE_NOTICE_AFTER, notice)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+def compile_log() -> Iterator[CompileLog]:
+    """Log numba's compilations of scglmm's kernels while the body runs (see :class:`CompileLog`);
+    at the end, if anything was compiled, how many functions and how long (INFO)."""
+    log = CompileLog()
+    with numba_event.install_listener("numba:compile", log):
+        yield log
+    if log.functions:
+        logger.info(
+            "compiled %d scglmm functions in %.1f s; later runs load them from the disk cache",
+            log.functions,
+            log.seconds,
+        )
 
 
 def _block_bounds(n_genes: int, block_size: int, n_workers: int = 1) -> list[tuple[int, int]]:
@@ -175,17 +246,16 @@ def fit_blocks(
         if progress is not None:
             progress(b - a)
 
-    with _compile_notice():
-        if n_jobs == 1 or len(bounds) == 1:
-            for a, b in bounds:
-                store(a, b, fit_block(get_block(a, b), design))
-        elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
-            _fit_in_threads(bounds, get_block, design, n_workers, store)
-        else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
-            par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
-            results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
-            for (a, b), res in zip(bounds, results, strict=True):
-                store(a, b, res)
+    if n_jobs == 1 or len(bounds) == 1:
+        for a, b in bounds:
+            store(a, b, fit_block(get_block(a, b), design))
+    elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
+        _fit_in_threads(bounds, get_block, design, n_workers, store)
+    else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
+        par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
+        results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
+        for (a, b), res in zip(bounds, results, strict=True):
+            store(a, b, res)
     return out, nnz
 
 

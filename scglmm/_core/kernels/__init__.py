@@ -26,16 +26,28 @@ per-cell derivatives of ``q`` up to fourth order in ``eta``.
 
 Modules, each importing only the ones above it:
 
-* ``_jit``: compilation options; ``_bundles``: the named tuples passed between the kernels;
+* ``_jit``: compilation options; ``_bundles``: the named tuples passed between the kernels, among
+  them the three paths of a fit, and :func:`by_path`, which dispatches a call on the path's type;
 * ``_cell``: per-cell pieces and the count table; ``_vector``: vectorised exp / log1p and chunk sums;
 * ``_linalg``: Cholesky and solves for the tiny dense systems;
 * ``_laplace``: the general Laplace / AGQ value, conditional modes, gradient and Hessian;
 * ``_few_rows``: the fast path for designs with few distinct rows (sums by power series);
-* ``_start``: starting values; ``_optimise``: evaluation, Newton maximiser, one gene;
-* ``_block``: a block of genes from CSC arrays;
+* ``_start``: starting values; ``_optimise``: evaluation, Newton maximisers, one gene;
+* ``_block``: the path of a model, and a block of genes from CSC arrays;
 * ``_sparse``: CSR -> CSC panels; ``_order``: the order of the cells;
 * ``_re_linalg``, ``_re_laplace``: general random-effect structures (block-diagonal Hessian with a
   Schur-complement border; Laplace value, modes and exact gradient), used by ``scglmm._core._re``.
+
+Compilation: the block kernel ``_block.fit_block_csc`` is compiled for the path of the model
+(:func:`_block.model_path`: the few-rows fast path, the general Laplace kernel or adaptive
+Gauss-Hermite), and the steps that differ between the paths are stubs that choose their
+implementation from the path's type when numba compiles them, so a fit compiles only its own path
+(the README's first command: 71 signatures instead of 135, see
+``benchmarks/results/compile_time.md``). Keep one compiled signature per
+function and path: pass flags that take both values as numpy bools (literal ``True`` / ``False``
+arguments compile a function twice), arrays as contiguous float64 / int64, and copy arrays with
+``_linalg._copy`` rather than ``a[:] = b`` (numba's shape-mismatch error costs seconds to compile).
+``python benchmarks/compile_time.py`` lists what a cold run compiles and how long each function takes.
 
 Numba caches each function on disk next to its module and does not notice when a function it
 calls from another module changes: after editing a kernel module, clear ``__pycache__`` here.

@@ -1,13 +1,29 @@
 """The named tuples passed to and between the kernels (numba types them like tuples, fields by name).
 
 A model's cells, its quadrature and its few-rows data are prepared once per fit (see
-``scglmm._core._design``); :class:`Gene` and :class:`DesignColumns` are built inside the kernels
-for each gene and each block of genes.
+``scglmm._core._design``), with the path of the fit (:func:`._block.model_path`, which also finds
+the design's :class:`DesignColumns`); :class:`Gene` is built inside the kernels for each gene.
+
+A fit takes one of three paths, each a bundle of its own type: :class:`FewRowsPath` (the fast path
+for designs with few distinct rows, Laplace objective), :class:`LaplacePath` (the general Laplace
+kernel) and :class:`AGQPath` (adaptive Gauss-Hermite quadrature). The kernels are compiled per
+argument type, and the functions whose work differs between the paths choose their implementation
+from the type of the path (see :mod:`._optimise`), so that numba compiles only the functions of
+the path a fit takes.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
+
+from numba.extending import overload
+
+from ._jit import JIT
+
+#: Compilation options of the implementations chosen by :func:`by_path` (compiled into their caller,
+#: which is cached: no cache of their own).
+_INNER = {k: v for k, v in JIT.items() if k != "cache"}
 
 Cells = namedtuple("Cells", ["pos", "X", "off", "starts"])
 Cells.__doc__ = """The cells of a model in donor-sorted order.
@@ -123,3 +139,48 @@ nk, bstart : (K,) int64
 nmax, NB, Q : int
     Largest block, number of block effects (the border starts there), total number of effects.
 """
+
+
+FewRowsPath = namedtuple("FewRowsPath", ["cells", "few"])
+FewRowsPath.__doc__ = """The few-rows fast path, Laplace objective: :class:`Cells` and :class:`FewRows` (``on``)."""
+
+LaplacePath = namedtuple("LaplacePath", ["cells", "columns"])
+LaplacePath.__doc__ = """The general Laplace kernel: :class:`Cells` and the design's :class:`DesignColumns`."""
+
+AGQPath = namedtuple("AGQPath", ["cells", "quad", "few", "columns"])
+AGQPath.__doc__ = """Adaptive Gauss-Hermite quadrature (more than one node): :class:`Cells`, the
+:class:`Quadrature`, :class:`FewRows` (with ``few.on``, the starting values and the lists of non-zero
+cells come from its blocks, as for the fast path; the objective is summed cell by cell) and the
+design's :class:`DesignColumns`."""
+
+
+def by_path(few_rows: Callable, laplace: Callable, agq: Callable) -> Callable[[Callable], Callable]:
+    """Make a stub dispatch on its path argument (the first bundle of a path type among its
+    arguments) when numba compiles a call of it.
+
+    ``few_rows``, ``laplace`` and ``agq`` are functions with the stub's parameters (``None``: no
+    implementation for that path); a kernel calling the stub with a :class:`FewRowsPath` runs (and
+    compiles) only ``few_rows``, and so on. A numba dispatcher given as an implementation is
+    compiled from its Python function, as the implementation itself, rather than called from one:
+    every function level costs compilation time, as numba optimises each function again with all
+    it calls. The stub itself is not callable from Python.
+    """
+
+    def decorate(stub: Callable) -> Callable:
+        table = {
+            FewRowsPath: getattr(few_rows, "py_func", few_rows),
+            LaplacePath: getattr(laplace, "py_func", laplace),
+            AGQPath: getattr(agq, "py_func", agq),
+        }
+
+        def typing(*args):  # argument types -> the implementation for that path (None: no match)
+            for a in args:
+                impl = table.get(getattr(a, "instance_class", None))
+                if impl is not None:
+                    return impl
+            return None
+
+        overload(stub, jit_options=_INNER, strict=False)(typing)
+        return stub
+
+    return decorate

@@ -61,3 +61,19 @@ def _spd_inverse(M, out):
         for i in range(n):
             out[i, k] = col[i]
     return True
+
+
+@njit(**_JIT)
+def _copy(dst, src):
+    """``dst[:] = src`` for vectors of the same length, without numba's shape check (whose error
+    message machinery costs seconds of compilation)."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(**_JIT)
+def _copy2(dst, src):
+    """``dst[:, :] = src`` for matrices of the same shape (as :func:`_copy`)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j]

@@ -1,4 +1,9 @@
-"""The outer optimiser for one gene: evaluation, Newton iterations, covariance and status."""
+"""The outer optimiser for one gene: evaluation, Newton iterations, covariance and status.
+
+The steps that differ between the paths (:class:`FewRowsPath`, :class:`LaplacePath`,
+:class:`AGQPath` of :mod:`._bundles`) are stubs dispatching on the path's type (:func:`by_path`):
+a fit compiles only its path's evaluation, starting values and checks.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import numpy as np
 from numba import njit
 
 from .._status import ALL_ZERO, FAILED, NOT_CONVERGED, POISSON_LIMIT, SEPARATION, SIGMA2_BOUNDARY
+from ._bundles import by_path
 from ._cell import count_table
 from ._few_rows import few_rows_laplace, few_rows_modes
 from ._jit import JIT as _JIT
 from ._jit import VJIT as _VJIT
 from ._laplace import agq_value, conditional_modes, laplace_grad_hess, laplace_value
-from ._linalg import _chol_solve, _cholesky, _spd_inverse
+from ._linalg import _chol_solve, _cholesky, _copy, _copy2, _spd_inverse
 from ._start import few_rows_start, glm_start
 from ._vector import _vexp
 
@@ -59,8 +65,8 @@ def _eta0(X, off, phi, eta0, w, starts, jc=-2):
 
 
 @njit(**_JIT)
-def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw, jc=-2):
-    """Objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail.
+def _laplace_objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, jc=-2):
+    """Laplace objective at phi after refreshing the modes in ``b`` (warm start). NaN if modes fail.
 
     ``scratch`` (2, n) is reused for eta0 = X beta + offset and w = exp(eta0)."""
     p = X.shape[1]
@@ -70,16 +76,28 @@ def _objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw, jc=
     ok = conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
     if not ok:
         return np.nan
-    if nodes.shape[0] <= 1:
-        return laplace_value(y, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy)
+    return laplace_value(y, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy)
+
+
+@njit(**_JIT)
+def _agq_objective(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, nodes, logw, jc=-2):
+    """Adaptive Gauss-Hermite objective (``nodes``, ``logw``: more than one node) at phi after
+    refreshing the modes in ``b`` (warm start), as :func:`_laplace_objective`."""
+    p = X.shape[1]
+    eta0 = scratch[0]
+    w = scratch[1]
+    _eta0(X, off, phi, eta0, w, starts, jc)
+    ok = conditional_modes(y, eta0, w, starts, phi[p], phi[p + 1], b)
+    if not ok:
+        return np.nan
     return agq_value(y, eta0, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, nodes, logw)
 
 
 @njit(**_JIT)
 def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, h):
-    """Central finite-difference gradient and Hessian of the objective (used for n_agq > 1)."""
+    """Central finite-difference gradient and Hessian of the AGQ objective (used for n_agq > 1)."""
     q = phi.shape[0]
-    f0 = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    f0 = _agq_objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
     b0 = b.copy()
     x = phi.copy()
     fp = np.zeros(q)
@@ -89,13 +107,13 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
     for k in range(q):
         if not free[k]:
             continue
-        x[:] = phi
+        _copy(x, phi)
         x[k] += h
-        b[:] = b0
-        fp[k] = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+        _copy(b, b0)
+        fp[k] = _agq_objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
         x[k] -= 2.0 * h
-        b[:] = b0
-        fm[k] = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+        _copy(b, b0)
+        fm[k] = _agq_objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
         grad[k] = (fp[k] - fm[k]) / (2.0 * h)
         hess[k, k] = (fp[k] - 2.0 * f0 + fm[k]) / (h * h)
     for k in range(q):
@@ -104,20 +122,20 @@ def _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, fre
         for l in range(k):
             if not free[l]:
                 continue
-            x[:] = phi
+            _copy(x, phi)
             x[k] += h
             x[l] += h
-            b[:] = b0
-            fpp = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+            _copy(b, b0)
+            fpp = _agq_objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
             x[k] -= 2.0 * h
             x[l] -= 2.0 * h
-            b[:] = b0
-            fmm = _objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
+            _copy(b, b0)
+            fmm = _agq_objective(y, X, off, starts, x, b, cnt_gt, lgy, eta0, nodes, logw)
             val = (fpp - fp[k] - fp[l] + 2.0 * f0 - fm[k] - fm[l] + fmm) / (2.0 * h * h)
             hess[k, l] = val
             hess[l, k] = val
-    b[:] = b0
-    _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    _copy(b, b0)
+    _agq_objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
     return f0
 
 
@@ -133,32 +151,32 @@ def _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, scratch, grad, hess, V
     return laplace_grad_hess(y, X, eta0, w, starts, phi[p], phi[p + 1], b, cnt_gt, lgy, grad, hess, VB, jc)
 
 
-@njit(**_JIT)
-def _eval(y, cells, quad, few, gene, jc, phi, b, cnt_gt, lgy, eta0, derivs, grad, hess, VB):
-    """Refresh the modes in ``b`` (warm start) and return the objective; with ``derivs`` (Laplace
-    only) also its exact gradient and Hessian (and the sensitivities of the modes in ``VB``).
-    Uses the few-rows kernels when ``few.on`` (``cells``, ``quad``, ``few``, ``gene``: the bundles of
-    :mod:`._bundles`; ``jc``: the design's cell-level column, see :func:`cell_level_column`)."""
-    X, off, starts = cells.X, cells.off, cells.starts
-    nodes, logw = quad.nodes, quad.logw
-    if few.on and nodes.shape[0] <= 1:
-        Xb, Lw, o_ref, PA, Lc, bst, dblk = few.Xb, few.Lw, few.o_ref, few.PA, few.Lc, few.bstarts, few.dblk
-        nzp, nzy, nzs, PZ = gene.nz_pos, gene.nz_y, gene.nz_starts, gene.PZ
-        if not few_rows_modes(y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lc, o_ref, phi, b):
-            return np.nan
-        return few_rows_laplace(
-            y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lc, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess, VB
-        )
+def _eval_few_rows(path, y, gene, phi, b, cnt_gt, lgy, eta0, derivs, grad, hess, VB):
+    off, few = path.cells.off, path.few
+    Xb, Lw, o_ref, PA, Lc, bst, dblk = few.Xb, few.Lw, few.o_ref, few.PA, few.Lc, few.bstarts, few.dblk
+    nzp, nzy, nzs, PZ = gene.nz_pos, gene.nz_y, gene.nz_starts, gene.PZ
+    if not few_rows_modes(y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lc, o_ref, phi, b):
+        return np.nan
+    return few_rows_laplace(
+        y, off, Lw, bst, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lc, o_ref, phi, b, cnt_gt, lgy, derivs, grad, hess, VB
+    )
+
+
+def _eval_cells(path, y, gene, phi, b, cnt_gt, lgy, eta0, derivs, grad, hess, VB):
+    X, off, starts = path.cells.X, path.cells.off, path.cells.starts
+    jc = path.columns.cell_level
     if derivs:
         return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB, jc)
-    return _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, jc)
+    return _laplace_objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, jc)
 
 
-@njit(**_JIT)
-def _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB):
-    if nodes.shape[0] <= 1:
-        return _laplace_full(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, grad, hess, VB)
-    return _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
+@by_path(_eval_few_rows, _eval_cells, None)
+def _eval(path, y, gene, phi, b, cnt_gt, lgy, eta0, derivs, grad, hess, VB):
+    """Laplace paths: refresh the modes in ``b`` (warm start) and return the objective; with
+    ``derivs`` also its exact gradient and Hessian (and the sensitivities of the modes in ``VB``).
+    The few-rows path sums by blocks, the general kernel cell by cell (``eta0``: (2, n) scratch; the
+    design's cell-level column, see :func:`cell_level_column`, shortens its passes). ``derivs`` is
+    passed as a numpy bool, not a literal, so that one compiled signature serves both values."""
 
 
 @njit(**_JIT)
@@ -262,42 +280,99 @@ def _separated_rows(X, w):
 
 
 @njit(**_JIT)
-def _maximise(
-    y,
-    cells,
-    quad,
-    few,
-    gene,
-    columns,
-    phi,
-    b,
-    cnt_gt,
-    lgy,
-    grad,
-    hess,
-    s_min,
-    t_max,
-    t_min,
-    tol_eff,
-    gtol,
-    btol,
-    maxit,
-    sep_bound,
+def _hold_bounds(phi, grad, free, s_min, t_max, btol):
+    """Near a bound the objective is flat to rounding (theta > 2e6 or sigma^2 < 2e-9): if the
+    gradient does not point away from the bound, move onto it and hold it there (``free``)."""
+    js = phi.shape[0] - 2
+    jt = js + 1
+    free[:] = True
+    if phi[js] <= s_min + 7.0 and grad[js] <= btol:
+        phi[js] = s_min
+        free[js] = False
+    if phi[jt] >= t_max - 3.0 and grad[jt] >= -btol:
+        phi[jt] = t_max
+        free[jt] = False
+
+
+@njit(**_JIT)
+def _newton_step(grad, hess, free, M, Lc, gf, step):
+    """Newton direction ``step`` on the free parameters, with a Levenberg shift if the Hessian is not
+    negative definite. Returns the shift, the Newton decrement and the largest free gradient entry."""
+    q = grad.shape[0]
+    lam = 0.0
+    maxdiag = 0.0
+    for k in range(q):
+        maxdiag = max(maxdiag, abs(hess[k, k]))
+    for _attempt in range(60):
+        for k in range(q):
+            for l in range(q):
+                if free[k] and free[l]:
+                    M[k, l] = -hess[k, l]
+                else:
+                    M[k, l] = 1.0 if k == l else 0.0
+            if free[k]:
+                M[k, k] += lam
+            gf[k] = grad[k] if free[k] else 0.0
+        if _cholesky(M, Lc):
+            break
+        lam = 1e-8 * (1.0 + maxdiag) if lam == 0.0 else lam * 10.0
+    _chol_solve(Lc, gf, step)
+    dec = 0.0
+    gmax = 0.0
+    for k in range(q):
+        dec += gf[k] * step[k]
+        gmax = max(gmax, abs(gf[k]))
+    return lam, dec, gmax
+
+
+@njit(**_JIT)
+def _limit_step(step):
+    """Scale ``step`` down to a largest component of 3."""
+    mx = 0.0
+    for k in range(step.shape[0]):
+        mx = max(mx, abs(step[k]))
+    if mx > 3.0:
+        for k in range(step.shape[0]):
+            step[k] *= 3.0 / mx
+
+
+@njit(**_JIT)
+def _trial_point(phi, step, alpha, trial, s_min, t_min, t_max):
+    """``trial = phi + alpha step``, projected onto the bounds of log sigma^2 and log theta."""
+    js = phi.shape[0] - 2
+    jt = js + 1
+    for k in range(phi.shape[0]):
+        trial[k] = phi[k] + alpha * step[k]
+    trial[js] = max(trial[js], s_min)
+    trial[jt] = min(max(trial[jt], t_min), t_max)
+
+
+@njit(**_JIT)
+def _beta_diverged(phi, sep_bound):
+    """Whether some effect beyond the first has left [-sep_bound, sep_bound] (separation)."""
+    for k in range(1, phi.shape[0] - 2):  # noqa: SIM110 (a loop numba compiles to plain code)
+        if abs(phi[k]) > sep_bound:
+            return True
+    return False
+
+
+@njit(**_JIT)
+def _maximise_laplace(
+    y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
 ):
-    """Newton iterations with line search from ``phi`` and modes ``b`` (both updated in place);
-    ``grad`` and ``hess`` end at the last accepted point. Returns
-    (loglik, n_iter, converged, max abs free gradient, status bits)."""
-    X, off, starts = cells.X, cells.off, cells.starts
-    nodes, logw = quad.nodes, quad.logw
-    jc = columns.cell_level
-    p = X.shape[1]
+    """Newton iterations with line search from ``phi`` and modes ``b`` (both updated in place) on a
+    Laplace path (:class:`FewRowsPath` or :class:`LaplacePath`); ``grad`` and ``hess`` end at the
+    last accepted point. Every accepted point comes with its exact derivatives (one pass over the
+    cells, or over the blocks). Returns (loglik, n_iter, converged, max abs free gradient, status bits)."""
+    p = phi.shape[0] - 2
     q = p + 2
     js = p
     jt = p + 1
-    m = starts.shape[0] - 1
+    m = b.shape[0]
     status = 0
-    fast = few.on and nodes.shape[0] <= 1
-    eta0 = np.empty((2, 0 if fast else y.shape[0]))  # scratch: eta0 and exp(eta0), reused by every evaluation
+    yes = np.bool_(True)  # not literals: one compiled signature of _eval for both
+    no = np.bool_(False)
+    eta0 = np.empty((2, y.shape[0]))  # scratch: eta0 and exp(eta0), reused by every evaluation
     gtrial = np.zeros(q)
     htrial = np.zeros((q, q))
     M = np.zeros((q, q))
@@ -309,15 +384,7 @@ def _maximise(
     VB = np.zeros((m, q))  # sensitivities of the modes at the accepted point, and at a trial
     VBt = np.zeros((m, q))
     free = np.ones(q, dtype=np.bool_)
-    laplace = nodes.shape[0] <= 1
-    # Laplace: every accepted point comes with its exact derivatives (one pass over the cells);
-    # AGQ: values in the line search, finite-difference derivatives at accepted points.
-    if laplace:
-        val = _eval(y, cells, quad, few, gene, jc, phi, b, cnt_gt, lgy, eta0, True, grad, hess, VB)
-    else:
-        val = _objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
-        if math.isfinite(val):
-            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB)
+    val = _eval(path, y, gene, phi, b, cnt_gt, lgy, eta0, yes, grad, hess, VB)
     if not math.isfinite(val):
         return np.nan, 0, False, np.nan, FAILED
     n_iter = 0
@@ -325,68 +392,25 @@ def _maximise(
     gmax = np.inf
     for it in range(maxit):
         n_iter = it + 1
-        free[:] = True
-        # near a bound the objective is flat to rounding (theta > 2e6 or sigma^2 < 2e-9): if the
-        # gradient does not point away from the bound, move onto it and hold it there
-        if phi[js] <= s_min + 7.0 and grad[js] <= btol:
-            phi[js] = s_min
-            free[js] = False
-        if phi[jt] >= t_max - 3.0 and grad[jt] >= -btol:
-            phi[jt] = t_max
-            free[jt] = False
-        # Newton direction on the free parameters, with a Levenberg shift if not concave
-        lam = 0.0
-        maxdiag = 0.0
-        for k in range(q):
-            maxdiag = max(maxdiag, abs(hess[k, k]))
-        for _attempt in range(60):
-            for k in range(q):
-                for l in range(q):
-                    if free[k] and free[l]:
-                        M[k, l] = -hess[k, l]
-                    else:
-                        M[k, l] = 1.0 if k == l else 0.0
-                if free[k]:
-                    M[k, k] += lam
-                gf[k] = grad[k] if free[k] else 0.0
-            if _cholesky(M, Lc):
-                break
-            lam = 1e-8 * (1.0 + maxdiag) if lam == 0.0 else lam * 10.0
-        _chol_solve(Lc, gf, step)
-        dec = 0.0
-        gmax = 0.0
-        for k in range(q):
-            dec += gf[k] * step[k]
-            gmax = max(gmax, abs(gf[k]))
+        _hold_bounds(phi, grad, free, s_min, t_max, btol)
+        lam, dec, gmax = _newton_step(grad, hess, free, M, Lc, gf, step)
         if lam == 0.0 and (dec < tol_eff or gmax < gtol):
             converged = True
             break
-        mx = 0.0
-        for k in range(q):
-            mx = max(mx, abs(step[k]))
-        if mx > 3.0:
-            for k in range(q):
-                step[k] *= 3.0 / mx
+        _limit_step(step)
         # backtracking line search (Armijo), projected onto the bounds
         alpha = 1.0
         accepted = False
         vt = np.nan
         for _ls in range(40):
-            for k in range(q):
-                trial[k] = phi[k] + alpha * step[k]
-            trial[js] = max(trial[js], s_min)
-            trial[jt] = min(max(trial[jt], t_min), t_max)
-            if laplace:
-                # warm start of the modes, to first order: b + (db / dphi) (trial - phi)
-                for i in range(m):
-                    bi = b[i]
-                    for k in range(q):
-                        bi += VB[i, k] * (trial[k] - phi[k])
-                    btrial[i] = bi if math.isfinite(bi) else b[i]
-                vt = _eval(y, cells, quad, few, gene, jc, trial, btrial, cnt_gt, lgy, eta0, True, gtrial, htrial, VBt)
-            else:
-                btrial[:] = b
-                vt = _objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            _trial_point(phi, step, alpha, trial, s_min, t_min, t_max)
+            # warm start of the modes, to first order: b + (db / dphi) (trial - phi)
+            for i in range(m):
+                bi = b[i]
+                for k in range(q):
+                    bi += VB[i, k] * (trial[k] - phi[k])
+                btrial[i] = bi if math.isfinite(bi) else b[i]
+            vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, yes, gtrial, htrial, VBt)
             if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
                 accepted = True
                 break
@@ -396,46 +420,38 @@ def _maximise(
             if dec < 1e-6 * (1.0 + abs(val)):
                 converged = True
             break
-        phi[:] = trial
-        b[:] = btrial
+        _copy(phi, trial)
+        _copy(b, btrial)
         val = vt
-        if laplace:
-            grad[:] = gtrial
-            hess[:, :] = htrial
-            VB[:, :] = VBt
+        _copy(grad, gtrial)
+        _copy2(hess, htrial)
+        _copy2(VB, VBt)
         # plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton
         # crawls there by about one unit of log per iteration; try the bound directly.
         jumped = False
         if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
-            trial[:] = phi
+            _copy(trial, phi)
             trial[jt] = t_max
-            btrial[:] = b
-            vt = _eval(y, cells, quad, few, gene, jc, trial, btrial, cnt_gt, lgy, eta0, False, gtrial, htrial, VBt)
+            _copy(btrial, b)
+            vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, no, gtrial, htrial, VBt)
             if math.isfinite(vt) and vt >= val:
-                phi[:] = trial
-                b[:] = btrial
+                _copy(phi, trial)
+                _copy(b, btrial)
                 val = vt
                 jumped = True
         if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
-            trial[:] = phi
+            _copy(trial, phi)
             trial[js] = s_min
-            btrial[:] = b
-            vt = _eval(y, cells, quad, few, gene, jc, trial, btrial, cnt_gt, lgy, eta0, False, gtrial, htrial, VBt)
+            _copy(btrial, b)
+            vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, no, gtrial, htrial, VBt)
             if math.isfinite(vt) and vt >= val:
-                phi[:] = trial
-                b[:] = btrial
+                _copy(phi, trial)
+                _copy(b, btrial)
                 val = vt
                 jumped = True
-        if jumped and laplace:
-            val = _eval(y, cells, quad, few, gene, jc, phi, b, cnt_gt, lgy, eta0, True, grad, hess, VB)
-        elif not laplace:
-            free[:] = True
-            val = _derivs(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, VB)
-        sep = False
-        for k in range(1, p):
-            if abs(phi[k]) > sep_bound:
-                sep = True
-        if sep:
+        if jumped:
+            val = _eval(path, y, gene, phi, b, cnt_gt, lgy, eta0, yes, grad, hess, VB)
+        if _beta_diverged(phi, sep_bound):
             status |= SEPARATION
             break
 
@@ -443,13 +459,159 @@ def _maximise(
 
 
 @njit(**_JIT)
+def _maximise_agq(
+    y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
+):
+    """As :func:`_maximise_laplace` on the :class:`AGQPath`: values in the line search,
+    finite-difference derivatives at accepted points."""
+    X, off, starts = path.cells.X, path.cells.off, path.cells.starts
+    nodes, logw = path.quad.nodes, path.quad.logw
+    jc = path.columns.cell_level
+    p = X.shape[1]
+    q = p + 2
+    js = p
+    jt = p + 1
+    m = starts.shape[0] - 1
+    status = 0
+    eta0 = np.empty((2, y.shape[0]))  # scratch: eta0 and exp(eta0), reused by every evaluation
+    M = np.zeros((q, q))
+    Lc = np.zeros((q, q))
+    gf = np.zeros(q)
+    step = np.zeros(q)
+    trial = np.zeros(q)
+    btrial = np.zeros(m)
+    free = np.ones(q, dtype=np.bool_)
+    val = _agq_objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
+    if math.isfinite(val):
+        val = _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
+    if not math.isfinite(val):
+        return np.nan, 0, False, np.nan, FAILED
+    n_iter = 0
+    converged = False
+    gmax = np.inf
+    for it in range(maxit):
+        n_iter = it + 1
+        _hold_bounds(phi, grad, free, s_min, t_max, btol)
+        lam, dec, gmax = _newton_step(grad, hess, free, M, Lc, gf, step)
+        if lam == 0.0 and (dec < tol_eff or gmax < gtol):
+            converged = True
+            break
+        _limit_step(step)
+        alpha = 1.0
+        accepted = False
+        vt = np.nan
+        for _ls in range(40):
+            _trial_point(phi, step, alpha, trial, s_min, t_min, t_max)
+            _copy(btrial, b)
+            vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
+            if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
+                accepted = True
+                break
+            alpha *= 0.5
+        if not accepted:
+            if dec < 1e-6 * (1.0 + abs(val)):
+                converged = True
+            break
+        _copy(phi, trial)
+        _copy(b, btrial)
+        val = vt
+        # plateau jumps (as in _maximise_laplace; these values use the design's cell-level column)
+        if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
+            _copy(trial, phi)
+            trial[jt] = t_max
+            _copy(btrial, b)
+            vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, jc)
+            if math.isfinite(vt) and vt >= val:
+                _copy(phi, trial)
+                _copy(b, btrial)
+                val = vt
+        if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
+            _copy(trial, phi)
+            trial[js] = s_min
+            _copy(btrial, b)
+            vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, jc)
+            if math.isfinite(vt) and vt >= val:
+                _copy(phi, trial)
+                _copy(b, btrial)
+                val = vt
+        free[:] = True
+        val = _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
+        if _beta_diverged(phi, sep_bound):
+            status |= SEPARATION
+            break
+
+    return val, n_iter, converged, gmax, status
+
+
+# ---- the steps of maximise_gene that differ between the paths ---------------------------------
+
+
+@by_path(_maximise_laplace, _maximise_laplace, _maximise_agq)
+def _maximise(
+    y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
+):
+    """The Newton iterations of the path (:func:`_maximise_laplace` or :func:`_maximise_agq`)."""
+
+
+def _separated_few_rows(path, gene):
+    return _few_rows_separated(path.few.Xb, gene.PZ)
+
+
+def _separated_cells(path, gene):
+    cols = path.columns
+    return _separated_nz(path.cells.X, gene.nz_pos, gene.nz_y, cols.two_valued, cols.first_value)
+
+
+@by_path(_separated_few_rows, _separated_cells, _separated_cells)
+def _separated(path, gene):
+    """Whether a two-valued design column (a factor level) has no counts on one side: the
+    estimates would go to infinity. From the blocks on the few-rows path, else the non-zero cells."""
+
+
+def _start_few_rows(path, gene, beta, b):
+    few = path.few
+    return few_rows_start(
+        few.Xb, few.PA, few.Lw, few.o_ref, gene.nz_pos, gene.nz_y, gene.nz_starts, beta, few.Lc, few.dblk
+    )
+
+
+def _start_cells(path, gene, beta, b):
+    c = path.cells
+    return glm_start(c.X, c.off, c.starts, gene.nz_pos, gene.nz_y, gene.nz_starts, beta, b)
+
+
+def _start_agq(path, gene, beta, b):
+    few, c = path.few, path.cells
+    nzp, nzy, nzs = gene.nz_pos, gene.nz_y, gene.nz_starts
+    if few.on:
+        return few_rows_start(few.Xb, few.PA, few.Lw, few.o_ref, nzp, nzy, nzs, beta, few.Lc, few.dblk)
+    return glm_start(c.X, c.off, c.starts, nzp, nzy, nzs, beta, b)
+
+
+@by_path(_start_few_rows, _start_cells, _start_agq)
+def _start(path, gene, beta, b):
+    """Starting values: ``beta`` from a Poisson GLM (from the blocks when the design has few distinct
+    rows), moment estimates of the dispersion and of sigma^2 returned (see :mod:`._start`)."""
+
+
+def _donors_few_rows(path, y, gene):
+    return _few_rows_donors_with_counts(gene.nz_starts, path.few.dblk)
+
+
+def _donors_cells(path, y, gene):
+    return _n_donors_with_counts(y, path.cells.starts)
+
+
+@by_path(_donors_few_rows, _donors_cells, _donors_cells)
+def _donors_with_counts(path, y, gene):
+    """Number of donors with a non-zero count (the few-rows path has no dense ``y``)."""
+
+
+@njit(**_JIT)
 def maximise_gene(
     y,
-    cells,
-    quad,
-    few,
+    path,
     gene,
-    columns,
     phi,
     b,
     cov,
@@ -465,18 +627,14 @@ def maximise_gene(
     Parameters
     ----------
     y
-        Counts (float) in donor-sorted order; not filled in (unused) on the fast path with the
-        Laplace objective, which reads only ``gene``.
-    cells
-        :class:`Cells`: design, log offsets and donor bounds, in donor-sorted order.
-    quad
-        :class:`Quadrature`: Gauss-Hermite nodes and log(weights) + nodes^2; one node means Laplace.
-    few
-        :class:`FewRows`: the fast path's data; with ``few.on`` False only its types matter.
+        Counts (float) in donor-sorted order; not filled in (unused) on the few-rows path, which
+        reads only ``gene``.
+    path
+        :class:`FewRowsPath`, :class:`LaplacePath` or :class:`AGQPath`: the model's cells and the
+        data of its path (compiled per path, see :mod:`._bundles`).
     gene
-        :class:`Gene`: the gene's non-zero cells (by block on the fast path, else by donor).
-    columns
-        :class:`DesignColumns` of the design.
+        :class:`Gene`: the gene's non-zero cells (by block on the few-rows path, and with ``few.on``
+        on the AGQ path; else by donor).
     phi
         (p + 2,) output: beta, log sigma^2, log theta.
     b
@@ -488,17 +646,14 @@ def maximise_gene(
     -------
     loglik, n_iter, status bits, max abs gradient over free parameters
     """
-    X, off, starts = cells.X, cells.off, cells.starts
-    nodes = quad.nodes
-    nzp, nzy, nzs = gene.nz_pos, gene.nz_y, gene.nz_starts
-    n, p = X.shape
+    nzy = gene.nz_y
+    p = path.cells.X.shape[1]
     q = p + 2
     js = p
     jt = p + 1
     cov[:, :] = np.nan
     b[:] = 0.0
     status = 0
-    fast = few.on and nodes.shape[0] <= 1  # y is not filled in then: use the non-zero lists
     cnt_gt, lgy = count_table(nzy)  # only non-zero counts matter
     ysum = 0.0
     for j in range(nzy.shape[0]):
@@ -517,22 +672,14 @@ def maximise_gene(
 
     # separation: a two-valued design column (a factor level) with no counts on one side sends the
     # estimates to infinity; flag it instead of reporting a huge effect.
-    if (
-        _few_rows_separated(few.Xb, gene.PZ)
-        if fast
-        else _separated_nz(X, nzp, nzy, columns.two_valued, columns.first_value)
-    ):
+    if _separated(path, gene):
         phi[:] = np.nan
         b[:] = np.nan
         return np.nan, 0, SEPARATION, np.nan
 
     # starting values: Poisson GLM, then a moment estimate of the dispersion
     beta0 = np.zeros(p)
-    sigma2_0 = 0.1
-    if few.on:
-        disp, sigma2_0 = few_rows_start(few.Xb, few.PA, few.Lw, few.o_ref, nzp, nzy, nzs, beta0, few.Lc, few.dblk)
-    else:
-        disp, sigma2_0 = glm_start(X, off, starts, nzp, nzy, nzs, beta0, b)
+    disp, sigma2_0 = _start(path, gene, beta0, b)
     t0 = -math.log(max(disp, 0.05))
     t0 = min(max(t0, -3.0), 3.0)
     for k in range(p):
@@ -543,26 +690,7 @@ def maximise_gene(
     grad = np.zeros(q)
     hess = np.zeros((q, q))
     val, n_iter, converged, gmax, status = _maximise(
-        y,
-        cells,
-        quad,
-        few,
-        gene,
-        columns,
-        phi,
-        b,
-        cnt_gt,
-        lgy,
-        grad,
-        hess,
-        s_min,
-        t_max,
-        t_min,
-        tol_eff,
-        gtol,
-        btol,
-        maxit,
-        sep_bound,
+        y, path, gene, phi, b, cnt_gt, lgy, grad, hess, s_min, t_max, t_min, tol_eff, gtol, btol, maxit, sep_bound
     )
     if status & FAILED:
         phi[:] = np.nan
@@ -599,10 +727,7 @@ def maximise_gene(
     else:
         status |= NOT_CONVERGED
     # the random-effect analogue: counts in a single donor can drive sigma^2 to infinity
-    if phi[js] > SIGMA2_SEPARATION:
-        n_with = _few_rows_donors_with_counts(nzs, few.dblk) if fast else _n_donors_with_counts(y, starts)
-    else:
-        n_with = 2
+    n_with = _donors_with_counts(path, y, gene) if phi[js] > SIGMA2_SEPARATION else 2
     if n_with < 2:
         status |= SEPARATION
     if not converged and (status & SEPARATION) == 0:
