@@ -116,7 +116,10 @@ def progress_bar(*, total: int, enabled: bool | None, desc: str) -> Iterator[obj
     mininterval = 0.1 if _interactive() else 5.0
     bar = _tqdm()(total=total, desc=desc, unit="gene", leave=False, delay=delay, mininterval=mininterval)
     try:
-        with numba_event.install_listener("numba:compile", _CompilePostfix(bar)):
+        if mininterval > 1.0:  # a log file or a pipe: the compile lines of the log say it already
             yield bar
+        else:
+            with numba_event.install_listener("numba:compile", _CompilePostfix(bar)):
+                yield bar
     finally:
         bar.close()
