@@ -2,7 +2,7 @@
 
 :func:`fit` reads as its steps: :func:`_validate` the arguments, fit the runs (one for all cells,
 or one per group with :mod:`._groupby`; each builds its design and fits in :mod:`._run`), the
-calibrated Wald tests (:func:`._run.wald_tests`), the ``rank_genes_groups`` block
+calibrated Wald tests (:func:`._re_run.re_wald_tests`), the ``rank_genes_groups`` block
 (:mod:`._rank_genes_groups`), assemble every output (:mod:`._assemble`) and write it whole with
 :func:`scglmm._layout.write_fit`.
 """
@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 from .. import _inputs
 from .._core._checks import check_counts
 from .._core._inference import DEFAULT_CALIBRATION
-from .._formula import FixedDesign, build_design, parse_formula
+from .._formula import FixedDesign, build_design, build_re_terms, parse_fit_formula
 from .._layout import write_fit
 from .._logging import logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
 from ._rank_genes_groups import RankedRun, rank_genes_groups
+from ._re_run import check_re_options, fit_any_run, re_wald_tests
 from ._report import log_text, warning_text
-from ._run import FitOptions, fit_run, wald_tests
+from ._run import FitOptions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -206,7 +207,7 @@ def fit(
         block_size=block_size, progress=progress,
     )  # fmt: skip
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
-    tests = {sub: wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
+    tests = {sub: re_wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
     seconds = time.perf_counter() - t_start
     _report(fitted, settings, key=key_added)
     ranked = {sub: RankedRun(fitted.labels[sub], run, tests[sub]) for sub, run in fitted.runs.items()}
@@ -262,9 +263,13 @@ def _validate(
     )
     min_cells_group = _inputs.min_count("min_cells_group", min_cells_group)
     min_donors_group = _inputs.min_count("min_donors_group", min_donors_group)
-    parsed = parse_formula(formula)
+    parsed = parse_fit_formula(formula)
+    check_re_options(parsed, options)
     _inputs.not_empty(adata)
-    _inputs.donor_labels(adata, parsed.donor)
+    if parsed.general:
+        build_re_terms(parsed.terms, adata.obs)  # the grouping columns: present, no NaN, two levels
+    else:
+        _inputs.donor_labels(adata, parsed.donor)
     if groupby is not None:
         _inputs.groupby_labels(adata, groupby)
     design = build_design(parsed.fixed, adata.obs) if groupby is None else None
@@ -290,8 +295,8 @@ def _fit_runs(adata: AnnData, Y, design: FixedDesign | None, settings: FitSettin
             adata, Y, settings.log_offset, parsed, settings.groupby, settings.options, key=key,
             min_cells_group=settings.min_cells_group, min_donors_group=settings.min_donors_group,
         )  # fmt: skip
-    run = fit_run(
-        adata.obs, Y, settings.log_offset, design, parsed.donor, adata.var_names, settings.options,
+    run = fit_any_run(
+        adata.obs, Y, settings.log_offset, design, parsed, adata.var_names, settings.options,
         key=key, desc="scglmm fit",
     )  # fmt: skip
     return GroupRuns(runs={key: run}, labels={key: ""})
