@@ -401,7 +401,7 @@ def _expand_term(lhs: str, bar: str, grp: str) -> list[RETermSpec]:
     parts = [p.strip() for p in re.sub(r"-\s*1\b", "+ 0", lhs).split("+") if p.strip()]
     intercept = "0" not in parts
     covariates = [p for p in parts if p not in ("0", "1")]
-    if not covariates and not intercept:
+    if not parts or (not covariates and not intercept):
         msg = (
             f"random-effect term '{shown}' has no coefficient before the '{bar}'; "
             f"write a random intercept '(1 | {grp or 'donor'})' or a slope '(0 + x | {grp or 'donor'})'."
