@@ -1,8 +1,9 @@
 """lme4-style formulas: split off the random-effect term(s), build the fixed design with formulaic.
 
-:func:`parse_formula` is the form :func:`scglmm.tl.fit` takes today (one donor random intercept);
+:func:`parse_formula` reads the one donor random intercept ``(1 | donor)`` (the kernels' path);
 :func:`parse_re_formula` and :func:`build_re_terms` read general random-effect structures for the
-array engine of ``scglmm._core._re`` (not yet wired into ``tl``)."""
+array engine of ``scglmm._core._re``; :func:`parse_fit_formula`, what :func:`scglmm.tl.fit` calls,
+chooses between the two."""
 
 from __future__ import annotations
 
@@ -27,12 +28,20 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m|[\u29da\u29db]")
 
 @dataclass(frozen=True)
 class ParsedFormula:
-    """A formula split into its fixed part and its single donor random intercept."""
+    """A formula split into its fixed part and its random effects."""
 
     formula: str
     fixed: str
     donor: str
-    """The ``obs`` column of the donor random intercept."""
+    """The ``obs`` column of the donor random intercept; for a general structure the grouping factor of
+    its first term (``"donor"``, ``"donor:sample"``), whose levels the gene filter counts."""
+    terms: tuple[RETermSpec, ...] = ()
+    """Empty for the single random intercept ``(1 | donor)``; else the terms of the general structure."""
+
+    @property
+    def general(self) -> bool:
+        """Whether the random effects are fitted by the general engine (anything but one ``(1 | donor)``)."""
+        return bool(self.terms)
 
 
 def parse_formula(formula: str) -> ParsedFormula:
@@ -49,6 +58,27 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise InvalidValueError(msg, param="formula")
     donor = _donor_term(formula, f)
     return ParsedFormula(formula=formula, fixed=_fixed_part(formula, f, _BAR_TERM), donor=donor)
+
+
+def parse_fit_formula(formula: str) -> ParsedFormula:
+    """The formula of :func:`scglmm.tl.fit`: one ``(1 | donor)`` as :func:`parse_formula` reads it, or
+    any structure :func:`parse_re_formula` accepts (then ``terms`` holds its terms).
+
+    A structure that reduces to one random intercept grouped by one obs column (e.g. ``(1 || donor)``)
+    is returned as ``(1 | donor)``. A formula refused by both is refused with :func:`parse_re_formula`'s
+    message when it has a ``( ... | group)`` term, else with :func:`parse_formula`'s (which suggests
+    the intended random intercept).
+    """
+    try:
+        return parse_formula(formula)
+    except InvalidValueError:
+        if not _RE_TERM.search(_checked_text(formula)):
+            raise
+    parsed = parse_re_formula(formula)
+    first = parsed.terms[0]
+    if len(parsed.terms) == 1 and first.scalar_intercept and len(first.group) == 1:
+        return ParsedFormula(formula=formula, fixed=parsed.fixed, donor=first.group_name)
+    return ParsedFormula(formula=formula, fixed=parsed.fixed, donor=first.group_name, terms=parsed.terms)
 
 
 def _checked_text(formula: object) -> str:
@@ -295,7 +325,7 @@ def _factor_levels(spec: ModelSpec) -> dict[str, tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# general random-effect structures (lme4 grammar); not yet used by scglmm.tl
+# general random-effect structures (lme4 grammar)
 # ------------------------------------------------------------------------------------------------
 _RE_TERM = re.compile(r"\(([^()|]*)(\|\|?)([^()|]*)\)")
 _GROUP = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*(?:\s*[:/]\s*[A-Za-z_.][A-Za-z0-9_.]*)*$")
@@ -371,7 +401,7 @@ def _expand_term(lhs: str, bar: str, grp: str) -> list[RETermSpec]:
     parts = [p.strip() for p in re.sub(r"-\s*1\b", "+ 0", lhs).split("+") if p.strip()]
     intercept = "0" not in parts
     covariates = [p for p in parts if p not in ("0", "1")]
-    if not covariates and not intercept:
+    if not parts or (not covariates and not intercept):
         msg = (
             f"random-effect term '{shown}' has no coefficient before the '{bar}'; "
             f"write a random intercept '(1 | {grp or 'donor'})' or a slope '(0 + x | {grp or 'donor'})'."

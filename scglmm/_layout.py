@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Suffixes of the varm keys of one run (``f"{sub}_{suffix}"``).
-VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects", "expression")
+VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects", "expression", "varcomp", "modes")
 
 
 # ------------------------------------------------------------------------------------------------

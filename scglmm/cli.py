@@ -586,9 +586,11 @@ _FIT_HELP = """Fit the donor-aware model to every gene of INPUT (an .h5ad file).
 
 \b
 Per gene, in lme4 notation: counts ~ FORMULA, negative binomial, with
-log(size factor) as offset. FORMULA names obs columns and holds exactly one
-donor random intercept, '(1 | donor)'. Coefficients are natural-log fold
-changes; the table adds log2_fc.
+log(size factor) as offset. FORMULA names obs columns and holds a donor
+random intercept, '(1 | donor)', or other lme4 random effects: random slopes
+'(1 + condition | donor)', '(1 + x || donor)', nested '(1 | donor/sample)',
+crossed '(1 | donor) + (1 | batch)' (Laplace, one thread). Coefficients are
+natural-log fold changes; the table adds log2_fc.
 
 \b
 Examples:
@@ -607,8 +609,9 @@ Examples:
 Where the results go (KEY = --key-added, default 'scglmm'):
   --out     INPUT's AnnData plus varm[KEY_coef], varm[KEY_se], varm[KEY_pval]
             (genes x design columns), varm[KEY_fit] (sigma2, dispersion,
-            status, ...), varm[KEY_cov], varm[KEY_donor_effects],
-            var[KEY_status] and uns[KEY]['params'] (with --groupby: the same
+            status, ...), varm[KEY_cov], varm[KEY_donor_effects] (with
+            other random effects than (1 | donor): varm[KEY_varcomp] and
+            varm[KEY_modes] instead), var[KEY_status] and uns[KEY]['params'] (with --groupby: the same
             under KEY:GROUP for each group). In Python:
             scglmm.get.results(anndata.read_h5ad(OUT), 'condition').
   --table   tab-separated, one row per gene and coefficient (and group):
@@ -633,7 +636,7 @@ when interrupted).
     "--formula",
     required=True,
     metavar="FORMULA",
-    help="lme4-style formula over obs columns with one donor random intercept, e.g. '~ condition + (1 | donor)'.",
+    help="lme4-style formula over obs columns with random effects, e.g. '~ condition + (1 | donor)'.",
 )
 @_outputs
 @click.option("--layer", metavar="NAME", help="Layer holding the raw integer counts.  [default: X]")
@@ -774,9 +777,9 @@ def _check_coefs(adata: AnnData, formula: str, coefs: tuple[str, ...]) -> None:
     are the library's.
     """
     from ._core._inference import resolve_column
-    from ._formula import build_design, parse_formula
+    from ._formula import build_design, parse_fit_formula
 
-    columns = build_design(parse_formula(formula).fixed, adata.obs).columns
+    columns = build_design(parse_fit_formula(formula).fixed, adata.obs).columns
     for c in coefs:
         try:
             resolve_column(c, columns, asked_as="coef", param="coef")

@@ -436,8 +436,8 @@ ERRORS = [
     ("unknown donor column", None, ["-f", "~ condition + (1 | donr)"], 1, ["donr", "not in adata.obs"]),
     ("no tilde", None, ["-f", "condition + (1 | donor)"], 1, ["must start with '~'"]),
     ("no random effect", None, ["-f", "~ condition"], 1, ["no random-effect term"]),
-    ("random slope", None, ["-f", "~ condition + (1 + condition | donor)"], 1, ["not supported"]),
-    ("two random effects", None, ["-f", "~ condition + (1 | donor) + (1 | sample)"], 1, ["2 random-effect terms"]),
+    ("random slope with n-agq", None, ["-f", "~ condition + (1 + condition | donor)", "--n-agq", "3"], 1, ["--n-agq"]),
+    ("grouping not a column", None, ["-f", "~ condition + (1 | donor + sample)"], 1, ["not supported"]),
     ("formula syntax", None, ["-f", "~ condition * + (1 | donor)"], 1, ["formula"]),
     (
         "missing layer",

@@ -1,5 +1,6 @@
 """Tidy access to stored results."""
 
 from ._results import results
+from ._varcomp import varcomp
 
-__all__ = ["results"]
+__all__ = ["results", "varcomp"]

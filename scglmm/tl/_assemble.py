@@ -15,6 +15,7 @@ import pandas as pd
 
 from .._core._inference import EB_GRID
 from .._layout import StoredFit, rank_key, status_key, varm_key
+from ._re_run import slope_groups
 
 if TYPE_CHECKING:
     from .._formula import ParsedFormula
@@ -87,16 +88,21 @@ def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict
     def genes_by(values: np.ndarray, columns: list[str]) -> pd.DataFrame:
         return pd.DataFrame(values, index=var_names.copy(), columns=columns)
 
-    return {
+    out = {
         varm_key(sub, "coef"): genes_by(fit.coef, cols),
         varm_key(sub, "se"): genes_by(fit.se, cols),
         varm_key(sub, "pval"): genes_by(tests.pval, cols),
         varm_key(sub, "stat"): genes_by(tests.stat, cols),
         varm_key(sub, "cov"): fit.cov.reshape(fit.cov.shape[0], -1),
         varm_key(sub, "fit"): _fit_table(run, var_names),
-        varm_key(sub, "donor_effects"): genes_by(fit.modes, [str(d) for d in fit.donors]),
-        varm_key(sub, "expression"): run.expression,
     }
+    if run.re is None:
+        out[varm_key(sub, "donor_effects")] = genes_by(fit.modes, [str(d) for d in fit.donors])
+    out[varm_key(sub, "expression")] = run.expression
+    if run.re is not None:
+        out[varm_key(sub, "varcomp")] = genes_by(run.re.varcomp, list(run.re.varcomp_names))
+        out[varm_key(sub, "modes")] = genes_by(run.re.modes, list(run.re.mode_names))
+    return out
 
 
 def _fit_table(run: Run, var_names: pd.Index) -> pd.DataFrame:
@@ -129,6 +135,7 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "reference_levels": dict(design.reference_levels),
         "n_agq": options.n_agq,
         "method": "laplace" if options.n_agq == 1 else f"adaptive Gauss-Hermite ({options.n_agq} nodes)",
+        **({"random_structure": " + ".join(str(t) for t in parsed.terms)} if parsed.general else {}),
         "n_cells": len(run.donor_codes),
         "n_genes": int(fit.coef.shape[0]),
         "n_donors": len(fit.donors),
@@ -152,6 +159,32 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
         "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
         "size_factor_center": float(run.size_factor_center),
+        **_structure_params(run, tests, parsed),
+    }
+
+
+def _structure_params(run: Run, tests: WaldTests, parsed: ParsedFormula) -> dict[str, Any]:
+    """The random-effect structure of a run with a general structure (nothing for ``(1 | donor)``): per term
+    (keyed by the term as written after expansion, e.g. ``(1 | donor:sample)``) its grouping factor,
+    coefficients, covariance form and levels."""
+    if run.re is None:
+        return {}
+    slopes = {c: t.group for c, t in slope_groups(run.re.terms, list(run.design.columns)).items()}
+    return {
+        "random_effects": {
+            str(spec): {
+                "group": t.group,
+                "coefficients": list(t.coef_names),
+                "diagonal": bool(t.diagonal),
+                "n_levels": int(t.m),
+                "levels": [str(v) for v in t.levels],
+            }
+            for spec, t in zip(parsed.terms, run.re.terms, strict=True)
+        },
+        "varcomp_names": list(run.re.varcomp_names),
+        # fixed effects with their own random slope -> its grouping factor; their df are in "df"
+        "slope_columns": slopes,
+        "slope_df": {c: tests.df[c] for c in slopes},
     }
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .._core._errors import InvalidValueError
-from .._formula import ParsedFormula, build_design
+from .._formula import ParsedFormula, build_design, build_re_terms
 from .._layout import group_key
 from .._logging import logger
-from ._run import FitOptions, Run, fit_run
+from ._re_run import fit_any_run
+from ._run import FitOptions, Run
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -60,14 +61,16 @@ def fit_groups(
         if reason is None:
             try:
                 design = build_design(parsed.fixed, obs_g)
+                if parsed.general:
+                    build_re_terms(parsed.terms, obs_g)  # every grouping factor has two levels here
             except (ValueError, KeyError) as err:
                 reason = f"design not estimable in this group ({err})"
         if reason is not None:
             out.skipped[str(g)] = reason
             continue
         sub = group_key(key, g)
-        out.runs[sub] = fit_run(
-            obs_g, Y[mask], log_off[mask], design, parsed.donor, adata.var_names, options,
+        out.runs[sub] = fit_any_run(
+            obs_g, Y[mask], log_off[mask], design, parsed, adata.var_names, options,
             key=sub, desc=f"scglmm fit [{g}]",
         )  # fmt: skip
         out.labels[sub] = str(g)
@@ -84,7 +87,9 @@ def _groups(col: pd.Series) -> list:
 
 def _too_small(obs: pd.DataFrame, donor: str, min_cells_group: int, min_donors_group: int) -> str | None:
     """Why a group is too small to fit, or ``None`` (a fit needs two donors whatever the setting)."""
-    n_cells, n_donors = len(obs), int(obs[donor].nunique())
+    cols = donor.split(":")  # a general structure's first grouping factor may be an interaction
+    n_cells = len(obs)
+    n_donors = int(obs[donor].nunique()) if len(cols) == 1 else len(obs[cols].astype(str).drop_duplicates())
     if n_cells < min_cells_group:
         return f"{n_cells} cells < min_cells_group={min_cells_group}"
     if n_donors < max(min_donors_group, 2):

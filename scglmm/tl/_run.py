@@ -24,9 +24,10 @@ from ._expression import expression_table
 from ._report import StatusSummary, status_summary
 
 if TYPE_CHECKING:
+    from .._core._re import RETerm
     from .._formula import FixedDesign
 
-__all__ = ["FitOptions", "Run", "WaldTests", "fit_run", "scatter_genes", "wald_tests"]
+__all__ = ["FitOptions", "REParts", "Run", "WaldTests", "fit_run", "scatter_genes", "wald_tests"]
 
 #: Fields of :class:`GenesFit` that describe the run, not one gene each.
 _RUN_FIELDS = ("coef_names", "donors")
@@ -43,6 +44,19 @@ class FitOptions:
     n_jobs: int
     block_size: int
     progress: bool | None
+
+
+@dataclass(frozen=True)
+class REParts:
+    """What a run with a general structure stores besides the :class:`GenesFit` fields."""
+
+    terms: tuple[RETerm, ...]
+    varcomp: np.ndarray
+    """(G, V) variances and correlations, named by ``varcomp_names`` (NaN for filtered genes)."""
+    varcomp_names: list[str]
+    modes: np.ndarray
+    """(G, Q) conditional modes of every term's levels, named by ``mode_names``."""
+    mode_names: list[str]
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,8 @@ class Run:
     size_factor_center: float
     """Mean log offset of the run's cells: the size factors of ``expression`` are ``exp(log_off - center)``."""
     """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
+    re: REParts | None = None
+    """A general random-effect structure (:mod:`._re_run`): its terms, variance components and modes."""
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,12 @@ def _lrt_one(
 ) -> tuple[pd.DataFrame, dict, str]:
     """The likelihood-ratio test of one run: refit the reduced model on the run's cells."""
     params = fit_params(adata, sub)
+    if "random_structure" in params:
+        msg = (
+            f"method='lrt' refits with a single donor random intercept; the fit under {sub!r} has the random "
+            f"effects {params['random_structure']}: use method='wald'."
+        )
+        raise InvalidValueError(msg, param="method")
     mask = _run_cells(adata, sub, label, params)
     reduced = _reduced_model(params, adata.obs.loc[mask], sub, contrast, reduced_formula)
     df_lr = len(params["design_columns"]) - len(reduced.columns)

@@ -1,0 +1,219 @@
+"""One run of :func:`scglmm.tl.fit` with a general random-effect structure (anything but one ``(1 | donor)``).
+
+The genes are filtered as in :mod:`._run` (the donors are the levels of the first term's grouping
+factor), the kept ones fitted with :func:`scglmm._core._re_api.fit_re_genes` (Laplace, one gene at a
+time) and the result spread onto every gene. The run is a :class:`._run.Run` whose ``fit`` is a
+:class:`GenesFit` (``sigma2``: the first term's intercept variance; no donor modes) and whose ``re``
+holds what only this path has: the variance components, the modes of every term and the terms.
+:func:`re_wald_tests` adds the random-slope calibration to :func:`._run.wald_tests`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._core._errors import InvalidValueError
+from .._core._inference import donor_level_design
+from .._core._re_api import REGenesFit, fit_re_genes
+from .._core._results import GenesFit
+from .._core._status import FILTERED
+from .._formula import build_re_terms
+from .._inputs import gene_counts
+from .._logging import logger, progress_bar
+from ._expression import expression_table
+from ._report import status_summary
+from ._run import FitOptions, REParts, Run, WaldTests, fit_run, scatter_genes, wald_tests
+
+if TYPE_CHECKING:
+    from .._core._re import RETerm
+    from .._formula import FixedDesign, ParsedFormula
+
+__all__ = ["RE_CALIBRATIONS", "check_re_options", "fit_any_run", "re_wald_tests", "slope_df", "slope_groups"]
+
+#: Calibrations available with a general structure; the others model only a donor intercept.
+RE_CALIBRATIONS = ("eb", "t", "z")
+#: Calibrations under which a fixed effect with its own random slope is referred to t (see :func:`slope_df`).
+_SLOPE_T = ("eb", "t")
+
+
+def fit_any_run(
+    obs: pd.DataFrame,
+    Y,
+    log_off: np.ndarray,
+    design: FixedDesign,
+    parsed: ParsedFormula,
+    var_names: pd.Index,
+    options: FitOptions,
+    *,
+    key: str,
+    desc: str,
+) -> Run:
+    """:func:`._run.fit_run` for ``(1 | donor)``, :func:`fit_re_run` for any other structure."""
+    if not parsed.general:
+        return fit_run(obs, Y, log_off, design, parsed.donor, var_names, options, key=key, desc=desc)
+    return fit_re_run(obs, Y, log_off, design, parsed, var_names, options, desc=desc)
+
+
+def check_re_options(parsed: ParsedFormula, options: FitOptions) -> None:
+    """Refuse the settings a general structure does not support (``n_agq > 1``, the intercept-only calibrations)."""
+    if not parsed.general:
+        return
+    shown = " + ".join(str(t) for t in parsed.terms)
+    if options.n_agq != 1:
+        msg = (
+            f"n_agq={options.n_agq!r}: adaptive Gauss-Hermite quadrature needs a single random intercept "
+            f"'(1 | donor)'; the random effects {shown} are fitted with the Laplace approximation only: use n_agq=1."
+        )
+        raise InvalidValueError(msg, param="n_agq")
+    if options.calibration not in RE_CALIBRATIONS:
+        msg = (
+            f"calibration={options.calibration!r} models a single donor random intercept; with the random "
+            f"effects {shown} use one of {list(RE_CALIBRATIONS)}."
+        )
+        raise InvalidValueError(msg, param="calibration")
+
+
+def fit_re_run(
+    obs: pd.DataFrame,
+    Y,
+    log_off: np.ndarray,
+    design: FixedDesign,
+    parsed: ParsedFormula,
+    var_names: pd.Index,
+    options: FitOptions,
+    *,
+    desc: str,
+) -> Run:
+    """Filter the genes, fit the kept ones with the general engine and spread the result onto every gene."""
+    t0 = time.perf_counter()
+    terms = tuple(build_re_terms(parsed.terms, obs))
+    codes, donors = terms[0].codes, terms[0].levels
+    ncell, ndon = gene_counts(Y, codes, len(donors))
+    idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
+    logger.info(
+        "%s: fitting %d genes x %d cells, random effects %s, design %s (Laplace, one thread)",
+        desc, idx.size, len(obs), " + ".join(str(t) for t in parsed.terms), design.columns,
+    )  # fmt: skip
+    part = _fit_kept(Y, idx, design, terms, log_off, options, desc=desc)
+    fill = {"status": FILTERED, "n_iter": 0, "n_nonzero": ncell}
+    fit = scatter_genes(_as_genes_fit(part, terms[0], ncell[idx]), idx, len(var_names), fill=fill)
+    center = float(np.mean(log_off)) if len(log_off) else 0.0
+    expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
+    re_parts = REParts(
+        terms=terms,
+        varcomp=_spread(part.varcomp, idx, len(var_names)),
+        varcomp_names=list(part.varcomp_names),
+        modes=_spread(part.modes, idx, len(var_names)),
+        mode_names=list(part.mode_names),
+    )
+    return Run(
+        design=design,
+        fit=fit,
+        donor_codes=codes,
+        n_filtered=int(len(var_names) - idx.size),
+        seconds=time.perf_counter() - t0,
+        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
+        expression=expression,
+        expression_levels=levels,
+        size_factor_center=center,
+        re=re_parts,
+    )
+
+
+def _fit_kept(
+    Y, idx: np.ndarray, design: FixedDesign, terms: tuple[RETerm, ...], log_off: np.ndarray, options: FitOptions,
+    *, desc: str,
+) -> REGenesFit:  # fmt: skip
+    """:func:`fit_re_genes` on the genes ``idx``, ``block_size`` genes per call (genes are fitted independently)."""
+    blocks = [idx[i : i + options.block_size] for i in range(0, idx.size, options.block_size)] or [idx]
+    parts = []
+    with progress_bar(total=int(idx.size), enabled=options.progress, desc=desc) as bar:
+        for block in blocks:
+            Yb = Y[:, block] if block.size else np.zeros((Y.shape[0], 0))
+            parts.append(fit_re_genes(Yb, design.matrix, terms, log_off, coef_names=design.columns, check=False))
+            if bar is not None:
+                bar.update(int(block.size))
+    return _stack(parts)
+
+
+def _stack(parts: list[REGenesFit]) -> REGenesFit:
+    """The fits of consecutive blocks of genes as one."""
+    if len(parts) == 1:
+        return parts[0]
+    names = ("coef_names", "varcomp_names", "mode_names")
+    arrays = {
+        f: np.concatenate([getattr(p, f) for p in parts])
+        for f in REGenesFit.__dataclass_fields__
+        if f not in names
+    }
+    return replace(parts[0], **arrays)
+
+
+def _as_genes_fit(part: REGenesFit, first: RETerm, n_nonzero: np.ndarray) -> GenesFit:
+    """The fields that every run stores, as a :class:`GenesFit`: ``sigma2`` is the intercept variance of
+    the ``first`` term (NaN if it has none), ``donors`` its levels; the modes are in :class:`REParts`."""
+    G = part.coef.shape[0]
+    name = f"var(Intercept|{first.group})"
+    sigma2 = part.varcomp[:, part.varcomp_names.index(name)] if name in part.varcomp_names else np.full(G, np.nan)
+    return GenesFit(
+        coef=part.coef, se=part.se, cov=part.cov, sigma2=np.asarray(sigma2, dtype=float), theta=part.theta,
+        dispersion=part.dispersion, loglik=part.loglik, modes=np.zeros((G, 0)), n_iter=part.n_iter,
+        status=part.status, grad_max=part.grad_max, n_nonzero=np.asarray(n_nonzero, dtype=np.int64),
+        coef_names=list(part.coef_names), donors=np.asarray(first.levels, dtype=object),
+        log_sigma2_se=np.full(G, np.nan), log_theta_se=np.full(G, np.nan),
+    )  # fmt: skip
+
+
+def _spread(values: np.ndarray, idx: np.ndarray, n_genes: int) -> np.ndarray:
+    out = np.full((n_genes, values.shape[1]), np.nan)
+    out[idx] = values
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# tests: the random-slope calibration
+# ------------------------------------------------------------------------------------------------
+def slope_groups(terms: tuple[RETerm, ...], columns: list[str]) -> dict[str, RETerm]:
+    """For each design column with its own random slope (a non-intercept coefficient of the same name in a
+    term), the term whose grouping factor has the fewest levels."""
+    out: dict[str, RETerm] = {}
+    for t in terms:
+        for c in t.coef_names:
+            if c != "Intercept" and c in columns and (c not in out or t.m < out[c].m):
+                out[c] = t
+    return out
+
+
+def slope_df(X: np.ndarray, codes: np.ndarray) -> int:
+    """Levels of the grouping factor minus the rank of the design columns constant within each level
+    (the intercept and the level-wide covariates): the df of a paired t test on per-level differences."""
+    mask, means = donor_level_design(X, codes)
+    r = int(np.linalg.matrix_rank(means[:, mask])) if mask.any() else 0
+    return int(means.shape[0] - r)
+
+
+def re_wald_tests(run: Run, calibration: str) -> WaldTests:
+    """:func:`._run.wald_tests`, then for ``"eb"`` and ``"t"`` each fixed effect with its own random slope
+    refers ``coef / se`` to a t distribution with :func:`slope_df` degrees of freedom."""
+    tests = wald_tests(run, calibration)
+    if run.re is None or calibration not in _SLOPE_T:
+        return tests
+    cols = list(run.design.columns)
+    pval, stat, df = tests.pval.copy(), tests.stat.copy(), dict(tests.df)
+    eb_prior = dict(tests.eb_prior)
+    for col, term in slope_groups(run.re.terms, cols).items():
+        j = cols.index(col)
+        d = slope_df(run.design.matrix, term.codes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = run.fit.coef[:, j] / run.fit.se[:, j]
+        stat[:, j] = z
+        pval[:, j] = 2.0 * stats.t.sf(np.abs(z), d) if d >= 1 else np.nan
+        df[col] = float(d)
+        eb_prior.pop(col, None)
+    return replace(tests, pval=pval, stat=stat, df=df, eb_prior=eb_prior)

@@ -1,0 +1,171 @@
+"""scglmm.tl.fit with general random-effect structures: the same numbers as the array engine, stored and read back.
+
+The reference sets of tests/data/reference_re (8 donors; in ``slope`` and ``nested`` every donor has
+both conditions), on their first ``N_GENES`` genes.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import scglmm
+from scglmm._core._errors import InputError
+from scglmm._core._re_api import REGenesFit, fit_re_genes
+from scglmm._formula import build_design, build_re_terms, parse_re_formula
+from scglmm.cli import cli
+
+REF = Path(__file__).parent / "data" / "reference_re"
+N_GENES = 5
+FORMULAS = {
+    "slope": "~ condition + covariate + (1 + condition | donor)",
+    "nested": "~ condition + covariate + (1 | donor/sample)",
+    "crossed": "~ condition + covariate + (1 | donor) + (1 | batch)",
+}
+VARCOMP = {
+    "slope": ["var(Intercept|donor)", "var(condition[T.stim]|donor)", "cor(Intercept,condition[T.stim]|donor)"],
+    "nested": ["var(Intercept|donor)", "var(Intercept|donor:sample)"],
+    "crossed": ["var(Intercept|donor)", "var(Intercept|batch)"],
+}
+STIM = "condition[T.stim]"
+
+
+def data(kind: str) -> ad.AnnData:
+    return ad.read_h5ad(REF / f"{kind}.h5ad")[:, :N_GENES].copy()
+
+
+@cache
+def fitted(kind: str) -> ad.AnnData:
+    a = data(kind)
+    scglmm.tl.fit(a, FORMULAS[kind], size_factors="libsize", min_cells=None, min_donors=None, progress=False)
+    return a
+
+
+@cache
+def engine(kind: str) -> REGenesFit:
+    """:func:`fit_re_genes` on the arrays tl.fit fits: counts, design, terms and log offset."""
+    a = fitted(kind)
+    parsed = parse_re_formula(FORMULAS[kind])
+    design = build_design(parsed.fixed, a.obs)
+    terms = build_re_terms(parsed.terms, a.obs)
+    off = np.asarray(a.uns["scglmm"]["log_offset"])
+    return fit_re_genes(data(kind).X, design.matrix, terms, off, coef_names=design.columns)
+
+
+@pytest.mark.parametrize("kind", list(FORMULAS))
+def test_same_numbers_as_the_engine(kind: str) -> None:
+    a, ref = fitted(kind), engine(kind)
+    np.testing.assert_array_equal(np.log(a.obs["libsize"].to_numpy(float)), a.uns["scglmm"]["log_offset"])
+    np.testing.assert_allclose(a.varm["scglmm_coef"][ref.coef_names].to_numpy(), ref.coef, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.varm["scglmm_se"][ref.coef_names].to_numpy(), ref.se, rtol=0, atol=1e-10)
+    vc = a.varm["scglmm_varcomp"]
+    assert list(vc.columns) == VARCOMP[kind] == ref.varcomp_names
+    np.testing.assert_allclose(vc.to_numpy(), ref.varcomp, rtol=0, atol=1e-10)
+    assert list(a.varm["scglmm_modes"].columns) == ref.mode_names
+    np.testing.assert_allclose(a.varm["scglmm_modes"].to_numpy(), ref.modes, rtol=0, atol=1e-10)
+    assert list(a.var["scglmm_status"].astype(str)) == list(ref.status_str)
+    assert "scglmm_donor_effects" not in a.varm
+    np.testing.assert_allclose(a.varm["scglmm_fit"]["sigma2"].to_numpy(), ref.varcomp[:, 0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", list(FORMULAS))
+def test_written_and_read_back(kind: str, tmp_path: Path) -> None:
+    a = fitted(kind)
+    a.write_h5ad(tmp_path / "fit.h5ad")
+    b = ad.read_h5ad(tmp_path / "fit.h5ad")
+    for suffix in ("coef", "se", "pval", "stat", "varcomp", "modes"):
+        pd.testing.assert_frame_equal(b.varm[f"scglmm_{suffix}"], a.varm[f"scglmm_{suffix}"])
+    params = b.uns["scglmm"]["params"]
+    assert list(params["varcomp_names"]) == VARCOMP[kind]
+    assert params["formula"] == FORMULAS[kind]
+    pd.testing.assert_frame_equal(scglmm.get.varcomp(b), a.varm["scglmm_varcomp"])
+    res = scglmm.get.results(b, "condition")
+    expected = ["log_fc", "log2_fc", "se", "stat", "p_value", "log10_p_value", "adj_p_value", "base_mean"]
+    assert list(res.columns[: len(expected)]) == expected
+    assert {"mean_stim", "mean_ctrl", "sigma2", "dispersion", "status"} <= set(res.columns)
+    np.testing.assert_array_equal(res["log_fc"].to_numpy(), a.varm["scglmm_coef"][STIM].to_numpy())
+
+
+def test_structure_in_params() -> None:
+    params = fitted("nested").uns["scglmm"]["params"]
+    assert params["random_structure"] == "(1 | donor) + (1 | donor:sample)"
+    terms = params["random_effects"]
+    assert list(terms) == ["(1 | donor)", "(1 | donor:sample)"]
+    assert terms["(1 | donor:sample)"]["n_levels"] == 24
+    assert params["slope_columns"] == {}
+
+
+def test_slope_df_is_paired_t() -> None:
+    """condition varies within every donor: only the intercept is constant within donors, df = 8 - 1."""
+    a = fitted("slope")
+    params = a.uns["scglmm"]["params"]
+    assert params["slope_columns"] == {STIM: "donor"}
+    assert params["df"][STIM] == 7.0 == params["slope_df"][STIM]
+    assert params["df"]["covariate"] == np.inf  # no slope, varies within donors: normal reference
+    z = a.varm["scglmm_coef"][STIM] / a.varm["scglmm_se"][STIM]
+    np.testing.assert_allclose(a.varm["scglmm_stat"][STIM], z, rtol=0, atol=0)
+    from scipy import stats
+
+    np.testing.assert_allclose(a.varm["scglmm_pval"][STIM], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-14)
+
+
+def test_slope_df_counts_level_wide_columns() -> None:
+    """A donor-level covariate in the design takes one more df: 8 - 2."""
+    a = data("slope")
+    a.obs["sex"] = np.where(a.obs["donor"].astype(str).isin(["D01", "D02", "D03", "D04"]), "f", "m")
+    b = a[:, :2].copy()
+    scglmm.tl.fit(b, "~ condition + sex + (1 + condition | donor)", size_factors="libsize", calibration="t")
+    assert b.uns["scglmm"]["params"]["df"][STIM] == 6.0
+
+
+def test_single_intercept_keeps_its_path() -> None:
+    """``(1 || donor)`` is ``(1 | donor)``: the compiled path, donor effects, no varcomp table."""
+    a = data("crossed")[:, :2].copy()
+    scglmm.tl.fit(a, "~ condition + covariate + (1 || donor)", size_factors="libsize", progress=False)
+    assert "scglmm_donor_effects" in a.varm and "scglmm_varcomp" not in a.varm
+    assert "random_structure" not in a.uns["scglmm"]["params"]
+    vc = scglmm.get.varcomp(a)
+    assert list(vc.columns) == ["var(Intercept|donor)"]
+    np.testing.assert_array_equal(vc.iloc[:, 0].to_numpy(), a.varm["scglmm_fit"]["sigma2"].to_numpy())
+
+
+def test_n_agq_refused_with_a_slope() -> None:
+    a = data("slope")
+    with pytest.raises(InputError, match=r"n_agq=3") as info:
+        scglmm.tl.fit(a, FORMULAS["slope"], size_factors="libsize", n_agq=3)
+    assert info.value.param == "n_agq"
+    assert "scglmm" not in a.uns
+
+
+def test_groupby() -> None:
+    a = data("slope")[:, :2].copy()
+    scglmm.tl.fit(a, FORMULAS["slope"], size_factors="libsize", groupby="batch", min_cells=None, progress=False)
+    groups = list(a.uns["scglmm"]["params"]["groups"])
+    assert groups == ["B1", "B2", "B3"]
+    vc = scglmm.get.varcomp(a)
+    assert list(vc.columns) == ["group", *VARCOMP["slope"]]
+    assert len(vc) == 2 * len(groups)
+
+
+def test_cli_fit(tmp_path: Path) -> None:
+    data("slope")[:, :2].copy().write_h5ad(tmp_path / "in.h5ad")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fit", str(tmp_path / "in.h5ad"), "-f", "~ condition + covariate + (1 + condition | donor)",
+            "--size-factors", "libsize", "-o", str(tmp_path / "out.h5ad"), "--table", str(tmp_path / "out.tsv"),
+            "--coef", "condition", "-j", "1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    assert list(table["coef"].unique()) == [STIM]
+    assert len(table) == 2
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert list(out.varm["scglmm_varcomp"].columns) == VARCOMP["slope"]
