@@ -169,3 +169,10 @@ def test_cli_fit(tmp_path: Path) -> None:
     assert len(table) == 2
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert list(out.varm["scglmm_varcomp"].columns) == VARCOMP["slope"]
+
+
+def test_donor_effects_plot_refuses_a_general_structure_clearly() -> None:
+    a = fitted("slope")
+    with pytest.raises(InputError, match=r"one donor random intercept.*scglmm_modes") as info:
+        scglmm.pl.donor_effects(a, a.var_names[0], show=False)
+    assert info.value.param == "key"

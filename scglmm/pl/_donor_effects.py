@@ -77,6 +77,13 @@ def _stored_gene(adata: AnnData, gene: str, group: str | None, key: str, gene_sy
     sub = run_key(adata, key, group)
     params = fit_params(adata, sub)
     g, label = _gene_index(adata, gene, gene_symbols)
+    if varm_key(sub, "donor_effects") not in adata.varm:  # a general random-effect structure
+        msg = (
+            f"donor_effects plots fits with one donor random intercept; the fit under {sub!r} has the structure "
+            f"{params.get('random_structure', '?')!r} (its conditional modes are in "
+            f"adata.varm[{varm_key(sub, 'modes')!r}], its variance components in scglmm.get.varcomp)."
+        )
+        raise InvalidValueError(msg, param="key")
     modes_df = adata.varm[varm_key(sub, "donor_effects")]
     fitrow = adata.varm[varm_key(sub, "fit")].iloc[g]
     t = _Gene(
