@@ -16,8 +16,10 @@ the ``grp:a_1`` run (every stimulated cell without counts: ``condition`` stays N
 dispersion, donor variance and modes are now estimated) and nothing else: all other arrays were
 compared equal to the restructuring's snapshot before it was rewritten. Rewritten again (issue 14,
 item 1, separation found from the data by a linear programme): 2 genes of ``grp:a_1`` whose *control*
-cells all lack counts reported the stimulated level as ``Intercept``; the intercept (the control
-level) runs to minus infinity there, and is now NaN. Every other array was compared equal first.
+cells all lack counts (not the stimulated ones, as said above) reported the stimulated level as
+``Intercept``; the intercept (the control level) runs to minus infinity there, as does the
+condition effect, so no coefficient has an estimate and they are ``separation`` again (all NaN).
+Every other array was compared equal first.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ independent columns (every estimable column is in any such set); the estimable c
 reported with their estimates, the others as NaN, and the status gets
 :data:`~scglmm._core._status.PARTIAL_SEPARATION`. A gene keeps the status
 :data:`~scglmm._core._status.SEPARATION` (everything NaN) when nothing vanishes (the optimiser
-flagged a random-effect variance running to infinity: counts in a single group), or when
-fewer than two groups keep cells.
+flagged a random-effect variance running to infinity: counts in a single group), when no
+coefficient is estimable on the remaining cells, or when fewer than two groups keep cells.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def _reduced(X: NDArray, codes: NDArray, gone: NDArray[np.bool_]) -> Reduction |
     cols = _independent(U)
     if cols.size == 0 or np.unique(group).size < 2:
         return None
-    return Reduction(keep=keep, cols=cols, estimable=_estimable(U)[cols])
+    estimable = _estimable(U)[cols]
+    return Reduction(keep=keep, cols=cols, estimable=estimable) if estimable.any() else None
 
 
 def _by_vanishing_cells(Y: sparse.csc_matrix, X: NDArray) -> list[tuple[NDArray[np.bool_], list[int]]]:
