@@ -24,7 +24,10 @@ reported with their estimates, the others as NaN, and the status gets
 :data:`~scglmm._core._status.PARTIAL_SEPARATION`. A gene keeps the status
 :data:`~scglmm._core._status.SEPARATION` (everything NaN) when nothing vanishes (the optimiser
 flagged a random-effect variance running to infinity: counts in a single group), when no
-coefficient is estimable on the remaining cells, or when fewer than two groups keep cells.
+coefficient is estimable on the remaining cells, or when the reduced model cannot estimate the
+random-effect variance: fewer than two groups keep cells, or the fixed effects fit every remaining
+group's level exactly (e.g. one donor's two samples with ``(1 | sample)``), which leaves the
+variance, and so the standard errors, without information.
 """
 
 from __future__ import annotations
@@ -116,13 +119,27 @@ def _estimable(U: NDArray) -> NDArray[np.bool_]:
     return np.all(np.abs(null) < 1e-8, axis=0)
 
 
+def _variance_estimable(U: NDArray, group: NDArray[np.int64]) -> bool:
+    """Whether the group variance has information: at least two groups, and the groups' levels are
+    not all fitted by the fixed effects (the group indicators add to the rank of the design).
+
+    ``U`` and ``group`` list the distinct (design row, group) pairs of the kept cells.
+    """
+    levels, code = np.unique(group, return_inverse=True)
+    if levels.size < 2:
+        return False
+    Z = np.zeros((U.shape[0], levels.size))
+    Z[np.arange(U.shape[0]), code] = 1.0
+    return _rank(np.hstack([U, Z])) > _rank(U)
+
+
 def _reduced(X: NDArray, codes: NDArray, gone: NDArray[np.bool_]) -> Reduction | None:
     """The model without the vanishing cells ``gone``, or None if it cannot be fitted."""
     keep = ~gone
     pairs = np.unique(np.column_stack([X[keep], codes[keep]]), axis=0)
     U, group = pairs[:, :-1], pairs[:, -1].astype(np.int64)
     cols = _independent(U)
-    if cols.size == 0 or np.unique(group).size < 2:
+    if cols.size == 0 or not _variance_estimable(U, group):
         return None
     estimable = _estimable(U)[cols]
     return Reduction(keep=keep, cols=cols, estimable=estimable) if estimable.any() else None
