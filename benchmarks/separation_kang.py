@@ -76,9 +76,10 @@ def main() -> None:
         f"formula `{FORMULA}`, `groupby='cell_type'`, default gene filter; {seconds:.0f} s.\n\n"
         + table.to_markdown(index=False)
         + "\n\n*before*: genes that separated on some coefficient, all NaN before partial separation "
-        "was handled; *after*: genes whose condition effect is NaN now: the condition effect diverged itself "
-        "(a condition without counts in the gene's remaining cells), or the gene still separates as a whole "
-        "(e.g. counts in one sample only, which sends the sample variance to infinity).\n"
+        "was handled; *after*: genes whose condition effect is NaN now: it is not estimable without the cells "
+        "that vanish (a condition without counts in the remaining donors), or the remaining samples leave the "
+        "sample variance without information (e.g. counts in one donor only); such genes stay `separation` "
+        "(all NaN). What separates, per class: `benchmarks/results/separation_diagnosis.md`.\n"
     )
     a.out.write_text(text)
     print(text)

@@ -69,17 +69,25 @@ def test_donor_without_counts_keeps_the_condition_effect(data, fit):
     assert np.isfinite(fit.p_value[0, 4]) and fit.status_str[0].startswith("partial_separation")
 
 
-def test_condition_without_counts_is_nan_and_the_rest_estimated(fit):
-    assert fit.status[1] & PARTIAL_SEPARATION
-    assert np.isnan(fit.coef[1, 4])
-    assert np.all(np.isfinite(fit.coef[1, :4]))
+def test_condition_without_counts_leaves_no_sample_variance(fit):
+    # without the stimulated cells each donor keeps one sample, whose level its donor effect fits
+    # exactly: the sample variance has no information left, so nothing is reported
+    assert fit.status[1] & SEPARATION and not fit.status[1] & PARTIAL_SEPARATION
+    assert np.all(np.isnan(fit.coef[1]))
+
+
+def test_condition_without_counts_is_nan_and_the_rest_estimated(data):
+    Y, X, donors, cond, sample, off = data
+    res = scglmm.fit_genes(Y[:, 1:2], X[:, [0, 4]], donors, off, coef_names=["Intercept", "stim"])  # (1 | donor)
+    assert res.status[0] & PARTIAL_SEPARATION
+    assert np.isnan(res.coef[0, 1]) and np.isfinite(res.coef[0, 0]) and res.sigma2[0] >= 0
 
 
 def test_counts_in_one_donor_only_stay_separated(fit):
-    # dropping D1..D3 leaves one donor's two samples, and the intercept alone: still estimable;
-    # the three donor columns are reported NaN
-    assert fit.status[2] & PARTIAL_SEPARATION
-    assert np.all(np.isnan(fit.coef[2, 1:4]))
+    # dropping D1..D3 leaves one donor's two samples, whose levels the intercept and the condition
+    # fit exactly: a condition effect from one donor, with no sample variance, is not reported
+    assert fit.status[2] & SEPARATION and not fit.status[2] & PARTIAL_SEPARATION
+    assert np.all(np.isnan(fit.coef[2]))
 
 
 def test_reduced_model_with_one_donor_keeps_separation():
@@ -115,3 +123,53 @@ def test_through_tl_fit(data):
     assert np.isfinite(res["p_value"].iloc[0])
     assert res["status"].iloc[0].startswith("partial_separation")
     assert np.isnan(res["p_value"].iloc[1])
+
+
+# ---- separation the optimiser finds (no single column separates before it starts) ----------------
+
+
+def test_reference_donor_without_counts_keeps_the_condition_effect():
+    """The first donor (the intercept's level) without counts: the intercept runs to minus infinity
+    and every donor effect to plus infinity, while the condition effect is that of the other donors."""
+    Y, X, donors, cond, sample, off = _paired(seed=5, n_genes=1)
+    Y[donors == "D0", 0] = 0
+    fit = scglmm.fit_genes(Y, X, sample, off, coef_names=NAMES)
+    assert fit.status[0] & PARTIAL_SEPARATION and not fit.status[0] & SEPARATION
+    assert np.all(np.isnan(fit.coef[0, :4])) and np.all(np.isnan(fit.se[0, :4]))
+    # on D1..D3 the intercept is D1 + D2 + D3: the model is the one with columns Intercept, D1, D2, condition
+    keep = donors != "D0"
+    ref = scglmm.fit_genes(Y[keep], X[keep][:, [0, 1, 2, 4]], sample[keep], off[keep])
+    assert fit.coef[0, 4] == ref.coef[0, 3] and fit.se[0, 4] == ref.se[0, 3]
+    assert fit.cov[0, 4, 4] == ref.cov[0, 3, 3] and np.isnan(fit.cov[0, 0, 4])
+    assert fit.sigma2[0] == ref.sigma2[0] and fit.theta[0] == ref.theta[0] and fit.loglik[0] == ref.loglik[0]
+    assert abs(fit.coef[0, 4] - 0.8) < 0.3
+
+
+def test_reference_level_of_the_condition_without_counts_has_no_intercept():
+    """Every control cell without counts: the intercept (the control level) runs to minus infinity too,
+    so it is NaN, not the stimulated level; a cell-level covariate is still estimated."""
+    Y, X, donors, cond, sample, off = _paired(seed=6, n_genes=1)
+    x = np.random.default_rng(1).normal(size=cond.size)
+    Y[cond == 0, 0] = 0
+    Xc = np.column_stack([np.ones(cond.size), cond, x])
+    fit = scglmm.fit_genes(Y, Xc, donors, off, coef_names=["Intercept", "stim", "x"])
+    assert fit.status[0] & PARTIAL_SEPARATION
+    assert np.isnan(fit.coef[0, 0]) and np.isnan(fit.coef[0, 1])
+    keep = cond == 1
+    ref = scglmm.fit_genes(Y[keep], Xc[keep][:, [0, 2]], donors[keep], off[keep])
+    assert fit.coef[0, 2] == ref.coef[0, 1] and fit.se[0, 2] == ref.se[0, 1]
+
+
+def test_vanishing_rows_of_a_design():
+    from scglmm._core._separation import _vanishing
+
+    # distinct rows of ~ donor + condition, 3 donors x 2 conditions (D0 is the reference)
+    U = np.array([[1, d1, d2, c] for d1, d2 in ((0, 0), (1, 0), (0, 1)) for c in (0, 1)], dtype=float)
+    cases = {
+        (0, 0, 1, 1, 1, 1): (1, 1, 0, 0, 0, 0),  # the reference donor
+        (1, 1, 0, 0, 1, 1): (0, 0, 1, 1, 0, 0),  # another donor
+        (1, 0, 0, 0, 1, 0): (0, 1, 1, 1, 0, 1),  # counts in the control cells of D0 and D2 only
+        (0, 1, 1, 1, 1, 1): (0, 0, 0, 0, 0, 0),  # one sample without counts: its random effect takes it
+    }
+    for has, gone in cases.items():
+        np.testing.assert_array_equal(_vanishing(U, np.array(has, dtype=bool)), np.array(gone, dtype=bool))
