@@ -7,7 +7,7 @@ offending parameter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -110,17 +110,23 @@ def _numeric_column(adata: AnnData, param: str, column: str) -> np.ndarray:
     return col.to_numpy(dtype=float)
 
 
+def _per_cell(
+    adata: AnnData, param: str, value: str | ArrayLike, kind: Literal["size_factors", "log_offset"]
+) -> tuple[np.ndarray, OffsetSource]:
+    """One value per cell from an ``obs`` column (by name) or an array, and where it came from."""
+    if isinstance(value, str):
+        arr, src = _numeric_column(adata, param, value), OffsetSource(kind, value)
+    else:
+        arr, src = np.asarray(value, dtype=float).ravel(), OffsetSource(kind)
+    if arr.shape != (adata.n_obs,):
+        msg = f"{param} must have one value per cell ({adata.n_obs}); got shape {arr.shape}."
+        raise InvalidValueError(msg, param=param)
+    return arr, src
+
+
 def _given_offset(adata: AnnData, offset: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
     """A log offset passed by the user: an ``obs`` column or an array, finite, one per cell."""
-    if isinstance(offset, str):
-        off = _numeric_column(adata, "offset", offset)
-        src = OffsetSource("log_offset", offset)
-    else:
-        off = np.asarray(offset, dtype=float).ravel()
-        src = OffsetSource("log_offset")
-    if off.shape != (adata.n_obs,):
-        msg = f"offset must have one value per cell ({adata.n_obs}); got shape {off.shape}."
-        raise InvalidValueError(msg, param="offset")
+    off, src = _per_cell(adata, "offset", offset, "log_offset")
     if not np.all(np.isfinite(off)):
         msg = (
             f"offset contains {int((~np.isfinite(off)).sum())} NaN or infinite value(s) (log scale: a zero "
@@ -132,15 +138,7 @@ def _given_offset(adata: AnnData, offset: str | ArrayLike) -> tuple[np.ndarray, 
 
 def _given_size_factors(adata: AnnData, size_factors: str | ArrayLike) -> tuple[np.ndarray, OffsetSource]:
     """Size factors passed by the user (an ``obs`` column or an array, positive, one per cell), logged."""
-    if isinstance(size_factors, str):
-        sf = _numeric_column(adata, "size_factors", size_factors)
-        src = OffsetSource("size_factors", size_factors)
-    else:
-        sf = np.asarray(size_factors, dtype=float).ravel()
-        src = OffsetSource("size_factors")
-    if sf.shape != (adata.n_obs,):
-        msg = f"size_factors must have one value per cell ({adata.n_obs}); got shape {sf.shape}."
-        raise InvalidValueError(msg, param="size_factors")
+    sf, src = _per_cell(adata, "size_factors", size_factors, "size_factors")
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
         raise InvalidValueError(_bad_size_factors(adata, sf, src.column), param="size_factors")
     return np.log(sf), src
