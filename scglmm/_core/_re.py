@@ -399,7 +399,10 @@ class _Problem:
         grad = np.zeros(phi.shape[0])
         self.n_eval += 1
         args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
-        ok, val, _ = self.kernel(*args)
+        try:
+            ok, val, _ = self.kernel(*args)
+        except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
+            return -np.inf, grad
         if self.kernel is re_value_grad:
             self.kernel = _compiled(re_value_grad, args)
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
@@ -687,7 +690,7 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
         return REFitOne(**{**nan.__dict__, "status": FAILED})
     try:
         return _fit(s, prob, phi, max_iter, nan)
-    except (np.linalg.LinAlgError, ValueError):  # non-finite numbers reached the small dense algebra
+    except (np.linalg.LinAlgError, ValueError, ArithmeticError):  # non-finite numbers reached the dense algebra
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_eval": prob.n_eval})
 
 
