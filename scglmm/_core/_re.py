@@ -188,7 +188,13 @@ MIN_CELLS_PER_BLOCK = 20
 
 def _no_rows(p: int) -> RERows:
     """The placeholder :class:`RERows` of a structure fitted cell by cell."""
-    return RERows(False, np.zeros((1, FEW_ROWS_KMAX + 1)), np.ones(1), 0.0)
+    return RERows(False, np.zeros((1, FEW_ROWS_KMAX + 1)), np.ones(1), 0.0, np.zeros(1), _inv_k())
+
+
+def _inv_k() -> NDArray[np.float64]:
+    """``1 / k`` for k = 0 .. FEW_ROWS_KMAX (0 at k = 0)."""
+    k = np.arange(FEW_ROWS_KMAX + 1, dtype=np.float64)
+    return np.divide(1.0, k, out=np.zeros_like(k), where=k > 0)
 
 
 def _cut_blocks(
@@ -221,7 +227,7 @@ def _cut_blocks(
         order=order, bstarts=bstarts, Lw=Lw, off=off_s, e=e,
         esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]),
     )  # fmt: skip
-    return blocks, RERows(True, PA, Lc, o_ref)
+    return blocks, RERows(True, PA, Lc, o_ref, np.log(Lc), _inv_k())
 
 
 def _nests_in(codes: NDArray[np.int64], parent: NDArray[np.int64]) -> NDArray[np.int64] | None:

@@ -186,7 +186,7 @@ def by_path(few_rows: Callable, laplace: Callable, agq: Callable) -> Callable[[C
     return decorate
 
 
-RERows = namedtuple("RERows", ["on", "PA", "Lc", "o_ref"])
+RERows = namedtuple("RERows", ["on", "PA", "Lc", "o_ref", "logLc", "inv_k"])
 RERows.__doc__ = """Collapsed rows of a general random-effect structure (see :mod:`._re_laplace`).
 
 When ``on``, the rows of an :class:`REData` are blocks of cells sharing the fixed design row, the
@@ -202,4 +202,8 @@ Lc : (B,) float64
     Block centres of ``Lw = exp(offset - o_ref)``.
 o_ref : float
     Reference offset.
+logLc : (B,) float64
+    ``log(Lc)``.
+inv_k : (KMAX + 1,) float64
+    ``1 / k`` (0 at k = 0).
 """

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ._cell import _cell_all_x, theta_terms
-from ._few_rows import _block_centre, _few_rows_block_sums_into, _series_terms
+from ._few_rows import _block_centre, _series_terms
 from ._jit import JIT as _JIT
 from ._re_linalg import block_factor, block_local_inverse, block_solve
 
@@ -67,12 +67,13 @@ def _eta(d, eta0, a, u, eta):
 
 
 @njit(**_JIT)
-def _block_q12(j, c, t, theta, PA, PZ, Lc, o_ref):
+def _block_q12(j, c, t, theta, fr, PZ):
     """Sums over block j's cells (linear predictor c + offset) of q, e1 and e2 (S[0..2] of
     :func:`._few_rows._few_rows_block_sums_into`) by one series: all three are linear in the power
     sums, so it runs over ``W_k = theta PA[j, k] + PZ[j, k]``."""
+    PA = fr.PA
     KK = PA.shape[1]
-    z = c - t + o_ref + math.log(Lc[j])
+    z = c - t + fr.o_ref + fr.logLc[j]
     rc, alpha, lx = _block_centre(z)
     K = _series_terms(z, lx, rc, KK)
     w0 = theta * PA[j, 0] + PZ[j, 0]
@@ -85,13 +86,59 @@ def _block_q12(j, c, t, theta, PA, PZ, Lc, o_ref):
         bk *= rc
         sg = bk if (k % 2 == 1) else -bk
         wk = theta * PA[j, k] + PZ[j, k]
-        s0 += sg * wk / k
+        s0 += sg * wk * fr.inv_k[k]
         s1 += sg * wk
         s2 += k * sg * (wprev + wk)
         wprev = wk
     ysum = PZ[j, KK]
     q = c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
     return q, ysum - (w0 * rc + alpha * s1), -alpha * s2
+
+
+@njit(**_JIT)
+def _block_all(j, c, t, theta, fr, PZ, out):
+    """Sums over block j's cells of ``(e1, e2, e3, t0, t1, t2)`` into ``out`` and of q (returned):
+    with ``G_m(M)`` the sums of the m-th derivatives of log1p in log x weighted by the power sums M
+    (:func:`._few_rows._centered_series`), e_m = -G_m(W) (and e1 + ysum) and ``t_m = G_(m+1)(W) -
+    theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2."""
+    PA = fr.PA
+    KK = PA.shape[1]
+    z = c - t + fr.o_ref + fr.logLc[j]
+    rc, alpha, lx = _block_centre(z)
+    K = _series_terms(z, lx, rc, KK)
+    w0 = theta * PA[j, 0] + PZ[j, 0]
+    w1 = w0  # W_(k-1)
+    w2 = 0.0  # W_(k-2)
+    a1 = PA[j, 0]
+    bk = 1.0
+    s0 = s1 = s2 = s3 = p0 = p1 = p2 = 0.0
+    for k in range(1, K + 1):
+        bk *= rc
+        sg = bk if (k % 2 == 1) else -bk
+        kf = float(k)
+        wk = theta * PA[j, k] + PZ[j, k]
+        ak = PA[j, k]
+        s0 += sg * wk * fr.inv_k[k]
+        s1 += sg * wk
+        s2 += kf * sg * (w1 + wk)
+        s3 += kf * sg * ((kf - 1.0) * w2 + (2.0 * kf - 1.0) * w1 + kf * wk)
+        p0 += sg * ak * fr.inv_k[k]
+        p1 += sg * ak
+        p2 += kf * sg * (a1 + ak)
+        w2 = w1
+        w1 = wk
+        a1 = ak
+    ysum = PZ[j, KK]
+    G1 = w0 * rc + alpha * s1
+    G2 = alpha * s2
+    G3 = alpha * s3
+    out[0] = ysum - G1
+    out[1] = -G2
+    out[2] = -G3
+    out[3] = G1 - theta * (PA[j, 0] * lx + p0)
+    out[4] = G2 - theta * (PA[j, 0] * rc + alpha * p1)
+    out[5] = G3 - theta * alpha * p2
+    return c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
 
 
 @njit(**_JIT)
@@ -106,23 +153,13 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
     s = 0.0
     if fr.on and not full:
         for j in range(eta.shape[0]):
-            q, e1, e2 = _block_q12(j, eta[j], t, theta, fr.PA, PZ, fr.Lc, fr.o_ref)
+            q, e1, e2 = _block_q12(j, eta[j], t, theta, fr, PZ)
             cs[j, 0] = e1
             cs[j, 1] = e2
             s += q
     elif fr.on:
-        S = np.empty(12)
-        GP = np.empty(5)
-        GQ = np.empty(5)
         for j in range(eta.shape[0]):
-            _few_rows_block_sums_into(j, eta[j], t, theta, fr.PA, PZ, fr.Lc, fr.o_ref, 3, S, GP, GQ)
-            cs[j, 0] = S[1]
-            cs[j, 1] = S[2]
-            cs[j, 2] = S[3]
-            cs[j, 3] = S[5]
-            cs[j, 4] = S[6]
-            cs[j, 5] = S[7]
-            s += S[0]
+            s += _block_all(j, eta[j], t, theta, fr, PZ, cs[j])
     else:
         for j in range(y.shape[0]):
             z = eta[j] - t
