@@ -72,7 +72,7 @@ def fit(
     Other random-effect structures (random slopes, nested, crossed; see ``formula``) replace
     :math:`b_i` by :math:`z_{ij}^\top b`, one normal vector per level of each grouping factor with an
     unstructured (``|``) or diagonal (``||``) covariance, fitted by the Laplace approximation with
-    :func:`scglmm._core._re_api.fit_re_genes`, one gene at a time on one thread.
+    :func:`scglmm._core._re_api.fit_re_genes`, the genes spread over ``n_jobs`` workers (processes by default).
 
     Parameters
     ----------
