@@ -145,7 +145,8 @@ def fit(
         (only with a single ``(1 | donor)``).
     n_jobs
         Worker threads over gene blocks; ``None`` uses ``scanpy.settings.n_jobs``. Results are
-        identical for any value.
+        identical for any value. Structures other than ``(1 | donor)`` are fitted on one thread
+        whatever its value.
     block_size
         Genes per compiled call.
     progress
