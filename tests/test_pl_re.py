@@ -102,7 +102,9 @@ def _slope_expected(a: ad.AnnData, gene: str) -> dict[str, dict[str, float]]:
 def test_slope_shows_each_donors_own_response(fitted, gene):
     a = fitted
     ax = scglmm.pl.donor_effects(a, gene, coef=STIM, show=False)
-    assert ax.get_ylabel() == f"each donor's own {STIM}: fixed effect + mode (natural log)"
+    assert ax.get_ylabel() == "each donor's own stim vs ctrl\n(fixed effect + mode, natural log)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "raw: fixed effect + log(observed / fixed-effect fit), stim minus ctrl" in legend
     assert ax.get_xlabel() == "donor level"
     exp = _slope_expected(a, gene)
     ticks, values, half, raw = _drawn(ax)

@@ -22,7 +22,7 @@ from .._formula import RETermSpec, build_design, parse_fit_formula
 from .._inputs import counts, log_offset
 from .._layout import fit_params, stored_log_offset, varm_key
 from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
-from ._utils import LEGEND, gene_labels, render, run_key
+from ._utils import LEGEND, gene_labels, readable_name, render, run_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -208,7 +208,16 @@ def _rebuild(adata: AnnData, t: _Gene, size_factors: str | ArrayLike | None, off
     design = build_design(t.params["fixed_formula"], obs)
     beta = adata.varm[varm_key(t.sub, "coef")].iloc[t.index][design.columns].to_numpy(dtype=float)
     eta = design.matrix @ beta + off[cells]
-    return rebuild_levels(obs, y, eta, t.effects, t.term, t.coef, t.center)
+    return rebuild_levels(obs, y, eta, t.effects, (t.term, t.coef), t.center, _sides(t))
+
+
+def _sides(t: _Gene) -> str:
+    """The two values of a 0/1 coefficient in words: ``"stim minus ctrl"``, else ``"<coef> = 1 minus 0"``."""
+    words = readable_name(t.coef, t.params)
+    if " vs " in words and ": " not in words:
+        level, reference = words.split(" vs ", 1)
+        return f"{level} minus {reference}"
+    return f"{t.coef} = 1 minus 0"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def _words(t: _Gene) -> _Words:
     if t.coef == "Intercept":
         ylabel = f"{factor} effect on log mean (natural log)"
     elif slope:
-        ylabel = f"each {factor}'s own {t.coef}: fixed effect + mode (natural log)"
+        ylabel = f"each {factor}'s own {readable_name(t.coef, t.params)}\n(fixed effect + mode, natural log)"
     else:
         ylabel = f"{factor} effect on {t.coef} (natural log)"
     return _Words(

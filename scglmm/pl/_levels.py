@@ -70,13 +70,21 @@ class Levels:
 
 
 def rebuild_levels(
-    obs: pd.DataFrame, y: np.ndarray, eta: np.ndarray, effects: StoredEffects, shown: int, coef: str, center: float
+    obs: pd.DataFrame,
+    y: np.ndarray,
+    eta: np.ndarray,
+    effects: StoredEffects,
+    shown: tuple[int, str],
+    center: float,
+    sides: str,
 ) -> Levels:
-    """Conditional SD and raw value of each level of term ``shown`` for coefficient ``coef``.
+    """Conditional SD and raw value of each level of term ``shown[0]`` for its coefficient ``shown[1]``.
 
     ``y`` are the gene's counts and ``eta`` the fixed-effect linear predictor (offset included) of
-    the cells of ``obs``; ``center`` is the fixed effect added to the plotted modes (0 for a deviation).
+    the cells of ``obs``; ``center`` is the fixed effect added to the plotted modes (0 for a deviation);
+    ``sides`` names the two values of a 0/1 coefficient for the legend (``"stim minus ctrl"``).
     """
+    shown, coef = shown
     re_terms = build_re_terms(tuple(t.spec for t in effects.terms), obs)
     index = effects.modes.index
     positions = [_positions(t, index) for t in effects.terms]
@@ -89,7 +97,7 @@ def rebuild_levels(
     sel = positions[shown][:, effects.terms[shown].coefs.index(coef)]
     cond_sd = _cond_sd(Z, w, root, sel)
     term, codes = re_terms[shown], cell_levels[shown]
-    raw, label = _raw(term, coef, center, (y, np.exp(eta)), codes, len(effects.terms[shown].levels))
+    raw, label = _raw(term, (coef, sides), center, (y, np.exp(eta)), codes, len(effects.terms[shown].levels))
     return Levels(obs=obs, cell_level=codes, cond_sd=cond_sd, raw=raw, raw_label=label)
 
 
@@ -183,28 +191,28 @@ def _log_ratio(mask: np.ndarray, codes: np.ndarray, counts: tuple[np.ndarray, np
 
 
 def _raw(
-    term, coef: str, center: float, counts: tuple[np.ndarray, np.ndarray], codes: np.ndarray, m: int
+    term, coef: tuple[str, str], center: float, counts: tuple[np.ndarray, np.ndarray], codes: np.ndarray, m: int
 ) -> tuple[np.ndarray, str]:
-    """The raw value of each level and its legend text.
+    """The raw value of each level and its legend text (``coef``: the coefficient and the words for its sides).
 
     An intercept: the log ratio over the cells where the term's other columns are 0. A 0/1 column
     ``c``: the log ratio where ``c = 1`` minus where ``c = 0`` (just the former without an intercept),
     both where the term's other columns are 0, plus ``center``. Other columns have no raw value.
     """
+    coef, sides = coef
     names = list(term.coef_names)
     j = names.index(coef)
     others = [k for k, name in enumerate(names) if name != "Intercept" and k != j]
     base = np.all(term.Z[:, others] == 0.0, axis=1)
-    what = "raw log(observed / fixed-effect fit)"
     if coef == "Intercept":
         where = f" where {', '.join(names[k] for k in others)} = 0" if others else ""
-        return _log_ratio(base, codes, counts, m), what + where
+        return _log_ratio(base, codes, counts, m), f"raw log(observed / fixed-effect fit){where}"
     col = term.Z[:, j]
     if not np.all((col == 0.0) | (col == 1.0)):
         return np.full(m, np.nan), ""
     raw = _log_ratio(base & (col == 1.0), codes, counts, m) + center
-    prefix = "fixed effect + " if center != 0.0 else ""
+    prefix = "raw: fixed effect + " if center != 0.0 else "raw: "
     if "Intercept" not in names:
-        return raw, f"raw: {prefix}log(observed / fixed-effect fit) where {coef} = 1"
+        return raw, f"{prefix}log(observed / fixed-effect fit) where {coef} = 1"
     raw = raw - _log_ratio(base & (col == 0.0), codes, counts, m)
-    return raw, f"raw: {prefix}log(observed / fixed-effect fit) where {coef} = 1 minus where 0"
+    return raw, f"{prefix}log(observed / fixed-effect fit), {sides}"
