@@ -508,8 +508,8 @@ the replicates. Cell-level tests (Wilcoxon, t-test) treat every cell as an
 independent replicate and report many false hits.
 
 \b
-Typical use:
-  scglmm fit cells.h5ad --formula "~ condition + (1 | donor)" \\
+Typical use (each donor measured in both conditions):
+  scglmm fit cells.h5ad --formula "~ condition + (1 + condition | donor)" \\
       --out fit.h5ad --table fit.tsv --n-jobs 4
   scglmm test fit.h5ad --contrast condition,stim,ctrl --out tested.h5ad
 
@@ -589,12 +589,15 @@ Per gene, in lme4 notation: counts ~ FORMULA, negative binomial, with
 log(size factor) as offset. FORMULA names obs columns and holds a donor
 random intercept, '(1 | donor)', or other lme4 random effects: random slopes
 '(1 + condition | donor)', '(1 + x || donor)', nested '(1 | donor/sample)',
-crossed '(1 | donor) + (1 | batch)' (Laplace, one thread). Coefficients are
+crossed '(1 | donor) + (1 | batch)' (Laplace approximation). Coefficients are
 natural-log fold changes; the table adds log2_fc.
 
 \b
 Examples:
-  # stimulated vs control, cells grouped by donor
+  # paired design (every donor in both conditions): each donor's own response
+  scglmm fit cells.h5ad --formula "~ condition + (1 + condition | donor)" --out fit.h5ad
+\b
+  # each donor in one condition only: a donor random intercept
   scglmm fit cells.h5ad --formula "~ condition + (1 | donor)" --out fit.h5ad
 \b
   # counts in a layer, a covariate, a table for 'condition', 4 threads
