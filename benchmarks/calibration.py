@@ -38,6 +38,9 @@ from scglmm._core._api import fit_genes
 from scglmm._core._inference import CALIBRATIONS, donor_level_design, wald_pvalues
 from scglmm.datasets import simulate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_slope import kang_slope_report, kang_slope_study, slope_report, slope_study
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 CACHE = OUT / ".cache"  # fitted results per simulated data set (not committed; delete to refit)
@@ -550,7 +553,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small grid and few genes (minutes)")
     ap.add_argument("--kang", type=Path, default=KANG, help="path of kang2018_ifnb_pbmc.h5ad")
     ap.add_argument("--seed", type=int, default=20260)
-    ap.add_argument("--parts", default="null,de,paired,kang", help="comma-separated parts to run")
+    ap.add_argument(
+        "--parts", default="null,de,paired,slope,kang,kang_slope", help="comma-separated parts to run"
+    )
     ap.add_argument(
         "--warm",
         metavar="DPG:CPD[,DPG:CPD...]",
@@ -563,10 +568,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5], [50, 200], 200, 1, 200, 1, 200
         paired = ([4], [0.0, 0.3], 100, 200, 1)
+        slope = {"n_donors_list": [4, 6], "null_sds": [0.3], "de_sd": (0.0, 0.5), "n_genes": 150, "cpd": 50,
+                 "n_rep": 1}  # fmt: skip
         n_splits = 1
     else:
         dpgs, cpds, n_null, rep_null, n_de, rep_de, lrt_max = [3, 5, 10, 20], [50, 200, 1000], 300, 8, 400, 4, 1000
         paired = ([4, 8], [0.0, 0.2, 0.4], 200, 300, 2)
+        slope = {"n_donors_list": [4, 6, 10, 20], "null_sds": [0.0, 0.2, 0.4, (0.0, 0.5)], "de_sd": (0.0, 0.5),
+                 "n_genes": 400, "cpd": 100, "n_rep": 3}  # fmt: skip
         n_splits = 3
     if args.warm:
         cells = [tuple(int(v) for v in c.split(":")) for c in args.warm.split(",")]
@@ -579,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     suffix = "_quick" if args.quick else ""
     settings = {"seed": args.seed, "n_null": n_null, "rep_null": rep_null, "n_de": n_de, "rep_de": rep_de,
-                "n_splits": n_splits, "paired": paired}  # fmt: skip
+                "n_splits": n_splits, "paired": paired, "slope": slope}  # fmt: skip
     if "null" in parts:
         null_grid(dpgs, cpds, n_null, rep_null, args.seed, lrt_max).to_csv(
             OUT / f"calibration_null{suffix}.csv", index=False
@@ -589,6 +598,15 @@ def main(argv: list[str] | None = None) -> None:
     if "paired" in parts:
         pr = paired_study(*paired[:2], paired[3], paired[2], paired[4], args.seed)
         pr.to_csv(OUT / f"calibration_paired{suffix}.csv", index=False)
+    if "slope" in parts:
+        slope_study(**slope, seed0=args.seed).to_csv(OUT / f"calibration_slope{suffix}.csv", index=False)
+    if "kang_slope" in parts:
+        if args.kang.exists():
+            kr, ks = kang_slope_study(args.kang, n_swaps=2 if args.quick else 6, seed=args.seed)
+            kr.to_csv(OUT / f"calibration_kang_slope_ranks{suffix}.csv", index=False)
+            ks.to_csv(OUT / f"calibration_kang_slope_swaps{suffix}.csv", index=False)
+        else:
+            log.warning("Kang data not found at %s; real-data part skipped", args.kang)
     if "kang" in parts:
         if args.kang.exists():
             fake, ranks = kang_study(args.kang, n_splits, args.seed)
@@ -599,6 +617,11 @@ def main(argv: list[str] | None = None) -> None:
     report(suffix, settings, time.perf_counter() - t0, args.quick)
 
 
+def _escape_bars(line: str) -> str:
+    """A '|' inside a formula in a markdown table cell must be escaped."""
+    return line.replace("(1 | ", "(1 \\| ").replace("condition | ", "condition \\| ")
+
+
 def report(suffix: str, settings: dict, seconds: float, quick: bool) -> None:
     """Markdown tables and figures from every part's CSV present in results/."""
 
@@ -606,7 +629,10 @@ def report(suffix: str, settings: dict, seconds: float, quick: bool) -> None:
         path = OUT / f"calibration_{name}{suffix}.csv"
         return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
-    null, de, pr, fake, ranks = (load(n) for n in ("null", "de", "paired", "kang_null", "kang_ranks"))
+    null, de, pr, fake, ranks, sl, kr, ks = (
+        load(n)
+        for n in ("null", "de", "paired", "kang_null", "kang_ranks", "slope", "kang_slope_ranks", "kang_slope_swaps")
+    )
     md = [
         "# scglmm calibration and power study",
         "",
@@ -640,6 +666,9 @@ def report(suffix: str, settings: dict, seconds: float, quick: bool) -> None:
                "false-positive rate at p < 0.05", "",
                pr.pivot_table(index=["n_donors", "slope_sd"], columns="method", values="fp_05",
                               sort=False).to_markdown(floatfmt=".3f"), ""]  # fmt: skip
+    if not sl.empty:
+        md += slope_report(sl, settings["slope"])
+    md += kang_slope_report(kr, ks)
     if not fake.empty:
         summ = fake.groupby("method", sort=False)[["fp_05", "fp_01"]].mean()
         md += [f"## Kang 2018 CD14 monocytes, ctrl cells, donors split 4 vs 4 ({fake['split'].nunique()} splits, "
@@ -650,7 +679,7 @@ def report(suffix: str, settings: dict, seconds: float, quick: bool) -> None:
     md.append(f"Time of this run: {seconds:.0f} s.")
     text = "\n".join(md) + "\n"
     # a '|' inside a table cell (formula labels) must be escaped in markdown tables
-    text = "\n".join(ln.replace("(1 | ", "(1 \\| ") if ln.startswith("|") else ln for ln in text.split("\n"))
+    text = "\n".join(_escape_bars(ln) if ln.startswith("|") else ln for ln in text.split("\n"))
     (OUT / f"calibration{suffix}.md").write_text(text)
     log.info("wrote %s", OUT / f"calibration{suffix}.md")
 

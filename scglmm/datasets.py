@@ -29,7 +29,7 @@ def simulate(
     phi_range: tuple[float, float] = (0.05, 1.0),
     covariate_sd: float = 0.1,
     paired: bool = False,
-    slope_sd: float = 0.0,
+    slope_sd: float | tuple[float, float] = 0.0,
     libsize_median: float = 5000.0,
     libsize_sdlog: float = 0.4,
     cells_sdlog: float = 0.0,
@@ -67,7 +67,8 @@ def simulate(
         Every donor contributes cells to both conditions (as in Kang 2018).
     slope_sd
         In paired designs: standard deviation of a donor-specific deviation of the condition
-        effect (a donor x condition interaction the ``(1 | donor)`` model does not have).
+        effect (a donor x condition interaction the ``(1 | donor)`` model does not have, the random
+        slope of ``(1 + condition | donor)``); a ``(low, high)`` pair draws it per gene, uniformly.
     libsize_median, libsize_sdlog
         Log-normal library sizes (the offset is ``log(libsize)``).
     cells_sdlog
@@ -81,7 +82,7 @@ def simulate(
     -------
     AnnData with CSR counts in ``X``; ``obs``: ``donor``, ``condition`` (ctrl/stim), ``sample``,
     ``covariate`` (standardised), ``libsize``; ``var``: the true ``intercept``, ``beta_condition``,
-    ``beta_covariate``, ``sigma2``, ``phi``, ``is_de``.
+    ``beta_covariate``, ``sigma2``, ``phi``, ``slope_sd``, ``is_de``.
     """
     import anndata as ad
 
@@ -116,7 +117,9 @@ def simulate(
     beta_c = np.where(is_de, rng.choice([-1.0, 1.0], n_genes) * rng.uniform(lfc[0], lfc[1], n_genes), 0.0)
     beta_x = rng.normal(0.0, covariate_sd, n_genes)
     b = rng.normal(size=(n_donors, n_genes)) * np.sqrt(sigma2)
-    slope = rng.normal(size=(n_donors, n_genes)) * slope_sd if paired and slope_sd > 0 else 0.0
+    slope_sd_g = rng.uniform(*slope_sd, n_genes) if isinstance(slope_sd, tuple) else np.full(n_genes, slope_sd)
+    with_slope = paired and bool(np.any(slope_sd_g > 0))
+    slope = rng.normal(size=(n_donors, n_genes)) * slope_sd_g if with_slope else 0.0
 
     cols = []
     for g0 in range(0, n_genes, 256):
@@ -129,7 +132,7 @@ def simulate(
             + np.log(libsize)[:, None]
             + b[d_idx, sl]
         )
-        if paired and slope_sd > 0:
+        if with_slope:
             eta = eta + stim[:, None] * slope[d_idx, sl]
         mu = np.exp(eta)
         size = 1.0 / phi[sl]
@@ -154,6 +157,7 @@ def simulate(
             "beta_covariate": beta_x,
             "sigma2": sigma2,
             "phi": phi,
+            "slope_sd": slope_sd_g if paired else np.zeros(n_genes),
             "is_de": is_de,
         },
         index=[f"G{g:05d}" for g in range(n_genes)],

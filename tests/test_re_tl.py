@@ -102,8 +102,10 @@ def test_structure_in_params() -> None:
 
 
 def test_slope_df_is_paired_t() -> None:
-    """condition varies within every donor: only the intercept is constant within donors, df = 8 - 1."""
-    a = fitted("slope")
+    """condition varies within every donor: only the intercept is constant within donors, df = 8 - 1;
+    with ``calibration="t"`` the slope's coefficient is referred to t(7)."""
+    a = data("slope")[:, :40].copy()
+    scglmm.tl.fit(a, FORMULAS["slope"], size_factors="libsize", calibration="t", progress=False)
     params = a.uns["scglmm"]["params"]
     assert params["slope_columns"] == {STIM: "donor"}
     assert params["df"][STIM] == 7.0 == params["slope_df"][STIM]
@@ -113,6 +115,35 @@ def test_slope_df_is_paired_t() -> None:
     from scipy import stats
 
     np.testing.assert_allclose(a.varm["scglmm_pval"][STIM], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-14)
+
+
+def test_slope_default_is_eb_on_the_slope_variance() -> None:
+    """The default ("eb") tests the slope's coefficient with the empirical-Bayes prior of its variance across
+    genes (k = 1/8, 7 df), the same numbers as calling the numerics directly; the prior is stored."""
+    from scglmm._core._inference import EB_MIN_GENES, eb_donor_variance
+
+    a = ad.read_h5ad(REF / "slope.h5ad")[:, : EB_MIN_GENES + 10].copy()
+    scglmm.tl.fit(a, FORMULAS["slope"], size_factors="libsize", min_cells=None, min_donors=None, progress=False)
+    params = a.uns["scglmm"]["params"]
+    assert params["df"][STIM] == np.inf and params["slope_df"][STIM] == 7.0
+    coef, se = a.varm["scglmm_coef"][STIM].to_numpy(), a.varm["scglmm_se"][STIM].to_numpy()
+    tau2 = a.varm["scglmm_varcomp"][f"var({STIM}|donor)"].to_numpy()
+    ok = np.isfinite(coef)
+    ref = eb_donor_variance(coef[ok], se[ok] ** 2, tau2[ok], n_donors=8, df=7, k=1 / 8)
+    np.testing.assert_allclose(a.varm["scglmm_pval"][STIM].to_numpy()[ok], ref["p_value"], rtol=1e-12)
+    np.testing.assert_allclose(params["eb_prior"][STIM], ref["prior"], rtol=1e-12)
+    assert ok.sum() >= EB_MIN_GENES
+
+
+def test_slope_eb_with_few_genes_is_t() -> None:
+    """Fewer genes than the prior needs: the default falls back to t with the slope's df."""
+    a = fitted("slope")
+    assert a.uns["scglmm"]["params"]["df"][STIM] == 7.0
+    z = a.varm["scglmm_coef"][STIM] / a.varm["scglmm_se"][STIM]
+    from scipy import stats
+
+    np.testing.assert_allclose(a.varm["scglmm_pval"][STIM], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-14)
+
 
 
 def test_slope_df_counts_level_wide_columns() -> None:

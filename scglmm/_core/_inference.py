@@ -76,6 +76,7 @@ __all__ = [
     "lrt_pvalues",
     "mixture_name",
     "resolve_column",
+    "slope_wald_pvalues",
 ]
 
 #: Small-sample calibration options of Wald tests (see the module docstring).
@@ -514,6 +515,57 @@ def wald_pvalues(
         "donor_level": bool(is_b),
         "sigma2_floor": floor,
     }
+
+
+def slope_wald_pvalues(
+    est: ArrayLike,
+    var: ArrayLike,
+    tau2: ArrayLike,
+    *,
+    n_levels: int,
+    df: int,
+    calibration: str = DEFAULT_CALIBRATION,
+) -> dict[str, NDArray | float]:
+    """Wald test of a fixed effect that has its own random slope, e.g. ``condition`` under
+    ``(1 + condition | donor)``.
+
+    Its information comes from the spread of the levels' own slopes, as in a paired t test on
+    per-donor differences: in a balanced design the estimate's variance is ``(tau2 + w) / m``, with
+    ``tau2`` the slope variance, ``w`` the sampling variance of one level's slope and ``m`` levels,
+    and ``m (tau2_hat + w)`` is a ``(tau2 + w) chi2(df)`` observation. ``"eb"`` is then the
+    empirical-Bayes test of :func:`eb_donor_variance` with ``k = 1 / m`` (a prior for ``tau2``
+    across genes), ``"t"`` refers ``est / se`` to t with ``df`` degrees of freedom and ``"z"`` to
+    the normal. ``"eb"`` falls back to ``"t"`` with fewer than :data:`EB_MIN_GENES` genes.
+
+    Parameters
+    ----------
+    est, var
+        (G,) estimates and model variances (from the full Hessian).
+    tau2
+        (G,) ML variance of the random slope (0 at the boundary).
+    n_levels, df
+        Levels of the slope's grouping factor and the test's degrees of freedom.
+    calibration
+        ``"eb"``, ``"t"`` or ``"z"``.
+
+    Returns
+    -------
+    dict with ``stat``, ``p_value``, ``df`` (``inf`` for ``"eb"`` and ``"z"``) and, with ``"eb"``,
+    ``eb_prior``.
+    """
+    est = np.asarray(est, dtype=float)
+    var = np.asarray(var, dtype=float)
+    n_ok = int(np.sum(np.isfinite(est) & np.isfinite(var) & (var > 0)))
+    if calibration == "eb" and df >= 1 and n_ok >= EB_MIN_GENES:
+        eb = eb_donor_variance(est, var, tau2, n_donors=n_levels, df=df, k=1.0 / n_levels)
+        return {"stat": eb["stat"], "p_value": eb["p_value"], "df": np.inf, "eb_prior": eb["prior"]}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = est / np.sqrt(np.where(var >= 0, var, np.nan))
+    if calibration == "z":
+        return {"stat": stat, "p_value": _two_sided(stat, np.inf), "df": np.inf}
+    if df < 1:
+        return {"stat": stat, "p_value": np.full_like(stat, np.nan), "df": float(df)}
+    return {"stat": stat, "p_value": _two_sided(stat, float(df)), "df": float(df)}
 
 
 def _two_sided(stat: NDArray, df: float | NDArray) -> NDArray:

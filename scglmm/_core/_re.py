@@ -287,7 +287,10 @@ class _Problem:
         uu = self.u if u is None else u
         grad = np.zeros(phi.shape[0])
         self.n_eval += 1
-        ok, val, _ = re_value_grad(self.s.data, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
+        try:
+            ok, val, _ = re_value_grad(self.s.data, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
+        except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
+            return -np.inf, grad
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
             return -np.inf, grad
         return float(val), grad
@@ -509,7 +512,7 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
         return REFitOne(**{**nan.__dict__, "status": FAILED})
     try:
         return _fit(s, prob, phi, max_iter, nan)
-    except (np.linalg.LinAlgError, ValueError):  # non-finite numbers reached the small dense algebra
+    except (np.linalg.LinAlgError, ValueError, ArithmeticError):  # non-finite numbers reached the dense algebra
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_eval": prob.n_eval})
 
 

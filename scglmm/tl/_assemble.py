@@ -15,7 +15,7 @@ import pandas as pd
 
 from .._core._inference import EB_GRID
 from .._layout import StoredFit, rank_key, status_key, varm_key
-from ._re_run import slope_groups
+from ._re_run import slope_df, slope_groups
 
 if TYPE_CHECKING:
     from .._formula import ParsedFormula
@@ -159,17 +159,18 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
         "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
         "size_factor_center": float(run.size_factor_center),
-        **_structure_params(run, tests, parsed),
+        **_structure_params(run, parsed),
     }
 
 
-def _structure_params(run: Run, tests: WaldTests, parsed: ParsedFormula) -> dict[str, Any]:
+def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
     """The random-effect structure of a run with a general structure (nothing for ``(1 | donor)``): per term
     (keyed by the term as written after expansion, e.g. ``(1 | donor:sample)``) its grouping factor,
     coefficients, covariance form and levels."""
     if run.re is None:
         return {}
-    slopes = {c: t.group for c, t in slope_groups(run.re.terms, list(run.design.columns)).items()}
+    terms = slope_groups(run.re.terms, list(run.design.columns))
+    slopes = {c: t.group for c, t in terms.items()}
     return {
         "random_effects": {
             str(spec): {
@@ -182,9 +183,10 @@ def _structure_params(run: Run, tests: WaldTests, parsed: ParsedFormula) -> dict
             for spec, t in zip(parsed.terms, run.re.terms, strict=True)
         },
         "varcomp_names": list(run.re.varcomp_names),
-        # fixed effects with their own random slope -> its grouping factor; their df are in "df"
+        # fixed effects with their own random slope -> its grouping factor, and the between-level df of
+        # their test ("df" holds the reference: inf under "eb", these df under "t")
         "slope_columns": slopes,
-        "slope_df": {c: tests.df[c] for c in slopes},
+        "slope_df": {c: float(slope_df(run.design.matrix, t.codes)) for c, t in terms.items()},
     }
 
 

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .._core._errors import InvalidValueError
-from .._core._inference import donor_level_design
+from .._core._inference import donor_level_design, slope_wald_pvalues
 from .._core._re_api import REGenesFit, fit_re_genes
 from .._core._results import GenesFit
 from .._core._status import FILTERED
@@ -199,8 +198,10 @@ def slope_df(X: np.ndarray, codes: np.ndarray) -> int:
 
 
 def re_wald_tests(run: Run, calibration: str) -> WaldTests:
-    """:func:`._run.wald_tests`, then for ``"eb"`` and ``"t"`` each fixed effect with its own random slope
-    refers ``coef / se`` to a t distribution with :func:`slope_df` degrees of freedom."""
+    """:func:`._run.wald_tests`, then for ``"eb"`` and ``"t"`` each fixed effect with its own random slope is
+    tested by :func:`scglmm._core._inference.slope_wald_pvalues` on the levels of the slope's grouping factor:
+    with ``"t"`` on t with :func:`slope_df` degrees of freedom, with ``"eb"`` (the default) on the
+    empirical-Bayes prior of the slope variance across genes (``eb_prior`` stored per column)."""
     tests = wald_tests(run, calibration)
     if run.re is None or calibration not in _SLOPE_T:
         return tests
@@ -209,11 +210,13 @@ def re_wald_tests(run: Run, calibration: str) -> WaldTests:
     eb_prior = dict(tests.eb_prior)
     for col, term in slope_groups(run.re.terms, cols).items():
         j = cols.index(col)
-        d = slope_df(run.design.matrix, term.codes)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = run.fit.coef[:, j] / run.fit.se[:, j]
-        stat[:, j] = z
-        pval[:, j] = 2.0 * stats.t.sf(np.abs(z), d) if d >= 1 else np.nan
-        df[col] = float(d)
+        tau2 = run.re.varcomp[:, run.re.varcomp_names.index(f"var({col}|{term.group})")]
+        out = slope_wald_pvalues(
+            run.fit.coef[:, j], run.fit.se[:, j] ** 2, tau2, n_levels=term.m,
+            df=slope_df(run.design.matrix, term.codes), calibration=calibration,
+        )  # fmt: skip
+        stat[:, j], pval[:, j], df[col] = out["stat"], out["p_value"], float(out["df"])
         eb_prior.pop(col, None)
+        if "eb_prior" in out:
+            eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
     return replace(tests, pval=pval, stat=stat, df=df, eb_prior=eb_prior)
