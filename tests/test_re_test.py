@@ -20,13 +20,13 @@ from scipy import special, stats
 import scglmm
 from scglmm._core._api import fit_genes
 from scglmm._core._errors import InputError
-from scglmm._core._inference import chibar_sf, lrt_pvalues, mixture_name
+from scglmm._core._inference import chibar_sf, eb_donor_variance, lrt_pvalues, mixture_name
 from scglmm._core._re import RETerm
 from scglmm._core._re_api import fit_re_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 from scglmm.cli import cli
 from scglmm.get._log10p import log10_mixture_sf
-from scglmm.tl._re_test import compare_terms
+from scglmm.tl._re_test import _slope_variance, compare_terms
 
 STIM = "condition[T.stim]"
 SLOPE = "~ condition + (1 + condition | donor)"
@@ -70,54 +70,73 @@ def contrast(a: ad.AnnData, name: str) -> pd.DataFrame:
 # Wald contrasts: the random-slope reference
 # ------------------------------------------------------------------------------------------------
 def test_contrast_of_one_slope_coefficient_is_its_test() -> None:
-    a = fitted(WALD, n_genes=30)
+    """With 60 genes the default "eb" tests the slope's effect by the prior of its variance (as tl.fit does);
+    a contrast naming one coefficient gets exactly its p-value, under "eb" and under "t"."""
+    a = fitted(WALD)
     for spec, col in (("condition", STIM), ({STIM: 1.0}, STIM), ("covariate", "covariate")):
         name = scglmm.tl.test(a, spec, key_added="c")
         res = contrast(a, name)
-        np.testing.assert_array_equal(res["p_value"].to_numpy(), a.varm["scglmm_pval"][col].to_numpy())
+        np.testing.assert_allclose(res["p_value"], a.varm["scglmm_pval"][col], rtol=1e-12, atol=0)
         np.testing.assert_array_equal(res["df"].to_numpy(), a.uns["scglmm"]["params"]["df"][col])
-    info = a.uns["scglmm"]["contrasts"]["c"]
-    assert "slope_df" not in info  # covariate has no random slope
+    assert "slope_df" not in a.uns["scglmm"]["contrasts"]["c"]  # covariate has no random slope
     name = scglmm.tl.test(a, "condition")
     assert a.uns["scglmm"]["contrasts"][name]["slope_df"] == 7.0
     assert list(a.uns["scglmm"]["contrasts"][name]["slope_columns"]) == [STIM]
+    z = (a.varm["scglmm_coef"][STIM] / a.varm["scglmm_se"][STIM]).to_numpy()
+    p_t = 2 * stats.t.sf(np.abs(z), 7)
+    assert np.nanmax(np.abs(contrast(a, name)["p_value"] - p_t)) > 1e-3  # "eb" is not "t" here
+    name = scglmm.tl.test(a, "condition", calibration="t", key_added="t")
+    np.testing.assert_allclose(contrast(a, name)["p_value"], p_t, rtol=1e-12)
+    assert (contrast(a, name)["df"] == 7).all()
 
 
-def test_contrast_with_a_slope_column_on_t_by_hand() -> None:
-    """condition + covariate: t(8 donors - 1) on (b_c + b_x) / sqrt(V_cc + V_xx + 2 V_cx)."""
-    a = fitted(WALD, n_genes=30)
-    name = scglmm.tl.test(a, f"{STIM} + covariate")
-    res = contrast(a, name)
+def test_contrast_with_a_slope_column_by_hand() -> None:
+    """condition + covariate, with ``est = b_c + b_x`` and ``v = V_cc + V_xx + 2 V_cx``: under "t" t(8 donors - 1)
+    on est / sqrt(v); under "eb" the empirical-Bayes test with the slope variance var(condition|donor), 8 levels,
+    k = 1/8; under "z" the normal."""
+    a = fitted(WALD)
     cols = list(a.uns["scglmm"]["params"]["design_columns"])
     j, k = cols.index(STIM), cols.index("covariate")
     coef = a.varm["scglmm_coef"][cols].to_numpy()
     cov = np.asarray(a.varm["scglmm_cov"]).reshape(a.n_vars, len(cols), len(cols))
     est = coef[:, j] + coef[:, k]
-    se = np.sqrt(cov[:, j, j] + cov[:, k, k] + 2 * cov[:, j, k])
-    ok = np.isfinite(se)
-    assert ok.sum() >= 25
-    np.testing.assert_allclose(res["estimate"][ok], est[ok], rtol=1e-12)
-    np.testing.assert_allclose(res["se_test"][ok], se[ok], rtol=1e-10)
-    np.testing.assert_allclose(res["p_value"][ok], 2 * stats.t.sf(np.abs(est / se)[ok], 7), rtol=1e-9)
-    assert (res["df"] == 7).all()
-    # under "z" the same contrast is referred to the normal
-    name = scglmm.tl.test(a, f"{STIM} + covariate", calibration="z", key_added="z")
-    np.testing.assert_allclose(contrast(a, name)["p_value"][ok], 2 * stats.norm.sf(np.abs(est / se)[ok]), rtol=1e-9)
-    assert np.isinf(contrast(a, name)["df"]).all()
+    var = cov[:, j, j] + cov[:, k, k] + 2 * cov[:, j, k]
+    ok = np.isfinite(var)
+    assert ok.sum() >= 55
+    tau2 = a.varm["scglmm_varcomp"][f"var({STIM}|donor)"].to_numpy()
+    eb = eb_donor_variance(est[ok], var[ok], tau2[ok], n_donors=8, df=7, k=1 / 8)["p_value"]
+    z = est / np.sqrt(var)
+    for cal, expected in (("eb", eb), ("t", 2 * stats.t.sf(np.abs(z[ok]), 7)), ("z", 2 * stats.norm.sf(np.abs(z[ok])))):
+        name = scglmm.tl.test(a, f"{STIM} + covariate", calibration=cal, key_added=cal)
+        res = contrast(a, name)
+        np.testing.assert_allclose(res["estimate"][ok], est[ok], rtol=1e-12)
+        np.testing.assert_allclose(res["se"][ok], np.sqrt(var[ok]), rtol=1e-10)
+        np.testing.assert_allclose(res["p_value"][ok], expected, rtol=1e-9)
+        assert (res["df"] == (7 if cal == "t" else np.inf)).all()
+        assert ("slope_df" in a.uns["scglmm"]["contrasts"][name]) == (cal != "z")
+
+
+def test_slope_variance_of_a_contrast() -> None:
+    """c' Sigma c from the variances and correlations of one term, by hand; a diagonal term has no covariance."""
+    vc = pd.DataFrame({"var(a|g)": [0.4, 0.0], "var(b|g)": [0.9, 0.25], "cor(a,b|g)": [-0.5, 0.3]})
+    term = _term("g", ("Intercept", "a", "b"))
+    got = _slope_variance(vc, term, {"a": 2.0, "b": -1.0})
+    np.testing.assert_allclose(got, [4 * 0.4 + 0.9 - 2 * 2 * (-0.5) * np.sqrt(0.4 * 0.9), 0.25], rtol=1e-14)
+    diag = _term("g", ("a", "b"), diagonal=True)
+    np.testing.assert_allclose(_slope_variance(vc.drop(columns="cor(a,b|g)"), diag, {"a": 1, "b": 1}), [1.3, 0.25])
 
 
 def test_slope_df_recomputed_for_a_z_fit_and_smallest_of_several() -> None:
-    """A fit under "z" stores no slope df; tested under "t" the contrast gets 8 - 1. With the covariate's own
-    slope by sample (16 samples - rank of [1, condition] = 14 df), a contrast of both takes the smaller, 7."""
+    """A fit under "z" tested under "t" gets 8 - 1. With the covariate's own slope by sample (16 samples - rank
+    of [1, condition] = 14 df), a contrast of both slopes (different terms) is t on the smaller, 7."""
     a = fitted(WALD, calibration="z", n_genes=30)
-    assert np.isinf(a.uns["scglmm"]["params"]["slope_df"][STIM])
     name = scglmm.tl.test(a, "condition", calibration="t")
     z = a.varm["scglmm_coef"][STIM] / a.varm["scglmm_se"][STIM]
     np.testing.assert_allclose(contrast(a, name)["p_value"], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-12)
     b = fitted("~ condition + covariate + (1 + condition | donor) + (0 + covariate | sample)", n_genes=12)
     assert b.uns["scglmm"]["params"]["slope_df"] == {STIM: 7.0, "covariate": 14.0}
     name = scglmm.tl.test(b, "covariate")
-    np.testing.assert_array_equal(contrast(b, name)["p_value"], b.varm["scglmm_pval"]["covariate"])
+    np.testing.assert_allclose(contrast(b, name)["p_value"], b.varm["scglmm_pval"]["covariate"], rtol=1e-12, atol=0)
     name = scglmm.tl.test(b, f"{STIM} - covariate")
     assert b.uns["scglmm"]["contrasts"][name]["slope_df"] == 7.0
     assert (contrast(b, name)["df"] == 7).all()
@@ -346,7 +365,7 @@ def test_cli_passes_random_terms_through(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     w = ad.read_h5ad(tmp_path / "w.h5ad")
     assert w.uns["scglmm"]["contrasts"][STIM]["slope_df"] == 7.0
-    np.testing.assert_array_equal(contrast(w, STIM)["p_value"], a.varm["scglmm_pval"][STIM])
+    np.testing.assert_allclose(contrast(w, STIM)["p_value"], a.varm["scglmm_pval"][STIM], rtol=1e-12, atol=0)
     # not nested: the library's message under the flag's name
     result = runner.invoke(cli, [*args[:-1], "~ condition + (1 | sample)", "-o", str(tmp_path / "x.h5ad")])
     assert result.exit_code == 1

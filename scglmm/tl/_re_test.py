@@ -1,8 +1,8 @@
 """:func:`scglmm.tl.test` on random effects beyond one donor intercept, and tests of variance components.
 
-- Wald contrasts that weight a fixed effect with its own random slope are referred to t with the
-  slope's degrees of freedom (:func:`slope_contrast_df`), as :func:`._re_run.re_wald_tests` does for
-  single coefficients.
+- Wald contrasts that weight a fixed effect with its own random slope are tested on the levels of the
+  slope's grouping factor (:func:`slope_contrast_test`), as :func:`._re_run.re_wald_tests` tests single
+  coefficients.
 - A likelihood-ratio test compares the random effects of the reduced model with the fitted ones
   (:func:`random_change`): nested or refused, and what is dropped decides the reference distribution
   (:meth:`RandomChange.reference`).
@@ -20,6 +20,7 @@ import numpy as np
 
 from .._core._api import fit_genes
 from .._core._errors import InputError, InvalidValueError
+from .._core._inference import slope_wald_pvalues
 from .._core._re_api import fit_re_genes
 from .._formula import ParsedFormula, RETermSpec, build_design, build_re_terms, parse_fit_formula
 from .._logging import progress_bar
@@ -39,10 +40,10 @@ __all__ = [
     "random_specs",
     "refit_loglik",
     "slope_contrast_columns",
-    "slope_contrast_df",
+    "slope_contrast_test",
 ]
 
-#: Calibrations under which a fixed effect with its own random slope is referred to t (as in :func:`re_wald_tests`).
+#: Calibrations under which a fixed effect with its own random slope is tested on its levels (as in re_wald_tests).
 SLOPE_T = ("eb", "t")
 
 
@@ -60,8 +61,8 @@ def check_re_calibration(params: Mapping, calibration: str, sub: str) -> None:
 
 
 def slope_contrast_columns(params: Mapping, vec: np.ndarray, calibration: str) -> list[str]:
-    """The columns that ``vec`` weights and that have their own random slope, when ``calibration`` refers
-    such effects to t (``"eb"``, ``"t"``); else none."""
+    """The columns that ``vec`` weights and that have their own random slope, when ``calibration`` tests
+    such effects on the levels of the slope's grouping factor (``"eb"``, ``"t"``); else none."""
     slopes = params.get("slope_columns") or {}
     if calibration not in SLOPE_T or not slopes:
         return []
@@ -69,13 +70,50 @@ def slope_contrast_columns(params: Mapping, vec: np.ndarray, calibration: str) -
     return [c for c, w in zip(cols, vec, strict=True) if w != 0 and c in slopes]
 
 
-def slope_contrast_df(params: Mapping, obs: pd.DataFrame, columns: list[str]) -> int:
-    """The smallest :func:`._re_run.slope_df` of ``columns`` (fixed effects with their own random slope) on
-    the run's cells ``obs``."""
+def slope_contrast_test(
+    params: Mapping, obs: pd.DataFrame, varcomp: pd.DataFrame, vec: np.ndarray, est: np.ndarray, var: np.ndarray,
+    *, columns: list[str], calibration: str,
+) -> dict:  # fmt: skip
+    """The Wald test of a contrast that weights the fixed effects ``columns``, which have their own random slope,
+    by :func:`scglmm._core._inference.slope_wald_pvalues`, as :func:`._re_run.re_wald_tests` tests one of them.
+
+    The df are the smallest :func:`._re_run.slope_df` of ``columns`` on the run's cells ``obs``. With ``"eb"``
+    and all of ``columns`` in one term, the slope variance of the contrast is ``c_s' Sigma_s c_s`` (``c_s``
+    its weights on ``columns``, ``Sigma_s`` their fitted covariance from ``varcomp``); columns of
+    different terms have no common levels and are tested as under ``"t"``.
+
+    Returns
+    -------
+    dict with ``stat``, ``p_value``, ``df``, ``se_test`` (``|estimate / stat|``) and ``slope_df``.
+    """
     design = build_design(str(params["fixed_formula"]), obs)
     terms = build_re_terms(random_specs(parse_fit_formula(str(params["formula"]))), obs)
     groups = slope_groups(tuple(terms), list(design.columns))
-    return min(slope_df(design.matrix, groups[c].codes) for c in columns)
+    df = min(slope_df(design.matrix, groups[c].codes) for c in columns)
+    term = groups[columns[0]]
+    if calibration == "eb" and all(groups[c] is term for c in columns):
+        weights = {c: float(vec[list(design.columns).index(c)]) for c in columns}
+        tau2, n_levels = _slope_variance(varcomp, term, weights), term.m
+    else:
+        calibration, tau2, n_levels = "t", np.zeros_like(est), term.m
+    out = slope_wald_pvalues(est, var, tau2, n_levels=n_levels, df=df, calibration=calibration)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_test = np.abs(est / out["stat"])
+    return {"stat": out["stat"], "p_value": out["p_value"], "df": out["df"], "se_test": se_test, "slope_df": df}
+
+
+def _slope_variance(varcomp: pd.DataFrame, term: RETerm, weights: dict[str, float]) -> np.ndarray:
+    """``c' Sigma c`` per gene for the random coefficients ``weights`` (name -> weight) of ``term``."""
+    names = [c for c in term.coef_names if c in weights]
+    sd = {c: np.sqrt(np.maximum(varcomp[f"var({c}|{term.group})"].to_numpy(dtype=float), 0.0)) for c in names}
+    out = np.zeros(len(varcomp))
+    for i, a in enumerate(names):
+        out += weights[a] ** 2 * sd[a] ** 2
+        for b in names[i + 1 :]:
+            col = f"cor({a},{b}|{term.group})"
+            if col in varcomp.columns:  # none in a diagonal (||) term
+                out += 2.0 * weights[a] * weights[b] * varcomp[col].to_numpy(dtype=float) * sd[a] * sd[b]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .. import _inputs
 from .._core._errors import InputError, InvalidValueError, MissingKeyError
@@ -35,7 +34,7 @@ from ._re_test import (
     random_specs,
     refit_loglik,
     slope_contrast_columns,
-    slope_contrast_df,
+    slope_contrast_test,
 )
 
 if TYPE_CHECKING:
@@ -64,9 +63,11 @@ def test(
     ``c' beta``, its standard error ``sqrt(c' V c)`` and a two-sided p-value whose reference
     distribution follows ``calibration`` (see :func:`scglmm.tl.fit`). On a fit with random slopes,
     under ``"eb"`` and ``"t"`` a contrast that weights a fixed effect with its own random slope is
-    referred to t with that slope's degrees of freedom (levels of its grouping factor minus the rank
-    of the level-constant design columns; the smallest if it weights several), as the coefficient
-    itself in :func:`scglmm.tl.fit`.
+    tested on the levels of the slope's grouping factor, as the coefficient itself in
+    :func:`scglmm.tl.fit`: ``"t"`` refers it to t with the slope's degrees of freedom (levels minus
+    the rank of the level-constant design columns; the smallest if it weights several), ``"eb"`` to
+    the empirical-Bayes prior of the contrast's slope variance ``c' Sigma c`` across genes (as
+    ``"t"`` when the weighted slopes belong to different terms, or with fewer than 50 genes).
 
     ``method="lrt"`` refits the reduced model with identical settings (cells, genes, offset, layer,
     ``n_agq``; random effects as fitted unless ``reduced_formula`` changes them) and refers
@@ -180,11 +181,11 @@ def _wald_one(
         calibration=cal,
     )
     slopes = slope_contrast_columns(params, vec, cal)
-    if slopes:  # a random slope's fixed effect: t on the slope's df, as for its coefficient in tl.fit
-        d = slope_contrast_df(params, adata.obs.loc[_run_cells(adata, sub, label, params)], slopes)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = out["estimate"] / out["se"]
-        out |= {"stat": z, "se_test": out["se"], "df": float(d), "p_value": 2.0 * stats.t.sf(np.abs(z), d)}
+    if slopes:  # a random slope's fixed effect: tested on the slope's levels, as its coefficient in tl.fit
+        out |= slope_contrast_test(
+            params, adata.obs.loc[_run_cells(adata, sub, label, params)], adata.varm[varm_key(sub, "varcomp")],
+            vec, out["estimate"], out["se"] ** 2, columns=slopes, calibration=cal,
+        )  # fmt: skip
     table = _table(
         adata, estimate=out["estimate"], se=out["se"], se_test=out["se_test"], stat=out["stat"],
         df=np.broadcast_to(np.asarray(out["df"], dtype=float), out["stat"].shape), p_value=out["p_value"],
@@ -197,7 +198,7 @@ def _wald_one(
         "calibration": cal,
         "donor_level": bool(out["donor_level"]),
         "scale": "natural log (log2_fc = estimate / ln 2)",
-        **({"slope_columns": slopes, "slope_df": float(out["df"])} if slopes else {}),
+        **({"slope_columns": slopes, "slope_df": float(out["slope_df"])} if slopes else {}),
     }
     return table, info, contrast_name(name)
 
