@@ -1,6 +1,7 @@
 """Array API of general random-effect structures: fit every gene of a count matrix, collect the results.
 
-Not yet wired into :func:`scglmm.tl.fit`; see :mod:`._re` for the model and the estimator.
+:func:`scglmm.tl.fit` calls it (through :mod:`scglmm.tl._re_run`) for any structure but ``(1 | donor)``;
+see :mod:`._re` for the model and the estimator.
 """
 
 from __future__ import annotations
