@@ -40,7 +40,7 @@ def scglmm_seconds(adata, formula: str, n_genes: int) -> tuple[float, np.ndarray
     X = build_design(parsed.fixed, adata.obs).matrix
     off = np.log(adata.obs["libsize"].to_numpy(float))
     Y = adata.X.tocsc()[:, :n_genes]
-    if not parsed.general:
+    if formula == RE_FORMULAS["(1 | donor)"]:
         donors = adata.obs["donor"].to_numpy()
         scglmm.fit_genes(Y, X, donors, off)
         t0 = time.perf_counter()
@@ -66,6 +66,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         subprocess.run(["Rscript", str(HERE / "re_glmmtmb.R"), str(data), str(out)], check=True, env=env)
         tmb = pd.read_csv(out)
+    tmb.to_csv(HERE / "results" / "re_glmmtmb.csv", index=False)
     version = subprocess.run(
         ["Rscript", "-e", 'cat(as.character(packageVersion("glmmTMB")))'], capture_output=True, text=True
     ).stdout.strip()
@@ -93,7 +94,6 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     (HERE / "results" / "re_glmmtmb.md").write_text(text)
-    tmb.to_csv(HERE / "results" / "re_glmmtmb.csv", index=False)
 
 
 if __name__ == "__main__":
