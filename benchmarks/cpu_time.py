@@ -12,7 +12,11 @@ each with 1,250 ctrl and 1,250 stim cells, 50,000 cells; ``~ condition``): a ran
 condition (which varies within donors), samples nested in donors and batches crossing donors, next
 to ``(1 | donor)`` on the same counts in the same process (``--re-genes`` genes; 0 skips them).
 
-    python benchmarks/cpu_time.py [--genes 200] [--repeats 3] [--re-genes 100]
+Last, the speed-up of ``fit_re_genes(n_jobs=2)`` (loky worker processes) over ``n_jobs=1`` on the
+random slope, ``--jobs-genes`` genes of the paired data (wall time, the two runs alternating in
+this process, median of the repeats; 0 skips it).
+
+    python benchmarks/cpu_time.py [--genes 200] [--repeats 3] [--re-genes 100] [--jobs-genes 400]
 
 Prints a table and writes ``benchmarks/results/cpu_time.md``.
 """
@@ -89,6 +93,48 @@ def time_structures(n_genes: int, repeats: int) -> list[dict]:
     return rows
 
 
+def time_n_jobs(n_genes: int, repeats: int) -> dict:
+    """Wall seconds of ``fit_re_genes`` on the random slope with ``n_jobs=1`` and ``n_jobs=2``
+    (alternating, median of the repeats), and whether both give the same fits."""
+    adata = paired_data(n_genes)
+    Y = adata.X.tocsc()
+    off = np.log(adata.obs["libsize"].to_numpy(float))
+    parsed = parse_re_formula(RE_FORMULAS["slope"])
+    X = build_design(parsed.fixed, adata.obs).matrix
+    terms = build_re_terms(parsed.terms, adata.obs)
+    fit_re_genes(Y[:, :4], X, terms, off, n_jobs=2)  # start the workers, load the kernels there
+    times: dict[int, list[float]] = {1: [], 2: []}
+    res = {}
+    for _ in range(repeats):
+        for jobs in (1, 2):
+            t0 = time.perf_counter()
+            res[jobs] = fit_re_genes(Y, X, terms, off, n_jobs=jobs)
+            times[jobs].append(time.perf_counter() - t0)
+    same = bool(np.array_equal(res[1].loglik, res[2].loglik, equal_nan=True))
+    out = {jobs: float(np.median(t)) for jobs, t in times.items()}
+    print(f"n_jobs: 1 {out[1]:.2f} s, 2 {out[2]:.2f} s (x{out[1] / out[2]:.2f})", flush=True)
+    return {"genes": n_genes, "s1": out[1], "s2": out[2], "same": same, "repeats": repeats}
+
+
+def n_jobs_lines(r: dict) -> list[str]:
+    """The markdown lines of the n_jobs timing."""
+    return [
+        "",
+        f"## fit_re_genes with n_jobs=2 (random slope, {r['genes']} genes of the paired data)",
+        "",
+        "Wall time, `n_jobs=1` and `n_jobs=2` (joblib's loky worker processes, started before timing) "
+        f"alternating in one process, median of {r['repeats']}:",
+        "",
+        "| n_jobs | wall s | s / gene | speed-up |",
+        "|---:|---:|---:|---:|",
+        f"| 1 | {r['s1']:.2f} | {1000 * r['s1'] / r['genes']:.2f} ms | 1.00 |",
+        f"| 2 | {r['s2']:.2f} | {1000 * r['s2'] / r['genes']:.2f} ms | {r['s1'] / r['s2']:.2f} |",
+        "",
+        f"Identical log-likelihoods for n_jobs=1 and 2: {r['same']}. The machine has 2 cores shared with "
+        "other jobs: the speed-up is bounded by 2 and by their load.",
+    ]
+
+
 def structures_table(rows: list[dict], n_genes: int, n_cells: int) -> list[str]:
     """The markdown lines of the structures' timings."""
     base = rows[0]["ms"]
@@ -120,6 +166,7 @@ def main() -> None:
     ap.add_argument("--donors", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--re-genes", type=int, default=100, help="genes for the general structures (0: skip)")
+    ap.add_argument("--jobs-genes", type=int, default=400, help="genes for the n_jobs=2 timing (0: skip)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_time.md")
     a = ap.parse_args()
 
@@ -176,7 +223,8 @@ def main() -> None:
     lines = [
         "# CPU time per gene (one thread)",
         "",
-        f"Command: `python benchmarks/cpu_time.py --genes {a.genes} --repeats {a.repeats} --re-genes {a.re_genes}`; "
+        f"Command: `python benchmarks/cpu_time.py --genes {a.genes} --repeats {a.repeats} --re-genes {a.re_genes} "
+        f"--jobs-genes {a.jobs_genes}`; "
         f"{a.donors} donors x {a.cells_per_donor} cells = {adata.n_obs} cells, {a.genes} genes, "
         f"{100 * nnz:.0f} % non-zero, library-size offsets; scglmm {scglmm.__version__}, "
         f"{platform.machine()}, Python {platform.python_version()}.",
@@ -199,6 +247,9 @@ def main() -> None:
     ]
     if a.re_genes:
         lines += structures_table(time_structures(a.re_genes, a.repeats), a.re_genes, 2 * a.donors * 1250)
+        lines.append("")
+    if a.jobs_genes:
+        lines += n_jobs_lines(time_n_jobs(a.jobs_genes, a.repeats))
         lines.append("")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))

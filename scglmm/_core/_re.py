@@ -55,6 +55,7 @@ from .kernels._few_rows import (
     few_rows_gene_power_sums,
 )
 from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
+from .kernels._re_outer import re_level_effects, re_newton_step
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -129,6 +130,10 @@ class REStructure:
     """Whether the kernels' rows are blocks of cells (:class:`RERows`), with the blocks' offset sums."""
     blocks: _Blocks | None = None
     """The cells of each block (None: one row per cell)."""
+    row_levels: tuple[NDArray[np.int64], ...] = ()
+    """The level of each of the kernels' rows (cell or block), term by term."""
+    compiled: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)
+    """The kernels' compiled functions for this structure's argument types (filled by the first fit)."""
 
     @property
     def p(self) -> int:
@@ -349,9 +354,11 @@ def prepare_re(
     off = np.ascontiguousarray(offset, dtype=np.float64)
     cut = _cut_blocks(X, off, zval, gidx) if (USE_BLOCKS if blocks is None else blocks) else None
     rows, bl = _no_rows(p), None
+    row_levels = tuple(np.ascontiguousarray(t.codes, dtype=np.int64) for t in terms)
     if cut is not None:
         bl, rows = cut
         rep = bl.order[bl.bstarts[:-1]]
+        row_levels = tuple(c[rep] for c in row_levels)
         X, off, zval, gidx, lidx, blk = X[rep], np.zeros(rep.size), zval[rep], gidx[rep], lidx[rep], blk[rep]
     data = REData(
         X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
@@ -367,6 +374,7 @@ def prepare_re(
         n_lambda=len(trc),
         rows=rows,
         blocks=bl,
+        row_levels=row_levels,
     )
 
 
@@ -390,7 +398,7 @@ class _Problem:
 
     def __post_init__(self) -> None:
         self.cnt_gt, self.lgy = count_table(self.y)
-        self.kernel = re_value_grad
+        self.kernel = self.s.compiled.get("value_grad", re_value_grad)
         self.u = np.zeros(self.s.data.Q)
         self.PZ, self.moments = _gene_power_sums(self.s, self.y)
 
@@ -411,6 +419,7 @@ class _Problem:
             return -np.inf, grad
         if self.kernel is re_value_grad:
             self.kernel = _compiled(re_value_grad, args)
+            self.s.compiled["value_grad"] = self.kernel
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
             return -np.inf, grad
         return float(val), grad
@@ -464,62 +473,98 @@ def _gene_power_sums(s: REStructure, y: NDArray[np.float64]) -> tuple[NDArray, t
 
 
 def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None) -> NDArray[np.float64]:
-    """Starting values: a Poisson GLM for beta (a few IRLS steps), moment dispersion, Cholesky diagonals 0.3
-    (``prob``: the gene's problem, if already set up)."""
+    """Starting values (``prob``: the gene's problem, if already set up; its modes are warm-started).
+
+    A Poisson GLM for beta (a few IRLS steps) and a moment estimate of the dispersion; then, term by
+    term (coarsest grouping factor first), penalised per-level Poisson fits of the term's effects
+    with the earlier terms' effects in the offset, whose spread less their mean sampling variance
+    estimates the term's covariance (:func:`_start_effects`); the modes start at these effects.
+    """
+    if prob is None:
+        prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    X = s.data.X
     if s.blocks is not None:
-        return _start_blocks(s, prob if prob is not None else _Problem(s, np.ascontiguousarray(y, dtype=np.float64)))
-    """Starting values: a Poisson GLM for beta (a few IRLS steps), moment dispersion, Cholesky diagonals 0.3."""
-    X, off = s.data.X, s.data.off
-    p = X.shape[1]
-    beta = np.linalg.lstsq(X, np.full(X.shape[0], np.log(max(y.sum(), 0.5) / np.exp(off).sum())), rcond=None)[0]
-    for _ in range(8):
-        eta = np.clip(X @ beta + off, -30.0, 30.0)
-        mu = np.exp(eta)
-        z = eta - off + (y - mu) / np.maximum(mu, 1e-10)
-        W = np.maximum(mu, 1e-10)
-        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], z * np.sqrt(W), rcond=None)[0]
-        if not np.all(np.isfinite(new)):
-            break
-        beta = new
-    mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
-    disp = max(0.05, float(((y - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
+        E, E2, off = s.blocks.esum, s.blocks.e2sum, np.zeros(X.shape[0])
+    else:
+        off = s.data.off
+        E = E2 = np.ones(X.shape[0])
+    ysum = prob.row_counts
+    beta = _poisson_glm(X, off, E, ysum)
+    if s.blocks is not None:  # dispersion by moments around each block's own mean (random effects left out)
+        y2sum, yesum = prob.moments  # type: ignore[misc]
+        m = ysum / E
+        ss = (y2sum - 2.0 * m * yesum + m * m * E2 - m * E).sum()
+        disp = max(0.05, float(ss / max((m * m * E2).sum(), 1e-10)))
+    else:
+        mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
+        disp = max(0.05, float(((ysum - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
     phi = np.zeros(s.n_params)
-    phi[:p] = beta
-    lam = s.data
-    for i in range(s.n_lambda):
-        phi[p + i] = 0.3 if lam.lam_r[i] == lam.lam_c[i] else 0.0
+    phi[: s.p] = beta
     phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
+    if USE_LEVEL_START:
+        eta = _start_effects(s, prob, phi, X @ beta + off, E, E2, ysum, disp)
+        if s.blocks is None:  # the dispersion again, around the means with the level effects
+            mu = np.exp(np.clip(eta, -30.0, 30.0))
+            disp = max(0.05, float(((ysum - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
+            phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
+    else:
+        for i in range(s.n_lambda):
+            phi[s.p + i] = 0.3 if s.data.lam_r[i] == s.data.lam_c[i] else 0.0
     return phi
 
 
-def _start_blocks(s: REStructure, prob: _Problem) -> NDArray[np.float64]:
-    """:func:`_start` on blocks of cells: the Poisson GLM's sufficient statistics are the blocks'
-    counts and sums of ``exp(offset)`` (the same IRLS steps), the moments their sums of squares."""
-    bl = s.blocks
-    assert bl is not None and prob.moments is not None
-    y2sum, yesum = prob.moments
-    ysum = prob.row_counts
-    X = s.data.X
-    p = X.shape[1]
-    beta = np.linalg.lstsq(X, np.full(X.shape[0], np.log(max(ysum.sum(), 0.5) / bl.esum.sum())), rcond=None)[0]
+#: Whether :func:`_start` estimates the covariances from per-level fits (else Cholesky diagonals 0.3).
+USE_LEVEL_START = True
+#: Prior variance of the per-level fits of the start (keeps levels without counts finite).
+START_PRIOR = 4.0
+#: Smallest variance (along any direction) of a starting covariance.
+START_VAR_FLOOR = 0.0025
+
+
+def _poisson_glm(X: NDArray, off: NDArray, E: NDArray, ysum: NDArray) -> NDArray[np.float64]:
+    """A few IRLS steps of the Poisson GLM of row totals ``ysum`` with means ``E exp(X beta + off)``."""
+    level = np.log(max(ysum.sum(), 0.5) / (E * np.exp(off)).sum())
+    beta = np.linalg.lstsq(X, np.full(X.shape[0], level), rcond=None)[0]
     for _ in range(8):
         eta = np.clip(X @ beta, -30.0, 30.0)
-        mu = np.exp(eta) * bl.esum
-        W = np.maximum(mu, 1e-10)
-        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], (eta + (ysum - mu) / W) * np.sqrt(W), rcond=None)[0]
+        W = np.maximum(np.exp(np.clip(eta + off, -30.0, 30.0)) * E, 1e-10)
+        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], (eta + (ysum - W) / W) * np.sqrt(W), rcond=None)[0]
         if not np.all(np.isfinite(new)):
             break
         beta = new
-    # dispersion by moments around each block's own mean (the random effects' spread left out)
-    m = ysum / bl.esum
-    ss = (y2sum - 2.0 * m * yesum + m * m * bl.e2sum - m * bl.esum).sum()
-    disp = max(0.05, float(ss / max((m * m * bl.e2sum).sum(), 1e-10)))
-    phi = np.zeros(s.n_params)
-    phi[:p] = beta
-    for i in range(s.n_lambda):
-        phi[p + i] = 0.3 if s.data.lam_r[i] == s.data.lam_c[i] else 0.0
-    phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
-    return phi
+    return beta
+
+
+def _start_effects(
+    s: REStructure, prob: _Problem, phi: NDArray, cur: NDArray, E: NDArray, E2: NDArray, ysum: NDArray, disp: float
+) -> None:
+    """The Cholesky entries of ``phi`` and the modes ``prob.u`` from per-level fits of each term's effects
+    (:func:`.kernels._re_start.re_level_effects`), terms with fewer levels first: covariance = mean of
+    ``b_l b_l'`` less the mean inverse information, eigenvalues floored at :data:`START_VAR_FLOOR`."""
+    d = s.data
+    cur = cur.copy()
+    u = np.zeros(d.Q)
+    for it in sorted(range(len(s.terms)), key=lambda k: s.terms[k].m):
+        term = s.terms[it]
+        q, o = term.q, int(d.toff[it])
+        Z = np.ascontiguousarray(d.zval[:, o : o + q])
+        lev = s.row_levels[it]
+        b = np.empty((term.m, q))
+        V = np.empty((term.m, q, q))
+        re_level_effects(lev, Z, cur, E, E2, ysum, disp, START_PRIOR, 4, b, V)
+        S = b.T @ b / term.m - V.mean(axis=0)
+        if term.diagonal:
+            S = np.diag(np.diag(S))
+        w, U = np.linalg.eigh(S)
+        L = np.linalg.cholesky((U * np.maximum(w, START_VAR_FLOOR)) @ U.T)
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
+        cur += np.einsum("jc,jc->j", Z, b[lev])
+        idx = s.gpos[it][:, None] + np.arange(q)[None, :]
+        u[idx] = np.linalg.solve(L, b.T).T
+    prob.u = u
+    return cur
 
 
 def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -556,16 +601,9 @@ class REFitOne:
 def _newton_step(g: NDArray, H: NDArray, free: NDArray[np.bool_]) -> tuple[NDArray, float, bool]:
     """Newton step of a maximisation on the free parameters, with the negative Hessian's eigenvalues
     made positive (absolute value, floored). Returns the step, the decrement ``g' step`` and whether
-    the negative Hessian was positive definite."""
-    idx = np.flatnonzero(free)
-    A = -H[np.ix_(idx, idx)]
-    w, V = np.linalg.eigh(A)
-    pd = bool(w.min() > 1e-10 * max(1.0, abs(w).max()))
-    floor = 1e-8 * max(1.0, abs(w).max())
-    wm = np.maximum(np.abs(w), floor)
-    step = np.zeros_like(g)
-    step[idx] = V @ ((V.T @ g[idx]) / wm)
-    return step, float(g[idx] @ step[idx]), pd
+    the negative Hessian was positive definite (:func:`.kernels._re_outer.re_newton_step`)."""
+    step, dec, pd = re_newton_step(g, H, free)
+    return step, float(dec), bool(pd)
 
 
 def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: float) -> tuple[NDArray, float, NDArray]:
@@ -584,14 +622,16 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
 
 
 def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
-    """Quasi-Newton iterations on the exact gradient, certified by Newton with a finite-difference Hessian.
+    """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
     The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
-    each step; when the Newton decrement falls below the tolerance with an updated matrix, the
+    each step; when the Newton decrement falls below :data:`DEC_FRESH` with an updated matrix, the
     Hessian is recomputed by forward differences of the exact gradient (one evaluation per
     parameter; the truncation error, about 1e-5 relative, is far below what a standard error needs)
-    and the test repeated, so that convergence (and the Hessian returned for the covariance) always
-    rests on a fresh finite-difference Hessian.
+    and the last steps are Newton steps on it, not updated: convergence (a decrement below 1e-10)
+    and the Hessian returned for the covariance rest on a finite-difference Hessian computed at
+    most a few steps of decrement below :data:`DEC_FRESH` (well under a thousandth of a standard
+    error) before the optimum.
 
     Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the fresh one
     when converged.
@@ -611,9 +651,9 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
             B = None
         free[-1] = not held
         if B is None:
-            B, fresh = -prob.hessian(phi, free, central=False, g0=g), False
+            B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
         step, dec, pd = _newton_step(g, -B, free)
-        if dec < 1e-10 and not fresh:
+        if dec < DEC_FRESH and not fresh:
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
             step, dec, pd = _newton_step(g, -B, free)
         if pd and dec < 1e-10:
@@ -634,12 +674,17 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
                 break
             B = None
             continue
-        B, fresh = _bfgs(B, new - phi, g - gnew), False
+        if not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
+            B, fresh = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
         if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
             break
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, H, converged and fresh, it, free
+
+
+#: Newton decrement below which the BFGS matrix is replaced by a fresh finite-difference Hessian.
+DEC_FRESH = 1e-10
 
 
 def _bfgs(B: NDArray, s: NDArray, yv: NDArray) -> NDArray | None:
