@@ -541,3 +541,25 @@ def _build_term(t: RETermSpec, obs: pd.DataFrame) -> RETerm:
         coef_names=tuple(names),
         diagonal=t.diagonal,
     )
+
+
+def random_terms(formula: str, obs: pd.DataFrame) -> tuple[RETerm, ...]:
+    """The random-effect terms of ``formula`` built from a per-cell table, for the array API.
+
+    Parameters
+    ----------
+    formula
+        A formula, ``"~ condition + (1 + condition | donor)"``, or its random part alone,
+        ``"(1 + condition | donor)"`` (the grammar of ``docs/random_effects.md``).
+    obs
+        One row per cell with the columns the terms name (e.g. ``adata.obs``).
+
+    Returns
+    -------
+    The terms (:class:`scglmm.RETerm`: per-cell covariates, level codes and labels), to pass as
+    ``groups`` to :func:`scglmm.fit_genes` or :func:`scglmm.fit_gene`. Their coefficients are named like
+    the fixed-effect columns (``condition[T.stim]``), with the first level of a factor as reference.
+    """
+    if isinstance(formula, str) and formula.strip().startswith("("):
+        formula = "~ 1 + " + formula.strip()
+    return tuple(build_re_terms(parse_re_formula(formula).terms, obs))
