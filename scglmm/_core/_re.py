@@ -202,6 +202,18 @@ def _inv_k() -> NDArray[np.float64]:
     return np.divide(1.0, k, out=np.zeros_like(k), where=k > 0)
 
 
+def _row_codes(key: NDArray[np.float64]) -> NDArray[np.int64]:
+    """The rank of each row of ``key`` among its distinct rows in lexicographic order (the inverse of
+    ``np.unique(key, axis=0)``, column by column: numpy's row-wise unique sorts a structured view, ~50
+    times slower on 50,000 rows)."""
+    code = np.zeros(key.shape[0], dtype=np.int64)
+    for k in range(key.shape[1]):
+        vals, inv = np.unique(key[:, k], return_inverse=True)
+        _, code = np.unique(code * vals.size + inv.ravel(), return_inverse=True)
+        code = code.ravel().astype(np.int64)
+    return code
+
+
 def _cut_blocks(
     X: NDArray[np.float64], offset: NDArray[np.float64], zval: NDArray[np.float64], gidx: NDArray[np.int64]
 ) -> tuple[_Blocks, RERows] | None:
@@ -211,9 +223,7 @@ def _cut_blocks(
     n = X.shape[0]
     if n == 0:
         return None
-    key = np.hstack([X, zval, gidx.astype(np.float64)])
-    _, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = np.asarray(inv, dtype=np.int64).ravel()
+    inv = _row_codes(np.hstack([X, zval, gidx.astype(np.float64)]))
     if (int(inv.max()) + 1) * MIN_CELLS_PER_BLOCK > n:
         return None
     order = np.lexsort((offset, inv)).astype(np.int64)
@@ -238,11 +248,11 @@ def _cut_blocks(
 def _nests_in(codes: NDArray[np.int64], parent: NDArray[np.int64]) -> NDArray[np.int64] | None:
     """The parent level of each level of ``codes`` if every level lies within one parent level, else None."""
     m = int(codes.max()) + 1
-    pairs = np.unique(np.stack([codes, parent]), axis=1)
-    if pairs.shape[1] != m:
+    pair = codes.astype(np.int64) * (int(parent.max()) + 1) + parent
+    if np.unique(pair).size != m:
         return None
     out = np.empty(m, dtype=np.int64)
-    out[pairs[0]] = pairs[1]
+    out[codes] = parent
     return out
 
 
