@@ -55,7 +55,7 @@ from .kernels._few_rows import (
     few_rows_gene_power_sums,
 )
 from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
-from .kernels._re_outer import re_level_effects, re_newton_step
+from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm, re_weighted_cross
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -403,6 +403,9 @@ class _Problem:
     moments: tuple[NDArray, NDArray] | None = field(init=False)
     """Per block, the sums of ``y^2`` and ``y exp(offset)`` (None when the rows are cells)."""
     n_eval: int = 0
+    seed: tuple | None = None
+    """What the start learnt for a cheap first outer Hessian (:func:`_seed_hessian`): per term its
+    Cholesky factor and per-level sampling covariances, the rows' linear predictors, ``E``, ``E2``, dispersion."""
     kernel: Callable = field(init=False)
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
@@ -532,9 +535,12 @@ START_VAR_FLOOR = 0.0025
 
 
 def _poisson_glm(X: NDArray, off: NDArray, E: NDArray, ysum: NDArray) -> NDArray[np.float64]:
-    """A few IRLS steps of the Poisson GLM of row totals ``ysum`` with means ``E exp(X beta + off)``."""
+    """A few IRLS steps of the Poisson GLM of row totals ``ysum`` with means ``E exp(X beta + off)``
+    (:func:`.kernels._re_outer.re_poisson_glm`; least squares when the normal equations fail)."""
     level = np.log(max(ysum.sum(), 0.5) / (E * np.exp(off)).sum())
     beta = np.linalg.lstsq(X, np.full(X.shape[0], level), rcond=None)[0]
+    if re_poisson_glm(X, off, E, ysum, beta, 8):
+        return beta
     for _ in range(8):
         eta = np.clip(X @ beta, -30.0, 30.0)
         W = np.maximum(np.exp(np.clip(eta + off, -30.0, 30.0)) * E, 1e-10)
@@ -554,6 +560,7 @@ def _start_effects(
     d = s.data
     cur = cur.copy()
     u = np.zeros(d.Q)
+    info: dict[int, tuple[NDArray, NDArray]] = {}
     for it in sorted(range(len(s.terms)), key=lambda k: s.terms[k].m):
         term = s.terms[it]
         q, o = term.q, int(d.toff[it])
@@ -573,8 +580,63 @@ def _start_effects(
         cur += np.einsum("jc,jc->j", Z, b[lev])
         idx = s.gpos[it][:, None] + np.arange(q)[None, :]
         u[idx] = np.linalg.solve(L, b.T).T
+        info[it] = (L, V)
     prob.u = u
+    prob.seed = (info, cur, E, E2, disp)
     return cur
+
+
+def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.bool_]) -> NDArray | None:
+    """A first negative Hessian for BFGS from the start's by-products, with one gradient evaluation
+    instead of one per parameter: the fixed effects' marginal information (NB weights at the start's
+    linear predictors; the random effects, with the start's covariances, eliminated), each term's
+    Fisher information of its Cholesky entries from its per-level effects (``b_l ~ N(0, L L' +
+    V_l)``), and the log theta column by a forward difference of the exact gradient; the fixed-effect
+    / covariance cross block is left 0. None when the start left no such by-products or the matrix
+    is not positive definite (then forward differences are used)."""
+    if prob.seed is None or len(prob.seed[0]) != len(prob.s.terms):
+        return None
+    s, d = prob.s, prob.s.data
+    info, cur, E, E2, disp = prob.seed
+    P, p = phi.shape[0], s.p
+    B = np.zeros((P, P))
+    mu = E * np.exp(np.clip(cur, -50.0, 50.0))
+    w = mu / (1.0 + disp * mu * E2 / (E * E))
+    X = d.X
+    XX, C, A = re_weighted_cross(X, d.zval, d.gidx, w, d.Q)
+    for it, (L, _) in info.items():  # the effects eliminated with the start's covariances
+        q = s.terms[it].q
+        Ginv = np.linalg.inv(L @ L.T)
+        for g0 in s.gpos[it]:
+            A[g0 : g0 + q, g0 : g0 + q] += Ginv
+    B[:p, :p] = XX - C.T @ np.linalg.solve(A, C)
+    for it, (L, V) in info.items():
+        Sinv = np.linalg.inv(L @ L.T + V)
+        idx = np.flatnonzero(d.lam_t == it)
+        D = []
+        for i in idx:
+            r, c = d.lam_r[i], d.lam_c[i]
+            Dm = np.zeros_like(L)
+            Dm[r, :] += L[:, c]
+            Dm[:, r] += L[:, c]
+            D.append(np.einsum("lab,bc->lac", Sinv, Dm))
+        for a, ia in enumerate(idx):
+            for b, ib in enumerate(idx):
+                B[p + ia, p + ib] = 0.5 * np.einsum("lab,lba->", D[a], D[b])
+    if free[-1]:
+        h = 1e-5 * max(1.0, abs(phi[-1]))
+        ph = phi.copy()
+        ph[-1] += h
+        col = -(prob.value_grad(ph, prob.u.copy())[1] - g) / h
+        B[:, -1] = B[-1, :] = col
+    B[~free, :] = 0.0
+    B[:, ~free] = 0.0
+    idx = np.flatnonzero(free)
+    try:
+        np.linalg.cholesky(B[np.ix_(idx, idx)])
+    except np.linalg.LinAlgError:
+        return None
+    return B
 
 
 def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -631,7 +693,9 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
     return phi, val, np.array([])
 
 
-def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
+def _maximise(
+    prob: _Problem, phi: NDArray, max_iter: int, seed: bool = False
+) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
     """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
     The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
@@ -653,13 +717,15 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
     fresh = False
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
+    for it in range(1, max_iter + 1):
         held = phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6
         if held and free[-1]:
             phi[-1] = T_MAX
             val, g = prob.value_grad(phi)
             B = None
         free[-1] = not held
+        if B is None and seed and it == 1 and USE_SEED:
+            B, fresh = _seed_hessian(prob, phi, g, free), False
         if B is None:
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
         step, dec, pd = _newton_step(g, -B, free)
@@ -693,6 +759,8 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
     return phi, val, H, converged and fresh, it, free
 
 
+#: Whether the first BFGS matrix comes from the start's by-products (:func:`_seed_hessian`), else forward differences.
+USE_SEED = True
 #: Newton decrement below which the BFGS matrix is replaced by a fresh finite-difference Hessian.
 DEC_FRESH = 1e-10
 
@@ -758,7 +826,7 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
 def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne) -> REFitOne:
     """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags)."""
     P = s.n_params
-    phi, val, H, converged, it, free = _maximise(prob, phi, max_iter)
+    phi, val, H, converged, it, free = _maximise(prob, phi, max_iter, seed=True)
     if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
         # the boundaries are stationary points of the Cholesky parameterisation and can be local
         # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds

@@ -87,3 +87,80 @@ def re_newton_step(g, H, free):
         step[idx[i]] = sf[i]
         dec += gf[i] * sf[i]
     return step, dec, pd
+
+
+@njit(**_JIT)
+def re_poisson_glm(X, off, E, ysum, beta, iters):
+    """``iters`` IRLS steps (in place from ``beta``) of the Poisson GLM of row totals ``ysum`` with
+    means ``E exp(X beta + off)``, each by a Cholesky solve of the normal equations. Returns False
+    (``beta`` left at the last finite iterate) when the information is not positive definite."""
+    n, p = X.shape
+    A = np.empty((p, p))
+    r = np.empty(p)
+    for _ in range(iters):
+        A[:, :] = 0.0
+        r[:] = 0.0
+        for j in range(n):
+            eta = 0.0
+            for k in range(p):
+                eta += X[j, k] * beta[k]
+            eta = min(30.0, max(-30.0, eta))
+            w = max(E[j] * math.exp(min(30.0, max(-30.0, eta + off[j]))), 1e-10)
+            z = w * eta + ysum[j] - w
+            for k in range(p):
+                r[k] += X[j, k] * z
+                for k2 in range(k + 1):
+                    A[k, k2] += w * X[j, k] * X[j, k2]
+        for k in range(p):  # Cholesky A = C C' in the lower triangle
+            for k2 in range(k + 1):
+                v = A[k, k2]
+                for i in range(k2):
+                    v -= A[k, i] * A[k2, i]
+                if k == k2:
+                    if not v > 1e-300:
+                        return False
+                    A[k, k] = math.sqrt(v)
+                else:
+                    A[k, k2] = v / A[k2, k2]
+        for k in range(p):
+            v = r[k]
+            for i in range(k):
+                v -= A[k, i] * r[i]
+            r[k] = v / A[k, k]
+        for k in range(p - 1, -1, -1):
+            v = r[k]
+            for i in range(k + 1, p):
+                v -= A[i, k] * r[i]
+            r[k] = v / A[k, k]
+        for k in range(p):
+            if not math.isfinite(r[k]):
+                return False
+        beta[:] = r
+    return True
+
+
+@njit(**_JIT)
+def re_weighted_cross(X, zval, gidx, w, Q):
+    """With rows ``x_j``, random-effect covariates ``zval[j, r]`` at global positions ``gidx[j, r]``
+    and weights ``w_j``: ``X'WX`` (p, p), ``Z'WX`` (Q, p) and ``Z'WZ`` (Q, Q)."""
+    n, p = X.shape
+    R = zval.shape[1]
+    XX = np.zeros((p, p))
+    ZX = np.zeros((Q, p))
+    ZZ = np.zeros((Q, Q))
+    for j in range(n):
+        wj = w[j]
+        for k in range(p):
+            v = wj * X[j, k]
+            for k2 in range(p):
+                XX[k, k2] += v * X[j, k2]
+        for r in range(R):
+            v = wj * zval[j, r]
+            if v == 0.0:
+                continue
+            g = gidx[j, r]
+            for k in range(p):
+                ZX[g, k] += v * X[j, k]
+            for r2 in range(R):
+                ZZ[g, gidx[j, r2]] += v * zval[j, r2]
+    return XX, ZX, ZZ
