@@ -406,6 +406,8 @@ class _Problem:
     seed: tuple | None = None
     """What the start learnt for a cheap first outer Hessian (:func:`_seed_hessian`): per term its
     Cholesky factor and per-level sampling covariances, the rows' linear predictors, ``E``, ``E2``, dispersion."""
+    jac: NDArray[np.float64] | None = None
+    """The modes' derivatives ``du / dphi`` (Q, P) at the parameters of ``u``, if known (warm starts)."""
     kernel: Callable = field(init=False)
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
@@ -420,22 +422,38 @@ class _Problem:
         """The gene's total count in each row of the kernels (a cell or a block)."""
         return self.y if self.s.blocks is None else self.PZ[:, -2]
 
-    def value_grad(self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None) -> tuple[float, NDArray]:
-        """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``)."""
+    def value_grad(
+        self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None, jac: NDArray[np.float64] | None = None
+    ) -> tuple[float, NDArray]:
+        """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``;
+        their derivatives ``du / dphi`` into ``jac`` if given, or into ``self.jac`` when ``u`` is ``self.u``)."""
         uu = self.u if u is None else u
         grad = np.zeros(phi.shape[0])
         self.n_eval += 1
-        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
+        if u is None:
+            self.jac = jac = np.empty((uu.shape[0], phi.shape[0])) if USE_MODE_JAC else None
+        jj = _NO_JAC if jac is None else jac
+        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True, jj)
         try:
             ok, val, _ = self.kernel(*args)
         except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
+            if u is None:
+                self.jac = None
             return -np.inf, grad
         if self.kernel is re_value_grad:
             self.kernel = _compiled(re_value_grad, args)
             self.s.compiled["value_grad"] = self.kernel
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
+            if u is None:
+                self.jac = None
             return -np.inf, grad
         return float(val), grad
+
+    def predicted_modes(self, dphi: NDArray[np.float64]) -> NDArray[np.float64]:
+        """A copy of the modes moved to first order by the parameter change ``dphi`` (a warm start)."""
+        if self.jac is None:
+            return self.u.copy()
+        return self.u + self.jac @ dphi
 
     def hessian(
         self, phi: NDArray[np.float64], free: NDArray[np.bool_], *, central: bool = True, g0: NDArray | None = None
@@ -453,12 +471,18 @@ class _Problem:
             for sgn in (1.0, -1.0) if central else (1.0,):
                 ph = phi.copy()
                 ph[i] += sgn * h
-                gs.append(self.value_grad(ph, self.u.copy())[1])
+                gs.append(self.value_grad(ph, self.predicted_modes(ph - phi))[1])
             H[:, i] = (gs[0] - gs[1]) / (2.0 * h) if central else (gs[0] - g0) / h
         H = 0.5 * (H + H.T)
         H[~free, :] = 0.0
         H[:, ~free] = 0.0
         return H
+
+
+#: Placeholder of ``jac`` when the modes' derivatives are not wanted.
+_NO_JAC = np.empty((0, 0))
+#: Whether the modes' derivatives warm-start the modes of trial points (line search, finite differences).
+USE_MODE_JAC = True
 
 
 def _compiled(dispatcher: Any, args: tuple) -> Callable:
@@ -627,7 +651,7 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
         h = 1e-5 * max(1.0, abs(phi[-1]))
         ph = phi.copy()
         ph[-1] += h
-        col = -(prob.value_grad(ph, prob.u.copy())[1] - g) / h
+        col = -(prob.value_grad(ph, prob.predicted_modes(ph - phi))[1] - g) / h
         B[:, -1] = B[-1, :] = col
     B[~free, :] = 0.0
     B[:, ~free] = 0.0
@@ -684,10 +708,11 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
     for _ in range(40):
         trial = phi + alpha * step
         trial[-1] = min(trial[-1], T_MAX)
-        u = prob.u.copy()
-        vt, gt = prob.value_grad(trial, u)
+        u = prob.predicted_modes(trial - phi)
+        jac = np.empty_like(prob.jac) if prob.jac is not None else None
+        vt, gt = prob.value_grad(trial, u, jac)
         if np.isfinite(vt) and vt >= val + 1e-4 * alpha * dec - 1e-12 * abs(val):
-            prob.u = u
+            prob.u, prob.jac = u, jac
             return trial, vt, gt
         alpha *= 0.5
     return phi, val, np.array([])
@@ -741,7 +766,7 @@ def _maximise(
             u = prob.u.copy()
             vt, gt = prob.value_grad(trial, u)
             if vt > val:
-                phi, val, g, prob.u, B = trial, vt, gt, u, None
+                phi, val, g, prob.u, prob.jac, B = trial, vt, gt, u, None, None
                 continue
         new, vnew, gnew = _line_search(prob, phi, val, step, dec)
         if gnew.size == 0:
@@ -831,13 +856,13 @@ def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFit
         # the boundaries are stationary points of the Cholesky parameterisation and can be local
         # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
         u_best = prob.u.copy()
-        prob.u = np.zeros_like(prob.u)
+        prob.u, prob.jac = np.zeros_like(prob.u), None
         phi2, val2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
         it += it2
         if val2 > val:
             phi, val, H, converged, free = phi2, val2, H2, conv2, free2
         else:
-            prob.u = u_best
+            prob.u, prob.jac = u_best, None
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
     if np.abs(phi[: s.p]).max() > SEPARATION_BOUND:

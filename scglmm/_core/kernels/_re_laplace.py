@@ -258,9 +258,11 @@ def re_workspace(d):
 
 
 @njit(**_JIT)
-def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad):
+def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac):
     """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place) and, if ``want_grad``, its
-    exact gradient into ``grad``. Returns ``(ok, value, inner iterations)``."""
+    exact gradient into ``grad`` and, if ``jac`` is (Q, P), the derivatives of the modes ``du / dphi``
+    into it (a first-order prediction of the modes at nearby parameters). Returns ``(ok, value,
+    inner iterations)``."""
     n, p = d.X.shape
     t = phi[phi.shape[0] - 1]
     a = re_amat(d, phi)
@@ -281,7 +283,46 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad):
         if fr.on:  # the blocks' third derivatives and theta terms at the modes
             _pass(d, fr, PZ, y, eta0, a, u, t, math.exp(t), np.empty(n), cs, True)
         _gradient(d, a, u, cs, cd1, work, grad)
+        if jac.shape[0] == u.shape[0]:
+            _mode_jacobian(d, a, u, cs, work, jac)
     return True, val, it
+
+
+@njit(**_JIT)
+def _mode_jacobian(d, a, u, cs, work, jac):
+    """``du / dphi = H^{-1} d(grad_u h) / dphi`` at converged modes (implicit function theorem), with
+    ``d(grad_u h) / dphi`` at fixed ``u``: ``sum_j a_j e2_j d eta_j / dphi`` plus, for a Cholesky entry
+    ``L_t[r, c]``, ``z_jr e1_j`` at the position of coefficient c, and ``sum_j a_j t1_j`` for log theta."""
+    _, LA, M, LS = work
+    n, R = a.shape
+    p = d.X.shape[1]
+    Q = u.shape[0]
+    P = jac.shape[1]
+    NL = d.lam_t.shape[0]
+    rhs = np.zeros((P, Q))
+    for j in range(n):
+        e1, e2, t1 = cs[j, 0], cs[j, 1], cs[j, 4]
+        for r in range(R):
+            g = d.gidx[j, r]
+            ae2 = a[j, r] * e2
+            for k in range(p):
+                rhs[k, g] += ae2 * d.X[j, k]
+            rhs[P - 1, g] += a[j, r] * t1
+        for i in range(NL):
+            o = d.toff[d.lam_t[i]]
+            zr = d.zval[j, o + d.lam_r[i]]
+            if zr == 0.0:
+                continue
+            gc = d.gidx[j, o + d.lam_c[i]]
+            s = zr * u[gc] * e2
+            for r in range(R):
+                rhs[p + i, d.gidx[j, r]] += a[j, r] * s
+            rhs[p + i, gc] += zr * e1
+    col = np.empty(Q)
+    for k in range(P):
+        block_solve(LA, M, LS, d.nk, d.bstart, d.NB, rhs[k], col)
+        for i in range(Q):
+            jac[i, k] = col[i]
 
 
 @njit(**_JIT)
