@@ -183,6 +183,10 @@ class _Blocks:
     """(B,) sum of ``exp(offset)`` over each block's cells."""
     e2sum: NDArray[np.float64]
     """(B,) sum of ``exp(2 offset)`` over each block's cells."""
+    rank: NDArray[np.int64]
+    """(n,) position of each cell in ``order``."""
+    bid: NDArray[np.int64]
+    """(n,) block of each position in ``order``."""
 
 
 #: Whether :func:`prepare_re` may collapse cells into blocks (tests switch it off to compare).
@@ -238,9 +242,12 @@ def _cut_blocks(
         return None
     PA, Lc = few_rows_block_power_sums(Lw, bstarts, FEW_ROWS_KMAX + 1)
     e = np.exp(off_s)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    bid = np.repeat(np.arange(nb, dtype=np.int64), np.diff(bstarts))
     blocks = _Blocks(
         order=order, bstarts=bstarts, Lw=Lw, off=off_s, e=e,
-        esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]),
+        esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]), rank=rank, bid=bid,
     )  # fmt: skip
     return blocks, RERows(True, PA, Lc, o_ref, np.log(Lc), _inv_k())
 
@@ -412,10 +419,12 @@ class _Problem:
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
     def __post_init__(self) -> None:
-        self.cnt_gt, self.lgy = count_table(self.y)
+        nzc = np.flatnonzero(self.y)
+        nzv = self.y[nzc]
+        self.cnt_gt, self.lgy = count_table(nzv)  # the zero cells count for nothing in it
         self.kernel = self.s.compiled.get("value_grad", re_value_grad)
         self.u = np.zeros(self.s.data.Q)
-        self.PZ, self.moments = _gene_power_sums(self.s, self.y)
+        self.PZ, self.moments = _gene_power_sums(self.s, nzc, nzv)
 
     @property
     def row_counts(self) -> NDArray[np.float64]:
@@ -495,7 +504,9 @@ def _compiled(dispatcher: Any, args: tuple) -> Callable:
         return dispatcher
 
 
-def _gene_power_sums(s: REStructure, y: NDArray[np.float64]) -> tuple[NDArray, tuple[NDArray, NDArray] | None]:
+def _gene_power_sums(
+    s: REStructure, nzc: NDArray[np.int64], nzv: NDArray[np.float64]
+) -> tuple[NDArray, tuple[NDArray, NDArray] | None]:
     """Per block, the gene's sums ``sum y eps^k`` over its non-zero cells, its total count and
     ``sum y offset`` (:func:`.kernels._few_rows.few_rows_gene_power_sums`), and the sums of ``y^2``
     and ``y exp(offset)``."""
@@ -503,7 +514,7 @@ def _gene_power_sums(s: REStructure, y: NDArray[np.float64]) -> tuple[NDArray, t
     bl = s.blocks
     if bl is None:
         return np.zeros((1, kk + 2)), None
-    nzp, nzy, nzs, y2, ye = re_block_gene(y, bl.order, bl.bstarts, bl.e)
+    nzp, nzy, nzs, y2, ye = re_block_gene(nzc, nzv, bl.rank, bl.bid, bl.bstarts.size - 1, bl.e)
     PZ = np.empty((bl.bstarts.size - 1, kk + 2))
     few_rows_gene_power_sums(s.rows.PA, bl.Lw, s.rows.Lc, bl.off, bl.bstarts, nzp, nzy, nzs, PZ)
     return PZ, (y2, ye)
@@ -719,8 +730,8 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
 
 
 def _maximise(
-    prob: _Problem, phi: NDArray, max_iter: int, seed: bool = False
-) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
+    prob: _Problem, phi: NDArray, max_iter: int, seed: bool = False, first: tuple[float, NDArray] | None = None
+) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray]:
     """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
     The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
@@ -732,10 +743,12 @@ def _maximise(
     most a few steps of decrement below :data:`DEC_FRESH` (well under a thousandth of a standard
     error) before the optimum.
 
-    Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the fresh one
-    when converged.
+    ``first``: the value and gradient at ``phi`` with ``prob.u`` its modes, if known (else evaluated).
+
+    Returns ``(phi, value, gradient, Hessian, converged, iterations, free)`` with ``prob.u`` the
+    modes at ``phi``; the Hessian is the fresh one when converged.
     """
-    val, g = prob.value_grad(phi)
+    val, g = prob.value_grad(phi) if first is None else first
     P = phi.shape[0]
     free = np.ones(P, dtype=bool)
     B: NDArray | None = None  # approximation of the negative Hessian
@@ -781,7 +794,7 @@ def _maximise(
         if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
             break
     H = -B if B is not None else np.zeros((P, P))
-    return phi, val, H, converged and fresh, it, free
+    return phi, val, g, H, converged and fresh, it, free
 
 
 #: Whether the first BFGS matrix comes from the start's by-products (:func:`_seed_hessian`), else forward differences.
@@ -840,34 +853,39 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     if _separated(s.data.X, prob.row_counts):
         return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     phi = _start(s, prob.y, prob)
-    if not np.isfinite(prob.value_grad(phi)[0]):
+    first = prob.value_grad(phi)
+    if not np.isfinite(first[0]):
         return REFitOne(**{**nan.__dict__, "status": FAILED})
     try:
-        return _fit(s, prob, phi, max_iter, nan)
+        return _fit(s, prob, phi, max_iter, nan, first)
     except (np.linalg.LinAlgError, ValueError, ArithmeticError):  # non-finite numbers reached the dense algebra
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_eval": prob.n_eval})
 
 
-def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne) -> REFitOne:
-    """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags)."""
+def _fit(
+    s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne, first: tuple[float, NDArray]
+) -> REFitOne:
+    """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags);
+    ``first``: the value and gradient there."""
     P = s.n_params
-    phi, val, H, converged, it, free = _maximise(prob, phi, max_iter, seed=True)
-    if np.isfinite(val) and s.n_lambda and _boundary_status(s, phi):
+    phi, val, g, H, converged, it, free = _maximise(prob, phi, max_iter, seed=True, first=first)
+    boundary = _boundary_status(s, phi) if np.isfinite(val) and s.n_lambda else 0
+    if boundary:
         # the boundaries are stationary points of the Cholesky parameterisation and can be local
         # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
         u_best = prob.u.copy()
         prob.u, prob.jac = np.zeros_like(prob.u), None
-        phi2, val2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
+        phi2, val2, g2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
         it += it2
         if val2 > val:
-            phi, val, H, converged, free = phi2, val2, H2, conv2, free2
+            phi, val, g, H, converged, free = phi2, val2, g2, H2, conv2, free2
+            boundary = _boundary_status(s, phi)
         else:
             prob.u, prob.jac = u_best, None
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
     if np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
         return REFitOne(**{**nan.__dict__, "status": SEPARATION, "n_iter": it, "n_eval": prob.n_eval})
-    val, g = prob.value_grad(phi)
     if not converged:
         H = prob.hessian(phi, free)
     idx = np.flatnonzero(free)
@@ -882,7 +900,7 @@ def _fit(s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFit
         cov[np.ix_(idx, idx)] = np.linalg.pinv(-H[np.ix_(idx, idx)])
     if not free[-1]:
         status |= POISSON_LIMIT
-    status |= _boundary_status(s, phi)
+    status |= boundary
     modes = _modes_b(s, phi, prob.u)
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
 

@@ -381,26 +381,30 @@ def _gradient(d, a, u, cs, cd1, work, grad):
 
 
 @njit(**_JIT)
-def re_block_gene(y, order, bstarts, e_sorted):
-    """A gene's non-zero cells in block order (positions, counts, first of each block) and per block
-    the sums of ``y^2`` and ``y exp(offset)`` (``e_sorted``: ``exp(offset)`` in block order)."""
-    n = order.shape[0]
-    nb = bstarts.shape[0] - 1
-    nzp = np.empty(n, dtype=np.int64)
-    nzy = np.empty(n)
-    nzs = np.empty(nb + 1, dtype=np.int64)
+def re_block_gene(nzc, nzv, rank, bid, nb, e_sorted):
+    """A gene's non-zero cells in block order (positions, counts, first of each of the ``nb`` blocks)
+    and per block the sums of ``y^2`` and ``y exp(offset)``, from the non-zero cells only (``nzc``
+    their indices, ``nzv`` their counts; ``rank`` the position of each cell in block order, ``bid``
+    the block of each position, ``e_sorted`` ``exp(offset)`` in block order): a counting sort by
+    block, no pass over the zero cells."""
+    m = nzc.shape[0]
+    nzs = np.zeros(nb + 1, dtype=np.int64)
+    for i in range(m):
+        nzs[bid[rank[nzc[i]]] + 1] += 1
+    for b in range(nb):
+        nzs[b + 1] += nzs[b]
+    fill = nzs[:nb].copy()
+    nzp = np.empty(m, dtype=np.int64)
+    nzy = np.empty(m)
     y2 = np.zeros(nb)
     ye = np.zeros(nb)
-    m = 0
-    for b in range(nb):
-        nzs[b] = m
-        for j in range(bstarts[b], bstarts[b + 1]):
-            v = y[order[j]]
-            if v != 0.0:
-                nzp[m] = j
-                nzy[m] = v
-                m += 1
-                y2[b] += v * v
-                ye[b] += v * e_sorted[j]
-    nzs[nb] = m
-    return nzp[:m], nzy[:m], nzs, y2, ye
+    for i in range(m):
+        j = rank[nzc[i]]
+        b = bid[j]
+        v = nzv[i]
+        nzp[fill[b]] = j
+        nzy[fill[b]] = v
+        fill[b] += 1
+        y2[b] += v * v
+        ye[b] += v * e_sorted[j]
+    return nzp, nzy, nzs, y2, ye
