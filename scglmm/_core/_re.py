@@ -52,7 +52,6 @@ from .kernels._few_rows import (
     FEW_ROWS_RHO,
     few_rows_block_power_sums,
     few_rows_cut_blocks,
-    few_rows_gene_power_sums,
 )
 from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
 from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm, re_weighted_cross
@@ -183,10 +182,14 @@ class _Blocks:
     """(B,) sum of ``exp(offset)`` over each block's cells."""
     e2sum: NDArray[np.float64]
     """(B,) sum of ``exp(2 offset)`` over each block's cells."""
-    rank: NDArray[np.int64]
-    """(n,) position of each cell in ``order``."""
-    bid: NDArray[np.int64]
-    """(n,) block of each position in ``order``."""
+    cbid: NDArray[np.int64]
+    """(n,) block of each cell (original order)."""
+    cLw: NDArray[np.float64]
+    """(n,) ``exp(offset - o_ref)`` of each cell (original order)."""
+    coff: NDArray[np.float64]
+    """(n,) offset of each cell."""
+    ce: NDArray[np.float64]
+    """(n,) ``exp(offset)`` of each cell."""
 
 
 #: Whether :func:`prepare_re` may collapse cells into blocks (tests switch it off to compare).
@@ -242,12 +245,14 @@ def _cut_blocks(
         return None
     PA, Lc = few_rows_block_power_sums(Lw, bstarts, FEW_ROWS_KMAX + 1)
     e = np.exp(off_s)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
-    bid = np.repeat(np.arange(nb, dtype=np.int64), np.diff(bstarts))
+    cbid = np.empty(n, dtype=np.int64)
+    cbid[order] = np.repeat(np.arange(nb, dtype=np.int64), np.diff(bstarts))
+    cLw = np.empty(n)
+    cLw[order] = Lw
     blocks = _Blocks(
         order=order, bstarts=bstarts, Lw=Lw, off=off_s, e=e,
-        esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]), rank=rank, bid=bid,
+        esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]),
+        cbid=cbid, cLw=cLw, coff=offset.copy(), ce=np.exp(offset),
     )  # fmt: skip
     return blocks, RERows(True, PA, Lc, o_ref, np.log(Lc), _inv_k())
 
@@ -507,16 +512,18 @@ def _compiled(dispatcher: Any, args: tuple) -> Callable:
 def _gene_power_sums(
     s: REStructure, nzc: NDArray[np.int64], nzv: NDArray[np.float64]
 ) -> tuple[NDArray, tuple[NDArray, NDArray] | None]:
-    """Per block, the gene's sums ``sum y eps^k`` over its non-zero cells, its total count and
-    ``sum y offset`` (:func:`.kernels._few_rows.few_rows_gene_power_sums`), and the sums of ``y^2``
-    and ``y exp(offset)``."""
+    """Per block, the gene's sums ``sum y eps^k`` over its non-zero cells ``nzc`` (counts ``nzv``), its
+    total count and ``sum y offset``, and the sums of ``y^2`` and ``y exp(offset)``
+    (:func:`.kernels._re_laplace.re_block_gene`)."""
     kk = FEW_ROWS_KMAX + 1
     bl = s.blocks
     if bl is None:
         return np.zeros((1, kk + 2)), None
-    nzp, nzy, nzs, y2, ye = re_block_gene(nzc, nzv, bl.rank, bl.bid, bl.bstarts.size - 1, bl.e)
-    PZ = np.empty((bl.bstarts.size - 1, kk + 2))
-    few_rows_gene_power_sums(s.rows.PA, bl.Lw, s.rows.Lc, bl.off, bl.bstarts, nzp, nzy, nzs, PZ)
+    nb = bl.bstarts.size - 1
+    PZ = np.empty((nb, kk + 2))
+    y2 = np.empty(nb)
+    ye = np.empty(nb)
+    re_block_gene(nzc, nzv, bl.cbid, bl.cLw, s.rows.Lc, bl.coff, bl.ce, PZ, y2, ye)
     return PZ, (y2, ye)
 
 

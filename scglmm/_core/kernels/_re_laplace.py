@@ -381,30 +381,27 @@ def _gradient(d, a, u, cs, cd1, work, grad):
 
 
 @njit(**_JIT)
-def re_block_gene(nzc, nzv, rank, bid, nb, e_sorted):
-    """A gene's non-zero cells in block order (positions, counts, first of each of the ``nb`` blocks)
-    and per block the sums of ``y^2`` and ``y exp(offset)``, from the non-zero cells only (``nzc``
-    their indices, ``nzv`` their counts; ``rank`` the position of each cell in block order, ``bid``
-    the block of each position, ``e_sorted`` ``exp(offset)`` in block order): a counting sort by
-    block, no pass over the zero cells."""
-    m = nzc.shape[0]
-    nzs = np.zeros(nb + 1, dtype=np.int64)
-    for i in range(m):
-        nzs[bid[rank[nzc[i]]] + 1] += 1
-    for b in range(nb):
-        nzs[b + 1] += nzs[b]
-    fill = nzs[:nb].copy()
-    nzp = np.empty(m, dtype=np.int64)
-    nzy = np.empty(m)
-    y2 = np.zeros(nb)
-    ye = np.zeros(nb)
-    for i in range(m):
-        j = rank[nzc[i]]
-        b = bid[j]
+def re_block_gene(nzc, nzv, cbid, cLw, Lc, coff, ce, PZ, y2, ye):
+    """A gene's sums per block from its non-zero cells only (``nzc`` their indices in increasing
+    order, ``nzv`` their counts; per cell its block ``cbid``, ``exp(offset - o_ref)`` ``cLw``, offset
+    ``coff`` and ``exp(offset)`` ``ce``): ``PZ[b, k] = sum y eps^k`` with ``eps = cLw / Lc[b] - 1``
+    (k < KMAX + 1), the block's total count and ``sum y offset`` in the last two columns, and the sums
+    of ``y^2`` (``y2``) and ``y exp(offset)`` (``ye``); all filled in place. The cells are read in
+    their own order (the per-block arrays are small and stay in cache)."""
+    KK = PZ.shape[1] - 2
+    PZ[:, :] = 0.0
+    y2[:] = 0.0
+    ye[:] = 0.0
+    for i in range(nzc.shape[0]):
+        c = nzc[i]
+        b = cbid[c]
         v = nzv[i]
-        nzp[fill[b]] = j
-        nzy[fill[b]] = v
-        fill[b] += 1
+        eps = cLw[c] / Lc[b] - 1.0
+        pw = v
+        for k in range(KK):
+            PZ[b, k] += pw
+            pw *= eps
+        PZ[b, KK] += v
+        PZ[b, KK + 1] += v * coff[c]
         y2[b] += v * v
-        ye[b] += v * e_sorted[j]
-    return nzp, nzy, nzs, y2, ye
+        ye[b] += v * ce[c]
