@@ -406,6 +406,8 @@ class _Problem:
 
     s: REStructure
     y: NDArray[np.float64]
+    nz: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+    """The gene's non-zero cells and their counts, if known (else found in ``y``)."""
     cnt_gt: NDArray[np.float64] = field(init=False)
     lgy: float = field(init=False)
     u: NDArray[np.float64] = field(init=False)
@@ -424,8 +426,10 @@ class _Problem:
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
     def __post_init__(self) -> None:
-        nzc = np.flatnonzero(self.y)
-        nzv = self.y[nzc]
+        if self.nz is None:
+            nzc = np.flatnonzero(self.y)
+            self.nz = (nzc, self.y[nzc])
+        nzc, nzv = self.nz
         self.cnt_gt, self.lgy = count_table(nzv)  # the zero cells count for nothing in it
         self.kernel = self.s.compiled.get("value_grad", re_value_grad)
         self.u = np.zeros(self.s.data.Q)
@@ -836,7 +840,13 @@ def _boundary_status(s: REStructure, phi: NDArray) -> int:
     return status
 
 
-def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -> REFitOne:
+def fit_re_one(
+    s: REStructure,
+    y: NDArray[np.float64],
+    *,
+    max_iter: int = 100,
+    nz: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None,
+) -> REFitOne:
     """Maximise the Laplace log-likelihood of one gene.
 
     Parameters
@@ -847,6 +857,8 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
         (n,) counts of the gene (float64).
     max_iter
         Outer Newton iterations.
+    nz
+        The non-zero cells of ``y`` (indices, counts), if known: saves passes over the zero cells.
 
     Returns
     -------
@@ -854,9 +866,9 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     """
     P = s.n_params
     nan = REFitOne(np.full(P, np.nan), np.nan, np.full((P, P), np.nan), np.full(s.data.Q, np.nan), 0, 0, 0, np.nan)
-    if not np.any(y > 0):
+    if not (nz[1].size > 0 if nz is not None else np.any(y > 0)):
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
-    prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64), nz)
     if _separated(s.data.X, prob.row_counts):
         return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     phi = _start(s, prob.y, prob)

@@ -182,10 +182,13 @@ def _fit_columns(s: REStructure, Y: NDArray | sparse.csc_matrix) -> list[REFitOn
         if sparse.issparse(Y):
             col = np.zeros(n)
             lo, hi = Y.indptr[g], Y.indptr[g + 1]
-            col[Y.indices[lo:hi]] = Y.data[lo:hi]
+            vals = np.asarray(Y.data[lo:hi], dtype=np.float64)
+            keep = vals != 0.0
+            idx = np.asarray(Y.indices[lo:hi], dtype=np.int64)[keep]
+            col[idx] = vals[keep]
+            fits.append(fit_re_one(s, col, nz=(idx, vals[keep])))
         else:
-            col = np.asarray(Y[:, g], dtype=np.float64)
-        fits.append(fit_re_one(s, col))
+            fits.append(fit_re_one(s, np.asarray(Y[:, g], dtype=np.float64)))
     return fits
 
 
