@@ -7,7 +7,16 @@ offsets, ~30 % non-zero) with both designs and, in the same process and on the s
 donor-level design once more through the general kernel (the fast path switched off), which is
 the baseline of the ratio.
 
-    python benchmarks/cpu_time.py [--genes 200] [--repeats 3]
+The general random-effect structures are timed on a paired version of the same data (20 donors,
+each with 1,250 ctrl and 1,250 stim cells, 50,000 cells; ``~ condition``): a random slope of the
+condition (which varies within donors), samples nested in donors and batches crossing donors, next
+to ``(1 | donor)`` on the same counts in the same process (``--re-genes`` genes; 0 skips them).
+
+Last, the speed-up of ``fit_re_genes(n_jobs=2)`` (loky worker processes) over ``n_jobs=1`` on the
+random slope, ``--jobs-genes`` genes of the paired data (wall time, the two runs alternating in
+this process, median of the repeats; 0 skips it).
+
+    python benchmarks/cpu_time.py [--genes 200] [--repeats 3] [--re-genes 100] [--jobs-genes 400]
 
 Prints a table and writes ``benchmarks/results/cpu_time.md``.
 """
@@ -23,9 +32,131 @@ import numpy as np
 
 import scglmm
 from scglmm._core import _design
+from scglmm._core._re_api import fit_re_genes
+from scglmm._formula import build_design, build_re_terms, parse_re_formula
 
 NEBULA_LN = 53.5  # ms per gene, one core, shared/oracle/TIMINGS.md data set B (design with the covariate)
 NEBULA_NBLMM_LN = 160.0  # the same model as scglmm
+#: The general structures timed on the paired data, and the baseline (the donor-intercept fast path).
+RE_FORMULAS = {
+    "(1 | donor)": "~ condition + (1 | donor)",
+    "slope": "~ condition + (1 + condition | donor)",
+    "nested": "~ condition + (1 | donor/sample)",
+    "crossed": "~ condition + (1 | donor) + (1 | batch)",
+}
+
+
+def paired_data(n_genes: int, donors: int = 20, cells_per_sample: int = 1250, seed: int = 5):
+    """The paired data of the structures' timings: ``batch`` (4 levels) crosses the donors (donor d's
+    ctrl cells in batch d mod 4, its stim cells in batch d + 1 mod 4)."""
+    adata = scglmm.datasets.simulate(
+        n_donors=donors, cells_per_donor=cells_per_sample, n_genes=n_genes, paired=True, slope_sd=0.3,
+        mean_range=(0.01, 5.0), phi_range=(0.02, 2.0), sigma2_range=(0.0, 0.8), seed=seed,
+    )  # fmt: skip
+    d = adata.obs["donor"].astype(str).str[1:].astype(int).to_numpy()
+    stim = (adata.obs["condition"] == "stim").to_numpy()
+    adata.obs["batch"] = np.char.add("B", ((d + stim) % 4).astype(str))
+    return adata
+
+
+def time_structures(n_genes: int, repeats: int) -> list[dict]:
+    """CPU seconds per gene of every structure of :data:`RE_FORMULAS` on the paired data (median of repeats)."""
+    adata = paired_data(n_genes)
+    Y = adata.X.tocsc()
+    off = np.log(adata.obs["libsize"].to_numpy(float))
+    rows = []
+    for name, formula in RE_FORMULAS.items():
+        parsed = parse_re_formula(formula)
+        X = build_design(parsed.fixed, adata.obs).matrix
+        if name == "(1 | donor)":
+            donors = adata.obs["donor"].to_numpy()
+
+            def run(G=Y, X=X, donors=donors):
+                return scglmm.fit_genes(G, X, donors, off, n_jobs=1)
+        else:
+            terms = build_re_terms(parsed.terms, adata.obs)
+
+            def run(G=Y, X=X, terms=terms):
+                return fit_re_genes(G, X, terms, off, n_jobs=1)
+
+        run(Y[:, :2])  # compile / load the kernels
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            res = run()
+            times.append(time.process_time() - t0)
+        evals = float(np.median(res.n_eval)) if hasattr(res, "n_eval") else float("nan")
+        ok = float(np.mean(res.converged)) if hasattr(res, "converged") else float(np.mean(res.status == 0))
+        rows.append({"name": name, "formula": formula, "ms": 1000 * float(np.median(times)) / n_genes,
+                     "evals": evals, "iters": float(np.median(res.n_iter)), "ok": ok})  # fmt: skip
+        print(f"{name}: {rows[-1]['ms']:.2f} CPU ms/gene (median of {repeats})", flush=True)
+    return rows
+
+
+def time_n_jobs(n_genes: int, repeats: int) -> dict:
+    """Wall seconds of ``fit_re_genes`` on the random slope with ``n_jobs=1`` and ``n_jobs=2``
+    (alternating, median of the repeats), and whether both give the same fits."""
+    adata = paired_data(n_genes)
+    Y = adata.X.tocsc()
+    off = np.log(adata.obs["libsize"].to_numpy(float))
+    parsed = parse_re_formula(RE_FORMULAS["slope"])
+    X = build_design(parsed.fixed, adata.obs).matrix
+    terms = build_re_terms(parsed.terms, adata.obs)
+    fit_re_genes(Y[:, :4], X, terms, off, n_jobs=2)  # start the workers, load the kernels there
+    times: dict[int, list[float]] = {1: [], 2: []}
+    res = {}
+    for _ in range(repeats):
+        for jobs in (1, 2):
+            t0 = time.perf_counter()
+            res[jobs] = fit_re_genes(Y, X, terms, off, n_jobs=jobs)
+            times[jobs].append(time.perf_counter() - t0)
+    same = bool(np.array_equal(res[1].loglik, res[2].loglik, equal_nan=True))
+    out = {jobs: float(np.median(t)) for jobs, t in times.items()}
+    print(f"n_jobs: 1 {out[1]:.2f} s, 2 {out[2]:.2f} s (x{out[1] / out[2]:.2f})", flush=True)
+    return {"genes": n_genes, "s1": out[1], "s2": out[2], "same": same, "repeats": repeats}
+
+
+def n_jobs_lines(r: dict) -> list[str]:
+    """The markdown lines of the n_jobs timing."""
+    return [
+        "",
+        f"## fit_re_genes with n_jobs=2 (random slope, {r['genes']} genes of the paired data)",
+        "",
+        "Wall time, `n_jobs=1` and `n_jobs=2` (joblib's loky worker processes, started before timing) "
+        f"alternating in one process, median of {r['repeats']}:",
+        "",
+        "| n_jobs | wall s | s / gene | speed-up |",
+        "|---:|---:|---:|---:|",
+        f"| 1 | {r['s1']:.2f} | {1000 * r['s1'] / r['genes']:.2f} ms | 1.00 |",
+        f"| 2 | {r['s2']:.2f} | {1000 * r['s2'] / r['genes']:.2f} ms | {r['s1'] / r['s2']:.2f} |",
+        "",
+        f"Identical log-likelihoods for n_jobs=1 and 2: {r['same']}. The machine has 2 cores shared with "
+        "other jobs: the speed-up is bounded by 2 and by their load.",
+    ]
+
+
+def structures_table(rows: list[dict], n_genes: int, n_cells: int) -> list[str]:
+    """The markdown lines of the structures' timings."""
+    base = rows[0]["ms"]
+    lines = [
+        "",
+        f"## General random-effect structures ({n_cells} paired cells, 20 donors, {n_genes} genes, one thread)",
+        "",
+        "Same process, same counts and offsets; 20 donors x (1,250 ctrl + 1,250 stim) cells, fixed design "
+        "`~ condition`, batch (4 levels) crossing the donors. Ratio: CPU time per gene over `(1 | donor)`.",
+        "",
+        "| structure | formula | CPU ms/gene | ratio to `(1 \\| donor)` | median evaluations | median iterations "
+        "| share converged |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        shown = r["formula"].replace("|", "\\|")
+        name = r["name"].replace("|", "\\|")
+        ev = "" if np.isnan(r["evals"]) else f"{r['evals']:.0f}"
+        lines.append(
+            f"| {name} | `{shown}` | {r['ms']:.2f} | {r['ms'] / base:.1f} | {ev} | {r['iters']:.0f} | {r['ok']:.2f} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -34,6 +165,8 @@ def main() -> None:
     ap.add_argument("--cells-per-donor", type=int, default=2500)
     ap.add_argument("--donors", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--re-genes", type=int, default=100, help="genes for the general structures (0: skip)")
+    ap.add_argument("--jobs-genes", type=int, default=400, help="genes for the n_jobs=2 timing (0: skip)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_time.md")
     a = ap.parse_args()
 
@@ -90,7 +223,8 @@ def main() -> None:
     lines = [
         "# CPU time per gene (one thread)",
         "",
-        f"Command: `python benchmarks/cpu_time.py --genes {a.genes} --repeats {a.repeats}`; "
+        f"Command: `python benchmarks/cpu_time.py --genes {a.genes} --repeats {a.repeats} --re-genes {a.re_genes} "
+        f"--jobs-genes {a.jobs_genes}`; "
         f"{a.donors} donors x {a.cells_per_donor} cells = {adata.n_obs} cells, {a.genes} genes, "
         f"{100 * nnz:.0f} % non-zero, library-size offsets; scglmm {scglmm.__version__}, "
         f"{platform.machine()}, Python {platform.python_version()}.",
@@ -111,6 +245,12 @@ def main() -> None:
         "convergent series, exact to rounding).",
         "",
     ]
+    if a.re_genes:
+        lines += structures_table(time_structures(a.re_genes, a.repeats), a.re_genes, 2 * a.donors * 1250)
+        lines.append("")
+    if a.jobs_genes:
+        lines += n_jobs_lines(time_n_jobs(a.jobs_genes, a.repeats))
+        lines.append("")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
     print("\n".join(lines))

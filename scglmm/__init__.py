@@ -6,12 +6,29 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, get, pl, tl
 from ._core._api import fit_gene, fit_genes
+from ._core._re import RETerm
+from ._core._re_api import REGenesFit
 from ._core._results import GeneFit, GenesFit
 from ._core._status import status_name
+from ._formula import random_terms
 
 try:
     __version__ = version("scglmm")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["GeneFit", "GenesFit", "fit_gene", "fit_genes", "datasets", "get", "pl", "status_name", "tl", "__version__"]
+__all__ = [
+    "GeneFit",
+    "GenesFit",
+    "REGenesFit",
+    "RETerm",
+    "fit_gene",
+    "fit_genes",
+    "random_terms",
+    "datasets",
+    "get",
+    "pl",
+    "status_name",
+    "tl",
+    "__version__",
+]

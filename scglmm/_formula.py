@@ -69,6 +69,7 @@ def parse_fit_formula(formula: str) -> ParsedFormula:
     message when it has a ``( ... | group)`` term, else with :func:`parse_formula`'s (which suggests
     the intended random intercept).
     """
+    _check_no_inner_parentheses(formula, _checked_text(formula))
     try:
         return parse_formula(formula)
     except InvalidValueError:
@@ -378,6 +379,7 @@ def parse_re_formula(formula: str) -> ParsedREFormula:
     input is invalid for both.
     """
     f = _checked_text(formula)
+    _check_no_inner_parentheses(formula, f)
     found = _RE_TERM.findall(f)
     if not found:
         msg = (
@@ -392,7 +394,47 @@ def parse_re_formula(formula: str) -> ParsedREFormula:
                 msg = f"formula {formula!r}: the random-effect term {spec} appears twice; keep one."
                 raise InvalidValueError(msg, param="formula")
             terms.append(spec)
+    _check_one_variance_each(formula, terms)
     return ParsedREFormula(formula=formula, fixed=_fixed_part(formula, f, _RE_TERM), terms=tuple(terms))
+
+
+def _check_no_inner_parentheses(formula: str, f: str) -> None:
+    """Refuse a ``( ... | group)`` term with parentheses inside (a function call such as ``log(x)``,
+    ``(donor)``): the grammar reads obs column names only, and without this check the term would not
+    be seen at all."""
+    depth, start = 0, 0
+    for i, ch in enumerate(f):
+        if ch == "(":
+            start = i if depth == 0 else start
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            inner = f[start + 1 : i]
+            if depth == 0 and "|" in inner and "(" in inner:
+                msg = (
+                    f"formula {formula!r}: the random-effect term '{f[start : i + 1]}' has parentheses inside; "
+                    "write '( ... | group)' with obs column names only (for a transformed covariate such as "
+                    "log(x), add it to adata.obs as a column first)."
+                )
+                raise InvalidValueError(msg, param="formula")
+
+
+def _check_one_variance_each(formula: str, terms: list[RETermSpec]) -> None:
+    """Refuse two terms that give the same grouping factor the same coefficient (e.g. its intercept in
+    ``(1 + x | g) + (1 | g)``): that coefficient would have two variances, which the data cannot tell apart."""
+    seen: dict[tuple[tuple[str, ...], str], RETermSpec] = {}
+    for t in terms:
+        for part in t.lhs.split(" + "):
+            if part == "0":
+                continue
+            first = seen.setdefault((t.group, part), t)
+            if first is not t:
+                what = "intercept" if part == "1" else f"slope of {part!r}"
+                msg = (
+                    f"formula {formula!r}: the terms {first} and {t} both give {t.group_name!r} a random {what}, "
+                    "which would have two variances that the data cannot tell apart; keep it in one term."
+                )
+                raise InvalidValueError(msg, param="formula")
 
 
 def _expand_term(lhs: str, bar: str, grp: str) -> list[RETermSpec]:
@@ -426,6 +468,12 @@ def _expand_term(lhs: str, bar: str, grp: str) -> list[RETermSpec]:
     out = []
     for k in range(len(levels)):
         cols = tuple(c.strip() for lev in levels[: k + 1] for c in lev.split(":"))
+        if len(set(cols)) < len(cols):
+            msg = (
+                f"grouping factor {grp!r} in '{shown}' names an obs column twice ({list(cols)}); each column "
+                "of an interaction 'a:b' or a nesting 'a/b' must be a different one."
+            )
+            raise InvalidValueError(msg, param="formula")
         out.append(RETermSpec(lhs=lhs_std, group=cols, diagonal=diagonal))
     return out
 
@@ -493,3 +541,25 @@ def _build_term(t: RETermSpec, obs: pd.DataFrame) -> RETerm:
         coef_names=tuple(names),
         diagonal=t.diagonal,
     )
+
+
+def random_terms(formula: str, obs: pd.DataFrame) -> tuple[RETerm, ...]:
+    """The random-effect terms of ``formula`` built from a per-cell table, for the array API.
+
+    Parameters
+    ----------
+    formula
+        A formula, ``"~ condition + (1 + condition | donor)"``, or its random part alone,
+        ``"(1 + condition | donor)"`` (the grammar of ``docs/random_effects.md``).
+    obs
+        One row per cell with the columns the terms name (e.g. ``adata.obs``).
+
+    Returns
+    -------
+    The terms (:class:`scglmm.RETerm`: per-cell covariates, level codes and labels), to pass as
+    ``groups`` to :func:`scglmm.fit_genes` or :func:`scglmm.fit_gene`. Their coefficients are named like
+    the fixed-effect columns (``condition[T.stim]``), with the first level of a factor as reference.
+    """
+    if isinstance(formula, str) and formula.strip().startswith("("):
+        formula = "~ 1 + " + formula.strip()
+    return tuple(build_re_terms(parse_re_formula(formula).terms, obs))

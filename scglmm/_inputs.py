@@ -237,14 +237,19 @@ def block_size(value: object) -> int:
     return int(value)
 
 
-def test_method(method: object, reduced_formula: str | None) -> str:
-    """``"wald"`` or ``"lrt"``; only an LRT takes a reduced formula."""
+def test_method(method: object, reduced_formula: str | None, contrast: object) -> str:
+    """``"wald"`` or ``"lrt"``; only an LRT takes a reduced formula, and only one with a reduced formula
+    may leave out the contrast."""
     if method not in ("wald", "lrt"):
         msg = f"method must be 'wald' or 'lrt'; got {method!r}."
         raise InvalidValueError(msg, param="method")
     if method == "wald" and reduced_formula is not None:
         msg = "reduced_formula is only used with method='lrt'."
         raise InvalidValueError(msg, param="reduced_formula")
+    if contrast is None and reduced_formula is None:
+        what = "the contrast to test" if method == "wald" else "the column(s) to drop, or pass reduced_formula"
+        msg = f"contrast is missing: name {what}, e.g. 'condition[T.stim]'."
+        raise InvalidValueError(msg, param="contrast")
     return str(method)
 
 

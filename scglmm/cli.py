@@ -508,8 +508,8 @@ the replicates. Cell-level tests (Wilcoxon, t-test) treat every cell as an
 independent replicate and report many false hits.
 
 \b
-Typical use:
-  scglmm fit cells.h5ad --formula "~ condition + (1 | donor)" \\
+Typical use (each donor measured in both conditions):
+  scglmm fit cells.h5ad --formula "~ condition + (1 + condition | donor)" \\
       --out fit.h5ad --table fit.tsv --n-jobs 4
   scglmm test fit.h5ad --contrast condition,stim,ctrl --out tested.h5ad
 
@@ -589,12 +589,15 @@ Per gene, in lme4 notation: counts ~ FORMULA, negative binomial, with
 log(size factor) as offset. FORMULA names obs columns and holds a donor
 random intercept, '(1 | donor)', or other lme4 random effects: random slopes
 '(1 + condition | donor)', '(1 + x || donor)', nested '(1 | donor/sample)',
-crossed '(1 | donor) + (1 | batch)' (Laplace, one thread). Coefficients are
+crossed '(1 | donor) + (1 | batch)' (Laplace approximation). Coefficients are
 natural-log fold changes; the table adds log2_fc.
 
 \b
 Examples:
-  # stimulated vs control, cells grouped by donor
+  # paired design (every donor in both conditions): each donor's own response
+  scglmm fit cells.h5ad --formula "~ condition + (1 + condition | donor)" --out fit.h5ad
+\b
+  # each donor in one condition only: a donor random intercept
   scglmm fit cells.h5ad --formula "~ condition + (1 | donor)" --out fit.h5ad
 \b
   # counts in a layer, a covariate, a table for 'condition', 4 threads
@@ -793,7 +796,8 @@ _TEST_HELP = """Test a contrast on a file written by 'scglmm fit'.
 \b
 Wald tests (the default) use the stored coefficients and covariance, with no
 refit. Likelihood-ratio tests (--method lrt) refit the model without the
-tested terms, or with --reduced-formula.
+tested terms, or with --reduced-formula, which may also drop a random slope
+or a random-effect term (a variance component; boundary-corrected reference).
 
 \b
 CONTRAST is one of:
@@ -806,6 +810,8 @@ Examples:
   scglmm test fit.h5ad --contrast treatment,B,A --out tested.h5ad \\
       --table B_vs_A.tsv
   scglmm test fit.h5ad --contrast condition --method lrt --out tested.h5ad
+  scglmm test slope_fit.h5ad --method lrt --out tested.h5ad \\
+      --reduced-formula "~ condition + (1 | donor)"
 
 \b
 Where the results go:
@@ -816,6 +822,17 @@ Where the results go:
             ranked by p_value, then |stat|.
   stdout    the top genes (nothing with --quiet).
 """
+
+
+class _ContrastOption(click.Option):
+    """``--contrast``: required, unless ``--reduced-formula`` gives the null model of a likelihood-ratio test
+    (processed first when given, as click processes the options on the line before the others)."""
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        if self.value_is_missing(value) and ctx.params.get("reduced_formula") is None:
+            raise click.MissingParameter(ctx=ctx, param=self)
+        return super().process_value(ctx, value)
+
 
 _CONTRAST_TRIPLE = re.compile(r"^\s*([^,\[\]()]+?)\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*$")
 
@@ -828,7 +845,13 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
 
 @cli.command("test", cls=_Command, help=_TEST_HELP, no_args_is_help=True)
 @click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-c", "--contrast", required=True, metavar="CONTRAST", help="What to test (see above).")
+@click.option(
+    "-c",
+    "--contrast",
+    cls=_ContrastOption,
+    metavar="CONTRAST",
+    help="What to test (see above); optional with --reduced-formula.",
+)
 @_outputs
 @click.option(
     "--key", metavar="KEY", default=_TEST_DEFAULTS["key"], show_default=True, help="The --key-added of the fit."
@@ -840,7 +863,11 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     show_default=True,
     help="The test.",
 )
-@click.option("--reduced-formula", metavar="FORMULA", help="For --method lrt: the null model, e.g. '~ 1'.")
+@click.option(
+    "--reduced-formula",
+    metavar="FORMULA",
+    help="For --method lrt: the null model, e.g. '~ 1', or '~ condition + (1 | donor)' to test a random slope.",
+)
 @click.option(
     "--calibration",
     type=click.Choice(list(CALIBRATIONS)),
@@ -862,7 +889,7 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
 @_verbosity
 def test_cmd(
     input_h5ad: Path,
-    contrast: str,
+    contrast: str | None,
     out: Path,
     table: Path | None,
     compression: str | None,
@@ -885,7 +912,8 @@ def test_cmd(
         adata = _read_h5ad(input_h5ad)
         _check_fitted(adata, test_kwargs["key"], input_h5ad)
         groups = list(group) or None
-        name = tl.test(adata, _parse_contrast(contrast), group=groups, progress=False if quiet else None, **test_kwargs)
+        what = None if contrast is None else _parse_contrast(contrast)
+        name = tl.test(adata, what, group=groups, progress=False if quiet else None, **test_kwargs)
         logger.info("results stored as %r", name)
         res = get.results(adata, contrast=name, key=test_kwargs["key"], group=groups)
         df = _ranked(_long(res, "contrast", name), ("group", "contrast"))

@@ -43,11 +43,29 @@ def test_parse(formula: str, fixed: str, terms: list[str]) -> None:
         ("~ condition + (1 | donor + batch)", "grouping factor 'donor \\+ batch'"),
         ("~ condition + (1 | donor) + (1 | donor)", "appears twice"),
         ("~ condition | donor + (1 | donor)", "outside a"),
+        ("~ c + (1 + log(x) | donor)", r"term '\(1 \+ log\(x\) \| donor\)' has parentheses inside"),
+        ("~ c + (1 | donor) + (1 + log(x) | donor)", r"term '\(1 \+ log\(x\) \| donor\)' has parentheses"),
+        ("~ c + (1 | (donor))", r"term '\(1 \| \(donor\)\)' has parentheses inside"),
+        (
+            "~ c + (1 + c | donor) + (1 | donor)",
+            r"\(1 \+ c \| donor\) and \(1 \| donor\) both give 'donor' a random intercept",
+        ),
+        ("~ c + (1 + x || donor) + (0 + x | donor)", r"both give 'donor' a random slope of 'x'"),
+        ("~ c + (1 | donor/donor)", r"names an obs column twice \(\['donor', 'donor'\]\)"),
     ],
 )
 def test_parse_errors(formula: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_re_formula(formula)
+
+
+def test_same_coefficient_in_two_terms_of_different_factors_is_fine() -> None:
+    """lme4's uncorrelated form and a slope in two nested factors give each coefficient one variance."""
+    assert [str(t) for t in parse_re_formula("~ c + (1 | donor) + (0 + c | donor)").terms] == [
+        "(1 | donor)",
+        "(0 + c | donor)",
+    ]
+    assert len(parse_re_formula("~ c + (1 + c | donor/sample)").terms) == 2
 
 
 def test_single_donor_parser_unchanged() -> None:

@@ -202,8 +202,18 @@ def test_cli_fit(tmp_path: Path) -> None:
     assert list(out.varm["scglmm_varcomp"].columns) == VARCOMP["slope"]
 
 
-def test_donor_effects_plot_refuses_a_general_structure_clearly() -> None:
+def test_donor_effects_plot_reads_the_stored_modes_of_a_general_structure() -> None:
+    """The plot of a general structure shows the stored modes (tests/test_pl_re.py checks it in detail)."""
+    import matplotlib.pyplot as plt
+
     a = fitted("slope")
-    with pytest.raises(InputError, match=r"one donor random intercept.*scglmm_modes") as info:
-        scglmm.pl.donor_effects(a, a.var_names[0], show=False)
-    assert info.value.param == "key"
+    gene = a.var_names[0]
+    ax = scglmm.pl.donor_effects(a, gene, coef=STIM, show=False)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    (cont,) = ax.containers
+    expected = [
+        a.varm["scglmm_coef"].loc[gene, STIM] + a.varm["scglmm_modes"].loc[gene, f"donor[{d}]:{STIM}"] for d in ticks
+    ]
+    np.testing.assert_allclose(cont.lines[0].get_ydata(), expected, rtol=0, atol=1e-12)
+    assert len(ticks) == 8
+    plt.close("all")

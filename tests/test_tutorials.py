@@ -38,7 +38,12 @@ def _text(nb) -> str:
 
 
 def test_tutorials_exist():
-    assert {"01_scanpy_workflow.ipynb", "02_array_api.ipynb", "03_snakemake.ipynb"} <= set(NOTEBOOKS)
+    assert {
+        "01_scanpy_workflow.ipynb",
+        "02_array_api.ipynb",
+        "03_snakemake.ipynb",
+        "04_paired_random_slope.ipynb",
+    } <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -102,3 +107,25 @@ def test_snakemake_tutorial_runs_the_rule():
     assert "snakemake exit code: 1" in text
     assert "last line of the log: Error: --formula: column(s) ['conditon']" in text
     assert "outputs left behind: []" in text
+
+
+def test_paired_random_slope_runs_and_the_label_swap_finds_nothing():
+    nb = _run("04_paired_random_slope.ipynb")
+    text = _text(nb)
+    assert "'slope_df': {'condition[T.stim]': 7.0}" in text  # 8 donors - 1: the paired t test's df
+    m = re.search(
+        r"adjusted p < 0.05: (\d+) of (\d+) genes with \(1 \+ condition \| donor\), (\d+) with \(1 \| donor\)", text
+    )
+    assert m is not None, text[-2000:]
+    n_slope, n_genes, n_intercept = (int(x) for x in m.groups())
+    assert n_genes == 300
+    # interferon-beta changes most of these genes in every donor (273 and 290 when written); the
+    # random slope, which tests against the spread of the donors' responses, calls fewer
+    assert 200 <= n_slope < n_intercept
+    # labels swapped in 4 of 8 donors: the average response is gone (23 and 0 genes when written)
+    swapped = {
+        name: int(re.search(rf"label swap, {re.escape(name)}: (\d+) of 300 genes", text)[1])
+        for name in ("(1 | donor)", "(1 + condition | donor)")
+    }
+    assert swapped["(1 + condition | donor)"] <= 2
+    assert swapped["(1 | donor)"] >= 10

@@ -8,8 +8,10 @@ raises, and ``test_error_table_is_current`` fails when the table and the message
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +218,66 @@ FIT_CASES: list[Case] = [
         KeyError,
         r"grouping column\(s\) \['batch'\] of the random-effect term \(1 \| donor:batch\) are not in adata.obs",
         formula="~ condition + (1 | donor/batch)",
+    ),
+    Case(
+        "re_zero_only",
+        "random term without a coefficient `(0 | donor)`",
+        ValueError,
+        r"random-effect term '\(0 \| donor\)' has no coefficient before the '\|'",
+        formula="~ condition + (0 | donor)",
+    ),
+    Case(
+        "re_bar_outside",
+        "a `|` outside a `( ... | group)` term",
+        ValueError,
+        r"a '\|' outside a '\( ... \| group\)' term is not valid",
+        formula="~ condition | donor + (1 | donor)",
+    ),
+    Case(
+        "re_parentheses_inside",
+        "a function call inside a random-effect term `(1 + log(covariate) | donor)`",
+        ValueError,
+        r"the random-effect term '\(1 \+ log\(covariate\) \| donor\)' has parentheses inside.*adata.obs",
+        formula="~ condition + (1 + log(covariate) | donor)",
+    ),
+    Case(
+        "re_coefficient_twice",
+        "one grouping factor's intercept in two terms `(1 + covariate | donor) + (1 | donor)`",
+        ValueError,
+        r"both give 'donor' a random intercept, which would have two variances.*keep it in one term",
+        formula="~ covariate + (1 + covariate | donor) + (1 | donor)",
+    ),
+    Case(
+        "re_group_column_twice",
+        "a grouping column named twice `(1 | donor/donor)`",
+        ValueError,
+        r"grouping factor 'donor/donor'.*names an obs column twice",
+        formula="~ condition + (1 | donor/donor)",
+    ),
+    Case(
+        "re_group_one_level",
+        "a grouping factor with one level in the cells (crossed `(1 | batch)`)",
+        ValueError,
+        r"grouping factor 'batch' of the random-effect term \(1 \| batch\) has a single level.*Remove the term",
+        formula="~ condition + (1 | donor) + (1 | batch)",
+        mutate=_put_obs("batch", "b1"),
+    ),
+    Case(
+        "re_nested_agq",
+        "`n_agq > 1` with nested terms",
+        ValueError,
+        r"n_agq=5: adaptive Gauss-Hermite.*\(1 \| donor\) \+ \(1 \| donor:sample\).*Laplace.*use n_agq=1",
+        formula="~ condition + (1 | donor/sample)",
+        kwargs={"n_agq": 5},
+    ),
+    Case(
+        "re_crossed_calibration",
+        "a calibration of the donor intercept only with crossed terms",
+        ValueError,
+        r"calibration='satterthwaite' models a single donor random intercept.*\(1 \| batch\).*\['eb', 't', 'z'\]",
+        formula="~ condition + (1 | donor) + (1 | batch)",
+        mutate=_put_obs("batch", lambda a: np.array(["b1", "b2"])[np.arange(a.n_obs) % 2]),
+        kwargs={"calibration": "satterthwaite"},
     ),
     # columns
     Case(
@@ -647,6 +709,121 @@ def test_array_api_rejects_bad_input(case: ArrayCase) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# the cases: pl.donor_effects of a fit with a general random-effect structure
+# ------------------------------------------------------------------------------------------------
+PLOT_FORMULA = "~ condition + covariate + (1 + covariate | donor) + (1 | batch)"
+
+
+@cache
+def _plot_fit() -> ad.AnnData:
+    """The table's data, first 6 genes (G00000 without counts), batches b1/b2 alternating over the cells,
+    fitted with :data:`PLOT_FORMULA`."""
+    a = make_adata()[:, :6].copy()
+    a.obs["batch"] = np.array(["b1", "b2"])[np.arange(a.n_obs) % 2]
+    X = a.X.toarray()
+    X[:, 0] = 0
+    a.X = sparse.csr_matrix(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # G00000 is filtered
+        scglmm.tl.fit(a, PLOT_FORMULA, size_factors="sf", progress=False)
+    return a
+
+
+@dataclass
+class PlotCase:
+    id: str
+    what: str
+    exc: type[Exception]
+    match: str
+    kwargs: dict[str, Any]
+    mutate: Callable[[ad.AnnData], None] | None = None
+
+
+PLOT_CASES: list[PlotCase] = [
+    PlotCase(
+        "plot_unknown_factor",
+        "a factor that is not a grouping factor of the fit",
+        KeyError,
+        r"factor 'sample' is not a grouping factor.*grouping factors: \['donor', 'batch'\]",
+        {"gene": "G00002", "factor": "sample"},
+    ),
+    PlotCase(
+        "plot_coef_not_random",
+        "a coefficient without a random effect",
+        KeyError,
+        r"coef 'condition\[T.stim\]' has no random effect.*"
+        r"\['Intercept\|donor', 'covariate\|donor', 'Intercept\|batch'\]",
+        {"gene": "G00002", "coef": "condition[T.stim]"},
+    ),
+    PlotCase(
+        "plot_coef_other_factor",
+        "a random slope of another grouping factor",
+        KeyError,
+        r"coef 'covariate' has no random effect by 'batch'",
+        {"gene": "G00002", "coef": "covariate", "factor": "batch"},
+    ),
+    PlotCase(
+        "plot_colour_varies",
+        "`color_by` a column that varies within the levels",
+        ValueError,
+        r"color_by column 'covariate' must be constant within each donor, but varies within 4 donor level\(s\)",
+        {"gene": "G00002", "color_by": "covariate"},
+    ),
+    PlotCase(
+        "plot_no_estimate",
+        "a gene without an estimate",
+        ValueError,
+        r"gene 'G00000' has no estimate \(status 'filtered'\)",
+        {"gene": "G00000", "coef": "covariate"},
+    ),
+    PlotCase(
+        "plot_level_not_fitted",
+        "obs relabelled after the fit (a donor the fit did not see)",
+        ValueError,
+        r"cells of donor level\(s\) \['D99'\] were not in the fit; plot the AnnData that was fitted",
+        {"gene": "G00002"},
+        mutate=_put_obs("donor", lambda a: a.obs["donor"].astype(str).replace({"D01": "D99"})),
+    ),
+]
+
+
+def _run_plot_case(case: PlotCase) -> tuple[ad.AnnData, dict[str, Any], BaseException | None]:
+    import matplotlib.pyplot as plt
+
+    a = _plot_fit().copy()
+    if case.mutate is not None:
+        case.mutate(a)
+    before = snapshot(a)
+    err = None
+    try:
+        scglmm.pl.donor_effects(a, show=False, **case.kwargs)
+    except Exception as e:
+        err = e
+    plt.close("all")
+    return a, before, err
+
+
+@pytest.mark.parametrize("case", PLOT_CASES, ids=[c.id for c in PLOT_CASES])
+def test_plot_rejects_bad_input(case: PlotCase) -> None:
+    a, before, err = _run_plot_case(case)
+    assert err is not None, f"{case.id}: pl.donor_effects accepted {case.what}"
+    assert _builtin(err) is case.exc, f"{case.id}: {type(err).__name__}: {err}"
+    assert re.search(case.match, _text(err)), _text(err)
+    assert_unchanged(a, before)
+
+
+def test_plot_cases_differ_from_a_valid_call() -> None:
+    """The same fit plots without error when the bad argument is left out (the cases test what they say)."""
+    import matplotlib.pyplot as plt
+
+    a = _plot_fit()
+    for kwargs in ({"factor": "batch"}, {"coef": "covariate"}, {"coef": "covariate", "factor": "donor"}):
+        ax = scglmm.pl.donor_effects(a, "G00002", show=False, **kwargs)
+        assert len(ax.get_xticklabels()) == (2 if kwargs.get("factor") == "batch" else 4)
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------------------------
 # the docs table
 # ------------------------------------------------------------------------------------------------
 def _md_cell(text: str) -> str:
@@ -692,6 +869,23 @@ def render_error_table() -> str:
         lines.append(f"| {_md_cell(case.what)} | `{_builtin(err).__name__}` | {_md_cell(_text(err))} |")
     lines += [
         "",
+        "## `scglmm.pl.donor_effects` with a general random-effect structure",
+        "",
+        "Data: the 4 donors above, genes `G00000`-`G00005` (`G00000` without counts), obs `batch` alternating",
+        f"`b1`, `b2` over the cells, fitted with `{PLOT_FORMULA}`.",
+        "",
+        "| Bad input | Call | Exception | Message |",
+        "|---|---|---|---|",
+    ]
+    for case in PLOT_CASES:
+        _, _, err = _run_plot_case(case)
+        assert err is not None
+        call = ", ".join(f"{k}={v!r}" for k, v in case.kwargs.items())
+        lines.append(
+            f"| {_md_cell(case.what)} | `{_md_cell(call)}` | `{_builtin(err).__name__}` | {_md_cell(_text(err))} |"
+        )
+    lines += [
+        "",
         "## Genes that cannot be estimated are not errors",
         "",
         "A gene that is all zero, separated (absent in one condition), or otherwise not estimable never",
@@ -709,10 +903,10 @@ def test_error_table_is_current() -> None:
 
 
 def test_every_case_documented_once() -> None:
-    ids = [c.id for c in FIT_CASES] + [c.id for c in ARRAY_CASES]
+    ids = [c.id for c in FIT_CASES] + [c.id for c in ARRAY_CASES] + [c.id for c in PLOT_CASES]
     assert len(ids) == len(set(ids))
     text = DOC.read_text()
-    for c in FIT_CASES + ARRAY_CASES:
+    for c in FIT_CASES + ARRAY_CASES + PLOT_CASES:
         assert f"| {_md_cell(c.what)} |" in text, c.id
 
 

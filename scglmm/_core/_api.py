@@ -24,6 +24,8 @@ from ._checks import (
 from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
+from ._re import RETerm
+from ._re_api import REGenesFit, fit_re_genes
 from ._results import GeneFit, GenesFit, assemble
 from ._schedule import Design, compile_log, fit_blocks
 from ._separation import refit_separated
@@ -37,7 +39,7 @@ __all__ = ["fit_gene", "fit_genes"]
 def fit_genes(
     Y: ArrayLike | sparse.spmatrix | sparse.sparray,
     X: ArrayLike,
-    groups: ArrayLike,
+    groups: ArrayLike | Sequence[RETerm],
     offset: ArrayLike | None = None,
     *,
     n_agq: int = 1,
@@ -46,13 +48,16 @@ def fit_genes(
     coef_names: Sequence[str] | None = None,
     check: bool = True,
     progress: Callable[[int], None] | None = None,
-) -> GenesFit:
-    """Fit the NB GLMM with a donor random intercept to every column of a count matrix.
+) -> GenesFit | REGenesFit:
+    """Fit the NB GLMM with a donor random intercept (or other random effects) to every column of a count matrix.
 
     The model per gene is ``y | b ~ NB(mu, theta)``, ``log mu = X beta + offset + b[donor]``,
     ``b ~ N(0, sigma2)``, fitted by maximising the Laplace approximation (or adaptive Gauss-Hermite
     with ``n_agq`` nodes) of the marginal likelihood jointly over ``beta``, ``log sigma2`` and
-    ``log theta``.
+    ``log theta``. Given random-effect terms instead of donor labels (random slopes, nested or
+    crossed terms, e.g. from :func:`scglmm.random_terms`), ``log mu = X beta + offset + Z b`` with
+    each term's covariance estimated, by the Laplace approximation (:class:`REGenesFit`; see
+    ``docs/random_effects.md``).
 
     Parameters
     ----------
@@ -65,7 +70,9 @@ def fit_genes(
     X
         Fixed-effect design, cells x coefficients (include an intercept column yourself).
     groups
-        Donor label of each cell.
+        Donor label of each cell (a donor random intercept), or the terms of a general random-effect
+        structure: a sequence of :class:`scglmm.RETerm` (``scglmm.random_terms("(1 + condition |
+        donor)", obs)``). With terms, counts must be in memory and ``n_agq`` must be 1.
     offset
         Log offset per cell (e.g. ``log(library size)``); zero if omitted.
     n_agq
@@ -86,10 +93,22 @@ def fit_genes(
 
     Returns
     -------
-    A :class:`GenesFit` with one row per gene.
+    A :class:`GenesFit` with one row per gene; with terms a :class:`REGenesFit` (variance
+    components, modes of every level).
     """
+    if _is_terms(groups):
+        with compile_log():
+            return fit_re_genes(Y, X, groups, offset, n_agq=n_agq, coef_names=coef_names, check=check, n_jobs=n_jobs)
     with compile_log():  # the first run after installing compiles the kernels: say so as it happens
         return _fit_genes(Y, X, groups, offset, n_agq, n_jobs, block_size, coef_names, check, progress)
+
+
+def _is_terms(groups: object) -> bool:
+    """Whether ``groups`` holds random-effect terms rather than donor labels."""
+    if isinstance(groups, RETerm):
+        msg = "groups: pass a sequence of terms, e.g. [term] or scglmm.random_terms(...), not a single RETerm."
+        raise InvalidValueError(msg, param="groups")
+    return isinstance(groups, (list, tuple)) and len(groups) > 0 and all(isinstance(t, RETerm) for t in groups)
 
 
 def _fit_genes(
@@ -144,13 +163,13 @@ def _fit_genes(
 def fit_gene(
     y: ArrayLike,
     X: ArrayLike,
-    groups: ArrayLike,
+    groups: ArrayLike | Sequence[RETerm],
     offset: ArrayLike | None = None,
     *,
     n_agq: int = 1,
     coef_names: Sequence[str] | None = None,
-) -> GeneFit:
-    """Fit the NB GLMM with a donor random intercept to one gene.
+) -> GeneFit | REGenesFit:
+    """Fit the NB GLMM with a donor random intercept (or other random effects) to one gene.
 
     Parameters
     ----------
@@ -159,7 +178,7 @@ def fit_gene(
     X
         Fixed-effect design, cells x coefficients (include an intercept column yourself).
     groups
-        Donor label of each cell.
+        Donor label of each cell, or random-effect terms (see :func:`fit_genes`).
     offset
         Log offset per cell (e.g. ``log(library size)``); zero if omitted.
     n_agq
@@ -169,7 +188,8 @@ def fit_gene(
 
     Returns
     -------
-    A :class:`GeneFit`.
+    A :class:`GeneFit`; given random-effect terms as ``groups`` (see :func:`fit_genes`), an
+    :class:`REGenesFit` with one row.
     """
     if sparse.issparse(y):
         y = y.toarray()
@@ -180,4 +200,4 @@ def fit_gene(
         msg = f"y must be a vector of counts (one per cell); got shape {y.shape}."
         raise InvalidValueError(msg, param="y")
     res = fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names)
-    return res.gene(0)
+    return res if isinstance(res, REGenesFit) else res.gene(0)

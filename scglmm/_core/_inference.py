@@ -80,7 +80,9 @@ __all__ = [
     "donor_level_design",
     "wald",
     "wald_pvalues",
+    "chibar_sf",
     "lrt_pvalues",
+    "mixture_name",
     "resolve_column",
     "slope_wald_pvalues",
 ]
@@ -632,13 +634,42 @@ def _two_sided(stat: NDArray, df: float | NDArray) -> NDArray:
     return out
 
 
-def lrt_pvalues(loglik_full: ArrayLike, loglik_reduced: ArrayLike, df: int) -> tuple[NDArray, NDArray]:
+def chibar_sf(stat: ArrayLike, dfs: Sequence[int], weights: Sequence[float]) -> NDArray[np.float64]:
+    """Survival function of the mixture ``sum_k weights[k] chi2(dfs[k])`` (a chi-bar-square).
+
+    ``chi2(0)`` is the point mass at 0: its survival function is 1 at ``stat <= 0`` and 0 above.
+    The reference of a likelihood-ratio test of a variance component, whose null value 0 sits on
+    the boundary of the parameter space (Self & Liang 1987; Stram & Lee 1994): dropping one
+    variance with its ``k`` covariances is referred to ``0.5 chi2(k) + 0.5 chi2(k + 1)``.
+    NaN stays NaN.
+    """
+    x = np.asarray(stat, dtype=float)
+    if len(dfs) != len(weights) or not dfs:
+        msg = f"dfs and weights must have the same non-zero length; got {len(dfs)} and {len(weights)}."
+        raise InvalidValueError(msg, param="weights")
+    out = np.zeros(x.shape)
+    for d, w in zip(dfs, weights, strict=True):
+        out += float(w) * (np.where(x <= 0.0, 1.0, 0.0) if int(d) == 0 else stats.chi2.sf(x, int(d)))
+    return np.where(np.isnan(x), np.nan, out)
+
+
+def mixture_name(dfs: Sequence[int], weights: Sequence[float]) -> str:
+    """``"0.5 chi2(1) + 0.5 chi2(2)"``."""
+    return " + ".join(f"{float(w):g} chi2({int(d)})" for d, w in zip(dfs, weights, strict=True))
+
+
+def lrt_pvalues(
+    loglik_full: ArrayLike, loglik_reduced: ArrayLike, df: int | Sequence[int], weights: Sequence[float] | None = None
+) -> tuple[NDArray, NDArray]:
     """Likelihood-ratio statistic ``2 (l_full - l_reduced)`` and its chi-square(df) p-value.
 
+    With a sequence ``df`` and ``weights``, the p-value is from the mixture of :func:`chibar_sf`.
     Slightly negative statistics from optimiser noise are set to 0.
     """
     lf = np.asarray(loglik_full, dtype=float)
     lr = np.asarray(loglik_reduced, dtype=float)
     stat = 2.0 * (lf - lr)
     stat = np.where(np.isfinite(stat), np.maximum(stat, 0.0), np.nan)
-    return stat, stats.chi2.sf(stat, df)
+    if weights is None:
+        return stat, stats.chi2.sf(stat, df)
+    return stat, chibar_sf(stat, list(df), weights)  # type: ignore[arg-type]

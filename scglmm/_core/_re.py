@@ -28,10 +28,13 @@ hundred at most).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numba import typeof
+from numba.core.typing.typeof import Purpose
 
 from ._status import (
     ALL_ZERO,
@@ -42,9 +45,17 @@ from ._status import (
     SEPARATION,
     SIGMA2_BOUNDARY,
 )
-from .kernels._bundles import REData
+from .kernels._bundles import REData, RERows
 from .kernels._cell import count_table
-from .kernels._re_laplace import re_amat, re_value_grad
+from .kernels._few_rows import (
+    FEW_ROWS_KMAX,
+    FEW_ROWS_RHO,
+    few_rows_block_power_sums,
+    few_rows_cut_blocks,
+    few_rows_gene_power_sums,
+)
+from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
+from .kernels._re_outer import re_level_effects, re_newton_step
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -115,6 +126,14 @@ class REStructure:
     """Global position of the first effect of each level of each term."""
     n_lambda: int
     """Number of free Cholesky entries."""
+    rows: RERows
+    """Whether the kernels' rows are blocks of cells (:class:`RERows`), with the blocks' offset sums."""
+    blocks: _Blocks | None = None
+    """The cells of each block (None: one row per cell)."""
+    row_levels: tuple[NDArray[np.int64], ...] = ()
+    """The level of each of the kernels' rows (cell or block), term by term."""
+    compiled: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)
+    """The kernels' compiled functions for this structure's argument types (filled by the first fit)."""
 
     @property
     def p(self) -> int:
@@ -143,6 +162,77 @@ class REStructure:
             pos = self.data.lam_pos[t, :q, :q]
             out.append(np.where(pos >= 0, phi[np.maximum(pos, 0)], 0.0))
         return out
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Cells grouped into the kernels' rows: cells sharing the fixed design row, the random-effect
+    covariates and levels, cut into narrow ranges of offsets (see :mod:`.kernels._few_rows`)."""
+
+    order: NDArray[np.int64]
+    """Cells sorted by block (and offset within a block)."""
+    bstarts: NDArray[np.int64]
+    """(B + 1,) first position of each block in ``order``."""
+    Lw: NDArray[np.float64]
+    """``exp(offset - o_ref)`` in the sorted order."""
+    off: NDArray[np.float64]
+    """Offsets in the sorted order."""
+    e: NDArray[np.float64]
+    """``exp(offset)`` in the sorted order."""
+    esum: NDArray[np.float64]
+    """(B,) sum of ``exp(offset)`` over each block's cells."""
+    e2sum: NDArray[np.float64]
+    """(B,) sum of ``exp(2 offset)`` over each block's cells."""
+
+
+#: Whether :func:`prepare_re` may collapse cells into blocks (tests switch it off to compare).
+USE_BLOCKS = True
+#: Blocks are used when they hold on average at least this many cells (as the donor-intercept fast path).
+MIN_CELLS_PER_BLOCK = 20
+
+
+def _no_rows(p: int) -> RERows:
+    """The placeholder :class:`RERows` of a structure fitted cell by cell."""
+    return RERows(False, np.zeros((1, FEW_ROWS_KMAX + 1)), np.ones(1), 0.0, np.zeros(1), _inv_k())
+
+
+def _inv_k() -> NDArray[np.float64]:
+    """``1 / k`` for k = 0 .. FEW_ROWS_KMAX (0 at k = 0)."""
+    k = np.arange(FEW_ROWS_KMAX + 1, dtype=np.float64)
+    return np.divide(1.0, k, out=np.zeros_like(k), where=k > 0)
+
+
+def _cut_blocks(
+    X: NDArray[np.float64], offset: NDArray[np.float64], zval: NDArray[np.float64], gidx: NDArray[np.int64]
+) -> tuple[_Blocks, RERows] | None:
+    """Blocks of cells with one fixed design row, random-effect row and levels, and offsets within a
+    relative ``FEW_ROWS_RHO`` of the block centre; None when they would hold fewer than
+    ``MIN_CELLS_PER_BLOCK`` cells on average (e.g. a numeric per-cell covariate)."""
+    n = X.shape[0]
+    if n == 0:
+        return None
+    key = np.hstack([X, zval, gidx.astype(np.float64)])
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = np.asarray(inv, dtype=np.int64).ravel()
+    if (int(inv.max()) + 1) * MIN_CELLS_PER_BLOCK > n:
+        return None
+    order = np.lexsort((offset, inv)).astype(np.int64)
+    change = np.ones(n, dtype=bool)
+    change[1:] = inv[order][1:] != inv[order][:-1]
+    o_ref = float(offset.max())
+    off_s = np.ascontiguousarray(offset[order], dtype=np.float64)
+    Lw = np.exp(off_s - o_ref)
+    bstarts = few_rows_cut_blocks(change, Lw, (1.0 + FEW_ROWS_RHO) / (1.0 - FEW_ROWS_RHO))
+    nb = bstarts.shape[0] - 1
+    if nb * MIN_CELLS_PER_BLOCK > n:
+        return None
+    PA, Lc = few_rows_block_power_sums(Lw, bstarts, FEW_ROWS_KMAX + 1)
+    e = np.exp(off_s)
+    blocks = _Blocks(
+        order=order, bstarts=bstarts, Lw=Lw, off=off_s, e=e,
+        esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]),
+    )  # fmt: skip
+    return blocks, RERows(True, PA, Lc, o_ref, np.log(Lc), _inv_k())
 
 
 def _nests_in(codes: NDArray[np.int64], parent: NDArray[np.int64]) -> NDArray[np.int64] | None:
@@ -210,7 +300,11 @@ def _positions(
 
 
 def prepare_re(
-    X: NDArray[np.float64], offset: NDArray[np.float64], terms: list[RETerm] | tuple[RETerm, ...]
+    X: NDArray[np.float64],
+    offset: NDArray[np.float64],
+    terms: list[RETerm] | tuple[RETerm, ...],
+    *,
+    blocks: bool | None = None,
 ) -> REStructure:
     """Lay out a random-effect structure for the kernels.
 
@@ -222,6 +316,10 @@ def prepare_re(
         (n,) log offsets.
     terms
         The random-effect terms; each cell has one level of every term.
+    blocks
+        Whether cells sharing their design rows and levels may be collapsed into blocks (default:
+        :data:`USE_BLOCKS`); they are when the blocks hold at least ``MIN_CELLS_PER_BLOCK`` cells on
+        average. Both layouts give the same objective (to rounding).
 
     Returns
     -------
@@ -252,10 +350,20 @@ def prepare_re(
             gidx[:, r] = base + c
             lidx[:, r] = gidx[:, r] - bstart[blk] if parents[it] is not None else nmax + gidx[:, r] - NB
     lam_pos, trc = _lambda_layout(terms, p)
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    off = np.ascontiguousarray(offset, dtype=np.float64)
+    cut = _cut_blocks(X, off, zval, gidx) if (USE_BLOCKS if blocks is None else blocks) else None
+    rows, bl = _no_rows(p), None
+    row_levels = tuple(np.ascontiguousarray(t.codes, dtype=np.int64) for t in terms)
+    if cut is not None:
+        bl, rows = cut
+        rep = bl.order[bl.bstarts[:-1]]
+        row_levels = tuple(c[rep] for c in row_levels)
+        X, off, zval, gidx, lidx, blk = X[rep], np.zeros(rep.size), zval[rep], gidx[rep], lidx[rep], blk[rep]
     data = REData(
-        np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(offset, dtype=np.float64), zval, gidx,
-        lidx, blk, rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(), trc[:, 2].copy(), nk,
-        bstart, nmax, NB, Q,
+        X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
+        np.ascontiguousarray(blk), rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(),
+        trc[:, 2].copy(), nk, bstart, nmax, NB, Q,
     )  # fmt: skip
     return REStructure(
         terms=terms,
@@ -264,6 +372,9 @@ def prepare_re(
         nested=tuple(par is not None for par in parents),
         gpos=tuple(gpos),
         n_lambda=len(trc),
+        rows=rows,
+        blocks=bl,
+        row_levels=row_levels,
     )
 
 
@@ -276,31 +387,53 @@ class _Problem:
     cnt_gt: NDArray[np.float64] = field(init=False)
     lgy: float = field(init=False)
     u: NDArray[np.float64] = field(init=False)
+    PZ: NDArray[np.float64] = field(init=False)
+    """The gene's y-weighted power sums per block, its count and ``sum y offset`` in the last two
+    columns (a placeholder when the rows are cells)."""
+    moments: tuple[NDArray, NDArray] | None = field(init=False)
+    """Per block, the sums of ``y^2`` and ``y exp(offset)`` (None when the rows are cells)."""
     n_eval: int = 0
+    kernel: Callable = field(init=False)
+    """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
     def __post_init__(self) -> None:
         self.cnt_gt, self.lgy = count_table(self.y)
+        self.kernel = self.s.compiled.get("value_grad", re_value_grad)
         self.u = np.zeros(self.s.data.Q)
+        self.PZ, self.moments = _gene_power_sums(self.s, self.y)
+
+    @property
+    def row_counts(self) -> NDArray[np.float64]:
+        """The gene's total count in each row of the kernels (a cell or a block)."""
+        return self.y if self.s.blocks is None else self.PZ[:, -2]
 
     def value_grad(self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None) -> tuple[float, NDArray]:
         """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``)."""
         uu = self.u if u is None else u
         grad = np.zeros(phi.shape[0])
         self.n_eval += 1
+        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
         try:
-            ok, val, _ = re_value_grad(self.s.data, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True)
+            ok, val, _ = self.kernel(*args)
         except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
             return -np.inf, grad
+        if self.kernel is re_value_grad:
+            self.kernel = _compiled(re_value_grad, args)
+            self.s.compiled["value_grad"] = self.kernel
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
             return -np.inf, grad
         return float(val), grad
 
-    def hessian(self, phi: NDArray[np.float64], free: NDArray[np.bool_], *, central: bool = True) -> NDArray:
+    def hessian(
+        self, phi: NDArray[np.float64], free: NDArray[np.bool_], *, central: bool = True, g0: NDArray | None = None
+    ) -> NDArray:
         """Hessian of the log-likelihood by central (or forward) differences of the exact gradient,
-        over the free parameters (zero rows and columns elsewhere)."""
+        over the free parameters (zero rows and columns elsewhere). ``g0``: the gradient at ``phi``
+        if known (forward differences)."""
         P = phi.shape[0]
         H = np.zeros((P, P))
-        g0 = None if central else self.value_grad(phi, self.u.copy())[1]
+        if not central and g0 is None:
+            g0 = self.value_grad(phi, self.u.copy())[1]
         for i in np.flatnonzero(free):
             h = (1e-4 if central else 1e-5) * max(1.0, abs(phi[i]))
             gs = []
@@ -315,29 +448,123 @@ class _Problem:
         return H
 
 
-def _start(s: REStructure, y: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Starting values: a Poisson GLM for beta (a few IRLS steps), moment dispersion, Cholesky diagonals 0.3."""
-    X, off = s.data.X, s.data.off
-    p = X.shape[1]
-    beta = np.linalg.lstsq(X, np.full(X.shape[0], np.log(max(y.sum(), 0.5) / np.exp(off).sum())), rcond=None)[0]
+def _compiled(dispatcher: Any, args: tuple) -> Callable:
+    """The compiled function of a numba ``dispatcher`` for the types of ``args`` (already compiled by a
+    call with them), to be called directly: the dispatcher types every field of the named tuples
+    again on each call (about 60 microseconds, as much as an evaluation on blocks of cells)."""
+    try:
+        return dispatcher.get_overload(tuple(typeof(a, Purpose.argument) for a in args))
+    except (KeyError, TypeError, ValueError):
+        return dispatcher
+
+
+def _gene_power_sums(s: REStructure, y: NDArray[np.float64]) -> tuple[NDArray, tuple[NDArray, NDArray] | None]:
+    """Per block, the gene's sums ``sum y eps^k`` over its non-zero cells, its total count and
+    ``sum y offset`` (:func:`.kernels._few_rows.few_rows_gene_power_sums`), and the sums of ``y^2``
+    and ``y exp(offset)``."""
+    kk = FEW_ROWS_KMAX + 1
+    bl = s.blocks
+    if bl is None:
+        return np.zeros((1, kk + 2)), None
+    nzp, nzy, nzs, y2, ye = re_block_gene(y, bl.order, bl.bstarts, bl.e)
+    PZ = np.empty((bl.bstarts.size - 1, kk + 2))
+    few_rows_gene_power_sums(s.rows.PA, bl.Lw, s.rows.Lc, bl.off, bl.bstarts, nzp, nzy, nzs, PZ)
+    return PZ, (y2, ye)
+
+
+def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None) -> NDArray[np.float64]:
+    """Starting values (``prob``: the gene's problem, if already set up; its modes are warm-started).
+
+    A Poisson GLM for beta (a few IRLS steps) and a moment estimate of the dispersion; then, term by
+    term (coarsest grouping factor first), penalised per-level Poisson fits of the term's effects
+    with the earlier terms' effects in the offset, whose spread less their mean sampling variance
+    estimates the term's covariance (:func:`_start_effects`); the modes start at these effects.
+    """
+    if prob is None:
+        prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    X = s.data.X
+    if s.blocks is not None:
+        E, E2, off = s.blocks.esum, s.blocks.e2sum, np.zeros(X.shape[0])
+    else:
+        off = s.data.off
+        E = E2 = np.ones(X.shape[0])
+    ysum = prob.row_counts
+    beta = _poisson_glm(X, off, E, ysum)
+    if s.blocks is not None:  # dispersion by moments around each block's own mean (random effects left out)
+        y2sum, yesum = prob.moments  # type: ignore[misc]
+        m = ysum / E
+        ss = (y2sum - 2.0 * m * yesum + m * m * E2 - m * E).sum()
+        disp = max(0.05, float(ss / max((m * m * E2).sum(), 1e-10)))
+    else:
+        mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
+        disp = max(0.05, float(((ysum - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
+    phi = np.zeros(s.n_params)
+    phi[: s.p] = beta
+    phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
+    if USE_LEVEL_START:
+        eta = _start_effects(s, prob, phi, X @ beta + off, E, E2, ysum, disp)
+        if s.blocks is None:  # the dispersion again, around the means with the level effects
+            mu = np.exp(np.clip(eta, -30.0, 30.0))
+            disp = max(0.05, float(((ysum - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
+            phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
+    else:
+        for i in range(s.n_lambda):
+            phi[s.p + i] = 0.3 if s.data.lam_r[i] == s.data.lam_c[i] else 0.0
+    return phi
+
+
+#: Whether :func:`_start` estimates the covariances from per-level fits (else Cholesky diagonals 0.3).
+USE_LEVEL_START = True
+#: Prior variance of the per-level fits of the start (keeps levels without counts finite).
+START_PRIOR = 4.0
+#: Smallest variance (along any direction) of a starting covariance.
+START_VAR_FLOOR = 0.0025
+
+
+def _poisson_glm(X: NDArray, off: NDArray, E: NDArray, ysum: NDArray) -> NDArray[np.float64]:
+    """A few IRLS steps of the Poisson GLM of row totals ``ysum`` with means ``E exp(X beta + off)``."""
+    level = np.log(max(ysum.sum(), 0.5) / (E * np.exp(off)).sum())
+    beta = np.linalg.lstsq(X, np.full(X.shape[0], level), rcond=None)[0]
     for _ in range(8):
-        eta = np.clip(X @ beta + off, -30.0, 30.0)
-        mu = np.exp(eta)
-        z = eta - off + (y - mu) / np.maximum(mu, 1e-10)
-        W = np.maximum(mu, 1e-10)
-        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], z * np.sqrt(W), rcond=None)[0]
+        eta = np.clip(X @ beta, -30.0, 30.0)
+        W = np.maximum(np.exp(np.clip(eta + off, -30.0, 30.0)) * E, 1e-10)
+        new = np.linalg.lstsq(X * np.sqrt(W)[:, None], (eta + (ysum - W) / W) * np.sqrt(W), rcond=None)[0]
         if not np.all(np.isfinite(new)):
             break
         beta = new
-    mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
-    disp = max(0.05, float(((y - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
-    phi = np.zeros(s.n_params)
-    phi[:p] = beta
-    lam = s.data
-    for i in range(s.n_lambda):
-        phi[p + i] = 0.3 if lam.lam_r[i] == lam.lam_c[i] else 0.0
-    phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
-    return phi
+    return beta
+
+
+def _start_effects(
+    s: REStructure, prob: _Problem, phi: NDArray, cur: NDArray, E: NDArray, E2: NDArray, ysum: NDArray, disp: float
+) -> None:
+    """The Cholesky entries of ``phi`` and the modes ``prob.u`` from per-level fits of each term's effects
+    (:func:`.kernels._re_start.re_level_effects`), terms with fewer levels first: covariance = mean of
+    ``b_l b_l'`` less the mean inverse information, eigenvalues floored at :data:`START_VAR_FLOOR`."""
+    d = s.data
+    cur = cur.copy()
+    u = np.zeros(d.Q)
+    for it in sorted(range(len(s.terms)), key=lambda k: s.terms[k].m):
+        term = s.terms[it]
+        q, o = term.q, int(d.toff[it])
+        Z = np.ascontiguousarray(d.zval[:, o : o + q])
+        lev = s.row_levels[it]
+        b = np.empty((term.m, q))
+        V = np.empty((term.m, q, q))
+        re_level_effects(lev, Z, cur, E, E2, ysum, disp, START_PRIOR, 4, b, V)
+        S = b.T @ b / term.m - V.mean(axis=0)
+        if term.diagonal:
+            S = np.diag(np.diag(S))
+        w, U = np.linalg.eigh(S)
+        L = np.linalg.cholesky((U * np.maximum(w, START_VAR_FLOOR)) @ U.T)
+        for i in range(s.n_lambda):
+            if d.lam_t[i] == it:
+                phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
+        cur += np.einsum("jc,jc->j", Z, b[lev])
+        idx = s.gpos[it][:, None] + np.arange(q)[None, :]
+        u[idx] = np.linalg.solve(L, b.T).T
+    prob.u = u
+    return cur
 
 
 def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -374,16 +601,9 @@ class REFitOne:
 def _newton_step(g: NDArray, H: NDArray, free: NDArray[np.bool_]) -> tuple[NDArray, float, bool]:
     """Newton step of a maximisation on the free parameters, with the negative Hessian's eigenvalues
     made positive (absolute value, floored). Returns the step, the decrement ``g' step`` and whether
-    the negative Hessian was positive definite."""
-    idx = np.flatnonzero(free)
-    A = -H[np.ix_(idx, idx)]
-    w, V = np.linalg.eigh(A)
-    pd = bool(w.min() > 1e-10 * max(1.0, abs(w).max()))
-    floor = 1e-8 * max(1.0, abs(w).max())
-    wm = np.maximum(np.abs(w), floor)
-    step = np.zeros_like(g)
-    step[idx] = V @ ((V.T @ g[idx]) / wm)
-    return step, float(g[idx] @ step[idx]), pd
+    the negative Hessian was positive definite (:func:`.kernels._re_outer.re_newton_step`)."""
+    step, dec, pd = re_newton_step(g, H, free)
+    return step, float(dec), bool(pd)
 
 
 def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: float) -> tuple[NDArray, float, NDArray]:
@@ -402,21 +622,25 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
 
 
 def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, float, NDArray, bool, int, NDArray]:
-    """Quasi-Newton iterations on the exact gradient, certified by Newton with a finite-difference Hessian.
+    """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
     The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
-    each step; when the Newton decrement falls below the tolerance with an updated matrix, the
-    Hessian is recomputed by central differences and the test repeated, so that convergence (and the
-    Hessian returned for the covariance) always rests on a fresh finite-difference Hessian.
+    each step; when the Newton decrement falls below :data:`DEC_FRESH` with an updated matrix, the
+    Hessian is recomputed by forward differences of the exact gradient (one evaluation per
+    parameter; the truncation error, about 1e-5 relative, is far below what a standard error needs)
+    and the last steps are Newton steps on it, not updated: convergence (a decrement below 1e-10)
+    and the Hessian returned for the covariance rest on a finite-difference Hessian computed at
+    most a few steps of decrement below :data:`DEC_FRESH` (well under a thousandth of a standard
+    error) before the optimum.
 
-    Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the central one
+    Returns ``(phi, value, Hessian, converged, iterations, free)``; the Hessian is the fresh one
     when converged.
     """
     val, g = prob.value_grad(phi)
     P = phi.shape[0]
     free = np.ones(P, dtype=bool)
     B: NDArray | None = None  # approximation of the negative Hessian
-    central = False
+    fresh = False
     converged = False
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
@@ -427,10 +651,10 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
             B = None
         free[-1] = not held
         if B is None:
-            B, central = -prob.hessian(phi, free, central=False), False
+            B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
         step, dec, pd = _newton_step(g, -B, free)
-        if dec < 1e-10 and not central:
-            B, central = -prob.hessian(phi, free, central=True), True
+        if dec < DEC_FRESH and not fresh:
+            B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
             step, dec, pd = _newton_step(g, -B, free)
         if pd and dec < 1e-10:
             converged = True
@@ -445,17 +669,22 @@ def _maximise(prob: _Problem, phi: NDArray, max_iter: int) -> tuple[NDArray, flo
                 continue
         new, vnew, gnew = _line_search(prob, phi, val, step, dec)
         if gnew.size == 0:
-            if central:
+            if fresh:
                 converged = pd and dec < 1e-6
                 break
             B = None
             continue
-        B, central = _bfgs(B, new - phi, g - gnew), False
+        if not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
+            B, fresh = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
         if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
             break
     H = -B if B is not None else np.zeros((P, P))
-    return phi, val, H, converged and central, it, free
+    return phi, val, H, converged and fresh, it, free
+
+
+#: Newton decrement below which the BFGS matrix is replaced by a fresh finite-difference Hessian.
+DEC_FRESH = 1e-10
 
 
 def _bfgs(B: NDArray, s: NDArray, yv: NDArray) -> NDArray | None:
@@ -504,10 +733,10 @@ def fit_re_one(s: REStructure, y: NDArray[np.float64], *, max_iter: int = 100) -
     nan = REFitOne(np.full(P, np.nan), np.nan, np.full((P, P), np.nan), np.full(s.data.Q, np.nan), 0, 0, 0, np.nan)
     if not np.any(y > 0):
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
-    if _separated(s.data.X, y):
-        return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
-    phi = _start(s, prob.y)
+    if _separated(s.data.X, prob.row_counts):
+        return REFitOne(**{**nan.__dict__, "status": SEPARATION})
+    phi = _start(s, prob.y, prob)
     if not np.isfinite(prob.value_grad(phi)[0]):
         return REFitOne(**{**nan.__dict__, "status": FAILED})
     try:

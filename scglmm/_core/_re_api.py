@@ -1,6 +1,7 @@
 """Array API of general random-effect structures: fit every gene of a count matrix, collect the results.
 
-Not yet wired into :func:`scglmm.tl.fit`; see :mod:`._re` for the model and the estimator.
+:func:`scglmm.tl.fit` calls it (through :mod:`scglmm.tl._re_run`) for any structure but ``(1 | donor)``;
+see :mod:`._re` for the model and the estimator.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import sparse
 
-from ._checks import check_coef_names, check_count_matrix, check_counts, check_design_matrix, check_offset
+from ._checks import (
+    check_coef_names,
+    check_count_matrix,
+    check_counts,
+    check_design_matrix,
+    check_n_jobs,
+    check_offset,
+)
 from ._errors import InvalidValueError
-from ._re import T_MAX, REStructure, RETerm, fit_re_one, prepare_re, varcomp
+from ._re import T_MAX, REFitOne, REStructure, RETerm, fit_re_one, prepare_re, varcomp
 from ._status import NOT_CONVERGED, POISSON_LIMIT, UNUSABLE, status_names
 
 if TYPE_CHECKING:
@@ -103,6 +112,7 @@ def fit_re_genes(
     n_agq: int = 1,
     coef_names: Sequence[str] | None = None,
     check: bool = True,
+    n_jobs: int = 1,
 ) -> REGenesFit:
     """Fit the NB GLMM ``log mu = X beta + offset + Z b`` with a general random-effect structure to every gene.
 
@@ -123,6 +133,10 @@ def fit_re_genes(
         Names of the columns of ``X``.
     check
         Validate that counts are finite non-negative integers.
+    n_jobs
+        Workers of joblib's active backend (default: processes; ``-1``: all cores) over which the
+        genes are spread in blocks of consecutive genes; 1 fits them in this thread. Every gene's
+        fit is the same whichever worker runs it.
 
     Returns
     -------
@@ -145,13 +159,34 @@ def fit_re_genes(
         )
         raise InvalidValueError(msg, param="n_agq")
     coef_names = check_coef_names(coef_names, X.shape[1])
+    check_n_jobs(n_jobs)
     s = prepare_re(X, off, terms)
     Yc = sparse.csc_matrix(Y) if sparse.issparse(Y) else np.asarray(Y)
-    fits = []
-    for g in range(G):
-        col = Yc[:, [g]].toarray().ravel() if sparse.issparse(Yc) else Yc[:, g]
-        fits.append(fit_re_one(s, np.asarray(col, dtype=np.float64)))
+    n_workers = 1 if n_jobs == 1 else max(1, effective_n_jobs(int(n_jobs)))
+    if n_workers == 1 or G < 2:
+        fits = _fit_columns(s, Yc)
+    else:  # a few blocks of consecutive genes per worker (the structure is shipped once per block)
+        cuts = np.linspace(0, G, min(G, 4 * n_workers) + 1).astype(int)
+        parts = Parallel(n_jobs=int(n_jobs))(
+            delayed(_fit_columns)(s, Yc[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a
+        )
+        fits = [f for part in parts for f in part]
     return _collect(s, fits, coef_names)
+
+
+def _fit_columns(s: REStructure, Y: NDArray | sparse.csc_matrix) -> list[REFitOne]:
+    """:func:`fit_re_one` on every column of a dense or CSC count matrix, in this thread."""
+    fits = []
+    n = Y.shape[0]
+    for g in range(Y.shape[1]):
+        if sparse.issparse(Y):
+            col = np.zeros(n)
+            lo, hi = Y.indptr[g], Y.indptr[g + 1]
+            col[Y.indices[lo:hi]] = Y.data[lo:hi]
+        else:
+            col = np.asarray(Y[:, g], dtype=np.float64)
+        fits.append(fit_re_one(s, col))
+    return fits
 
 
 def _collect(s: REStructure, fits: list, coef_names: list[str]) -> REGenesFit:

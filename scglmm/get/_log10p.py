@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
-__all__ = ["log10_chi2_sf", "log10_two_sided"]
+__all__ = ["log10_chi2_sf", "log10_mixture_sf", "log10_two_sided"]
 
 #: Below this log survival value scipy's own ``logsf`` is replaced by the tail formulas.
 _TAIL = -600.0
@@ -70,3 +70,17 @@ def log10_chi2_sf(stat: ArrayLike, df: ArrayLike) -> np.ndarray:
     tail = ~(out > _TAIL) & np.isfinite(asym) & (u > 300.0)
     out = np.where(tail, asym, out)
     return out / np.log(10.0)
+
+
+def log10_mixture_sf(stat: ArrayLike, dfs: ArrayLike, weights: ArrayLike) -> np.ndarray:
+    """``log10`` of the survival function of ``sum_k weights[k] chi2(dfs[k])`` (``chi2(0)``: the point mass
+    at 0), the reference of a likelihood-ratio test of a variance component; finite in the far tail."""
+    x = np.asarray(stat, dtype=float)
+    parts = []
+    for d, w in zip(np.asarray(dfs, dtype=int), np.asarray(weights, dtype=float), strict=True):
+        with np.errstate(divide="ignore"):
+            log10_sf = np.where(x <= 0.0, 0.0, -np.inf) if d == 0 else log10_chi2_sf(x, float(d))
+        parts.append(np.log10(w) + log10_sf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = special.logsumexp(np.log(10.0) * np.stack(parts), axis=0) / np.log(10.0)
+    return np.where(np.isnan(x), np.nan, out)

@@ -19,7 +19,7 @@ from .._layout import (
     stored_contrasts,
     varm_key,
 )
-from ._log10p import log10_chi2_sf, log10_two_sided
+from ._log10p import log10_chi2_sf, log10_mixture_sf, log10_two_sided
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -168,7 +168,10 @@ def _contrast_table(adata: AnnData, contrast, sub: str) -> pd.DataFrame:
         columns[col] = stored[col].to_numpy(dtype=float)
     df = stored["df"].to_numpy(dtype=float)
     lrt = info.get("method") == "lrt"
-    log10p = log10_chi2_sf(columns["stat"], df) if lrt else log10_two_sided(columns["stat"], df)
+    if "mixture_df" in info:  # an LRT of a variance component
+        log10p = log10_mixture_sf(columns["stat"], info["mixture_df"], info["mixture_weights"])
+    else:
+        log10p = log10_chi2_sf(columns["stat"], df) if lrt else log10_two_sided(columns["stat"], df)
     columns["log10_p_value"] = _finite_where_p(log10p, columns["p_value"])
     columns["adj_p_value"] = stored["adj_p_value"].to_numpy(dtype=float)
     columns.update(_expression(adata, sub, _contrast_levels(fit_params(adata, sub), info)))

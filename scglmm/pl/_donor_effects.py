@@ -1,13 +1,14 @@
-"""Each donor's effect on one gene: the stored conditional modes beside the raw per-donor data.
+"""Each level's effect on one gene (each donor's, by default): the stored conditional modes beside the raw data.
 
-Three steps: resolve the run and the gene (:func:`_stored_gene`), rebuild the per-donor data
-from the counts, the design and the offset of the fit (:func:`_rebuild`), draw
-(:func:`_donor_order`, :func:`_draw_donors`, :func:`_draw_text`).
+Three steps: resolve the run, the gene and the random effect to show (:func:`_stored_gene`,
+:func:`_choose`), rebuild the per-level data from the counts, the design and the offset of the fit
+(:func:`_rebuild`, with :mod:`._levels`), draw (:func:`_level_order`, :func:`_draw_levels`,
+:func:`_draw_text`). A fit with one ``(1 | donor)`` is read as the general structure with that one
+term, so every fit takes the same path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,10 +18,11 @@ import pandas as pd
 from scipy import sparse
 
 from .._core._errors import InvalidValueError, MissingKeyError
-from .._formula import build_design
+from .._formula import RETermSpec, build_design, parse_fit_formula
 from .._inputs import counts, log_offset
 from .._layout import fit_params, stored_log_offset, varm_key
-from ._utils import LEGEND, gene_labels, render, run_key
+from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
+from ._utils import LEGEND, gene_labels, readable_name, render, run_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,36 +31,46 @@ if TYPE_CHECKING:
 
 __all__ = ["donor_effects"]
 
-#: (category of color_by or None, donor indices in drawing order, colour)
+#: (category of color_by or None, level indices in drawing order, colour)
 _Group = tuple[str | None, list[int], object]
 
 
 @dataclass(frozen=True)
 class _Gene:
-    """What the fit stored for one gene of one run."""
+    """What the fit stored for one gene of one run, and the random effect to show."""
 
     sub: str  # run key
     params: dict  # uns[sub]["params"]
     index: int  # position in var
     label: str  # name to print
-    donors: list[str]  # the fitted donors, in stored order
-    modes: np.ndarray  # conditional modes, one per donor
-    sigma2: float
-    theta: float
     status: str
+    general: bool  # a structure other than one (1 | donor)
+    effects: StoredEffects
+    term: int  # the shown term
+    coef: str  # the shown coefficient
+    center: float  # its fixed effect, added to the modes (0 for an intercept or a coefficient without one)
 
+    @property
+    def shown(self) -> StoredTerm:
+        return self.effects.terms[self.term]
 
-@dataclass(frozen=True)
-class _Donors:
-    """The per-donor data rebuilt from the counts of the run's cells."""
+    @property
+    def variance(self) -> float:
+        return float(self.effects.varcomp[f"var({self.coef}|{self.shown.group})"])
 
-    obs: pd.DataFrame  # obs of the run's cells
-    cond_sd: np.ndarray  # conditional SD of each mode
-    raw: np.ndarray  # log(observed / fixed-effect-predicted counts), -inf or NaN without counts
+    @property
+    def modes(self) -> np.ndarray:
+        names = [self.shown.mode_name(lev, self.coef) for lev in self.shown.levels]
+        return self.effects.modes[names].to_numpy(dtype=float)
+
+    @property
+    def values(self) -> np.ndarray:
+        """What is plotted per level: the fixed effect plus the mode."""
+        return self.modes + self.center
 
 
 # ------------------------------------------------------------------------------------------------
-# step 1: the run and the gene
+# step 1: the run, the gene and the random effect
 # ------------------------------------------------------------------------------------------------
 def _gene_index(adata: AnnData, gene: str, gene_symbols: str | None) -> tuple[int, str]:
     """Position of ``gene`` in ``var`` and its printed name; it must occur exactly once."""
@@ -72,39 +84,100 @@ def _gene_index(adata: AnnData, gene: str, gene_symbols: str | None) -> tuple[in
     return g, str(names[g])
 
 
-def _stored_gene(adata: AnnData, gene: str, group: str | None, key: str, gene_symbols: str | None) -> _Gene:
+def _stored_terms(params: dict) -> tuple[StoredTerm, ...]:
+    """The terms of a general structure, in the order of the formula (``params["random_effects"]``
+    holds their coefficients and levels; its order does not survive an h5ad round trip)."""
+    info = params["random_effects"]
+    out = []
+    for spec in parse_fit_formula(str(params["formula"])).terms:
+        entry = info[str(spec)]
+        coefs = tuple(str(c) for c in entry["coefficients"])
+        out.append(StoredTerm(spec=spec, coefs=coefs, levels=tuple(str(v) for v in entry["levels"])))
+    return tuple(out)
+
+
+def _stored_effects(adata: AnnData, sub: str, params: dict, g: int) -> tuple[StoredEffects, bool]:
+    """The random effects stored for gene ``g``, and whether the structure is a general one."""
+    fitrow = adata.varm[varm_key(sub, "fit")].iloc[g]
+    theta = float(fitrow["theta"])
+    if varm_key(sub, "modes") in adata.varm:
+        modes = pd.Series(adata.varm[varm_key(sub, "modes")].iloc[g], dtype=float)
+        varcomp = pd.Series(adata.varm[varm_key(sub, "varcomp")].iloc[g], dtype=float)
+        return StoredEffects(_stored_terms(params), modes, varcomp, theta), True
+    stored = adata.varm[varm_key(sub, "donor_effects")]
+    donor = str(params["donor_key"])
+    term = StoredTerm(RETermSpec(lhs="1", group=(donor,)), ("Intercept",), tuple(str(d) for d in stored.columns))
+    modes = pd.Series(stored.iloc[g].to_numpy(dtype=float), index=[term.mode_name(d, "Intercept") for d in term.levels])
+    varcomp = pd.Series({f"var(Intercept|{donor})": float(fitrow["sigma2"])})
+    return StoredEffects((term,), modes, varcomp, theta), False
+
+
+def _choose(effects: StoredEffects, coef: str | None, factor: str | None, sub: str) -> tuple[int, str]:
+    """The term and coefficient to show: the first (term, coefficient) matching ``coef`` and ``factor``
+    (by default the first coefficient of the first term, its intercept if it has one)."""
+    terms = effects.terms
+    factors = list(dict.fromkeys(t.group for t in terms))
+    shown = " + ".join(str(t.spec) for t in terms)
+    if factor is not None and factor not in factors:
+        msg = (
+            f"factor {factor!r} is not a grouping factor of the random effects {shown} of the fit under {sub!r}; "
+            f"grouping factors: {factors}."
+        )
+        raise MissingKeyError(msg, param="factor")
+    pairs = [(i, c) for i, t in enumerate(terms) for c in t.coefs]
+    hits = [(i, c) for i, c in pairs if (factor is None or terms[i].group == factor) and (coef is None or c == coef)]
+    if not hits:
+        where = "" if factor is None else f" by {factor!r}"
+        valid = [f"{c}|{terms[i].group}" for i, c in pairs]
+        msg = (
+            f"coef {coef!r} has no random effect{where} in the fit under {sub!r} ({shown}); random "
+            f"coefficients (coef|factor): {valid}."
+        )
+        raise MissingKeyError(msg, param="coef")
+    return hits[0]
+
+
+def _center(adata: AnnData, sub: str, g: int, coef: str) -> float:
+    """The fixed effect of a random slope's coefficient (0 for an intercept or one without a fixed effect)."""
+    table = adata.varm[varm_key(sub, "coef")]
+    return 0.0 if coef == "Intercept" or coef not in table.columns else float(table.iloc[g][coef])
+
+
+def _stored_gene(
+    adata: AnnData,
+    gene: str,
+    group: str | None,
+    key: str,
+    gene_symbols: str | None,
+    choice: tuple[str | None, str | None],
+) -> _Gene:
     """The stored modes and variance parameters of ``gene``; raises if the gene has no estimate."""
     sub = run_key(adata, key, group)
     params = fit_params(adata, sub)
     g, label = _gene_index(adata, gene, gene_symbols)
-    if varm_key(sub, "donor_effects") not in adata.varm:  # a general random-effect structure
-        msg = (
-            f"donor_effects plots fits with one donor random intercept; the fit under {sub!r} has the structure "
-            f"{params.get('random_structure', '?')!r} (its conditional modes are in "
-            f"adata.varm[{varm_key(sub, 'modes')!r}], its variance components in scglmm.get.varcomp)."
-        )
-        raise InvalidValueError(msg, param="key")
-    modes_df = adata.varm[varm_key(sub, "donor_effects")]
-    fitrow = adata.varm[varm_key(sub, "fit")].iloc[g]
+    effects, general = _stored_effects(adata, sub, params, g)
+    term, coef = _choose(effects, *choice, sub)
     t = _Gene(
         sub=sub,
         params=params,
         index=g,
         label=label,
-        donors=[str(d) for d in modes_df.columns],
-        modes=modes_df.iloc[g].to_numpy(dtype=float),
-        sigma2=float(fitrow["sigma2"]),
-        theta=float(fitrow["theta"]),
-        status=fitrow["status"],
+        status=str(adata.varm[varm_key(sub, "fit")].iloc[g]["status"]),
+        general=general,
+        effects=effects,
+        term=term,
+        coef=coef,
+        center=_center(adata, sub, g, coef),
     )
-    if not np.all(np.isfinite(t.modes)) or not np.isfinite(t.sigma2):
+    known = np.concatenate([effects.modes.to_numpy(), effects.varcomp.filter(like="var(").to_numpy(), [t.center]])
+    if not np.all(np.isfinite(known)):
         msg = f"gene {gene!r} has no estimate (status {t.status!r}); there are no donor effects to plot."
         raise InvalidValueError(msg, param="gene")
     return t
 
 
 # ------------------------------------------------------------------------------------------------
-# step 2: the per-donor data
+# step 2: the per-level data
 # ------------------------------------------------------------------------------------------------
 def _fit_offset(
     adata: AnnData, sub: str, Y: object, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None
@@ -123,33 +196,8 @@ def _run_cells(adata: AnnData, params: dict) -> np.ndarray:
     return np.ones(adata.n_obs, dtype=bool)
 
 
-def _donor_codes(obs: pd.DataFrame, donor_key: str, donors: Sequence[str]) -> np.ndarray:
-    """Index of each cell's donor among the fitted donors."""
-    d_lab = obs[donor_key].astype(str).to_numpy()
-    codes = pd.Index(donors).get_indexer(d_lab)
-    if np.any(codes < 0):
-        extra = sorted(set(d_lab[codes < 0]))[:3]
-        msg = f"cells of donors {extra} were not in the fit; plot the AnnData that was fitted."
-        raise InvalidValueError(msg, param="adata")
-    return codes
-
-
-def _per_donor(t: _Gene, y: np.ndarray, eta: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Conditional SD of each mode (Laplace curvature) and the raw log ratio of each donor."""
-    m = len(t.donors)
-    mu = np.exp(eta + t.modes[codes])
-    w = mu if np.isinf(t.theta) else t.theta * mu * (t.theta + y) / (t.theta + mu) ** 2
-    H = np.bincount(codes, weights=w, minlength=m)
-    cond_sd = 1.0 / np.sqrt(H + 1.0 / t.sigma2) if t.sigma2 > 0 else np.zeros(m)
-    ysum = np.bincount(codes, weights=y, minlength=m)
-    fsum = np.bincount(codes, weights=np.exp(eta), minlength=m)
-    with np.errstate(divide="ignore"):
-        raw = np.log(ysum) - np.log(fsum)
-    return cond_sd, raw
-
-
-def _rebuild(adata: AnnData, t: _Gene, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None) -> _Donors:
-    """Counts, fixed-effect prediction (design rebuilt from the stored formula) and per-donor data."""
+def _rebuild(adata: AnnData, t: _Gene, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None) -> Levels:
+    """Counts, fixed-effect prediction (design rebuilt from the stored formula) and per-level data."""
     layer = t.params.get("layer", "X")
     Y, _ = counts(adata, None if layer == "X" else layer)
     off = _fit_offset(adata, t.sub, Y, size_factors, offset)
@@ -160,30 +208,76 @@ def _rebuild(adata: AnnData, t: _Gene, size_factors: str | ArrayLike | None, off
     design = build_design(t.params["fixed_formula"], obs)
     beta = adata.varm[varm_key(t.sub, "coef")].iloc[t.index][design.columns].to_numpy(dtype=float)
     eta = design.matrix @ beta + off[cells]
-    codes = _donor_codes(obs, t.params["donor_key"], t.donors)
-    cond_sd, raw = _per_donor(t, y, eta, codes)
-    return _Donors(obs, cond_sd, raw)
+    return rebuild_levels(obs, y, eta, t.effects, (t.term, t.coef), t.center, _sides(t))
+
+
+def _sides(t: _Gene) -> str:
+    """The two values of a 0/1 coefficient in words: ``"stim minus ctrl"``, else ``"<coef> = 1 minus 0"``."""
+    words = readable_name(t.coef, t.params)
+    if " vs " in words and ": " not in words:
+        level, reference = words.split(" vs ", 1)
+        return f"{level} minus {reference}"
+    return f"{t.coef} = 1 minus 0"
 
 
 # ------------------------------------------------------------------------------------------------
 # step 3: draw
 # ------------------------------------------------------------------------------------------------
-def _donor_levels(obs: pd.DataFrame, donor_key: str, column: str, donors: Sequence[str]) -> pd.Series:
-    """The value of ``obs[column]`` of each donor; it must be constant within each donor."""
+@dataclass(frozen=True)
+class _Words:
+    """The texts of the plot, which depend on the random effect shown."""
+
+    noun: str  # what one level is called: "donor", "donor:sample level"
+    xlabel: str
+    ylabel: str
+    points: str  # legend of the plotted values
+    band: str  # legend of the model band
+
+
+def _words(t: _Gene) -> _Words:
+    factor = t.shown.group
+    if not t.general:
+        donor = str(t.params["donor_key"])
+        return _Words(
+            noun="donor",
+            xlabel=f"donor ({donor})",
+            ylabel="donor effect on log mean (natural log)",
+            points="conditional mode ± 1.96 cond. SD",
+            band=r"$\pm 1.96\,\hat\sigma$ (model spread)",
+        )
+    slope = t.coef != "Intercept" and t.coef in list(t.params.get("design_columns", []))
+    if t.coef == "Intercept":
+        ylabel = f"{factor} effect on log mean (natural log)"
+    elif slope:
+        ylabel = f"each {factor}'s own {readable_name(t.coef, t.params)}\n(fixed effect + mode, natural log)"
+    else:
+        ylabel = f"{factor} effect on {t.coef} (natural log)"
+    return _Words(
+        noun=f"{factor} level",
+        xlabel=f"{factor} level",
+        ylabel=ylabel,
+        points=("fixed effect + " if slope else "") + "conditional mode ± 1.96 cond. SD",
+        band=("fixed effect " if slope else "") + r"$\pm 1.96\,\hat\sigma$ (model spread)",
+    )
+
+
+def _level_values(obs: pd.DataFrame, d: Levels, column: str, t: _Gene) -> pd.Series:
+    """The value of ``obs[column]`` of each level of the shown factor; it must be constant within each level."""
     if column not in obs.columns:
         msg = f"color_by column {column!r} not in adata.obs; available columns: {list(obs.columns)}."
         raise MissingKeyError(msg, param="color_by")
-    d = obs[donor_key].astype(str)
-    n_per = obs[column].groupby(d, observed=True).nunique(dropna=False)
+    factor, levels = t.shown.group, list(t.shown.levels)
+    lev = pd.Series(np.asarray(levels, dtype=object)[d.cell_level], index=obs.index)
+    n_per = obs[column].groupby(lev, observed=True).nunique(dropna=False)
     varying = n_per[n_per > 1]
     if len(varying):
         msg = (
-            f"color_by column {column!r} must be constant within each donor, but varies within "
-            f"{len(varying)} donor(s) (e.g. {list(varying.index[:3])}); choose a donor-level column."
+            f"color_by column {column!r} must be constant within each {factor}, but varies within "
+            f"{len(varying)} {factor} level(s) (e.g. {list(varying.index[:3])}); choose a {factor}-level column."
         )
         raise InvalidValueError(msg, param="color_by")
-    first = obs[column].groupby(d, observed=True).first()
-    return first.reindex(list(donors))
+    first = obs[column].groupby(lev, observed=True).first()
+    return first.reindex(levels)
 
 
 def _palette(adata: AnnData, color_by: str, lev: pd.Series) -> tuple[list[str], dict[str, object]]:
@@ -201,39 +295,49 @@ def _palette(adata: AnnData, color_by: str, lev: pd.Series) -> tuple[list[str], 
     return all_cats, {c: colormaps["tab10"](i % 10) for i, c in enumerate(all_cats)}
 
 
-def _donor_order(adata: AnnData, t: _Gene, obs: pd.DataFrame, color_by: str | None) -> tuple[list[int], list[_Group]]:
-    """Donors left to right (by category of ``color_by``, then by mode) and the groups to draw."""
-    m, modes, donors = len(t.donors), t.modes, t.donors
+def _level_order(adata: AnnData, t: _Gene, d: Levels, color_by: str | None) -> tuple[list[int], list[_Group]]:
+    """Levels left to right (by category of ``color_by``, then by plotted value) and the groups to draw."""
+    values, levels = t.values, t.shown.levels
+    m = len(levels)
     if color_by is None:
-        order = sorted(range(m), key=lambda i: (modes[i], donors[i]))
+        order = sorted(range(m), key=lambda i: (values[i], levels[i]))
         return order, [(None, order, "#333333")]
-    lev = _donor_levels(obs, t.params["donor_key"], color_by, donors)
+    lev = _level_values(d.obs, d, color_by, t)
     all_cats, pal = _palette(adata, color_by, lev)
     lev_s = lev.astype(str).to_numpy()
     cats = [c for c in all_cats if (lev_s == c).any()]
     rank = {c: i for i, c in enumerate(cats)}
-    order = sorted(range(m), key=lambda i: (rank[lev_s[i]], modes[i], donors[i]))
+    order = sorted(range(m), key=lambda i: (rank[lev_s[i]], values[i], levels[i]))
     return order, [(c, [i for i in order if lev_s[i] == c], pal[c]) for c in cats]
 
 
-def _draw_donors(ax: Axes, t: _Gene, d: _Donors, order: list[int], groups: list[_Group], color_by: str | None) -> None:
-    """The model band, and per donor the mode with its bar and the raw ratio."""
-    pos = np.empty(len(t.donors))
-    pos[order] = np.arange(len(t.donors))
-    if t.sigma2 > 0:
-        s = 1.96 * np.sqrt(t.sigma2)
-        ax.axhspan(-s, s, color="0.9", zorder=0, label=r"$\pm 1.96\,\hat\sigma$ (model spread)")
-    ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=1)
+def _draw_reference(ax: Axes, t: _Gene, words: _Words) -> None:
+    """The model band around the fixed effect, its line, and the line at 0 when the fixed effect is not 0."""
+    if t.variance > 0:
+        s = 1.96 * np.sqrt(t.variance)
+        ax.axhspan(t.center - s, t.center + s, color="0.9", zorder=0, label=words.band)
+    ax.axhline(t.center, color="0.5", linewidth=0.8, zorder=1, gid="fixed_effect")
+    if t.center != 0.0:
+        ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":", zorder=1, gid="zero")
+
+
+def _draw_levels(ax: Axes, t: _Gene, d: Levels, order: list[int], groups: list[_Group], color_by: str | None) -> None:
+    """The model band, and per level the plotted value with its bar and the raw value."""
+    words = _words(t)
+    values = t.values
+    pos = np.empty(len(values))
+    pos[order] = np.arange(len(values))
+    _draw_reference(ax, t, words)
     n_nocount = int((~np.isfinite(d.raw)).sum())
-    raw_label = "raw log(observed / fixed-effect fit)"
-    if n_nocount:
-        raw_label += f" ({n_nocount} donor(s) without counts not shown)"
+    raw_label = d.raw_label
+    if n_nocount and raw_label:
+        raw_label += f" ({n_nocount} {words.noun}(s) without counts not shown)"
     for i, (c, idx, color) in enumerate(groups):
         idx = np.asarray(idx, dtype=int)
         lab = "" if c is None else f" ({color_by} = {c})"
         ax.errorbar(
             pos[idx],
-            t.modes[idx],
+            values[idx],
             yerr=1.96 * d.cond_sd[idx],
             fmt="o",
             color=color,
@@ -241,7 +345,7 @@ def _draw_donors(ax: Axes, t: _Gene, d: _Donors, order: list[int], groups: list[
             capsize=2,
             linewidth=1,
             zorder=3,
-            label=f"conditional mode ± 1.96 cond. SD{lab}",
+            label=f"{words.points}{lab}",
         )
         fin = idx[np.isfinite(d.raw[idx])]
         last = i == len(groups) - 1
@@ -254,19 +358,22 @@ def _draw_donors(ax: Axes, t: _Gene, d: _Donors, order: list[int], groups: list[
             edgecolors=[color],
             linewidths=1.2,
             zorder=4,
-            label=raw_label if last else None,
+            label=raw_label if last and raw_label else None,
         )
 
 
 def _draw_text(ax: Axes, t: _Gene, order: list[int]) -> None:
-    m = len(t.donors)
+    words = _words(t)
+    levels = t.shown.levels
+    m = len(levels)
     ax.set_xticks(np.arange(m))
-    ax.set_xticklabels([t.donors[i] for i in order], rotation=90 if m > 8 else 0, fontsize=8)
+    ax.set_xticklabels([levels[i] for i in order], rotation=90 if m > 8 else 0, fontsize=8)
     ax.set_xlim(-0.6, m - 0.4)
-    ax.set_xlabel(f"donor ({t.params['donor_key']})")
-    ax.set_ylabel("donor effect on log mean (natural log)")
-    disp = "Poisson" if np.isinf(t.theta) else f"theta = {t.theta:.3g}"
-    ax.set_title(f"{t.label}: sigma2 = {t.sigma2:.3g}, {disp}, status {t.status}", fontsize=9)
+    ax.set_xlabel(words.xlabel)
+    ax.set_ylabel(words.ylabel)
+    disp = "Poisson" if np.isinf(t.effects.theta) else f"theta = {t.effects.theta:.3g}"
+    what = "sigma2" if not t.general else f"var({t.coef}|{t.shown.group})"
+    ax.set_title(f"{t.label}: {what} = {t.variance:.3g}, {disp}, status {t.status}", fontsize=9)
     ax.legend(loc="best", **LEGEND)
 
 
@@ -276,6 +383,8 @@ def donor_effects(
     *,
     group: str | None = None,
     key: str = "scglmm",
+    coef: str | None = None,
+    factor: str | None = None,
     color_by: str | None = None,
     size_factors: str | ArrayLike | None = None,
     offset: str | ArrayLike | None = None,
@@ -302,6 +411,28 @@ def donor_effects(
       counts have no finite ratio and are left out (counted in the legend).
     - **grey band**: :math:`\pm 1.96\,\hat\sigma`, where 95 % of donor effects fall under the model.
 
+    **Other random-effect structures** (random slopes, nested and crossed terms): ``coef`` and
+    ``factor`` choose one random coefficient of one grouping factor, read from
+    ``adata.varm[f'{key}_modes']`` (column ``f'{factor}[{level}]:{coef}'``) and
+    ``adata.varm[f'{key}_varcomp']``; the default is the first coefficient of the first term (its
+    intercept if it has one), the plot above. Each level of ``factor`` is one point:
+
+    - a random intercept: its mode, as above;
+    - a random slope of a fixed effect, e.g. ``coef='condition[T.stim]'`` in
+      ``(1 + condition | donor)``: **each donor's own response**, the fixed effect plus the donor's
+      mode, :math:`\hat\beta_c + \hat b_{ic}` (natural log, like the stored coefficients; the y
+      axis says so), with the band :math:`\hat\beta_c \pm 1.96\,\hat\sigma_c` around a line at
+      :math:`\hat\beta_c` and a dotted line at 0. A random coefficient without a fixed effect of
+      the same name (e.g. ``condition[stim]`` of ``(0 + condition | donor)``) is shown as its mode.
+
+    The bars are the conditional SD of the mode from the curvature of all modes of all terms
+    together, :math:`(Z^\top W Z + G^{-1})^{-1}` (crossed and nested terms share cells), given the
+    estimated parameters. The raw value of a level is the ratio above over the cells where the
+    term's other columns are 0 for an intercept; for a 0/1 column :math:`c` (a level of a factor)
+    it is :math:`\hat\beta_c` plus the ratio where :math:`c = 1` minus the ratio where
+    :math:`c = 0` (both of the level's cells), the level's observed response; a numeric slope has
+    no raw value.
+
     The design is rebuilt from ``adata.uns[key]['params']`` and ``adata.obs``, the offset taken
     from ``adata.uns[key]['log_offset']`` (or rebuilt from its recorded source; pass
     ``size_factors`` or ``offset`` again if neither is possible). For a fit with ``groupby``,
@@ -317,9 +448,16 @@ def donor_effects(
         For a fit with ``groupby``: the group to plot.
     key
         The ``key_added`` of the fit.
+    coef
+        The random coefficient to show: ``'Intercept'`` or a random slope's column, e.g.
+        ``'condition[T.stim]'``; ``None``: the first coefficient of the first term of ``factor``.
+        The names are those of ``uns[key]['params']['random_effects']``.
+    factor
+        The grouping factor to show, e.g. ``'donor'``, ``'donor:sample'`` (nested) or ``'batch'``
+        (crossed); ``None``: the first term's, or the first that has ``coef``.
     color_by
-        A donor-level ``adata.obs`` column (constant within each donor, e.g. a condition that
-        varies between donors) to colour the donors by; colours come from
+        An ``adata.obs`` column constant within each level of the shown factor (e.g. a condition
+        that varies between donors) to colour the levels by; colours come from
         ``adata.uns[f'{color_by}_colors']`` when scanpy stored them there.
     size_factors, offset
         As in :func:`scglmm.tl.fit`; only needed when the fit's offset was an array.
@@ -338,12 +476,12 @@ def donor_effects(
     -------
     The Axes if ``show`` is False, else ``None``.
     """
-    t = _stored_gene(adata, gene, group, key, gene_symbols)
+    t = _stored_gene(adata, gene, group, key, gene_symbols, (coef, factor))
     d = _rebuild(adata, t, size_factors, offset)
-    order, groups = _donor_order(adata, t, d.obs, color_by)
+    order, groups = _level_order(adata, t, d, color_by)
 
     def draw(ax: Axes) -> None:
-        _draw_donors(ax, t, d, order, groups, color_by)
+        _draw_levels(ax, t, d, order, groups, color_by)
         _draw_text(ax, t, order)
 
     return render(draw, ax=ax, figsize=figsize, show=show, save=save)

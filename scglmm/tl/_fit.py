@@ -72,7 +72,7 @@ def fit(
     Other random-effect structures (random slopes, nested, crossed; see ``formula``) replace
     :math:`b_i` by :math:`z_{ij}^\top b`, one normal vector per level of each grouping factor with an
     unstructured (``|``) or diagonal (``||``) covariance, fitted by the Laplace approximation with
-    :func:`scglmm._core._re_api.fit_re_genes`, one gene at a time on one thread.
+    :func:`scglmm._core._re_api.fit_re_genes`, the genes spread over ``n_jobs`` workers (processes by default).
 
     Parameters
     ----------
@@ -128,14 +128,16 @@ def fit(
 
         With a general random-effect structure, a fixed effect that has its own random slope
         (a design column with the same name among a term's coefficients, e.g.
-        ``condition[T.stim]`` in ``(1 + condition | donor)``) is tested under ``"eb"`` and ``"t"``
-        with ``coef / se`` on a t distribution with ``m - r`` degrees of freedom: ``m`` the levels
-        of that term's grouping factor (the fewest if several terms have the slope), ``r`` the
-        rank of the design columns constant within each of its levels (the intercept and the
-        level-wide covariates). For a condition that varies within donors this is the paired t
-        test's ``n_donors - 1`` on per-donor differences. Not yet backed by a calibration study.
-        The other columns keep the rules above, with the first term's grouping factor as donor
-        and its intercept variance as the donor variance. ``"z"`` keeps the normal reference.
+        ``condition[T.stim]`` in ``(1 + condition | donor)``) draws its information from the
+        levels of that term's grouping factor (the fewest if several terms have the slope), like
+        a paired t test on per-donor differences, with ``m - r`` degrees of freedom: ``m`` those
+        levels, ``r`` the rank of the design columns constant within each of them (the intercept
+        and the level-wide covariates); ``n_donors - 1`` for a condition measured in every donor
+        (``uns[key]['params']['slope_df']``). ``"eb"`` tests it with an empirical-Bayes prior of
+        the slope variance across genes (falling back to ``"t"`` below 50 genes), ``"t"`` refers
+        ``coef / se`` to t with ``m - r`` degrees of freedom, ``"z"`` to the normal. The other
+        columns keep the rules above, with the first term's grouping factor as donor and its
+        intercept variance as the donor variance.
     rank_coef
         Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
         the first non-intercept column. Only written when that column is a level of a factor (or
@@ -145,7 +147,8 @@ def fit(
         (only with a single ``(1 | donor)``).
     n_jobs
         Worker threads over gene blocks; ``None`` uses ``scanpy.settings.n_jobs``. Results are
-        identical for any value.
+        identical for any value. Structures other than ``(1 | donor)`` are fitted on one thread
+        whatever its value.
     block_size
         Genes per compiled call.
     progress

@@ -1,8 +1,8 @@
 """One run of :func:`scglmm.tl.fit` with a general random-effect structure (anything but one ``(1 | donor)``).
 
 The genes are filtered as in :mod:`._run` (the donors are the levels of the first term's grouping
-factor), the kept ones fitted with :func:`scglmm._core._re_api.fit_re_genes` (Laplace, one gene at a
-time) and the result spread onto every gene. The run is a :class:`._run.Run` whose ``fit`` is a
+factor), the kept ones fitted with :func:`scglmm._core._re_api.fit_re_genes` (Laplace, genes spread over
+``n_jobs`` workers) and the result spread onto every gene. The run is a :class:`._run.Run` whose ``fit`` is a
 :class:`GenesFit` (``sigma2``: the first term's intercept variance; no donor modes) and whose ``re``
 holds what only this path has: the variance components, the modes of every term and the terms.
 :func:`re_wald_tests` adds the random-slope calibration to :func:`._run.wald_tests`.
@@ -96,8 +96,8 @@ def fit_re_run(
     ncell, ndon = gene_counts(Y, codes, len(donors))
     idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
     logger.info(
-        "%s: fitting %d genes x %d cells, random effects %s, design %s (Laplace, one thread)",
-        desc, idx.size, len(obs), " + ".join(str(t) for t in parsed.terms), design.columns,
+        "%s: fitting %d genes x %d cells, random effects %s, design %s (Laplace), n_jobs=%d",
+        desc, idx.size, len(obs), " + ".join(str(t) for t in parsed.terms), design.columns, options.n_jobs,
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, terms, log_off, options, desc=desc)
     fill = {"status": FILTERED, "n_iter": 0, "n_nonzero": ncell}
@@ -135,7 +135,11 @@ def _fit_kept(
     with progress_bar(total=int(idx.size), enabled=options.progress, desc=desc) as bar:
         for block in blocks:
             Yb = Y[:, block] if block.size else np.zeros((Y.shape[0], 0))
-            parts.append(fit_re_genes(Yb, design.matrix, terms, log_off, coef_names=design.columns, check=False))
+            parts.append(
+                fit_re_genes(
+                    Yb, design.matrix, terms, log_off, coef_names=design.columns, check=False, n_jobs=options.n_jobs
+                )
+            )
             if bar is not None:
                 bar.update(int(block.size))
     return _stack(parts)

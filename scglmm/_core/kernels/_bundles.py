@@ -184,3 +184,26 @@ def by_path(few_rows: Callable, laplace: Callable, agq: Callable) -> Callable[[C
         return stub
 
     return decorate
+
+
+RERows = namedtuple("RERows", ["on", "PA", "Lc", "o_ref", "logLc", "inv_k"])
+RERows.__doc__ = """Collapsed rows of a general random-effect structure (see :mod:`._re_laplace`).
+
+When ``on``, the rows of an :class:`REData` are blocks of cells sharing the fixed design row, the
+random-effect covariates and levels, with offsets within a relative ``FEW_ROWS_RHO`` of the block
+centre (as in :mod:`._few_rows`); the row's offset is 0 and each gene's sums over a block's cells
+come from Taylor series in these gene-independent power sums and the gene's own (``PZ``).
+
+on : bool
+    Whether the rows are blocks (False: one row per cell, the other fields are placeholders).
+PA : (B, KMAX + 1) float64
+    Centred power sums of each block's offsets, ``sum_j (Lw_j / Lc_b - 1)^k``.
+Lc : (B,) float64
+    Block centres of ``Lw = exp(offset - o_ref)``.
+o_ref : float
+    Reference offset.
+logLc : (B,) float64
+    ``log(Lc)``.
+inv_k : (KMAX + 1,) float64
+    ``1 / k`` (0 at k = 0).
+"""

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from ._cell import _cell_all_x, theta_terms
+from ._few_rows import _block_centre, _series_terms
 from ._jit import JIT as _JIT
 from ._re_linalg import block_factor, block_local_inverse, block_solve
 
@@ -66,22 +67,110 @@ def _eta(d, eta0, a, u, eta):
 
 
 @njit(**_JIT)
-def _pass(d, y, eta0, a, u, t, theta, eta, cs):
-    """One pass over the cells at modes ``u``: ``eta``, the per-cell derivatives ``cs[j] = (e1, e2, e3,
-    t0, t1, t2)`` (one exp and one log per cell) and ``h(u)`` without the count-only constants,
-    ``sum_j q(eta_j) - u'u / 2``."""
+def _block_q12(j, c, t, theta, fr, PZ):
+    """Sums over block j's cells (linear predictor c + offset) of q, e1 and e2 (S[0..2] of
+    :func:`._few_rows._few_rows_block_sums_into`) by one series: all three are linear in the power
+    sums, so it runs over ``W_k = theta PA[j, k] + PZ[j, k]``."""
+    PA = fr.PA
+    KK = PA.shape[1]
+    z = c - t + fr.o_ref + fr.logLc[j]
+    rc, alpha, lx = _block_centre(z)
+    K = _series_terms(z, lx, rc, KK)
+    w0 = theta * PA[j, 0] + PZ[j, 0]
+    wprev = w0
+    bk = 1.0
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(1, K + 1):
+        bk *= rc
+        sg = bk if (k % 2 == 1) else -bk
+        wk = theta * PA[j, k] + PZ[j, k]
+        s0 += sg * wk * fr.inv_k[k]
+        s1 += sg * wk
+        s2 += k * sg * (wprev + wk)
+        wprev = wk
+    ysum = PZ[j, KK]
+    q = c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
+    return q, ysum - (w0 * rc + alpha * s1), -alpha * s2
+
+
+@njit(**_JIT)
+def _block_all(j, c, t, theta, fr, PZ, out):
+    """Sums over block j's cells of ``(e1, e2, e3, t0, t1, t2)`` into ``out`` and of q (returned):
+    with ``G_m(M)`` the sums of the m-th derivatives of log1p in log x weighted by the power sums M
+    (:func:`._few_rows._centered_series`), e_m = -G_m(W) (and e1 + ysum) and ``t_m = G_(m+1)(W) -
+    theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2."""
+    PA = fr.PA
+    KK = PA.shape[1]
+    z = c - t + fr.o_ref + fr.logLc[j]
+    rc, alpha, lx = _block_centre(z)
+    K = _series_terms(z, lx, rc, KK)
+    w0 = theta * PA[j, 0] + PZ[j, 0]
+    w1 = w0  # W_(k-1)
+    w2 = 0.0  # W_(k-2)
+    a1 = PA[j, 0]
+    bk = 1.0
+    s0 = s1 = s2 = s3 = p0 = p1 = p2 = 0.0
+    for k in range(1, K + 1):
+        bk *= rc
+        sg = bk if (k % 2 == 1) else -bk
+        kf = float(k)
+        wk = theta * PA[j, k] + PZ[j, k]
+        ak = PA[j, k]
+        s0 += sg * wk * fr.inv_k[k]
+        s1 += sg * wk
+        s2 += kf * sg * (w1 + wk)
+        s3 += kf * sg * ((kf - 1.0) * w2 + (2.0 * kf - 1.0) * w1 + kf * wk)
+        p0 += sg * ak * fr.inv_k[k]
+        p1 += sg * ak
+        p2 += kf * sg * (a1 + ak)
+        w2 = w1
+        w1 = wk
+        a1 = ak
+    ysum = PZ[j, KK]
+    G1 = w0 * rc + alpha * s1
+    G2 = alpha * s2
+    G3 = alpha * s3
+    out[0] = ysum - G1
+    out[1] = -G2
+    out[2] = -G3
+    out[3] = G1 - theta * (PA[j, 0] * lx + p0)
+    out[4] = G2 - theta * (PA[j, 0] * rc + alpha * p1)
+    out[5] = G3 - theta * alpha * p2
+    return c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
+
+
+@njit(**_JIT)
+def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
+    """One pass over the rows at modes ``u``: ``eta``, the per-row derivatives ``cs[j] = (e1, e2, e3,
+    t0, t1, t2)`` and ``h(u)`` without the count-only constants, ``sum_j q(eta_j) - u'u / 2``.
+
+    A row is a cell (one exp and one log each) or, with ``fr.on``, a block of cells sharing the row's
+    design and levels, whose sums come from the block's Taylor series (:mod:`._few_rows`); unless
+    ``full``, a block's pass fills only e1 and e2 (what the inner Newton iterations use)."""
     _eta(d, eta0, a, u, eta)
     s = 0.0
-    for j in range(y.shape[0]):
-        z = eta[j] - t
-        q, e1, e2, e3, _, t0, t1, t2, _, _, _, _ = _cell_all_x(y[j], eta[j], math.exp(min(z, 709.0)), z, theta)
-        cs[j, 0] = e1
-        cs[j, 1] = e2
-        cs[j, 2] = e3
-        cs[j, 3] = t0
-        cs[j, 4] = t1
-        cs[j, 5] = t2
-        s += q
+    if fr.on and not full:
+        for j in range(eta.shape[0]):
+            q, e1, e2 = _block_q12(j, eta[j], t, theta, fr, PZ)
+            cs[j, 0] = e1
+            cs[j, 1] = e2
+            s += q
+    elif fr.on:
+        for j in range(eta.shape[0]):
+            s += _block_all(j, eta[j], t, theta, fr, PZ, cs[j])
+    else:
+        for j in range(y.shape[0]):
+            z = eta[j] - t
+            q, e1, e2, e3, _, t0, t1, t2, _, _, _, _ = _cell_all_x(y[j], eta[j], math.exp(min(z, 709.0)), z, theta)
+            cs[j, 0] = e1
+            cs[j, 1] = e2
+            cs[j, 2] = e3
+            cs[j, 3] = t0
+            cs[j, 4] = t1
+            cs[j, 5] = t2
+            s += q
     for i in range(u.shape[0]):
         s -= 0.5 * u[i] * u[i]
     return s
@@ -102,14 +191,14 @@ def _accumulate(d, a, w, Tk):
 
 
 @njit(**_JIT)
-def re_modes(d, y, eta0, a, u, t, tol, maxit, work, cs):
+def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
     """Newton maximisation of h over u (in place, warm start). h is strictly concave.
 
     Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
-    per-cell derivatives in ``cs`` belong to u^.
+    per-cell derivatives in ``cs`` belong to u^ (with blocks of cells, only e1 and e2: see :func:`_pass`).
     """
     Tk, LA, M, LS = work
-    n = y.shape[0]
+    n = eta0.shape[0]
     Q = u.shape[0]
     nc = LS.shape[0]
     theta = math.exp(t)
@@ -119,7 +208,8 @@ def re_modes(d, y, eta0, a, u, t, tol, maxit, work, cs):
     step = np.empty(Q)
     trial = np.empty(Q)
     cs_try = np.empty_like(cs)
-    hval = _pass(d, y, eta0, a, u, t, theta, eta, cs)
+    full = not fr.on
+    hval = _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full)
     prev = np.inf
     logdet = 0.0
     it = 0
@@ -148,7 +238,7 @@ def re_modes(d, y, eta0, a, u, t, tol, maxit, work, cs):
         for _ in range(60):
             for i in range(Q):
                 trial[i] = u[i] + alpha * step[i]
-            hnew = _pass(d, y, eta0, a, trial, t, theta, eta, cs_try)
+            hnew = _pass(d, fr, PZ, y, eta0, a, trial, t, theta, eta, cs_try, full)
             if hnew >= hval - 1e-13 * (1.0 + abs(hval)):
                 break
             alpha *= 0.5
@@ -168,7 +258,7 @@ def re_workspace(d):
 
 
 @njit(**_JIT)
-def re_value_grad(d, y, cnt_gt, lgy, phi, u, grad, want_grad):
+def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad):
     """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place) and, if ``want_grad``, its
     exact gradient into ``grad``. Returns ``(ok, value, inner iterations)``."""
     n, p = d.X.shape
@@ -182,12 +272,14 @@ def re_value_grad(d, y, cnt_gt, lgy, phi, u, grad, want_grad):
         eta0[j] = e
     work = re_workspace(d)
     cs = np.empty((n, 6))
-    ok, hval, logdet, it = re_modes(d, y, eta0, a, u, t, 1e-22, 200, work, cs)
+    ok, hval, logdet, it = re_modes(d, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
     if not ok or not math.isfinite(val):
         return False, val, it
     if want_grad:
+        if fr.on:  # the blocks' third derivatives and theta terms at the modes
+            _pass(d, fr, PZ, y, eta0, a, u, t, math.exp(t), np.empty(n), cs, True)
         _gradient(d, a, u, cs, cd1, work, grad)
     return True, val, it
 
@@ -245,3 +337,29 @@ def _gradient(d, a, u, cs, cd1, work, grad):
             s = zr * u[gi]
             grad[p + i] += e1 * s - 0.5 * (-2.0 * e2 * zr * P[j, rc] - e3 * s * dj + e2 * s * az + e1 * zr * zeta[gi])
     grad[jt] += cd1
+
+
+@njit(**_JIT)
+def re_block_gene(y, order, bstarts, e_sorted):
+    """A gene's non-zero cells in block order (positions, counts, first of each block) and per block
+    the sums of ``y^2`` and ``y exp(offset)`` (``e_sorted``: ``exp(offset)`` in block order)."""
+    n = order.shape[0]
+    nb = bstarts.shape[0] - 1
+    nzp = np.empty(n, dtype=np.int64)
+    nzy = np.empty(n)
+    nzs = np.empty(nb + 1, dtype=np.int64)
+    y2 = np.zeros(nb)
+    ye = np.zeros(nb)
+    m = 0
+    for b in range(nb):
+        nzs[b] = m
+        for j in range(bstarts[b], bstarts[b + 1]):
+            v = y[order[j]]
+            if v != 0.0:
+                nzp[m] = j
+                nzy[m] = v
+                m += 1
+                y2[b] += v * v
+                ye[b] += v * e_sorted[j]
+    nzs[nb] = m
+    return nzp[:m], nzy[:m], nzs, y2, ye
