@@ -46,8 +46,9 @@ variance ``v = c' V c`` (``V`` the ML covariance of MODEL.md section 3):
 
 ``k = c_b' (X_b' X_b)^{-1} c_b`` treats donors as equally informative (balanced designs); with
 unequal cells per donor it is an approximation of the donor part of ``c' V c``. Given the cells
-per donor ``n_j`` (``donor_cells=``, opt-in), ``"eb"`` takes each gene's own donor information: the
-within-donor variance of donor ``j`` is ``alpha_g / n_j``, ``alpha_g`` matched to the gene's
+per donor ``n_j`` (``donor_cells=``; :func:`scglmm.tl.fit` and :func:`scglmm.tl.test` pass them),
+``"eb"`` takes each gene's own donor information: the within-donor variance of donor ``j``
+is ``alpha_g / n_j``, ``alpha_g`` matched to the gene's
 ``c' V c`` at its ``sigma2``; the estimate's donor weights ``a = D X_b (X_b' D X_b)^{-1} c_b``
 (``D = diag(1 / (sigma2 + alpha_g / n_j))``) give ``k_g = sum_j a_j^2`` (the derivative of
 ``c' V c`` in ``sigma2``, so the test variance under a grid value ``s`` is
