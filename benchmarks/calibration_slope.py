@@ -257,7 +257,9 @@ def kang_slope_report(ranks: pd.DataFrame, swaps: pd.DataFrame) -> list[str]:
             "|stat|); `adj p`: Benjamini-Hochberg over the genes tested. "
             "Command: `python benchmarks/calibration.py --parts kang_slope`.",
             "",
-            ranks.set_index("method").to_markdown(floatfmt=".3g"),
+            ranks.astype({c: "Int64" for c in ranks.columns if c.endswith("rank") or c.startswith("n_")})
+            .set_index("method")
+            .to_markdown(floatfmt=".3g"),
             "",
         ]
     if not swaps.empty:

@@ -14,6 +14,7 @@ from scglmm._core._inference import (
     bh_adjust,
     contrast_vector,
     donor_level_design,
+    eb_donor_information,
     lrt_pvalues,
     wald_pvalues,
 )
@@ -304,6 +305,77 @@ def test_eb_calibration_is_exact_in_the_normal_means_model(n1, n2):
     assert abs(prior[grid < 1e-3].sum() - np.mean(sigma2 < 1e-3)) < 0.08
     # posterior means shrink the ML estimates towards the prior: closer to the truth on average
     assert np.mean((eb["sigma2_post"] - sigma2) ** 2) < 0.5 * np.mean((s2 * (n1 + n2) / (n1 + n2 - 2) - sigma2) ** 2)
+
+
+#: Cells per donor of the Kang 2018 ctrl CD14 monocytes (4 vs 4 donors).
+KANG_CELLS = np.array([175.0, 641.0, 286.0, 98.0, 171.0, 328.0, 323.0, 193.0])
+
+
+def _unequal_normal_means(rng, G, cells, sigma2, alpha):
+    """Donor means with within-donor variance alpha / n_j, and their ML fit (sigma2 on a fine grid)."""
+    m = cells.size
+    Xb = np.column_stack([np.ones(m), np.r_[np.zeros(m // 2), np.ones(m - m // 2)]])
+    within = alpha[:, None] / cells[None, :]
+    y = rng.normal(size=(G, m)) * np.sqrt(sigma2[:, None] + within)
+
+    def gls(s2):
+        d = 1.0 / (np.asarray(s2)[..., None] + within)
+        info = np.einsum("jp,gj,jq->gpq", Xb, d, Xb)
+        beta = np.linalg.solve(info, np.einsum("jp,gj,gj->gp", Xb, d, y)[..., None])[..., 0]
+        r = y - beta @ Xb.T
+        return beta, np.linalg.inv(info), 0.5 * (np.log(d).sum(1) - (r**2 * d).sum(1))
+
+    best, s2 = np.full(G, -np.inf), np.zeros(G)
+    for g in np.r_[0.0, np.logspace(-5, 0.5, 150)]:
+        ll = gls(np.full(G, g))[2]
+        s2 = np.where(ll > best, g, s2)
+        best = np.maximum(ll, best)
+    beta, cov, _ = gls(s2)
+    codes = np.repeat(np.arange(m), 3)
+    mask, Xb_cells = donor_level_design(Xb[codes], codes)
+    return beta, cov, s2, mask, Xb_cells
+
+
+def test_eb_with_donor_cells_is_calibrated_with_unequal_donors():
+    # Kang's 98 to 641 cells per donor: donors are not equally informative, fewer than 8 count.
+    # Without the cells per donor "eb" is anti-conservative (0.061 here); with them it is exact.
+    rng = np.random.default_rng(7)
+    G = 6000
+    sigma2 = np.where(rng.random(G) < 0.3, 0.0, rng.uniform(0.0, 0.1, G))
+    alpha = np.exp(rng.uniform(np.log(0.005), np.log(0.15), G)) * KANG_CELLS.mean()
+    coef, cov, s2, mask, Xb = _unequal_normal_means(rng, G, KANG_CELLS, sigma2, alpha)
+    c = np.array([0.0, 1.0])
+    kw = {"sigma2": s2, "donor_mask": mask, "donor_design": Xb, "calibration": "eb"}
+    with_cells = wald_pvalues(coef, cov, c, donor_cells=KANG_CELLS, **kw)["p_value"]
+    without = wald_pvalues(coef, cov, c, **kw)["p_value"]
+    se = np.sqrt(0.05 * 0.95 / G)
+    assert abs(np.mean(with_cells < 0.05) - 0.05) < 3.5 * se
+    assert abs(np.mean(with_cells < 0.01) - 0.01) < 3.5 * np.sqrt(0.01 * 0.99 / G)
+    assert np.mean(without < 0.05) > 0.057
+    # equal cells per donor change nothing
+    same = wald_pvalues(coef, cov, c, donor_cells=np.full(8, 50.0), **kw)["p_value"]
+    np.testing.assert_array_equal(same, without)
+
+
+def test_eb_donor_information_by_hand():
+    # one gene, 2 + 2 donors with 10, 40 | 20, 20 cells, sigma2 0.1, alpha 2: within-donor variances
+    # 0.2, 0.05 | 0.1, 0.1; the group means weight donors by 1 / 0.3 and 1 / 0.15
+    cells = np.array([10.0, 40.0, 20.0, 20.0])
+    Xb = np.column_stack([np.ones(4), [0.0, 0.0, 1.0, 1.0]])
+    c = np.array([0.0, 1.0])
+    var = 1 / (1 / 0.3 + 1 / 0.15) + 0.2 / 2  # group 1: 0.1; group 2: two donors of variance 0.2
+    a = np.array([-1 / 3, -2 / 3, 0.5, 0.5])
+    k_g, m_g = eb_donor_information(np.array([var]), np.array([0.1]), c, Xb, cells)
+    assert k_g[0] == pytest.approx(np.sum(a**2), rel=1e-9)  # 1.0556 against k = 1/2 + 1/2
+    assert m_g[0] == pytest.approx(4 / np.sum(a**2), rel=1e-9)  # 3.79 donors
+    # a gene without a usable variance keeps k and m
+    k_g, m_g = eb_donor_information(np.array([np.nan]), np.array([0.1]), c, Xb, cells)
+    assert (k_g[0], m_g[0]) == (pytest.approx(1.0), pytest.approx(4.0))
+    codes = np.repeat(np.arange(4), 2)
+    mask, Xb_cells = donor_level_design(Xb[codes], codes)
+    with pytest.raises(ValueError, match=r"donor_cells needs one number of cells per donor \(4\); got shape \(3,\)"):
+        wald_pvalues(np.zeros((1, 2)), np.eye(2)[None], c, sigma2=np.zeros(1), donor_mask=mask,
+                     donor_design=Xb_cells, donor_cells=cells[:3])  # fmt: skip
 
 
 def test_eb_falls_back_to_t_with_few_genes_and_keeps_nan_rows():

@@ -19,7 +19,11 @@ item 1, separation found from the data by a linear programme): 2 genes of ``grp:
 cells all lack counts (not the stimulated ones, as said above) reported the stimulated level as
 ``Intercept``; the intercept (the control level) runs to minus infinity there, as does the
 condition effect, so no coefficient has an estimate and they are ``separation`` again (all NaN).
-Every other array was compared equal first.
+Every other array was compared equal first. Rewritten again (issue 13, the default ``"eb"`` weighs each
+donor by its cells: ``donor_cells``): only the ``eb`` p-values, statistics and priors of donor-level
+columns of the ``cell`` and ``few`` runs (unequal cells per donor) moved, with what derives from them
+(the contrast of ``few``, the ``rank_genes_groups`` order, ``get.results``), by at most 0.009 in p; the
+Kang run's p-values moved by at most 2.5e-62; the other 465 arrays were compared equal first.
 """
 
 from __future__ import annotations

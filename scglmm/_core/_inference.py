@@ -45,7 +45,15 @@ variance ``v = c' V c`` (``V`` the ML covariance of MODEL.md section 3):
     Within-donor contrasts, or fewer than ``EB_MIN_GENES`` genes, fall back to ``"t"``.
 
 ``k = c_b' (X_b' X_b)^{-1} c_b`` treats donors as equally informative (balanced designs); with
-unequal cells per donor it is an approximation of the donor part of ``c' V c``.
+unequal cells per donor it is an approximation of the donor part of ``c' V c``. Given the cells
+per donor ``n_j`` (``donor_cells=``; :func:`scglmm.tl.fit` and :func:`scglmm.tl.test` pass them),
+``"eb"`` takes each gene's own donor information: the within-donor variance of donor ``j``
+is ``alpha_g / n_j``, ``alpha_g`` matched to the gene's
+``c' V c`` at its ``sigma2``; the estimate's donor weights ``a = D X_b (X_b' D X_b)^{-1} c_b``
+(``D = diag(1 / (sigma2 + alpha_g / n_j))``) give ``k_g = sum_j a_j^2`` (the derivative of
+``c' V c`` in ``sigma2``, so the test variance under a grid value ``s`` is
+``c' V c + k_g (s - sigma2)``) and the effective number of donors ``m_g = m k / k_g`` (Kish), whose
+``m_g - r`` df replace ``m - r`` in the chi-square observation. Equal ``n_j`` give ``k`` and ``m``.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ __all__ = [
     "DEFAULT_CALIBRATION",
     "EB_MIN_GENES",
     "bh_adjust",
+    "eb_donor_information",
     "eb_donor_variance",
     "contrast_vector",
     "donor_level_design",
@@ -349,14 +358,50 @@ def default_sigma2_floor(sigma2_adj: ArrayLike, *, quantile: float = 0.5) -> flo
     return float(np.quantile(s, quantile))
 
 
+def eb_donor_information(
+    var: ArrayLike, sigma2: ArrayLike, c_b: ArrayLike, X_b: ArrayLike, donor_cells: ArrayLike, *, n_iter: int = 60
+) -> tuple[NDArray, NDArray]:
+    """Per-gene ``k_g`` and effective number of donors ``m_g`` of a donor-level contrast (``"eb"``
+    with ``donor_cells``; module docstring).
+
+    ``var`` (G,) model variances ``c' V c``, ``sigma2`` (G,) donor variances, ``c_b`` and ``X_b``
+    the contrast and design on the donor-level columns (one row per donor), ``donor_cells`` (m,).
+    ``alpha_g`` is found by bisection on ``log alpha`` (``c' V c`` grows with it); genes without a
+    finite positive ``var`` get ``k`` and ``m``.
+    """
+    v = np.asarray(var, dtype=float)
+    s = np.maximum(np.nan_to_num(np.asarray(sigma2, dtype=float)), 0.0)
+    Xb = np.asarray(X_b, dtype=float)
+    n = np.asarray(donor_cells, dtype=float)
+    ok = np.isfinite(v) & (v > 0)
+    vg = np.where(ok, v, 1.0)
+
+    def weights(log_alpha: NDArray) -> tuple[NDArray, NDArray]:
+        d = 1.0 / (s[:, None] + np.exp(log_alpha)[:, None] / n[None, :])  # (G, m) donor precisions
+        inv = np.linalg.pinv(np.einsum("jp,gj,jq->gpq", Xb, d, Xb))  # pinv: X_b may be rank-deficient
+        a = np.einsum("jp,gj,gpq,q->gj", Xb, d, inv, c_b)  # the estimate's weights on donor means
+        return np.einsum("gj,gj->g", a, a / d), a  # (c' V c at alpha, a)
+
+    k = float(c_b @ np.linalg.pinv(Xb.T @ Xb) @ c_b)
+    # k min_j(sigma2 + alpha / n_j) <= c' V c(alpha) <= k max_j(...): the root lies in [lo, hi]
+    lo, hi = np.log(vg / k * n.min()) - 30.0, np.log(vg / k * n.max()) + 1.0
+    for _ in range(n_iter):
+        mid = 0.5 * (lo + hi)
+        big = weights(mid)[0] > vg
+        lo, hi = np.where(big, lo, mid), np.where(big, mid, hi)
+    k_g = (weights(0.5 * (lo + hi))[1] ** 2).sum(axis=1)
+    k_g = np.where(ok & np.isfinite(k_g) & (k_g > 0), k_g, k)
+    return k_g, Xb.shape[0] * k / k_g
+
+
 def eb_donor_variance(
     est: ArrayLike,
     var: ArrayLike,
     sigma2: ArrayLike,
     *,
-    n_donors: int,
-    df: int,
-    k: float,
+    n_donors: float | ArrayLike,
+    df: float | ArrayLike,
+    k: float | ArrayLike,
     grid: ArrayLike = EB_GRID,
     max_iter: int = 1000,
     tol: float = 1e-8,
@@ -370,7 +415,8 @@ def eb_donor_variance(
     sigma2
         (G,) ML donor variances (0 at the boundary).
     n_donors, df, k
-        Number of donors ``m``, between-donor df ``m - r`` and ``c_b' (X_b' X_b)^{-1} c_b``.
+        Number of donors ``m``, between-donor df ``m - r`` and ``c_b' (X_b' X_b)^{-1} c_b``: numbers,
+        or (G,) arrays of per-gene values (see :func:`eb_donor_information`).
     grid
         Support of the prior of ``sigma2``.
 
@@ -389,13 +435,14 @@ def eb_donor_variance(
     p = np.full(G, np.nan)
     s2_post = np.full(G, np.nan)
     e, v, s = est[ok], var[ok], np.maximum(s2[ok], 0.0)
-    w = np.maximum(v / k - s, 1e-12 * np.maximum(v / k, 1e-300))  # within-donor variance of a donor mean
+    k, m, df = (np.broadcast_to(np.asarray(a, dtype=float), est.shape)[ok][:, None] for a in (k, n_donors, df))
+    w = np.maximum(v / k[:, 0] - s, 1e-12 * np.maximum(v / k[:, 0], 1e-300))  # within-donor variance of a mean
     tot = w[:, None] + grid[None, :]  # total donor-level variance under each grid value
     at0 = s <= 1e-8 * w  # sigma2 at the boundary: the residual sum of squares is only known to be <= m w
     loglik = np.empty_like(tot)
-    rss = n_donors * (s + w)
-    loglik[~at0] = stats.chi2.logpdf(rss[~at0, None] / tot[~at0], df) - np.log(tot[~at0])
-    loglik[at0] = stats.chi2.logcdf(n_donors * w[at0, None] / tot[at0], df)
+    rss = m[:, 0] * (s + w)
+    loglik[~at0] = stats.chi2.logpdf(rss[~at0, None] / tot[~at0], df[~at0]) - np.log(tot[~at0])
+    loglik[at0] = stats.chi2.logcdf(m[at0] * w[at0, None] / tot[at0], df[at0])
     loglik -= loglik.max(axis=1, keepdims=True)
     lik = np.exp(loglik)
     prior = np.full(grid.size, 1.0 / grid.size)
@@ -428,6 +475,7 @@ def wald_pvalues(
     donor_design: ArrayLike,
     calibration: str = DEFAULT_CALIBRATION,
     sigma2_floor: float | None = None,
+    donor_cells: ArrayLike | None = None,
 ) -> dict[str, NDArray | float | bool]:
     """Wald test of ``c' beta`` for every gene with the chosen small-sample calibration.
 
@@ -446,6 +494,9 @@ def wald_pvalues(
     sigma2_floor
         For ``"t_floor"``: the floor of the donor variance; ``None`` uses
         :func:`default_sigma2_floor`.
+    donor_cells
+        For ``"eb"``: cells per donor (rows of ``donor_design``); each gene's own donor information
+        (module docstring). ``None`` (or equal numbers) treats donors as equally informative.
 
     Returns
     -------
@@ -464,10 +515,16 @@ def wald_pvalues(
     m = Xb.shape[0]
     s2 = np.nan_to_num(np.asarray(sigma2, dtype=float), nan=0.0)
     is_b, df_b, k = _between(c, mask, Xb)
+    if donor_cells is not None and np.shape(donor_cells) != (m,):
+        msg = f"donor_cells needs one number of cells per donor ({m}); got shape {np.shape(donor_cells)}."
+        raise InvalidValueError(msg, param="donor_cells")
     if calibration == "eb":
         n_ok = int(np.sum(np.isfinite(est) & np.isfinite(var) & (var > 0)))
         if is_b and df_b >= 1 and n_ok >= EB_MIN_GENES:
-            eb = eb_donor_variance(est, var, s2, n_donors=m, df=df_b, k=k)
+            k_g, m_g = k, m
+            if donor_cells is not None and np.ptp(np.asarray(donor_cells, dtype=float)) > 0:
+                k_g, m_g = eb_donor_information(var, s2, c[mask], Xb[:, mask], donor_cells)
+            eb = eb_donor_variance(est, var, s2, n_donors=m_g, df=m_g - (m - df_b), k=k_g)
             return {
                 "estimate": est,
                 "se": se,

@@ -73,20 +73,21 @@ COR_SINGULAR = 1e-6
 
 @dataclass(frozen=True)
 class RETerm:
-    """One random-effect term ``(f | g)``: per-cell covariates ``Z`` of its coefficients and the level of each cell."""
+    """One random-effect term (covariates f by grouping factor g): per-cell covariates ``Z`` of its coefficients
+    and the level of each cell."""
 
     group: str
     """Name of the grouping factor (``"donor"``, ``"donor:sample"``)."""
     Z: NDArray[np.float64]
     """(n, q) covariates of the term's coefficients (a column of ones for an intercept)."""
     codes: NDArray[np.int64]
-    """(n,) level of each cell, ``0 .. len(levels) - 1``."""
+    """(n,) level of each cell, from 0 to ``len(levels) - 1``."""
     levels: NDArray[np.object_]
     """Labels of the levels."""
     coef_names: tuple[str, ...]
     """Names of the q coefficients (``"Intercept"``, ``"condition[T.stim]"``)."""
     diagonal: bool = False
-    """Independent coefficients (``||``): a diagonal covariance."""
+    """Independent coefficients (the double bar of lme4): a diagonal covariance."""
 
     @property
     def q(self) -> int:
@@ -99,7 +100,10 @@ class RETerm:
         return len(self.levels)
 
     def varcomp_names(self) -> list[str]:
-        """``var(c|g)`` for each coefficient, then ``cor(c1,c2|g)`` for each pair (unstructured only)."""
+        """Names of the variance components: a variance per coefficient, then a correlation per pair.
+
+        Correlations only for an unstructured covariance; names such as ``var(Intercept|donor)``.
+        """
         out = [f"var({c}|{self.group})" for c in self.coef_names]
         if not self.diagonal:
             q = self.q

@@ -152,6 +152,8 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         **({"eb_grid": np.asarray(EB_GRID, dtype=float), "eb_prior": tests.eb_prior} if tests.eb_prior else {}),
         "donor_level_columns": [c for c, b in zip(cols, tests.donor_mask, strict=True) if b],
         "donor_design": tests.donor_design,
+        # cells per donor: "eb" weighs each donor's information by them (docs/calibration.md)
+        "donor_cells": np.bincount(run.donor_codes, minlength=tests.donor_design.shape[0]).tolist(),
         "min_cells": options.min_cells,
         "min_donors": options.min_donors,
         "n_filtered": run.n_filtered,

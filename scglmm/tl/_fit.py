@@ -146,9 +146,9 @@ def fit(
         1 (default) for the Laplace approximation; K > 1 for adaptive Gauss-Hermite with K nodes
         (only with a single ``(1 | donor)``).
     n_jobs
-        Worker threads over gene blocks; ``None`` uses ``scanpy.settings.n_jobs``. Results are
-        identical for any value. Structures other than ``(1 | donor)`` are fitted on one thread
-        whatever its value.
+        Workers over gene blocks (threads for ``(1 | donor)``, processes for other structures, whose
+        optimiser loop is in Python); ``None`` uses ``scanpy.settings.n_jobs``. Results are identical
+        for any value.
     block_size
         Genes per compiled call.
     progress

@@ -188,6 +188,7 @@ def wald_tests(run: Run, calibration: str) -> WaldTests:
     fit = run.fit
     G, p = fit.coef.shape
     donor_mask, donor_design = donor_level_design(run.design.matrix, run.donor_codes)
+    donor_cells = np.bincount(run.donor_codes, minlength=donor_design.shape[0])
     pval, stat = np.full((G, p), np.nan), np.full((G, p), np.nan)
     df: dict[str, float] = {}
     df_per_gene: dict[str, np.ndarray] = {}
@@ -195,7 +196,7 @@ def wald_tests(run: Run, calibration: str) -> WaldTests:
     for j, col in enumerate(run.design.columns):
         out = wald_pvalues(
             fit.coef, fit.cov, np.eye(p)[j], sigma2=fit.sigma2, donor_mask=donor_mask, donor_design=donor_design,
-            calibration=calibration,
+            calibration=calibration, donor_cells=donor_cells,
         )  # fmt: skip
         pval[:, j], stat[:, j] = out["p_value"], out["stat"]
         if np.ndim(out["df"]):  # Satterthwaite: one df per gene

@@ -179,6 +179,7 @@ def _wald_one(
         donor_mask=np.array([c in donor_level for c in cols]),
         donor_design=np.asarray(params["donor_design"], dtype=float),
         calibration=cal,
+        donor_cells=np.asarray(params["donor_cells"], dtype=float),
     )
     slopes = slope_contrast_columns(params, vec, cal)
     if slopes:  # a random slope's fixed effect: tested on the slope's levels, as its coefficient in tl.fit
