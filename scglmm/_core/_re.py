@@ -642,8 +642,9 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
     linear predictors; the random effects, with the start's covariances, eliminated), each term's
     Fisher information of its Cholesky entries from its per-level effects (``b_l ~ N(0, L L' +
     V_l)``), and the log theta column by a forward difference of the exact gradient; the fixed-effect
-    / covariance cross block is left 0. None when the start left no such by-products or the matrix
-    is not positive definite (then forward differences are used)."""
+    / covariance cross block is left 0. The log theta curvature can be negative at the start, as in
+    a forward-difference Hessian (the Newton step takes absolute eigenvalues). None when the start
+    left no such by-products or a number is not finite (then forward differences are used)."""
     if prob.seed is None or len(prob.seed[0]) != len(prob.s.terms):
         return None
     s, d = prob.s, prob.s.data
@@ -681,12 +682,7 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
         B[:, -1] = B[-1, :] = col
     B[~free, :] = 0.0
     B[:, ~free] = 0.0
-    idx = np.flatnonzero(free)
-    try:
-        np.linalg.cholesky(B[np.ix_(idx, idx)])
-    except np.linalg.LinAlgError:
-        return None
-    return B
+    return B if np.all(np.isfinite(B)) else None
 
 
 def _restart(s: REStructure, phi: NDArray[np.float64]) -> NDArray[np.float64]:
