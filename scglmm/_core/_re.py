@@ -745,14 +745,15 @@ def _maximise(
 ) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray]:
     """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
-    The negative Hessian starts as forward differences of the gradient and is updated by BFGS after
-    each step; when the Newton decrement falls below :data:`DEC_FRESH` with an updated matrix, the
-    Hessian is recomputed by forward differences of the exact gradient (one evaluation per
-    parameter; the truncation error, about 1e-5 relative, is far below what a standard error needs)
-    and the last steps are Newton steps on it, not updated: convergence (a decrement below 1e-10)
-    and the Hessian returned for the covariance rest on a finite-difference Hessian computed at
-    most a few steps of decrement below :data:`DEC_FRESH` (well under a thousandth of a standard
-    error) before the optimum.
+    The negative Hessian starts as the start's information (``seed``, :func:`_seed_hessian`), else
+    as forward differences of the gradient, and is updated by BFGS after each step; trial points
+    start their modes at the first-order prediction from ``prob.jac``. When the Newton decrement
+    falls below :data:`DEC_FRESH` with an updated matrix, the Hessian is recomputed by forward
+    differences of the exact gradient (one evaluation per parameter; the truncation error, about
+    1e-5 relative, is far below what a standard error needs) and the last steps are Newton steps on
+    it, not updated: convergence (a decrement below 1e-10) and the Hessian returned for the
+    covariance rest on a finite-difference Hessian computed at most a few steps of decrement below
+    :data:`DEC_FRESH` (well under a thousandth of a standard error) before the optimum.
 
     ``first``: the value and gradient at ``phi`` with ``prob.u`` its modes, if known (else evaluated).
 
