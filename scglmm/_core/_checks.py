@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 
-def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts", param: str = "Y") -> None:
+def check_counts(
+    Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts", param: str = "Y"
+) -> None:
     """Raise an input error unless all entries are finite, non-negative integers (never densifies).
 
     ``what`` names the matrix in the message, ``param`` the parameter that passed it.
