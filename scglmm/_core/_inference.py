@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -84,7 +85,9 @@ __all__ = [
     "chibar_sf",
     "lrt_pvalues",
     "mixture_name",
+    "random_slopes",
     "resolve_column",
+    "SlopeEffect",
     "slope_wald_pvalues",
 ]
 
@@ -326,6 +329,136 @@ def _between(c: NDArray, mask: NDArray, Xb: NDArray) -> tuple[bool, int, float]:
         return True, 0, np.nan
     k = float(c[mask] @ np.linalg.pinv(Xd.T @ Xd) @ c[mask])
     return True, df, k
+
+
+# ------------------------------------------------------------------------------------------------
+# random slopes: which fixed effects a term's random coefficients vary, however they are coded
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlopeEffect:
+    """A fixed effect whose information lies in the spread of one term's per-level slopes.
+
+    The level ``l``'s own slope of the ``base`` column is ``weights' b_l`` (``b_l`` the term's random
+    coefficients); the per-level slopes are regressed on ``H`` (one row per level in which ``base``
+    varies: a column of ones for ``base``, one per design column equal within each level to ``base``
+    times a level constant, e.g. ``condition:sex``), and this effect is column ``h_index`` of ``H``.
+    """
+
+    base: int
+    """Design column whose random slope this is (the effect itself, or the slope it interacts with)."""
+    weights: NDArray[np.float64]
+    """(q,) weights of the term's random coefficients giving a level's slope of ``base``."""
+    H: NDArray[np.float64]
+    """(m_s, h) level-constant multipliers of the slope family, one row per level in which ``base`` varies."""
+    h_index: int
+    """Column of ``H`` of this effect."""
+
+    @property
+    def n_levels(self) -> int:
+        """Levels in which the slope varies (the others carry no slope information)."""
+        return int(self.H.shape[0])
+
+    @property
+    def df(self) -> int:
+        """Between-level df: ``n_levels - rank(H)`` (a paired t test on per-level differences)."""
+        return self.n_levels - int(np.linalg.matrix_rank(self.H)) if self.H.size else 0
+
+    def k(self, c: ArrayLike | None = None) -> float:
+        """``c' (H' H)^-1 c`` for weights ``c`` on the columns of ``H`` (default: this effect alone)."""
+        if c is None:
+            c = np.eye(self.H.shape[1])[self.h_index]
+        c = np.asarray(c, dtype=float)
+        return float(c @ np.linalg.pinv(self.H.T @ self.H) @ c)
+
+
+def random_slopes(X: ArrayLike, Z: ArrayLike, codes: ArrayLike, *, tol: float = 1e-8) -> dict[int, SlopeEffect]:
+    """The design columns of ``X`` with a random slope in a term (covariates ``Z``, levels ``codes``).
+
+    A column ``x`` varying within some level has the slope when, within every level, it is (up to a
+    level constant) ``Z a`` with the same ``a`` everywhere (``(1 + condition | g)`` and
+    ``(0 + condition | g)`` alike); its coefficient must be a within-level contrast (``e_j`` in the
+    row space of the within-level centred ``X``). The level's slope is ``w' b_l``, ``w`` the row of
+    ``pinv(P A)`` of ``x`` (``A`` the ``a`` of every such column, ``P`` the projector off the
+    directions of ``Z`` that are constant within levels): the unit vector of the coefficient of the
+    same name, ``(-1, 1)`` for cell-means coding. A within-level contrast that equals within each
+    level a matched column times a level constant joins that column's family (see :class:`SlopeEffect`).
+    """
+    X, Z = np.asarray(X, dtype=float), np.asarray(Z, dtype=float)
+    codes = np.asarray(codes, dtype=np.int64)
+    Xt, Zt = _centre_within(X, codes), _centre_within(Z, codes)
+    within = _row_space_diagonal(Xt, tol) > 1.0 - 1e-6
+    matched = {j: a for j in np.flatnonzero(within) if (a := _same_weights(Xt[:, j], Zt, tol)) is not None}
+    if not matched:
+        return {}
+    W = np.linalg.pinv(_row_projector(Zt, tol) @ np.column_stack(list(matched.values())))
+    out: dict[int, SlopeEffect] = {}
+    others = [int(y) for y in np.flatnonzero(within) if y not in matched]
+    for i, j in enumerate(matched):
+        family, H = _family(Xt, int(j), others, codes, tol)
+        for h, y in enumerate(family):
+            out.setdefault(y, SlopeEffect(base=int(j), weights=W[i], H=H, h_index=h))
+    return out
+
+
+def _family(Xt: NDArray, j: int, others: list[int], codes: NDArray, tol: float) -> tuple[list[int], NDArray]:
+    """Column ``j`` and those of ``others`` equal to it times a level constant within each level (centred
+    columns ``Xt``), and ``H``: their level constants in the levels where ``j`` varies."""
+    family, consts = [j], [_times_level(Xt[:, j], Xt[:, j], codes, tol)]
+    for y in others:
+        c = _times_level(Xt[:, y], Xt[:, j], codes, tol)
+        if c is not None:
+            family.append(y)
+            consts.append(c)
+    return family, np.column_stack(consts)[_varies(Xt[:, j], codes, tol)]
+
+
+def _centre_within(A: NDArray, codes: NDArray) -> NDArray:
+    """``A`` minus its mean within each level."""
+    m = int(codes.max()) + 1 if codes.size else 0
+    sums = np.zeros((m, A.shape[1]))
+    np.add.at(sums, codes, A)
+    cnt = np.maximum(np.bincount(codes, minlength=m), 1).astype(float)
+    return A - (sums / cnt[:, None])[codes]
+
+
+def _row_projector(A: NDArray, tol: float) -> NDArray:
+    """Orthogonal projector onto the row space of ``A`` (numerical rank at relative ``tol``)."""
+    vals, vecs = np.linalg.eigh(A.T @ A)
+    keep = vals > tol * max(float(vals.max(initial=0.0)), 1e-300)
+    V = vecs[:, keep]
+    return V @ V.T
+
+
+def _row_space_diagonal(A: NDArray, tol: float) -> NDArray:
+    """``e_j' P e_j`` per column, ``P`` the projector onto the row space of ``A``: 1 where ``e_j`` lies in it."""
+    return np.diag(_row_projector(A, tol)) if A.size else np.zeros(A.shape[1])
+
+
+def _same_weights(xt: NDArray, Zt: NDArray, tol: float) -> NDArray | None:
+    """``a`` with ``xt = Zt a`` (both centred within levels), or ``None`` if no ``a`` fits every level."""
+    scale = float(np.abs(xt).max(initial=0.0))
+    if scale == 0.0 or Zt.shape[1] == 0:
+        return None
+    a = np.linalg.lstsq(Zt, xt, rcond=None)[0]
+    return a if float(np.abs(xt - Zt @ a).max()) <= tol * scale else None
+
+
+def _varies(xt: NDArray, codes: NDArray, tol: float) -> NDArray:
+    """(m,) levels in which the centred column ``xt`` is not constant."""
+    m = int(codes.max()) + 1
+    dev = np.zeros(m)
+    np.maximum.at(dev, codes, np.abs(xt))
+    return dev > tol * max(float(np.abs(xt).max(initial=0.0)), 1e-300)
+
+
+def _times_level(yt: NDArray, xt: NDArray, codes: NDArray, tol: float) -> NDArray | None:
+    """(m,) level constants ``c_l`` with ``yt = c_l xt`` in every level (0 where ``x`` is constant, and
+    there ``yt`` must be 0), or ``None``."""
+    m = int(codes.max()) + 1
+    xy, xx = np.bincount(codes, xt * yt, m), np.bincount(codes, xt * xt, m)
+    c = np.divide(xy, xx, out=np.zeros(m), where=_varies(xt, codes, tol))
+    scale = max(float(np.abs(yt).max(initial=0.0)), 1e-300)
+    return c if float(np.abs(yt - c[codes] * xt).max(initial=0.0)) <= tol * scale else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -582,6 +715,7 @@ def slope_wald_pvalues(
     n_levels: int,
     df: int,
     calibration: str = DEFAULT_CALIBRATION,
+    k: float | None = None,
 ) -> dict[str, NDArray | float]:
     """Wald test of a fixed effect that has its own random slope, e.g. ``condition`` under
     ``(1 + condition | donor)``.
@@ -604,6 +738,10 @@ def slope_wald_pvalues(
         Levels of the slope's grouping factor and the test's degrees of freedom.
     calibration
         ``"eb"``, ``"t"`` or ``"z"``.
+    k
+        Share of the slope variance in the estimate's, ``(tau2 + w) k`` (default ``1 / n_levels``; an
+        interaction with a level-wide factor, e.g. ``condition:sex``, has ``c' (H' H)^-1 c``, see
+        :class:`SlopeEffect`).
 
     Returns
     -------
@@ -614,7 +752,7 @@ def slope_wald_pvalues(
     var = np.asarray(var, dtype=float)
     n_ok = int(np.sum(np.isfinite(est) & np.isfinite(var) & (var > 0)))
     if calibration == "eb" and df >= 1 and n_ok >= EB_MIN_GENES:
-        eb = eb_donor_variance(est, var, tau2, n_donors=n_levels, df=df, k=1.0 / n_levels)
+        eb = eb_donor_variance(est, var, tau2, n_donors=n_levels, df=df, k=1.0 / n_levels if k is None else k)
         return {"stat": eb["stat"], "p_value": eb["p_value"], "df": np.inf, "eb_prior": eb["prior"]}
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = est / np.sqrt(np.where(var >= 0, var, np.nan))

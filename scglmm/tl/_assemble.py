@@ -15,7 +15,7 @@ import pandas as pd
 
 from .._core._inference import EB_GRID
 from .._layout import StoredFit, rank_key, status_key, varm_key
-from ._re_run import slope_df, slope_groups
+from ._re_run import slope_effects
 
 if TYPE_CHECKING:
     from .._formula import ParsedFormula
@@ -171,8 +171,7 @@ def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
     coefficients, covariance form and levels."""
     if run.re is None:
         return {}
-    terms = slope_groups(run.re.terms, list(run.design.columns))
-    slopes = {c: t.group for c, t in terms.items()}
+    effects = slope_effects(run.re.terms, run.design.matrix, list(run.design.columns))
     return {
         "random_effects": {
             str(spec): {
@@ -185,10 +184,10 @@ def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
             for spec, t in zip(parsed.terms, run.re.terms, strict=True)
         },
         "varcomp_names": list(run.re.varcomp_names),
-        # fixed effects with their own random slope -> its grouping factor, and the between-level df of
-        # their test ("df" holds the reference: inf under "eb", these df under "t")
-        "slope_columns": slopes,
-        "slope_df": {c: float(slope_df(run.design.matrix, t.codes)) for c, t in terms.items()},
+        # fixed effects tested on a term's per-level slopes -> its grouping factor, and the between-level df
+        # of their test ("df" holds the reference: inf under "eb", these df under "t")
+        "slope_columns": {c: ts.term.group for c, ts in effects.items()},
+        "slope_df": {c: float(ts.effect.df) for c, ts in effects.items()},
     }
 
 

@@ -11,14 +11,14 @@ holds what only this path has: the variance components, the modes of every term 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .._core._errors import InvalidValueError
-from .._core._inference import donor_level_design, slope_wald_pvalues
+from .._core._inference import SlopeEffect, random_slopes, slope_wald_pvalues
 from .._core._re_api import REGenesFit, fit_re_genes
 from .._core._results import GenesFit
 from .._core._status import FILTERED
@@ -33,11 +33,14 @@ if TYPE_CHECKING:
     from .._core._re import RETerm
     from .._formula import FixedDesign, ParsedFormula
 
-__all__ = ["RE_CALIBRATIONS", "check_re_options", "fit_any_run", "re_wald_tests", "slope_df", "slope_groups"]
+__all__ = [
+    "RE_CALIBRATIONS", "TermSlope", "check_re_options", "fit_any_run", "re_wald_tests", "slope_effects",
+    "slope_variance",
+]  # fmt: skip
 
 #: Calibrations available with a general structure; the others model only a donor intercept.
 RE_CALIBRATIONS = ("eb", "t", "z")
-#: Calibrations under which a fixed effect with its own random slope is referred to t (see :func:`slope_df`).
+#: Calibrations under which a fixed effect with a random slope is tested on its levels (see :func:`slope_effects`).
 _SLOPE_T = ("eb", "t")
 
 
@@ -182,42 +185,59 @@ def _spread(values: np.ndarray, idx: np.ndarray, n_genes: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # tests: the random-slope calibration
 # ------------------------------------------------------------------------------------------------
-def slope_groups(terms: tuple[RETerm, ...], columns: list[str]) -> dict[str, RETerm]:
-    """For each design column with its own random slope (a non-intercept coefficient of the same name in a
-    term), the term whose grouping factor has the fewest levels."""
-    out: dict[str, RETerm] = {}
+@dataclass(frozen=True)
+class TermSlope:
+    """A fixed effect tested on the per-level slopes of one term (see :func:`slope_effects`)."""
+
+    term: RETerm
+    effect: SlopeEffect
+
+
+def slope_effects(terms: tuple[RETerm, ...], X: np.ndarray, columns: list[str]) -> dict[str, TermSlope]:
+    """For each design column that one of ``terms`` gives a random slope (however the term codes it, see
+    :func:`scglmm._core._inference.random_slopes`), or that interacts with such a slope and a level-wide
+    factor, the term whose grouping factor has the fewest levels."""
+    out: dict[str, TermSlope] = {}
     for t in terms:
-        for c in t.coef_names:
-            if c != "Intercept" and c in columns and (c not in out or t.m < out[c].m):
-                out[c] = t
+        for j, eff in random_slopes(X, t.Z, t.codes).items():
+            c = columns[j]
+            if c not in out or t.m < out[c].term.m:
+                out[c] = TermSlope(t, eff)
     return out
 
 
-def slope_df(X: np.ndarray, codes: np.ndarray) -> int:
-    """Levels of the grouping factor minus the rank of the design columns constant within each level
-    (the intercept and the level-wide covariates): the df of a paired t test on per-level differences."""
-    mask, means = donor_level_design(X, codes)
-    r = int(np.linalg.matrix_rank(means[:, mask])) if mask.any() else 0
-    return int(means.shape[0] - r)
+def slope_variance(varcomp: np.ndarray, names: list[str], term: RETerm, w: np.ndarray) -> np.ndarray:
+    """``w' Sigma w`` per gene: the variance of ``w' b_l``, ``Sigma`` the covariance of ``term``'s random
+    coefficients from the variances and correlations ``varcomp`` (G, columns ``names``)."""
+    sd = [np.sqrt(np.maximum(varcomp[:, names.index(f"var({c}|{term.group})")], 0.0)) for c in term.coef_names]
+    out = np.zeros(varcomp.shape[0])
+    for i, a in enumerate(term.coef_names):
+        out += w[i] ** 2 * sd[i] ** 2
+        for k in range(i + 1, term.q):
+            col = f"cor({a},{term.coef_names[k]}|{term.group})"
+            if w[i] != 0 and w[k] != 0 and col in names:  # none in a diagonal (||) term
+                out += 2.0 * w[i] * w[k] * varcomp[:, names.index(col)] * sd[i] * sd[k]
+    return out
 
 
 def re_wald_tests(run: Run, calibration: str) -> WaldTests:
-    """:func:`._run.wald_tests`, then for ``"eb"`` and ``"t"`` each fixed effect with its own random slope is
-    tested by :func:`scglmm._core._inference.slope_wald_pvalues` on the levels of the slope's grouping factor:
-    with ``"t"`` on t with :func:`slope_df` degrees of freedom, with ``"eb"`` (the default) on the
-    empirical-Bayes prior of the slope variance across genes (``eb_prior`` stored per column)."""
+    """:func:`._run.wald_tests`, then for ``"eb"`` and ``"t"`` each fixed effect with a random slope
+    (:func:`slope_effects`) is tested by :func:`scglmm._core._inference.slope_wald_pvalues` on the levels
+    in which the slope varies: with ``"t"`` on t with the effect's ``df``, with ``"eb"`` (the default) on
+    the empirical-Bayes prior of the slope variance ``w' Sigma w`` across genes (``eb_prior`` stored per
+    column)."""
     tests = wald_tests(run, calibration)
     if run.re is None or calibration not in _SLOPE_T:
         return tests
     cols = list(run.design.columns)
     pval, stat, df = tests.pval.copy(), tests.stat.copy(), dict(tests.df)
     eb_prior = dict(tests.eb_prior)
-    for col, term in slope_groups(run.re.terms, cols).items():
-        j = cols.index(col)
-        tau2 = run.re.varcomp[:, run.re.varcomp_names.index(f"var({col}|{term.group})")]
+    for col, ts in slope_effects(run.re.terms, run.design.matrix, cols).items():
+        j, eff = cols.index(col), ts.effect
+        tau2 = slope_variance(run.re.varcomp, run.re.varcomp_names, ts.term, eff.weights)
         out = slope_wald_pvalues(
-            run.fit.coef[:, j], run.fit.se[:, j] ** 2, tau2, n_levels=term.m,
-            df=slope_df(run.design.matrix, term.codes), calibration=calibration,
+            run.fit.coef[:, j], run.fit.se[:, j] ** 2, tau2, n_levels=eff.n_levels, df=eff.df,
+            calibration=calibration, k=eff.k(),
         )  # fmt: skip
         stat[:, j], pval[:, j], df[col] = out["stat"], out["p_value"], float(out["df"])
         eb_prior.pop(col, None)

@@ -24,7 +24,7 @@ from .._core._inference import slope_wald_pvalues
 from .._core._re_api import fit_re_genes
 from .._formula import ParsedFormula, RETermSpec, build_design, build_re_terms, parse_fit_formula
 from .._logging import progress_bar
-from ._re_run import RE_CALIBRATIONS, slope_df, slope_groups
+from ._re_run import RE_CALIBRATIONS, TermSlope, slope_effects, slope_variance
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,8 +61,9 @@ def check_re_calibration(params: Mapping, calibration: str, sub: str) -> None:
 
 
 def slope_contrast_columns(params: Mapping, vec: np.ndarray, calibration: str) -> list[str]:
-    """The columns that ``vec`` weights and that have their own random slope, when ``calibration`` tests
-    such effects on the levels of the slope's grouping factor (``"eb"``, ``"t"``); else none."""
+    """The columns that ``vec`` weights and that have a random slope (:func:`._re_run.slope_effects`), when
+    ``calibration`` tests such effects on the levels of the slope's grouping factor (``"eb"``, ``"t"``); else
+    none."""
     slopes = params.get("slope_columns") or {}
     if calibration not in SLOPE_T or not slopes:
         return []
@@ -74,13 +75,15 @@ def slope_contrast_test(
     params: Mapping, obs: pd.DataFrame, varcomp: pd.DataFrame, vec: np.ndarray, est: np.ndarray, var: np.ndarray,
     *, columns: list[str], calibration: str,
 ) -> dict:  # fmt: skip
-    """The Wald test of a contrast that weights the fixed effects ``columns``, which have their own random slope,
+    """The Wald test of a contrast that weights the fixed effects ``columns``, which have a random slope,
     by :func:`scglmm._core._inference.slope_wald_pvalues`, as :func:`._re_run.re_wald_tests` tests one of them.
 
-    The df are the smallest :func:`._re_run.slope_df` of ``columns`` on the run's cells ``obs``. With ``"eb"``
-    and all of ``columns`` in one term, the slope variance of the contrast is ``c_s' Sigma_s c_s`` (``c_s``
-    its weights on ``columns``, ``Sigma_s`` their fitted covariance from ``varcomp``); columns of
-    different terms have no common levels and are tested as under ``"t"``.
+    The df are the smallest of ``columns`` (:func:`._re_run.slope_effects` on the run's cells ``obs``). With
+    ``"eb"`` and all of ``columns`` in one slope family (a slope and its interactions with level-wide factors)
+    the slope variance is the family's ``w' Sigma w`` and ``k = c' (H' H)^-1 c``; with all of them slopes of
+    one term, the contrast's per-level slope ``(sum_j c_j w_j)' b_l`` has the variance ``v' Sigma v``,
+    ``v = sum_j c_j w_j``, and ``k = 1 / levels``; otherwise (different terms or families) it is tested as
+    under ``"t"``.
 
     Returns
     -------
@@ -88,32 +91,40 @@ def slope_contrast_test(
     """
     design = build_design(str(params["fixed_formula"]), obs)
     terms = build_re_terms(random_specs(parse_fit_formula(str(params["formula"]))), obs)
-    groups = slope_groups(tuple(terms), list(design.columns))
-    df = min(slope_df(design.matrix, groups[c].codes) for c in columns)
-    term = groups[columns[0]]
-    if calibration == "eb" and all(groups[c] is term for c in columns):
-        weights = {c: float(vec[list(design.columns).index(c)]) for c in columns}
-        tau2, n_levels = _slope_variance(varcomp, term, weights), term.m
-    else:
-        calibration, tau2, n_levels = "t", np.zeros_like(est), term.m
-    out = slope_wald_pvalues(est, var, tau2, n_levels=n_levels, df=df, calibration=calibration)
+    cols = list(design.columns)
+    found = slope_effects(tuple(terms), design.matrix, cols)
+    effects = {c: found[c] for c in columns}
+    df = min(ts.effect.df for ts in effects.values())
+    c = {col: float(vec[cols.index(col)]) for col in columns}
+    tau2, k, n_levels = _contrast_slope(varcomp, effects, c, calibration)
+    if tau2 is None:
+        calibration, tau2 = "t", np.zeros_like(est)
+    out = slope_wald_pvalues(est, var, tau2, n_levels=n_levels, df=df, calibration=calibration, k=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         se_test = np.abs(est / out["stat"])
     return {"stat": out["stat"], "p_value": out["p_value"], "df": out["df"], "se_test": se_test, "slope_df": df}
 
 
-def _slope_variance(varcomp: pd.DataFrame, term: RETerm, weights: dict[str, float]) -> np.ndarray:
-    """``c' Sigma c`` per gene for the random coefficients ``weights`` (name -> weight) of ``term``."""
-    names = [c for c in term.coef_names if c in weights]
-    sd = {c: np.sqrt(np.maximum(varcomp[f"var({c}|{term.group})"].to_numpy(dtype=float), 0.0)) for c in names}
-    out = np.zeros(len(varcomp))
-    for i, a in enumerate(names):
-        out += weights[a] ** 2 * sd[a] ** 2
-        for b in names[i + 1 :]:
-            col = f"cor({a},{b}|{term.group})"
-            if col in varcomp.columns:  # none in a diagonal (||) term
-                out += 2.0 * weights[a] * weights[b] * varcomp[col].to_numpy(dtype=float) * sd[a] * sd[b]
-    return out
+def _contrast_slope(
+    varcomp: pd.DataFrame, effects: dict[str, TermSlope], c: dict[str, float], calibration: str
+) -> tuple[np.ndarray | None, float | None, int]:
+    """Slope variance per gene, ``k`` and levels of the contrast ``c`` (column -> weight) under ``"eb"``;
+    ``(None, None, levels)`` when it has none (not ``"eb"``, or columns of different terms or families)."""
+    first = next(iter(effects.values()))
+    term, n_levels = first.term, min(ts.effect.n_levels for ts in effects.values())
+    names, values = list(varcomp.columns), varcomp.to_numpy(dtype=float)
+    if calibration != "eb" or any(ts.term is not term for ts in effects.values()):
+        return None, None, n_levels
+    eff = first.effect
+    if all(ts.effect.base == eff.base for ts in effects.values()):  # one slope and its interactions
+        h = np.zeros(eff.H.shape[1])
+        for col, ts in effects.items():
+            h[ts.effect.h_index] += c[col]
+        return slope_variance(values, names, term, eff.weights), eff.k(h), eff.n_levels
+    if all(ts.effect.H.shape[1] == 1 for ts in effects.values()):  # several slopes, no interactions
+        v = sum(c[col] * ts.effect.weights for col, ts in effects.items())
+        return slope_variance(values, names, term, np.asarray(v)), 1.0 / n_levels, n_levels
+    return None, None, n_levels
 
 
 # ------------------------------------------------------------------------------------------------
