@@ -26,7 +26,8 @@ from scglmm._core._re_api import fit_re_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 from scglmm.cli import cli
 from scglmm.get._log10p import log10_mixture_sf
-from scglmm.tl._re_test import _slope_variance, compare_terms
+from scglmm.tl._re_run import slope_variance
+from scglmm.tl._re_test import compare_terms
 
 STIM = "condition[T.stim]"
 SLOPE = "~ condition + (1 + condition | donor)"
@@ -120,21 +121,26 @@ def test_slope_variance_of_a_contrast() -> None:
     """c' Sigma c from the variances and correlations of one term, by hand; a diagonal term has no covariance."""
     vc = pd.DataFrame({"var(a|g)": [0.4, 0.0], "var(b|g)": [0.9, 0.25], "cor(a,b|g)": [-0.5, 0.3]})
     term = _term("g", ("Intercept", "a", "b"))
-    got = _slope_variance(vc, term, {"a": 2.0, "b": -1.0})
+    vc["var(Intercept|g)"] = [7.0, 7.0]  # weight 0: no part
+    names, values = list(vc.columns), vc.to_numpy()
+    got = slope_variance(values, names, term, np.array([0.0, 2.0, -1.0]))
     np.testing.assert_allclose(got, [4 * 0.4 + 0.9 - 2 * 2 * (-0.5) * np.sqrt(0.4 * 0.9), 0.25], rtol=1e-14)
     diag = _term("g", ("a", "b"), diagonal=True)
-    np.testing.assert_allclose(_slope_variance(vc.drop(columns="cor(a,b|g)"), diag, {"a": 1, "b": 1}), [1.3, 0.25])
+    dvc = vc.drop(columns="cor(a,b|g)")
+    got = slope_variance(dvc.to_numpy(), list(dvc.columns), diag, np.array([1.0, 1.0]))
+    np.testing.assert_allclose(got, [1.3, 0.25])
 
 
 def test_slope_df_recomputed_for_a_z_fit_and_smallest_of_several() -> None:
-    """A fit under "z" tested under "t" gets 8 - 1. With the covariate's own slope by sample (16 samples - rank
-    of [1, condition] = 14 df), a contrast of both slopes (different terms) is t on the smaller, 7."""
+    """A fit under "z" tested under "t" gets 8 - 1. With the covariate's own slope by sample (16 samples - 1:
+    the condition, constant within samples, does not interact with the covariate), a contrast of both slopes
+    (different terms) is t on the smaller, 7."""
     a = fitted(WALD, calibration="z", n_genes=30)
     name = scglmm.tl.test(a, "condition", calibration="t")
     z = a.varm["scglmm_coef"][STIM] / a.varm["scglmm_se"][STIM]
     np.testing.assert_allclose(contrast(a, name)["p_value"], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-12)
     b = fitted("~ condition + covariate + (1 + condition | donor) + (0 + covariate | sample)", n_genes=12)
-    assert b.uns["scglmm"]["params"]["slope_df"] == {STIM: 7.0, "covariate": 14.0}
+    assert b.uns["scglmm"]["params"]["slope_df"] == {STIM: 7.0, "covariate": 15.0}
     name = scglmm.tl.test(b, "covariate")
     np.testing.assert_allclose(contrast(b, name)["p_value"], b.varm["scglmm_pval"]["covariate"], rtol=1e-12, atol=0)
     name = scglmm.tl.test(b, f"{STIM} - covariate")

@@ -146,13 +146,26 @@ def test_slope_eb_with_few_genes_is_t() -> None:
 
 
 
-def test_slope_df_counts_level_wide_columns() -> None:
-    """A donor-level covariate in the design takes one more df: 8 - 2."""
+def test_slope_df_level_wide_columns_and_interactions() -> None:
+    """A donor-level covariate does not enter the donors' differences: 8 - 1, as the paired t test. Its
+    interaction with the condition is a slope of the same term, tested with the condition on t(8 - 2)."""
     a = data("slope")
     a.obs["sex"] = np.where(a.obs["donor"].astype(str).isin(["D01", "D02", "D03", "D04"]), "f", "m")
     b = a[:, :2].copy()
     scglmm.tl.fit(b, "~ condition + sex + (1 + condition | donor)", size_factors="libsize", calibration="t")
-    assert b.uns["scglmm"]["params"]["df"][STIM] == 6.0
+    params = b.uns["scglmm"]["params"]
+    assert params["df"][STIM] == 7.0 == params["slope_df"][STIM]
+    assert params["slope_columns"] == {STIM: "donor"}
+    c = a[:, :2].copy()
+    scglmm.tl.fit(c, "~ condition * sex + (1 + condition | donor)", size_factors="libsize", calibration="t")
+    params = c.uns["scglmm"]["params"]
+    inter = f"{STIM}:sex[T.m]"
+    assert params["slope_columns"] == {STIM: "donor", inter: "donor"}
+    assert params["slope_df"] == {STIM: 6.0, inter: 6.0} and params["df"][inter] == 6.0
+    from scipy import stats
+
+    z = c.varm["scglmm_coef"][inter] / c.varm["scglmm_se"][inter]
+    np.testing.assert_allclose(c.varm["scglmm_pval"][inter], 2 * stats.t.sf(np.abs(z), 6), rtol=1e-12)
 
 
 def test_single_intercept_keeps_its_path() -> None:

@@ -391,6 +391,7 @@ def random_slopes(X: ArrayLike, Z: ArrayLike, codes: ArrayLike, *, tol: float = 
     if not matched:
         return {}
     W = np.linalg.pinv(_row_projector(Zt, tol) @ np.column_stack(list(matched.values())))
+    W = np.where(np.abs(W - np.round(W)) <= 1e-9, np.round(W), W)  # codings give integers: exact unit vectors
     out: dict[int, SlopeEffect] = {}
     others = [int(y) for y in np.flatnonzero(within) if y not in matched]
     for i, j in enumerate(matched):

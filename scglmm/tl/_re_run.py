@@ -209,10 +209,12 @@ def slope_effects(terms: tuple[RETerm, ...], X: np.ndarray, columns: list[str]) 
 def slope_variance(varcomp: np.ndarray, names: list[str], term: RETerm, w: np.ndarray) -> np.ndarray:
     """``w' Sigma w`` per gene: the variance of ``w' b_l``, ``Sigma`` the covariance of ``term``'s random
     coefficients from the variances and correlations ``varcomp`` (G, columns ``names``)."""
-    sd = [np.sqrt(np.maximum(varcomp[:, names.index(f"var({c}|{term.group})")], 0.0)) for c in term.coef_names]
+    var = [np.maximum(varcomp[:, names.index(f"var({c}|{term.group})")], 0.0) for c in term.coef_names]
+    sd = [np.sqrt(v) for v in var]
     out = np.zeros(varcomp.shape[0])
     for i, a in enumerate(term.coef_names):
-        out += w[i] ** 2 * sd[i] ** 2
+        if w[i] != 0:
+            out += w[i] ** 2 * var[i]
         for k in range(i + 1, term.q):
             col = f"cor({a},{term.coef_names[k]}|{term.group})"
             if w[i] != 0 and w[k] != 0 and col in names:  # none in a diagonal (||) term
