@@ -159,3 +159,37 @@ def test_cell_means_slope_same_tests_as_treatment(calibration: str) -> None:
         np.testing.assert_allclose(zero.varm["scglmm_pval"][STIM], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-12)
     else:
         np.testing.assert_allclose(p0["eb_prior"][STIM], p1["eb_prior"][STIM], rtol=0, atol=1e-4)
+
+
+def test_cell_means_contrast_same_as_treatment() -> None:
+    """tl.test of the condition on the cell-means-coded fit: the slope's test, as on the treatment-coded fit."""
+    one, zero = fitted("1 + condition", "eb").copy(), fitted("0 + condition", "eb").copy()
+    n1, n0 = scglmm.tl.test(one, "condition"), scglmm.tl.test(zero, "condition")
+    assert zero.uns["scglmm"]["contrasts"][n0]["slope_df"] == 7.0
+    r1, r0 = one.varm[f"scglmm_contrast_{n1}"], zero.varm[f"scglmm_contrast_{n0}"]
+    ok = np.isfinite(r1["p_value"]).to_numpy()
+    assert ok.sum() >= EB_MIN_GENES
+    np.testing.assert_allclose(r0["p_value"][ok], r1["p_value"][ok], rtol=3e-4)
+    np.testing.assert_allclose(r0["p_value"][ok], zero.varm["scglmm_pval"][STIM][ok], rtol=1e-12)
+
+
+def test_interaction_contrast_is_tested_on_its_slope_family() -> None:
+    """``~ condition * sex``: the male donors' mean response (``stim + stim:sex``) is tested by "eb" on the
+    slope variance with ``k = 1/4`` (4 male donors) and 8 - 2 df, the same numbers as the numerics."""
+    from scglmm._core._inference import eb_donor_variance
+
+    a = ad.read_h5ad(REF / "slope.h5ad")[:, : EB_MIN_GENES + 10].copy()
+    a.obs["sex"] = np.where(a.obs["donor"].astype(str).isin(["D01", "D02", "D03", "D04"]), "f", "m")
+    formula = "~ condition * sex + (1 + condition | donor)"
+    scglmm.tl.fit(a, formula, size_factors="libsize", min_cells=None, min_donors=None, progress=False)
+    name = scglmm.tl.test(a, f"{STIM} + {INTER}")
+    info = a.uns["scglmm"]["contrasts"][name]
+    assert list(info["slope_columns"]) == [STIM, INTER] and info["slope_df"] == 6.0
+    res = a.varm[f"scglmm_contrast_{name}"]
+    ok = np.isfinite(res["estimate"]).to_numpy()
+    tau2 = a.varm["scglmm_varcomp"][f"var({STIM}|donor)"].to_numpy()[ok]
+    est, var = res["estimate"].to_numpy()[ok], res["se"].to_numpy()[ok] ** 2
+    ref = eb_donor_variance(est, var, tau2, n_donors=8, df=6, k=0.25)
+    np.testing.assert_allclose(res["p_value"].to_numpy()[ok], ref["p_value"], rtol=1e-12)
+    off = eb_donor_variance(est, var, tau2, n_donors=8, df=6, k=1 / 8)  # the k of a slope without interaction
+    assert np.max(np.abs(np.log(off["p_value"] / ref["p_value"]))) > 1e-3  # k matters here

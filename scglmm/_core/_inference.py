@@ -718,7 +718,7 @@ def slope_wald_pvalues(
     calibration: str = DEFAULT_CALIBRATION,
     k: float | None = None,
 ) -> dict[str, NDArray | float]:
-    """Wald test of a fixed effect that has its own random slope, e.g. ``condition`` under
+    """Wald test of a fixed effect that has a random slope, e.g. ``condition`` under
     ``(1 + condition | donor)``.
 
     Its information comes from the spread of the levels' own slopes, as in a paired t test on

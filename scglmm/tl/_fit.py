@@ -126,16 +126,18 @@ def fit(
         ``"satterthwaite_floor"``; the calibration study behind the default and what each option
         does are in ``docs/calibration.md``.
 
-        With a general random-effect structure, a fixed effect that has its own random slope
-        (a design column with the same name among a term's coefficients, e.g.
-        ``condition[T.stim]`` in ``(1 + condition | donor)``) draws its information from the
-        levels of that term's grouping factor (the fewest if several terms have the slope), like
-        a paired t test on per-donor differences, with ``m - r`` degrees of freedom: ``m`` those
-        levels, ``r`` the rank of the design columns constant within each of them (the intercept
-        and the level-wide covariates); ``n_donors - 1`` for a condition measured in every donor
+        With a general random-effect structure, a fixed effect that has a random slope (a
+        design column that within every level is the term's covariates times the same weights,
+        e.g. ``condition[T.stim]`` in ``(1 + condition | donor)`` or ``(0 + condition | donor)``),
+        or that is such a column times a level-wide factor (``condition[T.stim]:sex[T.m]``), draws
+        its information from the levels of that term's grouping factor (the fewest if several
+        terms have the slope), like a paired t test on per-donor differences, with ``m - h``
+        degrees of freedom: ``m`` the levels in which the slope varies, ``h`` the rank of the
+        slope and its interactions with level-wide columns; ``n_donors - 1`` for a condition
+        measured in every donor, with or without level-wide covariates
         (``uns[key]['params']['slope_df']``). ``"eb"`` tests it with an empirical-Bayes prior of
         the slope variance across genes (falling back to ``"t"`` below 50 genes), ``"t"`` refers
-        ``coef / se`` to t with ``m - r`` degrees of freedom, ``"z"`` to the normal. The other
+        ``coef / se`` to t with ``m - h`` degrees of freedom, ``"z"`` to the normal. The other
         columns keep the rules above, with the first term's grouping factor as donor and its
         intercept variance as the donor variance.
     rank_coef

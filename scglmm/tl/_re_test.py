@@ -1,6 +1,6 @@
 """:func:`scglmm.tl.test` on random effects beyond one donor intercept, and tests of variance components.
 
-- Wald contrasts that weight a fixed effect with its own random slope are tested on the levels of the
+- Wald contrasts that weight a fixed effect with a random slope are tested on the levels of the
   slope's grouping factor (:func:`slope_contrast_test`), as :func:`._re_run.re_wald_tests` tests single
   coefficients.
 - A likelihood-ratio test compares the random effects of the reduced model with the fitted ones

@@ -62,12 +62,13 @@ def test(
     ``method="wald"`` uses the stored coefficients and covariance (no refit): the estimate
     ``c' beta``, its standard error ``sqrt(c' V c)`` and a two-sided p-value whose reference
     distribution follows ``calibration`` (see :func:`scglmm.tl.fit`). On a fit with random slopes,
-    under ``"eb"`` and ``"t"`` a contrast that weights a fixed effect with its own random slope is
+    under ``"eb"`` and ``"t"`` a contrast that weights a fixed effect with a random slope is
     tested on the levels of the slope's grouping factor, as the coefficient itself in
-    :func:`scglmm.tl.fit`: ``"t"`` refers it to t with the slope's degrees of freedom (levels minus
-    the rank of the level-constant design columns; the smallest if it weights several), ``"eb"`` to
-    the empirical-Bayes prior of the contrast's slope variance ``c' Sigma c`` across genes (as
-    ``"t"`` when the weighted slopes belong to different terms, or with fewer than 50 genes).
+    :func:`scglmm.tl.fit`: ``"t"`` refers it to t with the slope's degrees of freedom (the smallest
+    if it weights several), ``"eb"`` to the empirical-Bayes prior of the contrast's slope variance
+    across genes (``v' Sigma v`` with ``v`` the contrast of the slopes' weights on the random
+    coefficients; as ``"t"`` when the weighted slopes belong to different terms, or with fewer than
+    50 genes).
 
     ``method="lrt"`` refits the reduced model with identical settings (cells, genes, offset, layer,
     ``n_agq``; random effects as fitted unless ``reduced_formula`` changes them) and refers
