@@ -145,7 +145,6 @@ def test_slope_eb_with_few_genes_is_t() -> None:
     np.testing.assert_allclose(a.varm["scglmm_pval"][STIM], 2 * stats.t.sf(np.abs(z), 7), rtol=1e-14)
 
 
-
 def test_slope_df_level_wide_columns_and_interactions() -> None:
     """A donor-level covariate does not enter the donors' differences: 8 - 1, as the paired t test. Its
     interaction with the condition is a slope of the same term, tested with the condition on t(8 - 2)."""
