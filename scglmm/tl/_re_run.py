@@ -21,13 +21,10 @@ from .._core._errors import InvalidValueError
 from .._core._inference import SlopeEffect, random_slopes, slope_wald_pvalues
 from .._core._re_api import REGenesFit, fit_re_genes
 from .._core._results import GenesFit
-from .._core._status import FILTERED
 from .._formula import build_re_terms
 from .._inputs import gene_counts
 from .._logging import logger, progress_bar
-from ._expression import expression_table
-from ._report import status_summary
-from ._run import FitOptions, REParts, Run, WaldTests, fit_run, scatter_genes, wald_tests
+from ._run import FitOptions, REParts, Run, WaldTests, finish_run, fit_run, wald_tests
 
 if TYPE_CHECKING:
     from .._core._re import RETerm
@@ -103,10 +100,6 @@ def fit_re_run(
         desc, idx.size, len(obs), " + ".join(str(t) for t in parsed.terms), design.columns, options.n_jobs,
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, terms, log_off, options, desc=desc)
-    fill = {"status": FILTERED, "n_iter": 0, "n_nonzero": ncell}
-    fit = scatter_genes(_as_genes_fit(part, terms[0], ncell[idx]), idx, len(var_names), fill=fill)
-    center = float(np.mean(log_off)) if len(log_off) else 0.0
-    expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
     re_parts = REParts(
         terms=terms,
         varcomp=_spread(part.varcomp, idx, len(var_names)),
@@ -114,18 +107,8 @@ def fit_re_run(
         modes=_spread(part.modes, idx, len(var_names)),
         mode_names=list(part.mode_names),
     )
-    return Run(
-        design=design,
-        fit=fit,
-        donor_codes=codes,
-        n_filtered=int(len(var_names) - idx.size),
-        seconds=time.perf_counter() - t0,
-        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
-        expression=expression,
-        expression_levels=levels,
-        size_factor_center=center,
-        re=re_parts,
-    )
+    fit = _as_genes_fit(part, terms[0], ncell[idx])
+    return finish_run(obs, Y, log_off, design, fit, codes, len(donors), idx, ncell, var_names, t0, re=re_parts)
 
 
 def _fit_kept(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .._core._re import RETerm
     from .._formula import FixedDesign
 
-__all__ = ["FitOptions", "REParts", "Run", "WaldTests", "fit_run", "scatter_genes", "wald_tests"]
+__all__ = ["FitOptions", "REParts", "Run", "WaldTests", "finish_run", "fit_run", "scatter_genes", "wald_tests"]
 
 #: Fields of :class:`GenesFit` that describe the run, not one gene each.
 _RUN_FIELDS = ("coef_names", "donors")
@@ -124,6 +124,15 @@ def fit_run(
         desc, idx.size, len(obs), len(donors), design.columns, options.n_agq, options.n_jobs,
     )  # fmt: skip
     part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
+    return finish_run(obs, Y, log_off, design, part, codes, len(donors), idx, ncell, var_names, t0)
+
+
+def finish_run(
+    obs: pd.DataFrame, Y, log_off: np.ndarray, design: FixedDesign, part: GenesFit, codes: np.ndarray,
+    n_donors: int, idx: np.ndarray, ncell: np.ndarray, var_names: pd.Index, t0: float, *, re: REParts | None = None,
+) -> Run:  # fmt: skip
+    """The :class:`Run` of the kept genes ``idx`` fitted as ``part``: spread onto every gene (the others
+    ``filtered``), with the status summary and the expression table every run stores."""
     fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
     center = float(np.mean(log_off)) if len(log_off) else 0.0
     expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
@@ -133,10 +142,11 @@ def fit_run(
         donor_codes=codes,
         n_filtered=int(len(var_names) - idx.size),
         seconds=time.perf_counter() - t0,
-        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=len(donors)),
+        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=n_donors),
         expression=expression,
         expression_levels=levels,
         size_factor_center=center,
+        re=re,
     )
 
 
