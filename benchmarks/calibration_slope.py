@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from scglmm import fit_genes
 from scglmm._core._inference import slope_wald_pvalues
-from scglmm._core._re_api import fit_re_genes
 from scglmm._formula import build_re_terms, parse_re_formula
 from scglmm.datasets import simulate
 
@@ -38,7 +38,7 @@ def fit_slope(Y, obs: pd.DataFrame, off: np.ndarray) -> dict:
     """The random-slope fit of every gene: what its tests need."""
     terms = build_re_terms(parse_re_formula(SLOPE_FORMULA).terms, obs)
     X = np.column_stack([np.ones(len(obs)), (obs["condition"] == "stim").to_numpy(float)])
-    r = fit_re_genes(Y, X, terms, off, coef_names=["Intercept", "condition[T.stim]"], check=False)
+    r = fit_genes(Y, X, terms, off, coef_names=["Intercept", "condition[T.stim]"], check=False)
     tau2 = r.varcomp[:, r.varcomp_names.index("var(condition[T.stim]|donor)")]
     return {"coef": r.coef[:, 1], "se": r.se[:, 1], "tau2": tau2, "status": r.status, "m": terms[0].m}
 

@@ -2,7 +2,7 @@
 
 Each tree (e.g. ``main``'s worktree and a branch's) is imported in its own subprocess, one after the
 other in this command, and fits the paired data of :mod:`cpu_time` (``--genes`` genes, slope, nested,
-crossed; ``fit_re_genes``, ``n_jobs=1``, CPU time of the process, median of ``--repeats``). Then the
+crossed; ``fit_genes``, ``n_jobs=1``, CPU time of the process, median of ``--repeats``). Then the
 second tree's fits are compared with the first's: CPU ms/gene and their ratio, median evaluations,
 the largest difference of the log-likelihoods, the largest relative difference of the SEs, and the
 number of genes whose status differs.
@@ -30,7 +30,7 @@ sys.path[:0] = [root, root + "/benchmarks"]
 import scglmm
 assert scglmm.__file__.startswith(root), scglmm.__file__
 from cpu_time import RE_FORMULAS, paired_data
-from scglmm._core._re_api import fit_re_genes
+from scglmm import fit_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 adata = paired_data(n_genes)
 Y = adata.X.tocsc()
@@ -40,11 +40,11 @@ for name in sys.argv[5].split(","):
     parsed = parse_re_formula(RE_FORMULAS[name])
     X = build_design(parsed.fixed, adata.obs).matrix
     terms = build_re_terms(parsed.terms, adata.obs)
-    fit_re_genes(Y[:, :2], X, terms, off)
+    fit_genes(Y[:, :2], X, terms, off)
     times = []
     for _ in range(repeats):
         t0 = time.process_time()
-        r = fit_re_genes(Y, X, terms, off)
+        r = fit_genes(Y, X, terms, off)
         times.append(time.process_time() - t0)
     res[name + "_ms"] = 1000 * np.median(times) / n_genes
     res[name + "_loglik"], res[name + "_se"], res[name + "_status"] = r.loglik, r.se, r.status

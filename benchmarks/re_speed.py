@@ -3,7 +3,7 @@
 Data: the copies of the glmmTMB reference sets in ``tests/data/reference_re`` (8 donors, 1,417
 cells, 150 genes each). For each set, the formula of its glmmTMB fit is parsed by
 :func:`scglmm._formula.parse_re_formula`, its terms built from ``obs`` and every gene fitted by
-:func:`scglmm._core._re_api.fit_re_genes` (one core, after a warm-up that compiles the kernels);
+:func:`scglmm.fit_genes` with random-effect terms (one core, after a warm-up that compiles the kernels);
 the baseline is :func:`scglmm.fit_genes` with ``(1 | donor)`` on the same counts and fixed design.
 glmmTMB's median seconds per gene on these sets (from the reference README, one core) are shown
 for scale.
@@ -25,7 +25,7 @@ import numpy as np
 from scipy import sparse
 
 import scglmm
-from scglmm._core._re_api import fit_re_genes
+from scglmm import fit_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +48,10 @@ def run_set(kind: str, formula: str, n_genes: int) -> dict:
     design = build_design(parsed.fixed, a.obs)
     terms = build_re_terms(parsed.terms, a.obs)
     off = np.log(a.obs["libsize"].to_numpy(float))
-    fit_re_genes(Y[:, :2], design.matrix, terms, off)  # compile / load the kernels
+    fit_genes(Y[:, :2], design.matrix, terms, off)  # compile / load the kernels
     scglmm.fit_genes(Y[:, :2], design.matrix, a.obs["donor"].to_numpy(), off)
     t0 = time.perf_counter()
-    fit = fit_re_genes(Y, design.matrix, terms, off, coef_names=design.columns)
+    fit = fit_genes(Y, design.matrix, terms, off, coef_names=design.columns)
     t_re = time.perf_counter() - t0
     t0 = time.perf_counter()
     scglmm.fit_genes(Y, design.matrix, a.obs["donor"].to_numpy(), off)

@@ -7,7 +7,6 @@ from importlib.metadata import PackageNotFoundError, version
 from . import datasets, get, pl, tl
 from ._core._api import fit_gene, fit_genes
 from ._core._re import RETerm
-from ._core._re_api import REGenesFit
 from ._core._results import GeneFit, GenesFit
 from ._core._status import status_name
 from ._formula import random_terms
@@ -20,7 +19,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "GeneFit",
     "GenesFit",
-    "REGenesFit",
     "RETerm",
     "fit_gene",
     "fit_genes",

@@ -40,8 +40,14 @@ class ParsedFormula:
 
     @property
     def general(self) -> bool:
-        """Whether the random effects are fitted by the general engine (anything but one ``(1 | donor)``)."""
+        """Whether the random effects are anything but one ``(1 | donor)`` (stored with their variance
+        components and modes rather than as donor effects)."""
         return bool(self.terms)
+
+    @property
+    def specs(self) -> tuple[RETermSpec, ...]:
+        """The random-effect terms; ``(1 | donor)`` as one term."""
+        return self.terms if self.general else (RETermSpec(lhs="1", group=(self.donor,)),)
 
 
 def parse_formula(formula: str) -> ParsedFormula:

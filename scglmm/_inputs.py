@@ -209,12 +209,17 @@ def calibration(value: object, *, or_none: bool = False) -> str | None:
     return str(value)
 
 
+def _positive_int(value: object, name: str, note: str = "") -> int:
+    """``value`` as a positive integer, or an error naming ``name`` (``note``: what the values mean)."""
+    if not isinstance(value, int | np.integer) or value < 1:
+        msg = f"{name} must be a positive integer{note}; got {value!r}."
+        raise InvalidValueError(msg, param=name)
+    return int(value)
+
+
 def n_agq(value: object) -> int:
     """Gauss-Hermite nodes: 1 (Laplace) or more."""
-    if not isinstance(value, int | np.integer) or value < 1:
-        msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {value!r}."
-        raise InvalidValueError(msg, param="n_agq")
-    return int(value)
+    return _positive_int(value, "n_agq", " (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite)")
 
 
 def n_jobs(value: object) -> int:
@@ -230,11 +235,8 @@ def n_jobs(value: object) -> int:
 
 
 def block_size(value: object) -> int:
-    """Genes per compiled call: a positive integer."""
-    if not isinstance(value, int | np.integer) or value < 1:
-        msg = f"block_size must be a positive integer; got {value!r}."
-        raise InvalidValueError(msg, param="block_size")
-    return int(value)
+    """Genes per block: a positive integer."""
+    return _positive_int(value, "block_size")
 
 
 def test_method(method: object, reduced_formula: str | None, contrast: object) -> str:

@@ -16,8 +16,8 @@ from scipy import sparse
 from scipy.special import gammaln
 
 import scglmm
+from scglmm._core._api import fit_general_engine, fit_genes
 from scglmm._core._re import RETerm, _Problem, _start, laplace_at, phi_from_varcomp, prepare_re
-from scglmm._core._re_api import fit_re_genes
 from scglmm._core._status import NOT_CONVERGED, POISSON_LIMIT, status_name
 
 REF = Path(__file__).parent / "data" / "reference_re"
@@ -184,7 +184,7 @@ def test_donor_intercept_reproduces_fit_genes() -> None:
     X, off, cols, Y, _ = load("crossed")
     one = np.ones(X.shape[0])
     genes = list(range(12))
-    new = fit_re_genes(Y[:, genes], X, [term(cols, "donor", [one], ("Intercept",))], off)
+    new = fit_general_engine(Y[:, genes], X, [term(cols, "donor", [one], ("Intercept",))], off)
     old = scglmm.fit_genes(Y[:, genes], X, cols["donor"], off)
     np.testing.assert_allclose(new.loglik, old.loglik, rtol=0, atol=1e-6)
     assert np.all(np.abs(new.coef - old.coef) <= 1e-4 * old.se)
@@ -211,7 +211,7 @@ def compare(kind: str, genes: list[int]) -> pd.DataFrame:
     X, off, _, Y, ref = load(kind)
     terms = terms_of(kind)
     s = prepare_re(X, off, terms)
-    fit = fit_re_genes(Y[:, genes], X, terms, off, coef_names=COEFS)
+    fit = fit_genes(Y[:, genes], X, terms, off, coef_names=COEFS)
     rows = []
     for i, g in enumerate(genes):
         r = ref.iloc[g]
@@ -279,24 +279,24 @@ def test_against_glmmtmb_all_genes(kind: str) -> None:
 def test_refuses_agq_and_bad_terms() -> None:
     X, off, cols, Y, _ = load("slope")
     with pytest.raises(ValueError, match="adaptive Gauss-Hermite"):
-        fit_re_genes(Y[:, :1], X, terms_of("slope"), off, n_agq=5)
+        fit_genes(Y[:, :1], X, terms_of("slope"), off, n_agq=5)
     bad = RETerm("donor", np.ones((3, 1)), np.zeros(3, dtype=np.int64), np.array(["a"], dtype=object), ("Intercept",))
     with pytest.raises(ValueError, match="Z must be"):
-        fit_re_genes(Y[:, :1], X, [bad], off)
+        fit_genes(Y[:, :1], X, [bad], off)
 
 
 def test_separation() -> None:
     """No count in any stimulated cell: the condition effect runs to minus infinity."""
     X, off, _, _, _ = load("slope")
     y = gene("slope", 1) * (X[:, 1] == 0)
-    fit = fit_re_genes(y[:, None], X, terms_of("slope"), off)
+    fit = fit_genes(y[:, None], X, terms_of("slope"), off)
     assert status_name(fit.status[0]) == "separation" and np.isnan(fit.coef[0]).all()
 
 
 def test_boundary_flags_match_components() -> None:
     """sigma2_boundary: some variance reported as 0; correlation_boundary: a correlation of exactly +-1."""
     X, off, _, Y, _ = load("slope")
-    fit = fit_re_genes(Y[:, :N_FAST], X, terms_of("slope"), off)
+    fit = fit_genes(Y[:, :N_FAST], X, terms_of("slope"), off)
     names = fit.status_str
     var0 = (fit.varcomp[:, :2] == 0).any(axis=1)
     cor1 = np.abs(fit.varcomp[:, 2]) == 1
@@ -307,7 +307,7 @@ def test_boundary_flags_match_components() -> None:
 
 def test_all_zero_gene() -> None:
     X, off, _, _, _ = load("crossed")
-    fit = fit_re_genes(np.zeros((X.shape[0], 1)), X, terms_of("crossed"), off)
+    fit = fit_genes(np.zeros((X.shape[0], 1)), X, terms_of("crossed"), off)
     assert status_name(fit.status[0]) == "all_zero" and np.isnan(fit.coef[0]).all()
 
 
@@ -331,7 +331,7 @@ def test_a_trial_point_that_divides_by_zero_is_rejected_not_raised() -> None:
     """A gene whose line search visited a point where a kernel divides by zero (found in the calibration
     study) is fitted: the point counts as outside the usable region, the fit ends in the Poisson limit with
     a correlation at +-1, both flagged, with finite estimates."""
-    from scglmm._core._re_api import fit_re_genes
+    from scglmm._core._api import fit_genes
     from scglmm._core._status import CORRELATION_BOUNDARY, POISSON_LIMIT, UNUSABLE
     from scglmm._formula import build_re_terms, parse_re_formula
 
@@ -343,7 +343,7 @@ def test_a_trial_point_that_divides_by_zero_is_rejected_not_raised() -> None:
     terms = build_re_terms(parse_re_formula("~ condition + (1 + condition | donor)").terms, a.obs)
     X = np.column_stack([np.ones(a.n_obs), (a.obs["condition"] == "stim").to_numpy(float)])
     off = np.log(a.obs["libsize"].to_numpy(float))
-    r = fit_re_genes(y, X, terms, off)
+    r = fit_genes(y, X, terms, off)
     assert (r.status[0] & UNUSABLE) == 0
     assert r.status[0] & POISSON_LIMIT and r.status[0] & CORRELATION_BOUNDARY
     assert np.isfinite(r.loglik[0]) and np.all(np.isfinite(r.coef))

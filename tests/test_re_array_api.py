@@ -9,8 +9,8 @@ import pytest
 from scipy import sparse
 
 import scglmm
+from scglmm._core._api import fit_general_engine
 from scglmm._core._errors import InvalidValueError
-from scglmm._core._re_api import fit_re_genes
 
 FORMULA = "~ condition + (1 + condition | donor)"
 
@@ -36,13 +36,13 @@ def test_random_terms_from_a_formula_or_its_random_part() -> None:
 
 @pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
 def test_fit_genes_with_terms_is_the_general_engine(fmt: str) -> None:
-    """Same numbers as the engine itself on dense, CSR and CSC counts; names from the terms."""
+    """Same numbers as the general engine on dense counts, from dense, CSR and CSC counts; names from the terms."""
     a, X, off = data()
     terms = scglmm.random_terms(FORMULA, a.obs)
     Y = {"dense": a.X.toarray(), "csr": sparse.csr_matrix(a.X), "csc": sparse.csc_matrix(a.X)}[fmt]
     res = scglmm.fit_genes(Y, X, terms, off, coef_names=["Intercept", "condition[T.stim]"])
-    ref = fit_re_genes(a.X.toarray(), X, terms, off, coef_names=["Intercept", "condition[T.stim]"])
-    assert isinstance(res, scglmm.REGenesFit)
+    ref = fit_general_engine(a.X.toarray(), X, terms, off, coef_names=["Intercept", "condition[T.stim]"])
+    assert isinstance(res, scglmm.GenesFit)
     np.testing.assert_allclose(res.coef, ref.coef, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.se, ref.se, rtol=1e-8)
     np.testing.assert_allclose(res.loglik, ref.loglik, rtol=1e-12)
@@ -52,14 +52,15 @@ def test_fit_genes_with_terms_is_the_general_engine(fmt: str) -> None:
     assert res.converged.all()
 
 
-def test_fit_gene_with_terms_is_one_row() -> None:
+def test_fit_gene_with_terms_is_a_gene_fit() -> None:
     a, X, off = data()
     terms = scglmm.random_terms(FORMULA, a.obs)
     one = scglmm.fit_gene(a.X[:, 2], X, terms, off)
     every = scglmm.fit_genes(a.X, X, terms, off)
-    assert one.coef.shape == (1, 2)
-    np.testing.assert_allclose(one.coef[0], every.coef[2], rtol=1e-10)
-    np.testing.assert_allclose(one.varcomp[0], every.varcomp[2], rtol=1e-8, atol=1e-12)
+    assert isinstance(one, scglmm.GeneFit) and one.coef.shape == (2,) and one.varcomp.shape == (3,)
+    np.testing.assert_allclose(one.coef, every.coef[2], rtol=1e-10)
+    np.testing.assert_allclose(one.varcomp, every.varcomp[2], rtol=1e-8, atol=1e-12)
+    assert one.varcomp_names == every.varcomp_names and one.mode_names == every.mode_names
 
 
 def test_terms_refuse_quadrature_and_a_bare_term() -> None:

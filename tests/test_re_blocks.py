@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import scglmm
+from scglmm._core._api import fit_genes
 from scglmm._core._re import _Problem, _start, prepare_re
-from scglmm._core._re_api import fit_re_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 
 FORMULAS = {
@@ -72,10 +72,10 @@ def test_blocks_give_the_cell_fit(kind: str) -> None:
     Y = data().X
     from scglmm._core import _re
 
-    fb = fit_re_genes(Y, X, terms, off)
+    fb = fit_genes(Y, X, terms, off)
     _re.USE_BLOCKS = False
     try:
-        fc = fit_re_genes(Y, X, terms, off)
+        fc = fit_genes(Y, X, terms, off)
     finally:
         _re.USE_BLOCKS = True
     assert np.array_equal(fb.status, fc.status)
@@ -99,8 +99,8 @@ def test_a_cell_level_covariate_keeps_cells() -> None:
 def test_n_jobs_gives_identical_results() -> None:
     X, off, terms, _ = structure("slope", blocks=True)
     Y = data().X
-    one = fit_re_genes(Y, X, terms, off, n_jobs=1)
-    two = fit_re_genes(Y, X, terms, off, n_jobs=2)
+    one = fit_genes(Y, X, terms, off, n_jobs=1)
+    two = fit_genes(Y, X, terms, off, n_jobs=2)
     for name in ("coef", "se", "cov", "varcomp", "theta", "loglik", "modes", "n_iter", "n_eval", "status"):
         assert np.array_equal(getattr(one, name), getattr(two, name), equal_nan=True), name
 
@@ -108,7 +108,7 @@ def test_n_jobs_gives_identical_results() -> None:
 def test_n_jobs_zero_is_refused() -> None:
     X, off, terms, _ = structure("slope", blocks=True)
     with pytest.raises(ValueError, match="n_jobs must be a non-zero integer"):
-        fit_re_genes(data().X[:, :1], X, terms, off, n_jobs=0)
+        fit_genes(data().X[:, :1], X, terms, off, n_jobs=0)
 
 
 def test_row_codes_match_numpy_unique() -> None:
@@ -153,10 +153,10 @@ def test_seeded_bfgs_reaches_the_same_optimum(kind: str) -> None:
     Y = data().X
     from scglmm._core import _re
 
-    seeded = fit_re_genes(Y, X, terms, off)
+    seeded = fit_genes(Y, X, terms, off)
     _re.USE_SEED = False
     try:
-        fd = fit_re_genes(Y, X, terms, off)
+        fd = fit_genes(Y, X, terms, off)
     finally:
         _re.USE_SEED = True
     assert np.array_equal(seeded.status, fd.status)

@@ -1,6 +1,6 @@
 """Which fixed effects a random-effect term gives a random slope, however the slope is written, and the
 df, slope variance and ``k`` of their test (:func:`scglmm._core._inference.random_slopes`,
-:func:`scglmm.tl._re_run.slope_effects`, :func:`scglmm.tl._re_run.slope_variance`)."""
+:func:`scglmm.tl._wald.slope_effects`, :func:`scglmm.tl._wald.slope_variance`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from scipy import stats
 import scglmm
 from scglmm._core._inference import EB_MIN_GENES, random_slopes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
-from scglmm.tl._re_run import slope_effects, slope_variance
+from scglmm.tl._wald import slope_effects, slope_variance
 
 REF = Path(__file__).parent / "data" / "reference_re"
 STIM = "condition[T.stim]"

@@ -18,16 +18,15 @@ from click.testing import CliRunner
 from scipy import special, stats
 
 import scglmm
-from scglmm._core._api import fit_genes
+from scglmm._core._api import fit_general_engine, fit_genes
 from scglmm._core._errors import InputError
 from scglmm._core._inference import chibar_sf, eb_donor_variance, lrt_pvalues, mixture_name
 from scglmm._core._re import RETerm
-from scglmm._core._re_api import fit_re_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 from scglmm.cli import cli
 from scglmm.get._log10p import log10_mixture_sf
-from scglmm.tl._re_run import slope_variance
-from scglmm.tl._re_test import compare_terms
+from scglmm.tl._lrt import compare_terms
+from scglmm.tl._wald import slope_variance
 
 STIM = "condition[T.stim]"
 SLOPE = "~ condition + (1 + condition | donor)"
@@ -54,13 +53,13 @@ def fitted(formula: str, slope_sd: float = 0.0, calibration: str = "eb", **kw) -
     return _fitted(formula, slope_sd, calibration, **kw).copy()
 
 
-def engine(a: ad.AnnData, formula: str) -> scglmm._core._re_api.REGenesFit:
-    """:func:`fit_re_genes` on the arrays of ``a`` with ``formula`` (the fit's log offset)."""
+def engine(a: ad.AnnData, formula: str) -> scglmm.GenesFit:
+    """:func:`scglmm.fit_genes` on the arrays of ``a`` with ``formula`` (the fit's log offset)."""
     parsed = parse_re_formula(formula)
     design = build_design(parsed.fixed, a.obs)
     terms = build_re_terms(parsed.terms, a.obs)
     off = np.asarray(a.uns["scglmm"]["log_offset"])
-    return fit_re_genes(a.X, design.matrix, terms, off, coef_names=design.columns)
+    return fit_genes(a.X, design.matrix, terms, off, coef_names=design.columns)
 
 
 def contrast(a: ad.AnnData, name: str) -> pd.DataFrame:
@@ -186,7 +185,8 @@ def test_both_engines_give_the_same_loglik_for_one_donor_intercept() -> None:
     design = build_design("~ condition", a.obs)
     off = np.log(a.obs["libsize"].to_numpy())
     kernel = fit_genes(a.X, design.matrix, a.obs["donor"].to_numpy(), off, n_jobs=1)
-    general = fit_re_genes(a.X, design.matrix, build_re_terms(parse_re_formula("~ 1 + (1 | donor)").terms, a.obs), off)
+    terms = build_re_terms(parse_re_formula("~ 1 + (1 | donor)").terms, a.obs)
+    general = fit_general_engine(a.X, design.matrix, terms, off)
     assert np.isfinite(kernel.loglik).all()
     np.testing.assert_allclose(general.loglik, kernel.loglik, rtol=0, atol=1e-6)
 

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 import scglmm
+from scglmm import GenesFit, fit_genes
 from scglmm._core._errors import InputError
-from scglmm._core._re_api import REGenesFit, fit_re_genes
 from scglmm._formula import build_design, build_re_terms, parse_re_formula
 from scglmm.cli import cli
 
@@ -48,14 +48,14 @@ def fitted(kind: str) -> ad.AnnData:
 
 
 @cache
-def engine(kind: str) -> REGenesFit:
-    """:func:`fit_re_genes` on the arrays tl.fit fits: counts, design, terms and log offset."""
+def engine(kind: str) -> GenesFit:
+    """:func:`scglmm.fit_genes` on the arrays tl.fit fits: counts, design, terms and log offset."""
     a = fitted(kind)
     parsed = parse_re_formula(FORMULAS[kind])
     design = build_design(parsed.fixed, a.obs)
     terms = build_re_terms(parsed.terms, a.obs)
     off = np.asarray(a.uns["scglmm"]["log_offset"])
-    return fit_re_genes(data(kind).X, design.matrix, terms, off, coef_names=design.columns)
+    return fit_genes(data(kind).X, design.matrix, terms, off, coef_names=design.columns)
 
 
 @pytest.mark.parametrize("kind", list(FORMULAS))

@@ -173,3 +173,34 @@ def test_vanishing_rows_of_a_design():
     }
     for has, gone in cases.items():
         np.testing.assert_array_equal(_vanishing(U, np.array(has, dtype=bool)), np.array(gone, dtype=bool))
+
+
+def _terms(sample: np.ndarray, batch: np.ndarray) -> list:
+    """``(1 | sample) + (1 | batch)`` as terms (the general engine)."""
+    out = []
+    for name, labels in (("sample", sample), ("batch", batch)):
+        codes, levels = pd.factorize(labels, sort=True)
+        levels = np.asarray(levels, dtype=object)
+        out.append(scglmm.RETerm(name, np.ones((labels.size, 1)), codes.astype(np.int64), levels, ("Intercept",)))
+    return out
+
+
+def test_every_structure_gets_the_separation_refit(data):
+    """Two crossed terms (the general engine): a donor without counts keeps the other coefficients, whose
+    numbers are those of the model fitted without its cells and column, as for a single random intercept."""
+    Y, X, donors, cond, sample, off = data
+    batch = np.array([f"B{i % 3}" for i in range(Y.shape[0])])
+    fit = scglmm.fit_genes(Y[:, :1], X, _terms(sample, batch), off, coef_names=NAMES)
+    assert fit.status[0] & PARTIAL_SEPARATION and not fit.status[0] & SEPARATION
+    assert np.isnan(fit.coef[0, 2]) and np.all(np.isfinite(fit.coef[0, [0, 1, 3, 4]]))
+    keep, cols = donors != "D2", [0, 1, 3, 4]
+    ref = scglmm.fit_genes(Y[keep][:, :1], X[keep][:, cols], _terms(sample[keep], batch[keep]), off[keep])
+    np.testing.assert_array_equal(fit.coef[0, cols], ref.coef[0])
+    np.testing.assert_array_equal(fit.se[0, cols], ref.se[0])
+    np.testing.assert_array_equal(fit.varcomp[0], ref.varcomp[0])
+    assert fit.varcomp_names == ["var(Intercept|sample)", "var(Intercept|batch)"]
+    # D2's samples have no cells left: mode 0; every other level's mode is the reduced fit's
+    names = list(fit.mode_names)
+    for name, m in zip(ref.mode_names, ref.modes[0], strict=True):
+        assert fit.modes[0, names.index(name)] == m
+    assert fit.modes[0, names.index("sample[D2_0]:Intercept")] == 0.0

@@ -1,9 +1,18 @@
-"""Array-level API: fit one gene or a block of genes from numpy / scipy inputs, no AnnData needed."""
+"""Array-level API: fit one gene or a block of genes from numpy / scipy inputs, no AnnData needed.
+
+One entry for every random-effect structure: :func:`fit_genes` takes donor labels (a donor random
+intercept) or random-effect terms, and returns a :class:`GenesFit`. A single random intercept
+``(1 | g)`` is fitted by the compiled kernels (few-rows fast path, general Laplace kernel, adaptive
+Gauss-Hermite; :mod:`._schedule`), any other structure by the general engine (:mod:`._re`); the choice
+is made here, from the terms, and both give the same Laplace log-likelihood. Genes that separate are
+refitted without their vanishing cells (:mod:`._separation`), whatever the structure.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,16 +33,18 @@ from ._checks import (
 from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
-from ._re import RETerm
-from ._re_api import REGenesFit, fit_re_genes
-from ._results import GeneFit, GenesFit, assemble
-from ._schedule import Design, compile_log, fit_blocks
+from ._re import RETerm, prepare_re
+from ._results import GeneFit, GenesFit, assemble, collect
+from ._schedule import Design, compile_log, fit_blocks, fit_general_blocks
 from ._separation import refit_separated
 
 if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+    from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["fit_gene", "fit_genes"]
+__all__ = ["as_terms", "check_terms", "donor_term", "fit_gene", "fit_general_engine", "fit_genes", "fit_terms"]
+
+#: Name of the grouping factor of donor labels passed as ``groups``.
+DONOR = "donor"
 
 
 def fit_genes(
@@ -48,16 +59,16 @@ def fit_genes(
     coef_names: Sequence[str] | None = None,
     check: bool = True,
     progress: Callable[[int], None] | None = None,
-) -> GenesFit | REGenesFit:
-    """Fit the NB GLMM with a donor random intercept (or other random effects) to every column of a count matrix.
+) -> GenesFit:
+    """Fit the NB GLMM with donor random effects to every column of a count matrix.
 
-    The model per gene is ``y | b ~ NB(mu, theta)``, ``log mu = X beta + offset + b[donor]``,
-    ``b ~ N(0, sigma2)``, fitted by maximising the Laplace approximation (or adaptive Gauss-Hermite
-    with ``n_agq`` nodes) of the marginal likelihood jointly over ``beta``, ``log sigma2`` and
-    ``log theta``. Given random-effect terms instead of donor labels (random slopes, nested or
-    crossed terms, e.g. from :func:`scglmm.random_terms`), ``log mu = X beta + offset + Z b`` with
-    each term's covariance estimated, by the Laplace approximation (:class:`REGenesFit`; see
-    ``docs/random_effects.md``).
+    The model per gene is ``y | b ~ NB(mu, theta)``, ``log mu = X beta + offset + Z b``, with one block
+    of random effects per term, ``N(0, Sigma_t)`` independently across levels and terms. Given donor
+    labels, ``Z b = b[donor]`` (a donor random intercept, ``b ~ N(0, sigma2)``); given terms, any
+    structure (random slopes, nested or crossed terms, e.g. from :func:`scglmm.random_terms`; see
+    ``docs/random_effects.md``). The Laplace approximation of the marginal likelihood (or adaptive
+    Gauss-Hermite with ``n_agq`` nodes, for a single random intercept) is maximised jointly over
+    ``beta``, the covariance parameters and ``log theta``.
 
     Parameters
     ----------
@@ -70,20 +81,22 @@ def fit_genes(
     X
         Fixed-effect design, cells x coefficients (include an intercept column yourself).
     groups
-        Donor label of each cell (a donor random intercept), or the terms of a general random-effect
+        Donor label of each cell (a donor random intercept), or the terms of a random-effect
         structure: a sequence of :class:`scglmm.RETerm` (``scglmm.random_terms("(1 + condition |
-        donor)", obs)``). With terms, counts must be in memory and ``n_agq`` must be 1.
+        donor)", obs)``). A single term ``(1 | g)`` is the same model as labels of ``g``.
     offset
         Log offset per cell (e.g. ``log(library size)``); zero if omitted.
     n_agq
-        Number of adaptive Gauss-Hermite nodes; 1 is the Laplace approximation (glmmTMB's).
+        Number of adaptive Gauss-Hermite nodes; 1 is the Laplace approximation (glmmTMB's). More than
+        one needs a single random intercept.
     n_jobs
-        Threads over gene blocks (the kernels release the GIL). Results do not depend on it.
-        Inside ``joblib.parallel_config(backend="dask")`` the blocks go to the Dask cluster
-        instead (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
+        Workers over gene blocks; results do not depend on it. A single random intercept uses threads
+        (the compiled kernels release the GIL), other structures joblib's processes. Inside
+        ``joblib.parallel_config(backend="dask")`` the blocks go to the Dask cluster instead
+        (``n_jobs=-1``: all its workers); see ``docs/scaling.md``.
     block_size
-        Genes per compiled call (with ``n_jobs`` != 1 the blocks shrink towards the end of the
-        run, to at least 4 genes, so that the workers finish together).
+        Genes per block (with a single random intercept and ``n_jobs`` != 1 the blocks shrink towards
+        the end of the run, to at least 4 genes, so that the workers finish together).
     coef_names
         Names of the columns of ``X``; ``x0, x1, ...`` if omitted.
     check
@@ -93,71 +106,166 @@ def fit_genes(
 
     Returns
     -------
-    A :class:`GenesFit` with one row per gene; with terms a :class:`REGenesFit` (variance
-    components, modes of every level).
+    A :class:`GenesFit` with one row per gene: fixed effects and their covariance, variance
+    components (``varcomp``, named by ``varcomp_names``; ``sigma2`` is the first term's intercept
+    variance), theta, log-likelihood, the conditional modes of every level (``modes``), status.
     """
-    if _is_terms(groups):
-        with compile_log():
-            return fit_re_genes(Y, X, groups, offset, n_agq=n_agq, coef_names=coef_names, check=check, n_jobs=n_jobs)
     with compile_log():  # the first run after installing compiles the kernels: say so as it happens
-        return _fit_genes(Y, X, groups, offset, n_agq, n_jobs, block_size, coef_names, check, progress)
+        Y = _count_matrix(Y, check)
+        n = Y.shape[0]
+        X = check_design_matrix(X, n, coef_names)
+        terms = as_terms(groups, n)
+        off = check_offset(offset, n)
+        coef_names = check_coef_names(coef_names, X.shape[1])
+        check_n_agq(n_agq)
+        check_n_jobs(n_jobs)
+        check_block_size(block_size)
+        run = _Settings(n_agq, n_jobs, block_size, progress)
+        return fit_terms(Y, X, terms, off, coef_names, run)
 
 
-def _is_terms(groups: object) -> bool:
-    """Whether ``groups`` holds random-effect terms rather than donor labels."""
-    if isinstance(groups, RETerm):
-        msg = "groups: pass a sequence of terms, e.g. [term] or scglmm.random_terms(...), not a single RETerm."
-        raise InvalidValueError(msg, param="groups")
-    return isinstance(groups, (list, tuple)) and len(groups) > 0 and all(isinstance(t, RETerm) for t in groups)
+@dataclass(frozen=True)
+class _Settings:
+    """How the genes are fitted (validated by :func:`fit_genes`)."""
+
+    n_agq: int
+    n_jobs: int
+    block_size: int
+    progress: Callable[[int], None] | None = None
 
 
-def _fit_genes(
-    Y: ArrayLike | sparse.spmatrix | sparse.sparray,
-    X: ArrayLike,
-    groups: ArrayLike,
-    offset: ArrayLike | None,
-    n_agq: int,
-    n_jobs: int,
-    block_size: int,
-    coef_names: Sequence[str] | None,
-    check: bool,
-    progress: Callable[[int], None] | None,
-) -> GenesFit:
-    """:func:`fit_genes` (same parameters)."""
+def _count_matrix(Y, check: bool):
+    """The counts as a numpy array, a scipy sparse matrix or counts on disk, validated."""
     Yb = as_backed_counts(Y)  # a path, h5py object or anndata backed dataset: read blocks from disk
     if Yb is not None:
         Y = Yb
     elif not (sparse.issparse(Y) or isinstance(Y, np.ndarray)):
         Y = np.asarray(Y)
     check_count_matrix(Y)
-    n, G = Y.shape
     if check:
         check_counts(Y)
-    X = check_design_matrix(X, n, coef_names)
-    codes, donors = check_donors(groups, n)
-    off = check_offset(offset, n)
-    prepared = prepare_design(X, codes, donors, off)
-    p = prepared.X.shape[1]
-    coef_names = check_coef_names(coef_names, p)
-    check_n_agq(n_agq)
-    check_n_jobs(n_jobs)
-    check_block_size(block_size)
+    return Y
 
-    # workers of the backend (asked once: under Dask it queries the cluster); the CSR conversion
-    # runs here, on at most this machine's cores
-    n_workers = 1 if n_jobs == 1 else max(1, effective_n_jobs(int(n_jobs)))
-    get_block = block_getter(Y, n_threads=min(n_workers, os.cpu_count() or 1))
-    starts = prepared.donors.starts
-    design = Design(prepared.cells(), gauss_hermite(n_agq), few_rows_data(prepared.X, prepared.offset, starts))
-    out, nnz = fit_blocks(
-        get_block, design, G, n_jobs=n_jobs, n_workers=n_workers, block_size=block_size, progress=progress
+
+def donor_term(codes: NDArray[np.integer], levels: NDArray[np.object_], group: str = DONOR) -> RETerm:
+    """The random intercept ``(1 | group)`` of cells with the given level codes."""
+    return RETerm(
+        group=group,
+        Z=np.ones((codes.shape[0], 1)),
+        codes=np.asarray(codes, dtype=np.int64),
+        levels=np.asarray(levels, dtype=object),
+        coef_names=("Intercept",),
     )
-    fit = assemble(out, nnz, p, coef_names, prepared.donors.levels)
 
-    def refit(Yr, Xr, codes_r, off_r, names) -> GenesFit:  # the model without the cells that separate
-        return fit_genes(Yr, Xr, codes_r, off_r, n_agq=n_agq, n_jobs=n_jobs, block_size=block_size, coef_names=names)
 
-    return refit_separated(fit, lambda genes: gene_columns(Y, genes), X, codes, off, refit)
+def as_terms(groups: ArrayLike | Sequence[RETerm], n: int) -> tuple[RETerm, ...]:
+    """The random-effect terms of ``groups``: the terms themselves (checked), or the donor intercept of labels."""
+    if isinstance(groups, RETerm):
+        msg = "groups: pass a sequence of terms, e.g. [term] or scglmm.random_terms(...), not a single RETerm."
+        raise InvalidValueError(msg, param="groups")
+    if isinstance(groups, (list, tuple)) and len(groups) > 0 and all(isinstance(t, RETerm) for t in groups):
+        return check_terms(groups, n)
+    codes, donors = check_donors(groups, n)
+    return (donor_term(codes, donors),)
+
+
+def check_terms(terms: Sequence[RETerm], n: int) -> tuple[RETerm, ...]:
+    """Validate the terms of a structure (shapes, codes, finite covariates)."""
+    terms = tuple(terms)
+    for t in terms:
+        where = f"term '(... | {t.group})'"
+        if t.Z.ndim != 2 or t.Z.shape[0] != n or t.codes.shape != (n,):
+            msg = f"{where}: Z must be (n, q) and codes (n,) with n = {n} cells."
+            raise InvalidValueError(msg, param="terms")
+        if not np.all(np.isfinite(t.Z)):
+            msg = f"{where}: its covariates have non-finite values."
+            raise InvalidValueError(msg, param="terms")
+        if t.codes.min() < 0 or t.codes.max() >= t.m or len(np.unique(t.codes)) != t.m:
+            msg = f"{where}: codes must number the used levels 0 .. {t.m - 1}, each used."
+            raise InvalidValueError(msg, param="terms")
+        if len(t.coef_names) != t.q:
+            msg = f"{where}: {t.q} columns but {len(t.coef_names)} coefficient names."
+            raise InvalidValueError(msg, param="terms")
+        if t.m < 2:
+            msg = f"{where}: a single level ({list(t.levels)}); a variance between levels needs at least two."
+            raise InvalidValueError(msg, param="terms")
+    return terms
+
+
+def fit_terms(
+    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings
+) -> GenesFit:
+    """:func:`fit_genes` on validated inputs: the compiled kernels for a single random intercept, the
+    general engine otherwise; then the genes that separate refitted without their vanishing cells."""
+    scalar = len(terms) == 1 and terms[0].scalar_intercept
+    if run.n_agq != 1 and not scalar:
+        shown = " + ".join(f"(... | {t.group})" for t in terms)
+        msg = (
+            f"n_agq={run.n_agq!r}: adaptive Gauss-Hermite quadrature needs a single scalar random effect "
+            f"('(1 | donor)'); the random effects {shown} are fitted with the Laplace approximation: use n_agq=1."
+        )
+        raise InvalidValueError(msg, param="n_agq")
+    n_workers = 1 if run.n_jobs == 1 else max(1, effective_n_jobs(int(run.n_jobs)))
+    fit = (_fit_scalar if scalar else _fit_general)(Y, X, terms, off, coef_names, run, n_workers)
+
+    def refit(Yr, Xr, terms_r, off_r, names) -> GenesFit:  # the model without the cells that separate
+        return fit_terms(Yr, Xr, tuple(terms_r), off_r, names, _Settings(run.n_agq, run.n_jobs, run.block_size))
+
+    return refit_separated(fit, lambda genes: gene_columns(Y, genes), X, terms, off, refit)
+
+
+def _fit_scalar(
+    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings, n_workers: int
+) -> GenesFit:
+    """A single random intercept: the compiled kernels, over blocks of genes in threads."""
+    (term,) = terms
+    prepared = prepare_design(X, term.codes, term.levels, off)
+    # the CSR conversion runs here, on at most this machine's cores
+    get_block = block_getter(Y, n_threads=min(n_workers, os.cpu_count() or 1))
+    design = Design(
+        prepared.cells(), gauss_hermite(run.n_agq), few_rows_data(prepared.X, prepared.offset, prepared.donors.starts)
+    )
+    out, nnz = fit_blocks(
+        get_block, design, Y.shape[1], n_jobs=run.n_jobs, n_workers=n_workers, block_size=run.block_size,
+        progress=run.progress,
+    )  # fmt: skip
+    return assemble(out, nnz, prepared.X.shape[1], coef_names, prepared.donors.levels, term.group)
+
+
+def _fit_general(
+    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings, n_workers: int
+) -> GenesFit:
+    """Any other structure: the general engine, gene by gene, over blocks of genes in processes."""
+    s = prepare_re(X, off, terms)
+    if isinstance(Y, np.ndarray):
+
+        def get_block(a: int, b: int) -> NDArray:
+            return Y[:, a:b]
+    else:
+        get_block = block_getter(Y, n_threads=min(n_workers, os.cpu_count() or 1))
+    fits, nnz = fit_general_blocks(
+        get_block, s, Y.shape[1], n_jobs=run.n_jobs, n_workers=n_workers, block_size=run.block_size,
+        progress=run.progress,
+    )  # fmt: skip
+    return collect(s, fits, coef_names, nnz)
+
+
+def fit_general_engine(
+    Y,
+    X: ArrayLike,
+    terms: Sequence[RETerm],
+    offset: ArrayLike | None = None,
+    *,
+    coef_names: Sequence[str] | None = None,
+) -> GenesFit:
+    """The general engine on any structure, a single random intercept included, without the refit of genes
+    that separate: what :func:`fit_genes` compares the compiled kernels with (tests and benchmarks)."""
+    Y = _count_matrix(Y, check=True)
+    n = Y.shape[0]
+    X = check_design_matrix(X, n, coef_names)
+    terms = check_terms(terms, n)
+    coef_names = check_coef_names(coef_names, X.shape[1])
+    return _fit_general(Y, X, terms, check_offset(offset, n), coef_names, _Settings(1, 1, 64), 1)
 
 
 def fit_gene(
@@ -168,8 +276,8 @@ def fit_gene(
     *,
     n_agq: int = 1,
     coef_names: Sequence[str] | None = None,
-) -> GeneFit | REGenesFit:
-    """Fit the NB GLMM with a donor random intercept (or other random effects) to one gene.
+) -> GeneFit:
+    """Fit the NB GLMM with donor random effects to one gene.
 
     Parameters
     ----------
@@ -188,8 +296,7 @@ def fit_gene(
 
     Returns
     -------
-    A :class:`GeneFit`; given random-effect terms as ``groups`` (see :func:`fit_genes`), an
-    :class:`REGenesFit` with one row.
+    A :class:`GeneFit`.
     """
     if sparse.issparse(y):
         y = y.toarray()
@@ -199,5 +306,4 @@ def fit_gene(
     if y.ndim != 1:
         msg = f"y must be a vector of counts (one per cell); got shape {y.shape}."
         raise InvalidValueError(msg, param="y")
-    res = fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names)
-    return res if isinstance(res, REGenesFit) else res.gene(0)
+    return fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names).gene(0)

@@ -29,7 +29,7 @@ hundred at most).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,6 +98,19 @@ class RETerm:
     def m(self) -> int:
         """Number of levels."""
         return len(self.levels)
+
+    @property
+    def scalar_intercept(self) -> bool:
+        """Whether the term is a single random intercept ``(1 | g)`` (the compiled kernels' model)."""
+        return self.q == 1 and self.coef_names == ("Intercept",) and bool(np.all(self.Z == 1.0))
+
+    def subset(self, keep: NDArray[np.bool_]) -> RETerm:
+        """The term on the cells ``keep``: the levels without cells dropped, the others in their order."""
+        codes = self.codes[keep]
+        used = np.unique(codes)
+        return replace(
+            self, Z=self.Z[keep], codes=np.searchsorted(used, codes).astype(np.int64), levels=self.levels[used]
+        )
 
     def varcomp_names(self) -> list[str]:
         """Names of the variance components: a variance per coefficient, then a correlation per pair.

@@ -1,8 +1,10 @@
 """Running the fits of a count matrix block by block: block bounds, threads, joblib / Dask dispatch.
 
-:func:`fit_block` fits one block of genes (a pure function, safe to ship to any worker);
-:func:`fit_blocks` runs it over all blocks, in this thread, on a pool of threads (the kernels
-release the GIL) or through the joblib backend the user configured (e.g. Dask).
+:func:`fit_block` fits one block of genes with the compiled kernels of a single random intercept (a
+pure function, safe to ship to any worker); :func:`fit_blocks` runs it over all blocks, in this thread,
+on a pool of threads (the kernels release the GIL) or through the joblib backend the user configured
+(e.g. Dask). :func:`fit_general_blocks` does the same for the general engine (any structure), whose
+per-gene optimiser runs in Python: blocks of genes over joblib's processes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from joblib import Parallel, delayed
 from joblib.parallel import ThreadingBackend, get_active_backend
 from numba.core import event as numba_event
 
+from ._counts import CSCBlock
+from ._re import REFitOne, REStructure, fit_re_one
 from ._results import empty_outputs
 from .kernels import _block
 from .kernels._bundles import BlockOut, Cells, FewRows, Quadrature
@@ -28,9 +32,10 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     from scipy import sparse
 
-    from ._counts import CSCBlock
 
-__all__ = ["MIN_BLOCK", "CompileLog", "Design", "compile_log", "fit_block", "fit_blocks"]
+__all__ = [
+    "MIN_BLOCK", "CompileLog", "Design", "compile_log", "fit_block", "fit_blocks", "fit_columns", "fit_general_blocks",
+]  # fmt: skip
 
 logger = logging.getLogger("scglmm")
 
@@ -287,3 +292,70 @@ def _fit_in_threads(
                 a, b = pending.pop(fut)
                 store(a, b, fut.result())
                 submit_next()
+
+
+# ------------------------------------------------------------------------------------------------
+# the general engine (any random-effect structure): one gene at a time, blocks over processes
+# ------------------------------------------------------------------------------------------------
+def fit_columns(s: REStructure, Y: NDArray | sparse.csc_matrix | CSCBlock) -> tuple[list[REFitOne], NDArray]:
+    """:func:`fit_re_one` on every column of a dense or CSC block of counts, in this thread; with the
+    non-zero cells per gene."""
+    fits, nnz = [], np.zeros(Y.shape[1], dtype=np.int64)
+    n = Y.shape[0]
+    for g in range(Y.shape[1]):
+        if isinstance(Y, np.ndarray):
+            y = np.asarray(Y[:, g], dtype=np.float64)
+            nnz[g] = np.count_nonzero(y)
+            fits.append(fit_re_one(s, y))
+            continue
+        lo, hi = Y.indptr[g], Y.indptr[g + 1]
+        vals = np.asarray(Y.data[lo:hi], dtype=np.float64)
+        keep = vals != 0.0
+        idx = np.asarray(Y.indices[lo:hi], dtype=np.int64)[keep]
+        col = np.zeros(n)
+        col[idx] = vals[keep]
+        nnz[g] = idx.size
+        fits.append(fit_re_one(s, col, nz=(idx, vals[keep])))
+    return fits, nnz
+
+
+def fit_general_blocks(
+    get_block: Callable[[int, int], NDArray | sparse.csc_matrix | CSCBlock],
+    s: REStructure,
+    n_genes: int,
+    *,
+    n_jobs: int,
+    n_workers: int,
+    block_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[REFitOne], NDArray[np.int64]]:
+    """Fit genes ``0 .. n_genes - 1`` with the general engine, ``block_size`` genes at a time; with
+    several workers each block is cut into a few runs of consecutive genes per worker (joblib's active
+    backend, processes by default; the structure is shipped once per run). Every gene's fit is the
+    same whichever worker runs it."""
+    fits: list[REFitOne] = []
+    nnz = np.zeros(n_genes, dtype=np.int64)
+    for a in range(0, n_genes, block_size):
+        b = min(a + block_size, n_genes)
+        blk = get_block(a, b)
+        if n_workers == 1 or b - a < 2:
+            parts = [fit_columns(s, blk)]
+        else:
+            cuts = np.linspace(0, b - a, min(b - a, 4 * n_workers) + 1).astype(int)
+            parts = Parallel(n_jobs=int(n_jobs))(
+                delayed(fit_columns)(s, _columns(blk, c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True)
+                if c1 > c0
+            )  # fmt: skip
+        fits += [f for part, _ in parts for f in part]
+        nnz[a:b] = np.concatenate([k for _, k in parts])
+        if progress is not None:
+            progress(b - a)
+    return fits, nnz
+
+
+def _columns(blk: NDArray | sparse.csc_matrix | CSCBlock, a: int, b: int) -> NDArray | CSCBlock:
+    """Columns ``a:b`` of a dense or CSC block."""
+    if isinstance(blk, np.ndarray):
+        return blk[:, a:b]
+    lo, hi = int(blk.indptr[a]), int(blk.indptr[b])
+    return CSCBlock(blk.data[lo:hi], blk.indices[lo:hi], blk.indptr[a : b + 1] - lo, (blk.shape[0], b - a))

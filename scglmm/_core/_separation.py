@@ -32,7 +32,7 @@ variance, and so the standard errors, without information.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
+from ._re import RETerm
 from ._results import GenesFit
 from ._status import PARTIAL_SEPARATION, SEPARATION, UNUSABLE
 
@@ -133,16 +134,26 @@ def _variance_estimable(U: NDArray, group: NDArray[np.int64]) -> bool:
     return _rank(np.hstack([U, Z])) > _rank(U)
 
 
-def _reduced(X: NDArray, codes: NDArray, gone: NDArray[np.bool_]) -> Reduction | None:
-    """The model without the vanishing cells ``gone``, or None if it cannot be fitted."""
+def _reduced(X: NDArray, terms: Sequence[RETerm], gone: NDArray[np.bool_]) -> Reduction | None:
+    """The model without the vanishing cells ``gone``, or None if it cannot be fitted: no coefficient
+    estimable, or a term whose variance has no information (or whose covariates lose their rank) there."""
     keep = ~gone
-    pairs = np.unique(np.column_stack([X[keep], codes[keep]]), axis=0)
-    U, group = pairs[:, :-1], pairs[:, -1].astype(np.int64)
+    pairs = np.unique(np.column_stack([X[keep], terms[0].codes[keep]]), axis=0)
+    U = pairs[:, :-1]
     cols = _independent(U)
-    if cols.size == 0 or not _variance_estimable(U, group):
+    if cols.size == 0 or not all(_term_estimable(X[keep], t, keep) for t in terms):
         return None
     estimable = _estimable(U)[cols]
     return Reduction(keep=keep, cols=cols, estimable=estimable) if estimable.any() else None
+
+
+def _term_estimable(Xk: NDArray, term: RETerm, keep: NDArray[np.bool_]) -> bool:
+    """Whether a term keeps information on its variance on the kept cells (see :func:`_variance_estimable`)
+    and covariates of full column rank there."""
+    pairs = np.unique(np.column_stack([Xk, term.codes[keep]]), axis=0)
+    if not _variance_estimable(pairs[:, :-1], pairs[:, -1].astype(np.int64)):
+        return False
+    return term.q == 1 or _rank(term.Z[keep]) == term.q
 
 
 def _by_vanishing_cells(Y: sparse.csc_matrix, X: NDArray) -> list[tuple[NDArray[np.bool_], list[int]]]:
@@ -165,7 +176,7 @@ def refit_separated(
     fit: GenesFit,
     counts_of: Callable[[NDArray[np.int64]], sparse.csc_matrix],
     X: NDArray,
-    codes: NDArray,
+    terms: Sequence[RETerm],
     offset: NDArray,
     refit: Callable[..., GenesFit],
 ) -> GenesFit:
@@ -178,10 +189,10 @@ def refit_separated(
         The fit of all genes.
     counts_of
         The counts (cells x genes, CSC) of the given genes, in the input's cell order.
-    X, codes, offset
-        Design, donor codes and log offset per cell, in the input's cell order.
+    X, terms, offset
+        Design, random-effect terms and log offset per cell, in the input's cell order.
     refit
-        ``refit(Y, X, codes, offset, coef_names)`` fits a reduced model (the array API).
+        ``refit(Y, X, terms, offset, coef_names)`` fits a reduced model (the array API).
     """
     genes = np.flatnonzero((fit.status & SEPARATION) != 0)
     if genes.size == 0:
@@ -189,24 +200,24 @@ def refit_separated(
     Y = sparse.csc_matrix(counts_of(genes))
     arrays = {name: np.array(getattr(fit, name), copy=True) for name in _PER_GENE}
     for gone, rows in _by_vanishing_cells(Y, X):
-        reduced = _reduced(X, codes, gone)
+        reduced = _reduced(X, terms, gone)
         if reduced is None:
             continue
         keep, cols = reduced.keep, reduced.cols
         names = [fit.coef_names[j] for j in cols]
-        part = refit(Y[keep][:, rows], X[keep][:, cols], codes[keep], offset[keep], names)
-        _place(arrays, part, genes[rows], reduced, fit.donors)
+        part = refit(Y[keep][:, rows], X[keep][:, cols], [t.subset(keep) for t in terms], offset[keep], names)
+        _place(arrays, part, genes[rows], reduced, fit.mode_names)
     return replace(fit, **arrays)
 
 
 #: Per-gene fields of :class:`GenesFit` that a refit replaces.
 _PER_GENE = (
-    "coef", "se", "cov", "sigma2", "theta", "dispersion", "loglik", "modes", "n_iter", "status", "grad_max",
-    "log_sigma2_se", "log_theta_se",
+    "coef", "se", "cov", "varcomp", "theta", "dispersion", "loglik", "modes", "n_iter", "n_eval", "status",
+    "grad_max", "log_sigma2_se", "log_theta_se",
 )  # fmt: skip
 
 
-def _place(arrays: dict[str, NDArray], part: GenesFit, genes: NDArray, reduced: Reduction, donors: NDArray) -> None:
+def _place(arrays: dict[str, NDArray], part: GenesFit, genes: NDArray, reduced: Reduction, names: list[str]) -> None:
     """Write the refit ``part`` of ``genes`` (fitted on ``reduced.cols``) into the full arrays: the
     coefficients without a limit (not estimable on the kept cells) stay NaN."""
     p = arrays["coef"].shape[1]
@@ -217,12 +228,13 @@ def _place(arrays: dict[str, NDArray], part: GenesFit, genes: NDArray, reduced: 
     cov = np.full((genes.size, p, p), np.nan)
     cov[np.ix_(np.arange(genes.size), cols, cols)] = part.cov[np.ix_(np.arange(genes.size), est, est)]
     arrays["cov"][genes] = cov
-    for name in ("sigma2", "theta", "dispersion", "loglik", "n_iter", "grad_max", "log_sigma2_se", "log_theta_se"):
+    for name in ("varcomp", "theta", "dispersion", "loglik", "n_iter", "n_eval", "grad_max", "log_sigma2_se",
+                 "log_theta_se"):  # fmt: skip
         arrays[name][genes] = getattr(part, name)
-    # the reduced fit's donors are the codes of the donors that keep cells; the others have no
-    # data, so their conditional mode is 0
-    modes = np.zeros((genes.size, donors.size))
-    modes[:, np.asarray(part.donors, dtype=np.int64)] = part.modes
+    # the reduced fit has the levels that keep cells; the others have no data: their conditional mode is 0
+    position = {name: i for i, name in enumerate(names)}
+    modes = np.zeros((genes.size, len(names)))
+    modes[:, [position[name] for name in part.mode_names]] = part.modes
     modes[~np.isfinite(part.loglik)] = np.nan
     arrays["modes"][genes] = modes
     arrays["status"][genes] = part.status | np.where((part.status & UNUSABLE) != 0, 0, PARTIAL_SEPARATION)

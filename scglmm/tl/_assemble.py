@@ -15,11 +15,12 @@ import pandas as pd
 
 from .._core._inference import EB_GRID
 from .._layout import StoredFit, rank_key, status_key, varm_key
-from ._re_run import slope_effects
+from ._wald import slope_effects
 
 if TYPE_CHECKING:
     from .._formula import ParsedFormula
-    from ._run import FitOptions, Run, WaldTests
+    from ._run import FitOptions, Run
+    from ._wald import WaldTests
 
 __all__ = ["FitSettings", "stored_fit"]
 
@@ -96,12 +97,12 @@ def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict
         varm_key(sub, "cov"): fit.cov.reshape(fit.cov.shape[0], -1),
         varm_key(sub, "fit"): _fit_table(run, var_names),
     }
-    if run.re is None:
+    if not run.general:
         out[varm_key(sub, "donor_effects")] = genes_by(fit.modes, [str(d) for d in fit.donors])
     out[varm_key(sub, "expression")] = run.expression
-    if run.re is not None:
-        out[varm_key(sub, "varcomp")] = genes_by(run.re.varcomp, list(run.re.varcomp_names))
-        out[varm_key(sub, "modes")] = genes_by(run.re.modes, list(run.re.mode_names))
+    if run.general:
+        out[varm_key(sub, "varcomp")] = genes_by(fit.varcomp, list(fit.varcomp_names))
+        out[varm_key(sub, "modes")] = genes_by(fit.modes, list(fit.mode_names))
     return out
 
 
@@ -169,9 +170,9 @@ def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
     """The random-effect structure of a run with a general structure (nothing for ``(1 | donor)``): per term
     (keyed by the term as written after expansion, e.g. ``(1 | donor:sample)``) its grouping factor,
     coefficients, covariance form and levels."""
-    if run.re is None:
+    if not run.general:
         return {}
-    effects = slope_effects(run.re.terms, run.design.matrix, list(run.design.columns))
+    effects = slope_effects(run.terms, run.design.matrix, list(run.design.columns))
     return {
         "random_effects": {
             str(spec): {
@@ -181,9 +182,9 @@ def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
                 "n_levels": int(t.m),
                 "levels": [str(v) for v in t.levels],
             }
-            for spec, t in zip(parsed.terms, run.re.terms, strict=True)
+            for spec, t in zip(parsed.terms, run.terms, strict=True)
         },
-        "varcomp_names": list(run.re.varcomp_names),
+        "varcomp_names": list(run.fit.varcomp_names),
         # fixed effects tested on a term's per-level slopes -> its grouping factor, and the between-level df
         # of their test ("df" holds the reference: inf under "eb", these df under "t")
         "slope_columns": {c: ts.term.group for c, ts in effects.items()},

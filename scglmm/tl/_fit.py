@@ -2,7 +2,7 @@
 
 :func:`fit` reads as its steps: :func:`_validate` the arguments, fit the runs (one for all cells,
 or one per group with :mod:`._groupby`; each builds its design and fits in :mod:`._run`), the
-calibrated Wald tests (:func:`._re_run.re_wald_tests`), the ``rank_genes_groups`` block
+calibrated Wald tests (:func:`._wald.wald_tests`), the ``rank_genes_groups`` block
 (:mod:`._rank_genes_groups`), assemble every output (:mod:`._assemble`) and write it whole with
 :func:`scglmm._layout.write_fit`.
 """
@@ -21,9 +21,9 @@ from .._logging import logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
 from ._rank_genes_groups import RankedRun, rank_genes_groups
-from ._re_run import check_re_options, fit_any_run, re_wald_tests
 from ._report import log_text, warning_text
-from ._run import FitOptions
+from ._run import FitOptions, check_options, fit_run
+from ._wald import wald_tests
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -72,7 +72,8 @@ def fit(
     Other random-effect structures (random slopes, nested, crossed; see ``formula``) replace
     :math:`b_i` by :math:`z_{ij}^\top b`, one normal vector per level of each grouping factor with an
     unstructured (``|``) or diagonal (``||``) covariance, fitted by the Laplace approximation with
-    :func:`scglmm._core._re_api.fit_re_genes`, the genes spread over ``n_jobs`` workers (processes by default).
+    :func:`scglmm.fit_genes` (as every structure), the genes spread over ``n_jobs`` workers (processes by
+    default).
 
     Parameters
     ----------
@@ -249,7 +250,7 @@ def fit(
         block_size=block_size, progress=progress,
     )  # fmt: skip
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
-    tests = {sub: re_wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
+    tests = {sub: wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
     seconds = time.perf_counter() - t_start
     _report(fitted, settings, key=key_added)
     ranked = {sub: RankedRun(fitted.labels[sub], run, tests[sub]) for sub, run in fitted.runs.items()}
@@ -306,7 +307,7 @@ def _validate(
     min_cells_group = _inputs.min_count("min_cells_group", min_cells_group)
     min_donors_group = _inputs.min_count("min_donors_group", min_donors_group)
     parsed = parse_fit_formula(formula)
-    check_re_options(parsed, options)
+    check_options(parsed, options)
     _inputs.not_empty(adata)
     if parsed.general:
         build_re_terms(parsed.terms, adata.obs)  # the grouping columns: present, no NaN, two levels
@@ -337,10 +338,9 @@ def _fit_runs(adata: AnnData, Y, design: FixedDesign | None, settings: FitSettin
             adata, Y, settings.log_offset, parsed, settings.groupby, settings.options, key=key,
             min_cells_group=settings.min_cells_group, min_donors_group=settings.min_donors_group,
         )  # fmt: skip
-    run = fit_any_run(
-        adata.obs, Y, settings.log_offset, design, parsed, adata.var_names, settings.options,
-        key=key, desc="scglmm fit",
-    )  # fmt: skip
+    run = fit_run(
+        adata.obs, Y, settings.log_offset, design, parsed, adata.var_names, settings.options, desc="scglmm fit"
+    )
     return GroupRuns(runs={key: run}, labels={key: ""})
 
 

@@ -12,8 +12,7 @@ from .._core._errors import InvalidValueError
 from .._formula import ParsedFormula, build_design, build_re_terms
 from .._layout import group_key
 from .._logging import logger
-from ._re_run import fit_any_run
-from ._run import FitOptions, Run
+from ._run import FitOptions, Run, fit_run
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -69,10 +68,9 @@ def fit_groups(
             out.skipped[str(g)] = reason
             continue
         sub = group_key(key, g)
-        out.runs[sub] = fit_any_run(
-            obs_g, Y[mask], log_off[mask], design, parsed, adata.var_names, options,
-            key=sub, desc=f"scglmm fit [{g}]",
-        )  # fmt: skip
+        out.runs[sub] = fit_run(
+            obs_g, Y[mask], log_off[mask], design, parsed, adata.var_names, options, desc=f"scglmm fit [{g}]"
+        )
         out.labels[sub] = str(g)
     _report_skipped(out.skipped, groupby, len(groups), any_fitted=bool(out.runs))
     return out

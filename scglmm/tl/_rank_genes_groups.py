@@ -11,7 +11,8 @@ import pandas as pd
 
 from .._core._inference import bh_adjust, resolve_column
 from .._layout import h5ad_name
-from ._run import Run, WaldTests
+from ._run import Run
+from ._wald import WaldTests
 
 if TYPE_CHECKING:
     from .._formula import FixedDesign

@@ -1,8 +1,10 @@
 """One run of :func:`scglmm.tl.fit`: the genes of one set of cells (all, or one group's), fitted.
 
-A run filters the genes, fits the kept ones with :func:`scglmm.fit_genes` and spreads the result
-back onto every gene (the filtered ones NaN, status ``filtered``). :func:`wald_tests` then adds
-the calibrated Wald test of each design column.
+A run builds the random-effect terms of the formula on its cells, filters the genes (cells and donors
+with counts, the donors being the levels of the first term's grouping factor), fits the kept ones with
+:func:`scglmm.fit_genes` (which chooses the engine from the terms) and spreads the result back onto
+every gene (the filtered ones NaN, status ``filtered``). :func:`._wald.wald_tests` then adds the
+calibrated Wald test of each design column.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .._core._api import fit_genes
-from .._core._inference import donor_level_design, wald_pvalues
-from .._core._results import GenesFit
+from .._core._errors import InvalidValueError
+from .._core._results import RUN_FIELDS, GenesFit
 from .._core._status import FILTERED
+from .._formula import build_re_terms
 from .._inputs import gene_counts
 from .._logging import logger, progress_bar
 from ._expression import expression_table
@@ -25,12 +28,12 @@ from ._report import StatusSummary, status_summary
 
 if TYPE_CHECKING:
     from .._core._re import RETerm
-    from .._formula import FixedDesign
+    from .._formula import FixedDesign, ParsedFormula
 
-__all__ = ["FitOptions", "REParts", "Run", "WaldTests", "finish_run", "fit_run", "scatter_genes", "wald_tests"]
+__all__ = ["RE_CALIBRATIONS", "FitOptions", "Run", "check_options", "fit_run", "scatter_genes"]
 
-#: Fields of :class:`GenesFit` that describe the run, not one gene each.
-_RUN_FIELDS = ("coef_names", "donors")
+#: Calibrations available with random effects other than one donor intercept.
+RE_CALIBRATIONS = ("eb", "t", "z")
 
 
 @dataclass(frozen=True)
@@ -47,54 +50,52 @@ class FitOptions:
 
 
 @dataclass(frozen=True)
-class REParts:
-    """What a run with a general structure stores besides the :class:`GenesFit` fields."""
-
-    terms: tuple[RETerm, ...]
-    varcomp: np.ndarray
-    """(G, V) variances and correlations, named by ``varcomp_names`` (NaN for filtered genes)."""
-    varcomp_names: list[str]
-    modes: np.ndarray
-    """(G, Q) conditional modes of every term's levels, named by ``mode_names``."""
-    mode_names: list[str]
-
-
-@dataclass(frozen=True)
 class Run:
     """The fit of every gene on one set of cells, before it is tested and stored."""
 
     design: FixedDesign
     fit: GenesFit
     """Every gene: the filtered ones NaN, with status ``filtered``."""
-    donor_codes: np.ndarray
-    """Per cell: the index of its donor in ``fit.donors``."""
+    terms: tuple[RETerm, ...]
+    """The random-effect terms on the run's cells (the first one's levels are the donors)."""
+    general: bool
+    """Random effects other than one ``(1 | donor)``: stored as variance components and modes of every
+    level rather than as donor effects."""
     n_filtered: int
     seconds: float
     summary: StatusSummary
+    """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
     expression: pd.DataFrame
     """Per gene: ``base_mean`` and the mean and detection per factor level (:mod:`._expression`)."""
     expression_levels: dict[str, list[str]]
     """``{variable: [reference, level, ...]}`` of the factors in ``expression``."""
     size_factor_center: float
     """Mean log offset of the run's cells: the size factors of ``expression`` are ``exp(log_off - center)``."""
-    """What a user must act on; :func:`scglmm.tl.fit` logs one summary and at most one warning per call."""
-    re: REParts | None = None
-    """A general random-effect structure (:mod:`._re_run`): its terms, variance components and modes."""
+
+    @property
+    def donor_codes(self) -> np.ndarray:
+        """Per cell: the index of its donor in ``fit.donors``."""
+        return self.terms[0].codes
 
 
-@dataclass(frozen=True)
-class WaldTests:
-    """The calibrated Wald test of each design column of a run, for every gene."""
-
-    pval: np.ndarray
-    stat: np.ndarray
-    df: dict[str, float]
-    """Degrees of freedom per column: ``inf`` for the normal reference, NaN when they differ by gene."""
-    df_per_gene: dict[str, np.ndarray]
-    """The columns whose degrees of freedom differ by gene (the Satterthwaite calibrations)."""
-    eb_prior: dict[str, np.ndarray]
-    donor_mask: np.ndarray
-    donor_design: np.ndarray
+def check_options(parsed: ParsedFormula, options: FitOptions) -> None:
+    """Refuse the settings that need a single donor intercept (``n_agq > 1``, the intercept-only
+    calibrations) with other random effects."""
+    if not parsed.general:
+        return
+    shown = " + ".join(str(t) for t in parsed.terms)
+    if options.n_agq != 1:
+        msg = (
+            f"n_agq={options.n_agq!r}: adaptive Gauss-Hermite quadrature needs a single random intercept "
+            f"'(1 | donor)'; the random effects {shown} are fitted with the Laplace approximation only: use n_agq=1."
+        )
+        raise InvalidValueError(msg, param="n_agq")
+    if options.calibration not in RE_CALIBRATIONS:
+        msg = (
+            f"calibration={options.calibration!r} models a single donor random intercept; with the random "
+            f"effects {shown} use one of {list(RE_CALIBRATIONS)}."
+        )
+        raise InvalidValueError(msg, param="calibration")
 
 
 def fit_run(
@@ -102,57 +103,49 @@ def fit_run(
     Y,
     log_off: np.ndarray,
     design: FixedDesign,
-    donor: str,
+    parsed: ParsedFormula,
     var_names: pd.Index,
     options: FitOptions,
     *,
-    key: str,
     desc: str,
 ) -> Run:
     """Filter the genes, fit the kept ones and spread the result onto every gene.
 
-    ``obs``, ``Y`` and ``log_off`` hold the run's cells; ``donor`` is the donor column of ``obs``,
-    ``key`` the run key (named in messages) and ``desc`` the run's name in logs.
+    ``obs``, ``Y`` and ``log_off`` hold the run's cells; ``desc`` is the run's name in logs.
     """
     t0 = time.perf_counter()
-    labels = obs[donor].astype(str).to_numpy()
-    codes, donors = pd.factorize(labels, sort=True)
-    ncell, ndon = gene_counts(Y, codes, len(donors))
+    terms = tuple(build_re_terms(parsed.specs, obs))
+    first = terms[0]
+    ncell, ndon = gene_counts(Y, first.codes, first.m)
     idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
     logger.info(
-        "%s: fitting %d genes x %d cells, %d donors, design %s, n_agq=%d, n_jobs=%d",
-        desc, idx.size, len(obs), len(donors), design.columns, options.n_agq, options.n_jobs,
+        "%s: fitting %d genes x %d cells, %d levels of %s, random effects %s, design %s, n_agq=%d, n_jobs=%d",
+        desc, idx.size, len(obs), first.m, first.group, " + ".join(str(t) for t in parsed.specs), design.columns,
+        options.n_agq, options.n_jobs,
     )  # fmt: skip
-    part = _fit_kept(Y, idx, design, labels, log_off, options, desc=desc)
-    return finish_run(obs, Y, log_off, design, part, codes, len(donors), idx, ncell, var_names, t0)
-
-
-def finish_run(
-    obs: pd.DataFrame, Y, log_off: np.ndarray, design: FixedDesign, part: GenesFit, codes: np.ndarray,
-    n_donors: int, idx: np.ndarray, ncell: np.ndarray, var_names: pd.Index, t0: float, *, re: REParts | None = None,
-) -> Run:  # fmt: skip
-    """The :class:`Run` of the kept genes ``idx`` fitted as ``part``: spread onto every gene (the others
-    ``filtered``), with the status summary and the expression table every run stores."""
-    fit = scatter_genes(part, idx, len(var_names), fill={"status": FILTERED, "n_iter": 0, "n_nonzero": ncell})
+    part = _fit_kept(Y, idx, design, terms, log_off, options, desc=desc)
+    fill = {"status": FILTERED, "n_iter": 0, "n_eval": 0, "n_nonzero": ncell}
+    fit = scatter_genes(part, idx, len(var_names), fill=fill)
     center = float(np.mean(log_off)) if len(log_off) else 0.0
     expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
     return Run(
         design=design,
         fit=fit,
-        donor_codes=codes,
+        terms=terms,
+        general=parsed.general,
         n_filtered=int(len(var_names) - idx.size),
         seconds=time.perf_counter() - t0,
-        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=n_donors),
+        summary=status_summary(fit.status, fit.coef, var_names, n_cells=len(obs), n_donors=first.m),
         expression=expression,
         expression_levels=levels,
         size_factor_center=center,
-        re=re,
     )
 
 
 def _fit_kept(
-    Y, idx: np.ndarray, design: FixedDesign, labels: np.ndarray, log_off: np.ndarray, options: FitOptions, *, desc: str
-) -> GenesFit:
+    Y, idx: np.ndarray, design: FixedDesign, terms: tuple[RETerm, ...], log_off: np.ndarray, options: FitOptions,
+    *, desc: str,
+) -> GenesFit:  # fmt: skip
     """:func:`fit_genes` on the genes ``idx`` of ``Y`` (none: an empty fit of the right shapes)."""
     if idx.size == Y.shape[1]:
         Ykept = Y
@@ -164,7 +157,7 @@ def _fit_kept(
         return fit_genes(
             Ykept,
             design.matrix,
-            labels,
+            terms,
             log_off,
             n_agq=options.n_agq,
             n_jobs=options.n_jobs,
@@ -183,7 +176,7 @@ def scatter_genes(part: GenesFit, idx: np.ndarray, n_genes: int, *, fill: dict[s
     """
     spread = {}
     for f in fields(part):
-        if f.name in _RUN_FIELDS:
+        if f.name in RUN_FIELDS:
             continue
         value = np.asarray(getattr(part, f.name))
         out = np.empty((n_genes, *value.shape[1:]), dtype=value.dtype)
@@ -191,29 +184,3 @@ def scatter_genes(part: GenesFit, idx: np.ndarray, n_genes: int, *, fill: dict[s
         out[idx] = value
         spread[f.name] = out
     return replace(part, **spread)
-
-
-def wald_tests(run: Run, calibration: str) -> WaldTests:
-    """The calibrated Wald test of each design column of ``run`` (see :func:`scglmm.tl.fit`)."""
-    fit = run.fit
-    G, p = fit.coef.shape
-    donor_mask, donor_design = donor_level_design(run.design.matrix, run.donor_codes)
-    donor_cells = np.bincount(run.donor_codes, minlength=donor_design.shape[0])
-    pval, stat = np.full((G, p), np.nan), np.full((G, p), np.nan)
-    df: dict[str, float] = {}
-    df_per_gene: dict[str, np.ndarray] = {}
-    eb_prior: dict[str, np.ndarray] = {}
-    for j, col in enumerate(run.design.columns):
-        out = wald_pvalues(
-            fit.coef, fit.cov, np.eye(p)[j], sigma2=fit.sigma2, donor_mask=donor_mask, donor_design=donor_design,
-            calibration=calibration, donor_cells=donor_cells,
-        )  # fmt: skip
-        pval[:, j], stat[:, j] = out["p_value"], out["stat"]
-        if np.ndim(out["df"]):  # Satterthwaite: one df per gene
-            df[col] = float("nan")
-            df_per_gene[col] = np.asarray(out["df"], dtype=float)
-        else:
-            df[col] = float(out["df"])
-        if "eb_prior" in out:
-            eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
-    return WaldTests(pval, stat, df, df_per_gene, eb_prior, donor_mask, np.asarray(donor_design, dtype=float))

@@ -3,39 +3,26 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from .. import _inputs
-from .._core._errors import InputError, InvalidValueError, MissingKeyError
-from .._core._inference import bh_adjust, contrast_vector, lrt_pvalues, mixture_name, wald_pvalues
-from .._core._status import FILTERED
-from .._formula import ParsedFormula, build_design, build_re_terms, parse_fit_formula
+from .._core._inference import bh_adjust, contrast_vector, wald_pvalues
 from .._layout import (
     coef_cov,
     contrast_key,
     contrast_name,
     fit_params,
     run_keys,
-    stored_log_offset,
     varm_key,
     write_contrast,
 )
 from .._logging import logger
-from ._re_test import (
-    RandomChange,
-    check_re_calibration,
-    random_change,
-    random_specs,
-    refit_loglik,
-    slope_contrast_columns,
-    slope_contrast_test,
-)
+from ._lrt import lrt_one, run_cells
+from ._wald import check_calibration, slope_contrast_columns, slope_contrast_test
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -152,7 +139,8 @@ def test(
         if method == "wald":
             table, info, name = _wald_one(adata, sub, label, contrast, calibration)
         else:
-            table, info, name = _lrt_one(adata, sub, label, contrast, reduced_formula, n_jobs, progress)
+            columns, info, name = lrt_one(adata, sub, label, contrast, reduced_formula, n_jobs, progress)
+            table = _table(adata, **columns)
         outputs[sub] = (table, info)
     if key_added:
         name = contrast_name(key_added)
@@ -170,7 +158,7 @@ def _wald_one(
     cols = [str(c) for c in params["design_columns"]]
     vec, name = contrast_vector(contrast, cols, reference_levels=params["reference_levels"])
     cal = calibration or str(params["calibration"])
-    check_re_calibration(params, cal, sub)
+    check_calibration(params, cal, sub)
     donor_level = set(params["donor_level_columns"])
     out = wald_pvalues(
         adata.varm[varm_key(sub, "coef")][cols].to_numpy(dtype=float),
@@ -185,7 +173,7 @@ def _wald_one(
     slopes = slope_contrast_columns(params, vec, cal)
     if slopes:  # a random slope's fixed effect: tested on the slope's levels, as its coefficient in tl.fit
         out |= slope_contrast_test(
-            params, adata.obs.loc[_run_cells(adata, sub, label, params)], adata.varm[varm_key(sub, "varcomp")],
+            params, adata.obs.loc[run_cells(adata, sub, label, params)], adata.varm[varm_key(sub, "varcomp")],
             vec, out["estimate"], out["se"] ** 2, columns=slopes, calibration=cal,
         )  # fmt: skip
     table = _table(
@@ -229,182 +217,3 @@ def _table(
         **extra,
     }
     return pd.DataFrame(columns, index=adata.var_names.copy())
-
-
-# ------------------------------------------------------------------------------------------------
-# likelihood-ratio tests
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Reduced:
-    """The null model of a likelihood-ratio test."""
-
-    matrix: np.ndarray
-    columns: list[str]
-    dropped: list[str]
-    description: str
-    random: RandomChange
-
-
-def _lrt_one(
-    adata: AnnData, sub: str, label: str, contrast, reduced_formula: str | None, n_jobs: int | None, progress
-) -> tuple[pd.DataFrame, dict, str]:
-    """The likelihood-ratio test of one run: refit the reduced model on the run's cells."""
-    params = fit_params(adata, sub)
-    mask = _run_cells(adata, sub, label, params)
-    reduced = _reduced_model(params, adata.obs.loc[mask], sub, contrast, reduced_formula)
-    df_lr = len(params["design_columns"]) - len(reduced.columns)
-    dfs, weights = reduced.random.reference(df_lr)
-    t0 = time.perf_counter()
-    ll_reduced = _refit(adata, sub, params, mask, reduced, n_jobs, progress)
-    ll_full = adata.varm[varm_key(sub, "fit")]["loglik"].to_numpy(dtype=float)
-    stat, p = lrt_pvalues(ll_full, ll_reduced, dfs if weights else dfs[0], weights)
-    est, se = np.full(adata.n_vars, np.nan), np.full(adata.n_vars, np.nan)
-    if df_lr == 1 and not reduced.random.changed:
-        est = adata.varm[varm_key(sub, "coef")][reduced.dropped[0]].to_numpy(dtype=float)
-        se = adata.varm[varm_key(sub, "se")][reduced.dropped[0]].to_numpy(dtype=float)
-    table = _table(
-        adata, estimate=est, se=se, se_test=np.full(adata.n_vars, np.nan), stat=stat,
-        df=np.full(adata.n_vars, float(dfs[0]) if weights is None else np.nan), p_value=p,
-        loglik_full=ll_full, loglik_reduced=ll_reduced, **_dropped_variance(adata, sub, reduced.random),
-    )  # fmt: skip
-    info = {
-        "method": "lrt",
-        "contrast": "" if contrast is None else str(contrast),
-        "dropped_columns": reduced.dropped,
-        "reduced_formula": reduced.description,
-        "reduced_columns": list(reduced.columns),
-        "df": int(dfs[0]) if weights is None else float("nan"),
-        "reference": f"chi-square({dfs[0]})" if weights is None else mixture_name(dfs, weights),
-        **_random_info(reduced.random, dfs, weights),
-        "seconds": float(time.perf_counter() - t0),
-    }
-    change = reduced.random
-    dropped = [*reduced.dropped, *(change.dropped_variances or change.dropped_correlations)]
-    named = reduced_formula is None or contrast is None
-    name = "lrt_" + ("_".join(dropped) if named else contrast_name(str(contrast)))
-    return table, info, contrast_name(name)
-
-
-def _random_info(change: RandomChange, dfs: list[int], weights: list[float] | None) -> dict:
-    """What an LRT that changes the random effects adds to ``uns[k]['contrasts'][name]``."""
-    if not change.changed:
-        return {}
-    out = {
-        "dropped_variances": list(change.dropped_variances),
-        "dropped_correlations": list(change.dropped_correlations),
-    }
-    if weights is not None:
-        out |= {"mixture_df": [int(d) for d in dfs], "mixture_weights": [float(w) for w in weights]}
-    return out
-
-
-def _dropped_variance(adata: AnnData, sub: str, change: RandomChange) -> dict[str, np.ndarray]:
-    """The fitted value of the variance an LRT drops (column ``variance``), from ``varm[f'{sub}_varcomp']``."""
-    table = adata.varm.get(varm_key(sub, "varcomp"))
-    if not change.dropped_variances or table is None or change.dropped_variances[0] not in table.columns:
-        return {}
-    return {"variance": table[change.dropped_variances[0]].to_numpy(dtype=float)}
-
-
-def _run_cells(adata: AnnData, sub: str, label: str, params: Mapping) -> np.ndarray:
-    """The cells of a run (its group's, or all), checked against the fit."""
-    mask = np.ones(adata.n_obs, dtype=bool)
-    if label != "":
-        mask = (adata.obs[str(params["groupby"])].astype(str) == label).to_numpy()
-    if int(mask.sum()) != int(params["n_cells"]):
-        msg = (
-            f"the cells of {sub!r} changed since the fit ({int(mask.sum())} now, {params['n_cells']} fitted); "
-            "the likelihood-ratio test needs the fitted cells: refit first."
-        )
-        raise InvalidValueError(msg, param="adata")
-    return mask
-
-
-def _reduced_model(params: Mapping, obs: pd.DataFrame, sub: str, contrast, reduced_formula: str | None) -> _Reduced:
-    """The null model: ``reduced_formula`` (nested in the fit's) or the fit without the contrast's columns."""
-    cols = [str(c) for c in params["design_columns"]]
-    fitted = parse_fit_formula(str(params["formula"]))
-    shown = " + ".join(str(t) for t in random_specs(fitted))
-    full = build_design(str(params["fixed_formula"]), obs)
-    if full.columns != cols:
-        msg = f"the design of {sub!r} changed since the fit ({full.columns} now, {cols} fitted); refit first."
-        raise InvalidValueError(msg, param="adata")
-    if reduced_formula is None:
-        dropped = _drop_columns(contrast, cols)
-        keep = [i for i, c in enumerate(cols) if c not in dropped]
-        description = f"{params['fixed_formula']} without {dropped} + {shown}"
-        matrix, columns, parsed = full.matrix[:, keep], [cols[i] for i in keep], fitted
-    else:
-        formula = reduced_formula if "|" in reduced_formula else f"{reduced_formula.rstrip()} + {shown}"
-        try:
-            parsed = parse_fit_formula(formula)
-        except InputError as err:
-            raise type(err)(str(err), param="reduced_formula") from None
-        matrix, columns, dropped = _reduced_fixed(parsed, obs, cols)
-        description = parsed.formula
-    change = random_change(tuple(build_re_terms(random_specs(fitted), obs)), parsed, obs, shown_full=shown)
-    if len(columns) >= len(cols) and not change.changed:
-        msg = f"the reduced model drops no column of {cols} and keeps the random effects {shown}; nothing to test."
-        raise InvalidValueError(msg, param="reduced_formula")
-    return _Reduced(matrix, columns, dropped, description, change)
-
-
-def _reduced_fixed(
-    parsed: ParsedFormula, obs: pd.DataFrame, cols: list[str]
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """The fixed design of ``reduced_formula``, its columns and the fitted columns it drops."""
-    try:
-        red = build_design(parsed.fixed, obs)
-    except InputError as err:
-        raise type(err)(str(err), param="reduced_formula") from None
-    extra = [c for c in red.columns if c not in cols]
-    if extra:
-        msg = f"reduced_formula is not nested in the fitted model: column(s) {extra} are not in {cols}."
-        raise InvalidValueError(msg, param="reduced_formula")
-    return red.matrix, list(red.columns), [c for c in cols if c not in red.columns]
-
-
-def _drop_columns(contrast, cols: list[str]) -> list[str]:
-    """The columns an LRT without ``reduced_formula`` drops: named columns, or all of a variable's."""
-    if isinstance(contrast, str):
-        items = [contrast]
-    elif isinstance(contrast, Sequence) and all(isinstance(c, str) for c in contrast):
-        items = list(contrast)
-    else:
-        msg = (
-            "for method='lrt' without reduced_formula, contrast names the column(s) to drop: a design column, "
-            f"a variable (all its columns) or a list of columns; got {contrast!r}. Or pass reduced_formula."
-        )
-        raise InvalidValueError(msg, param="contrast")
-    drop: list[str] = []
-    for it in items:
-        if it in cols:
-            drop.append(it)
-            continue
-        matches = [c for c in cols if c.startswith(f"{it}[")]
-        if not matches:
-            msg = f"{it!r} is neither a design column nor a variable of the design; columns: {cols}."
-            raise MissingKeyError(msg, param="contrast")
-        drop += matches
-    if "Intercept" in drop and len(drop) == len(cols):
-        msg = "the reduced model would have no fixed effect at all."
-        raise InvalidValueError(msg, param="contrast")
-    return list(dict.fromkeys(drop))
-
-
-def _refit(
-    adata: AnnData, sub: str, params: Mapping, mask: np.ndarray, reduced: _Reduced, n_jobs: int | None, progress
-) -> np.ndarray:
-    """Log-likelihood of the reduced model per gene (NaN for the genes the fit filtered out)."""
-    status = adata.varm[varm_key(sub, "fit")]["status_code"].to_numpy(dtype=np.int64)
-    idx = np.flatnonzero((status & FILTERED) == 0)
-    layer = params["layer"]
-    Y, _ = _inputs.counts(adata, None if layer in (None, "X") else str(layer))
-    ll = refit_loglik(
-        Y[mask][:, idx], reduced.matrix, reduced.columns, reduced.random, adata.obs.loc[mask],
-        stored_log_offset(adata, sub)[mask], n_agq=int(params["n_agq"]),
-        n_jobs=int(params["n_jobs"] if n_jobs is None else n_jobs), progress=progress,
-    )  # fmt: skip
-    out = np.full(adata.n_vars, np.nan)
-    out[idx] = ll
-    return out
