@@ -545,6 +545,42 @@ def _nonzero(ctx: click.Context, param: click.Parameter, value: int | None) -> i
     return value
 
 
+def _command(name: str, text: str) -> Callable[[Callable], click.Command]:
+    """A decorator that makes its function the command ``scglmm name`` (help ``text``) of one file, ``INPUT``.
+
+    The command names the stray arguments when a required option is missing (:class:`_Command`) and
+    shows its help when run without arguments.
+    """
+
+    def make(f: Callable) -> click.Command:
+        f = click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))(f)
+        return cli.command(name, cls=_Command, help=text, no_args_is_help=True)(f)
+
+    return make
+
+
+def _n_jobs(text: str, **default: Any) -> Callable[[Callable], Callable]:
+    """``-j`` / ``--n-jobs``: threads, -1 for all cores, never 0; ``default`` holds its default, if any."""
+    return click.option("-j", "--n-jobs", type=int, metavar="N", callback=_nonzero, help=text, **default)
+
+
+def _top(text: str) -> Callable[[Callable], Callable]:
+    """``--top``: how many genes to print (0: none), 10 by default."""
+    return click.option("--top", type=click.IntRange(min=0), metavar="N", default=10, show_default=True, help=text)
+
+
+def _minimum(flag: str, text: str) -> Callable[[Callable], Callable]:
+    """The option ``flag`` (``--min-cells``, ...) of a minimum count of :func:`scglmm.tl.fit`.
+
+    An integer N >= 0 passed as the keyword of the same name; its default is the library's, given
+    after ``text`` in the help.
+    """
+    default = _FIT_DEFAULTS[flag.removeprefix("--").replace("-", "_")]
+    return click.option(
+        flag, type=click.IntRange(min=0), metavar="N", default=default, help=f"{text}  [default: {default}]"
+    )
+
+
 def _verbosity(f: Callable) -> Callable:
     f = click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr, and the traceback on errors.")(f)
     f = click.option(
@@ -632,8 +668,7 @@ when interrupted).
 """
 
 
-@cli.command("fit", cls=_Command, help=_FIT_HELP, no_args_is_help=True)
-@click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
+@_command("fit", _FIT_HELP)
 @click.option(
     "-f",
     "--formula",
@@ -665,35 +700,10 @@ when interrupted).
     default=_FIT_DEFAULTS["calibration"],
     help=f"Reference distribution of the Wald p-values (see scglmm.tl.fit).  [default: {_FIT_DEFAULTS['calibration']}]",
 )
-@click.option(
-    "--min-cells",
-    type=click.IntRange(min=0),
-    metavar="N",
-    default=_FIT_DEFAULTS["min_cells"],
-    help="Fit a gene only if at least N cells have a count; others are kept as NaN, status 'filtered'.  "
-    f"[default: {_FIT_DEFAULTS['min_cells']}]",
-)
-@click.option(
-    "--min-donors",
-    type=click.IntRange(min=0),
-    metavar="N",
-    default=_FIT_DEFAULTS["min_donors"],
-    help=f"Fit a gene only if at least N donors have a count.  [default: {_FIT_DEFAULTS['min_donors']}]",
-)
-@click.option(
-    "--min-cells-group",
-    type=click.IntRange(min=0),
-    metavar="N",
-    default=_FIT_DEFAULTS["min_cells_group"],
-    help=f"With --groupby: skip groups with fewer cells.  [default: {_FIT_DEFAULTS['min_cells_group']}]",
-)
-@click.option(
-    "--min-donors-group",
-    type=click.IntRange(min=0),
-    metavar="N",
-    default=_FIT_DEFAULTS["min_donors_group"],
-    help=f"With --groupby: skip groups with fewer donors.  [default: {_FIT_DEFAULTS['min_donors_group']}]",
-)
+@_minimum("--min-cells", "Fit a gene only if at least N cells have a count; others are kept as NaN, status 'filtered'.")
+@_minimum("--min-donors", "Fit a gene only if at least N donors have a count.")
+@_minimum("--min-cells-group", "With --groupby: skip groups with fewer cells.")
+@_minimum("--min-donors-group", "With --groupby: skip groups with fewer donors.")
 @click.option(
     "--backed",
     is_flag=True,
@@ -708,16 +718,7 @@ when interrupted).
     show_default=True,
     help="1 = Laplace approximation (as glmmTMB); K > 1 = adaptive Gauss-Hermite with K nodes.",
 )
-@click.option(
-    "-j",
-    "--n-jobs",
-    type=int,
-    metavar="N",
-    callback=_nonzero,
-    default=1,
-    show_default=True,
-    help="Threads (-1 = all cores).",
-)
+@_n_jobs("Threads (-1 = all cores).", default=1, show_default=True)
 @click.option(
     "--key-added",
     metavar="KEY",
@@ -725,14 +726,7 @@ when interrupted).
     show_default=True,
     help="Prefix of the keys written to the AnnData.",
 )
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    metavar="N",
-    default=10,
-    show_default=True,
-    help="Genes to print per coefficient (0: none).",
-)
+@_top("Genes to print per coefficient (0: none).")
 @_verbosity
 def fit_cmd(
     input_h5ad: Path,
@@ -843,8 +837,7 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     return (m.group(1), m.group(2), m.group(3)) if m else text
 
 
-@cli.command("test", cls=_Command, help=_TEST_HELP, no_args_is_help=True)
-@click.argument("input_h5ad", metavar="INPUT", type=click.Path(path_type=Path))
+@_command("test", _TEST_HELP)
 @click.option(
     "-c",
     "--contrast",
@@ -874,18 +867,9 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     help="Reference distribution of Wald tests.  [default: the fit's]",
 )
 @click.option("--group", multiple=True, metavar="NAME", help="With a --groupby fit: group(s) to test.  [default: all]")
-@click.option(
-    "-j",
-    "--n-jobs",
-    type=int,
-    metavar="N",
-    callback=_nonzero,
-    help="Threads for the refit of --method lrt (-1 = all cores).  [default: the fit's]",
-)
+@_n_jobs("Threads for the refit of --method lrt (-1 = all cores).  [default: the fit's]")
 @click.option("--key-added", metavar="NAME", help="Name of the stored results.  [default: derived from CONTRAST]")
-@click.option(
-    "--top", type=click.IntRange(min=0), metavar="N", default=10, show_default=True, help="Genes to print (0: none)."
-)
+@_top("Genes to print (0: none).")
 @_verbosity
 def test_cmd(
     input_h5ad: Path,

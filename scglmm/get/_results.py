@@ -19,6 +19,8 @@ from .._layout import (
     stored_contrasts,
     varm_key,
 )
+from ._docs import GROUP_KEY, with_sections
+from ._groups import per_group
 from ._log10p import log10_chi2_sf, log10_mixture_sf, log10_two_sided
 
 if TYPE_CHECKING:
@@ -181,6 +183,7 @@ def _contrast_table(adata: AnnData, contrast, sub: str) -> pd.DataFrame:
     return table
 
 
+@with_sections(group_key=GROUP_KEY)
 def results(
     adata: AnnData,
     coef: str | None = None,
@@ -201,11 +204,7 @@ def results(
     contrast
         Instead of ``coef``: the name returned by :func:`scglmm.tl.test` (or the contrast as it
         was passed to it).
-    group
-        For a fit with ``groupby``: one group, or several. ``None`` returns every fitted group,
-        stacked, with a ``group`` column first.
-    key
-        The ``key_added`` of the fit.
+    {group_key}
 
     Returns
     -------
@@ -241,19 +240,7 @@ def results(
     def one(sub: str) -> pd.DataFrame:
         return _coef_table(adata, coef, sub) if contrast is None else _contrast_table(adata, contrast, sub)
 
-    if list(subs) == [""]:
-        return one(subs[""])
+    out = per_group(subs, group, one)
     if isinstance(group, str):
-        out = one(subs[group])
         out.attrs["group"] = group
-        return out
-    parts = []
-    for label, sub in subs.items():
-        part = one(sub)
-        attrs = dict(part.attrs)
-        part.insert(0, "group", label)
-        parts.append(part)
-    out = pd.concat(parts)
-    out["group"] = pd.Categorical(out["group"], categories=list(subs))
-    out.attrs = {k: v for k, v in attrs.items() if k != "df"}
     return out

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .._layout import fit_params, run_keys, varm_key
+from ._docs import GROUP_KEY, with_sections
+from ._groups import per_group
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["varcomp"]
 
 
+@with_sections(group_key=GROUP_KEY)
 def varcomp(adata: AnnData, *, group: str | Sequence[str] | None = None, key: str = "scglmm") -> pd.DataFrame:
     """Per-gene variance components of a fit.
 
@@ -22,11 +25,7 @@ def varcomp(adata: AnnData, *, group: str | Sequence[str] | None = None, key: st
     ----------
     adata
         An AnnData on which :func:`scglmm.tl.fit` has run.
-    group
-        For a fit with ``groupby``: one group, or several. ``None`` returns every fitted group,
-        stacked, with a ``group`` column first.
-    key
-        The ``key_added`` of the fit.
+    {group_key}
 
     Returns
     -------
@@ -38,19 +37,7 @@ def varcomp(adata: AnnData, *, group: str | Sequence[str] | None = None, key: st
     ``varm[f'{key}_varcomp']``). A fit with one donor random intercept ``(1 | donor)`` has one
     column, ``var(Intercept|donor)``, its ``sigma2``. Filtered genes are NaN.
     """
-    subs = run_keys(adata, key, group)
-    if list(subs) == [""]:
-        return _one(adata, subs[""])
-    if isinstance(group, str):
-        return _one(adata, subs[group])
-    parts = []
-    for label, sub in subs.items():
-        part = _one(adata, sub)
-        part.insert(0, "group", label)
-        parts.append(part)
-    out = pd.concat(parts)
-    out["group"] = pd.Categorical(out["group"], categories=list(subs))
-    return out
+    return per_group(run_keys(adata, key, group), group, lambda sub: _one(adata, sub))
 
 
 def _one(adata: AnnData, sub: str) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from .._formula import RETermSpec, build_design, parse_fit_formula
 from .._inputs import counts, log_offset
 from .._layout import fit_params, stored_log_offset, varm_key
 from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
-from ._utils import LEGEND, gene_labels, readable_name, render, run_key
+from ._utils import LEGEND, gene_labels, plot_doc, readable_name, render, run_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -377,6 +377,7 @@ def _draw_text(ax: Axes, t: _Gene, order: list[int]) -> None:
     ax.legend(loc="best", **LEGEND)
 
 
+@plot_doc
 def donor_effects(
     adata: AnnData,
     gene: str,
@@ -463,18 +464,7 @@ def donor_effects(
         As in :func:`scglmm.tl.fit`; only needed when the fit's offset was an array.
     gene_symbols
         ``adata.var`` column in which to look ``gene`` up.
-    figsize
-        Size of a new figure (ignored when ``ax`` is given).
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
-    save
-        Write the figure to this path (format from the extension).
-
-    Returns
-    -------
-    The Axes if ``show`` is False, else ``None``.
+    {figure_axes}
     """
     t = _stored_gene(adata, gene, group, key, gene_symbols, (coef, factor))
     d = _rebuild(adata, t, size_factors, offset)

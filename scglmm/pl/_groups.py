@@ -18,7 +18,7 @@ import pandas as pd
 from .._core._errors import InvalidValueError
 from .._layout import fit_params, run_keys
 from ..get import results
-from ._utils import DOWN, LEGEND, UP, check_count, check_unit, finish, gene_labels, readable_name
+from ._utils import DOWN, LEGEND, UP, check_count, check_unit, finish, gene_labels, plot_doc, readable_name
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -162,6 +162,7 @@ def _grid(ax: Axes | None, figsize: tuple[float, float] | None, s: _Summary) -> 
     return {"counts": counts, "heatmap": heatmap, "colorbar": fig.add_subplot(gs[1, 1])}
 
 
+@plot_doc
 def groups_summary(
     adata: AnnData,
     coef: str | None = None,
@@ -220,10 +221,7 @@ def groups_summary(
         of groups and genes.
     ax
         Draw into the place of this Axes (it is replaced by the panels) instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
-    save
-        Write the figure to this path (format from the extension).
+    {show_save}
 
     Returns
     -------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,7 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import chi2
 
 from .._core._errors import InvalidValueError
-from ._utils import LEGEND, check_count, check_unit, height, one_result, rank_stat, render, title_of
+from ._utils import LEGEND, check_count, check_unit, height, one_result, plot_doc, rank_stat, render, title_of
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,8 +36,24 @@ def _pvals(
     return res, ok, int((~ok).sum())
 
 
-def _with_missing(title: str, n_nan: int) -> str:
-    return title + (f" ({n_nan} with no estimate not shown)" if n_nan else "")
+def _render(
+    panel: Callable[[Axes], None],
+    title: str,
+    legend_loc: str,
+    *,
+    ax: Axes | None,
+    figsize: tuple[float, float] | None,
+    show: bool | None,
+    save: str | Path | None,
+) -> Axes | None:
+    """Draw ``panel`` with its ``title`` and legend (at ``legend_loc``), then :func:`render` it."""
+
+    def draw(ax: Axes) -> None:
+        panel(ax)
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc=legend_loc, **LEGEND)
+
+    return render(draw, ax=ax, figsize=figsize, show=show, save=save)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,6 +91,7 @@ def _draw_qq(ax: Axes, q: dict[str, np.ndarray], label: str, ci: float, point_si
     ax.set_ylabel(r"observed $-\log_{10}$ p")
 
 
+@plot_doc
 def pvalue_qq(
     adata: AnnData,
     coef: str | None = None,
@@ -101,47 +120,20 @@ def pvalue_qq(
 
     Parameters
     ----------
-    adata
-        An AnnData on which :func:`scglmm.tl.fit` has run. Nothing is written to it.
-    coef
-        The design column, as in :func:`scglmm.get.results`.
-    contrast
-        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
-    group
-        For a fit with ``groupby``: the group to plot.
-    key
-        The ``key_added`` of the fit.
+    {one_result}
     ci
         Coverage of the pointwise band.
     point_size
         Marker area in points squared.
-    figsize
-        Size of a new figure (ignored when ``ax`` is given).
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
-    save
-        Write the figure to this path (format from the extension).
-
-    Returns
-    -------
-    The Axes if ``show`` is False, else ``None``.
+    {figure_axes}
     """
     check_unit("ci", ci, low=0.0, high=1.0)
     res, ok, n_nan = _pvals(adata, coef, contrast, group, key)
     q = _qq_points(res, ok, ci)
     label = f"{res.attrs['name']} (lambda = {_inflation(res, ok):.2f})"
-    title = _with_missing(title_of(res, group, int(ok.sum())), n_nan)
-    if q["clip"].any():
-        title += f"\n{int(q['clip'].sum())} with p = 0 clipped at the smallest p (triangles)"
-
-    def draw(ax: Axes) -> None:
-        _draw_qq(ax, q, label, ci, point_size)
-        ax.set_title(title, fontsize=9)
-        ax.legend(loc="upper left", **LEGEND)
-
-    return render(draw, ax=ax, figsize=figsize, show=show, save=save)
+    title = title_of(res, group, int(ok.sum()), n_nan=n_nan, n_clipped=int(q["clip"].sum()))
+    panel = partial(_draw_qq, q=q, label=label, ci=ci, point_size=point_size)
+    return _render(panel, title, "upper left", ax=ax, figsize=figsize, show=show, save=save)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,6 +153,7 @@ def _draw_hist(ax: Axes, p: np.ndarray, bins: int, alpha: float) -> None:
     ax.set_ylabel("number of genes")
 
 
+@plot_doc
 def pvalue_hist(
     adata: AnnData,
     coef: str | None = None,
@@ -185,42 +178,17 @@ def pvalue_hist(
 
     Parameters
     ----------
-    adata
-        An AnnData on which :func:`scglmm.tl.fit` has run. Nothing is written to it.
-    coef
-        The design column, as in :func:`scglmm.get.results`.
-    contrast
-        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
-    group
-        For a fit with ``groupby``: the group to plot.
-    key
-        The ``key_added`` of the fit.
+    {one_result}
     bins
         Number of equal-width bins on [0, 1].
     alpha
         Level whose observed rejection rate is reported.
-    figsize
-        Size of a new figure (ignored when ``ax`` is given).
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
-    save
-        Write the figure to this path (format from the extension).
-
-    Returns
-    -------
-    The Axes if ``show`` is False, else ``None``.
+    {figure_axes}
     """
     check_count("bins", bins, low=1, what="positive")
     check_unit("alpha", alpha, low=0.0, high=1.0)
     res, ok, n_nan = _pvals(adata, coef, contrast, group, key)
     p = res["p_value"].to_numpy(dtype=float)[ok]
-    title = _with_missing(title_of(res, group, p.size), n_nan)
-
-    def draw(ax: Axes) -> None:
-        _draw_hist(ax, p, bins, alpha)
-        ax.set_title(title, fontsize=9)
-        ax.legend(loc="upper right", **LEGEND)
-
-    return render(draw, ax=ax, figsize=figsize, show=show, save=save)
+    title = title_of(res, group, p.size, n_nan=n_nan)
+    panel = partial(_draw_hist, p=p, bins=bins, alpha=alpha)
+    return _render(panel, title, "upper right", ax=ax, figsize=figsize, show=show, save=save)

@@ -1,5 +1,6 @@
-"""Helpers shared by the plots: the Axes / ``show`` / ``save`` convention, the run and the result to
-plot, gene labels, input checks, and the ``-log10 p`` heights of the stored p-values."""
+"""Helpers shared by the plots: the Axes / ``show`` / ``save`` convention and its docs, the run and
+the result to plot, titles, gene labels, input checks, and the ``-log10 p`` heights of the stored
+p-values."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from scipy.stats import t as t_dist
 from .._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from .._layout import fit_params, run_keys
 from ..get import results
+from ..get._docs import with_sections
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -37,6 +39,7 @@ __all__ = [
     "height",
     "neg_log10_p",
     "one_result",
+    "plot_doc",
     "rank_stat",
     "readable_name",
     "render",
@@ -54,6 +57,51 @@ LEGEND = {"fontsize": 7, "frameon": True, "framealpha": 0.85, "edgecolor": "none
 # ------------------------------------------------------------------------------------------------
 # Axes, show, save
 # ------------------------------------------------------------------------------------------------
+#: ``show`` and ``save`` of every plot.
+_SHOW_SAVE = """\
+show
+    Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
+save
+    Write the figure to this path (format from the extension)."""
+
+#: ``contrast``, ``group`` and ``key`` of the plots of one result (:func:`one_result`).
+_CONTRAST_GROUP_KEY = """\
+contrast
+    Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
+group
+    For a fit with ``groupby``: the group to plot.
+key
+    The ``key_added`` of the fit."""
+
+#: The parameters of the plots, and the return value, that read the same in each one's docstring.
+_PLOT_SECTIONS = {
+    # a plot on one Axes: figsize, ax, show, save and what it returns
+    "figure_axes": f"""\
+figsize
+    Size of a new figure (ignored when ``ax`` is given).
+ax
+    Draw into this Axes instead of a new figure.
+{_SHOW_SAVE}
+
+Returns
+-------
+The Axes if ``show`` is False, else ``None``.""",
+    "show_save": _SHOW_SAVE,
+    # the parameters of :func:`one_result`, with ``coef`` or after a plot's own ``coef``
+    "one_result": f"""\
+adata
+    An AnnData on which :func:`scglmm.tl.fit` has run. Nothing is written to it.
+coef
+    The design column, as in :func:`scglmm.get.results`.
+{_CONTRAST_GROUP_KEY}""",
+    "contrast_group_key": _CONTRAST_GROUP_KEY,
+}
+
+#: Decorator of the plots: fills each marker line ``{name}`` of a docstring (``{figure_axes}``,
+#: ``{show_save}``, ``{one_result}``, ``{contrast_group_key}``) with that section of :data:`_PLOT_SECTIONS`.
+plot_doc = with_sections(**_PLOT_SECTIONS)
+
+
 def render(
     draw: Callable[[Axes], None],
     *,
@@ -139,9 +187,18 @@ def readable_name(name: str, params: Mapping) -> str:
     return name if name.strip("`") in reference else f"{name} (per unit increase)"
 
 
-def title_of(res: pd.DataFrame, group: str | None, n: int) -> str:
-    """``"title [group]: n genes"``, the start of every title of a result (``title`` in words)."""
-    return f"{res.attrs.get('title', res.attrs['name'])}{'' if group is None else f' [{group}]'}: {n} genes"
+def title_of(res: pd.DataFrame, group: str | None, n: int, *, n_nan: int = 0, n_clipped: int = 0) -> str:
+    """``"title [group]: n genes"``, the start of every title of a result (``title`` in words).
+
+    Then, where there are any, the ``n_nan`` genes not shown for want of an estimate, and on a
+    new line the ``n_clipped`` genes with p = 0 drawn as triangles at the smallest p.
+    """
+    title = f"{res.attrs.get('title', res.attrs['name'])}{'' if group is None else f' [{group}]'}: {n} genes"
+    if n_nan:
+        title += f" ({n_nan} with no estimate not shown)"
+    if n_clipped:
+        title += f"\n{n_clipped} with p = 0 clipped at the smallest p (triangles)"
+    return title
 
 
 def gene_labels(adata: AnnData, gene_symbols: str | None) -> pd.Index:

@@ -21,6 +21,7 @@ from ._utils import (
     gene_labels,
     height,
     one_result,
+    plot_doc,
     rank_stat,
     render,
     title_of,
@@ -128,18 +129,14 @@ def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend
     name = res.attrs["name"]
     ax.set_xlabel(f"log2 fold change ({name})")
     ax.set_ylabel(r"$-\log_{10}$ p")
-    title = title_of(res, group, int(c.ok.sum()))
-    n_nan = int((~c.ok).sum())
-    if n_nan:
-        title += f" ({n_nan} with no estimate not shown)"
-    if c.clipped.any():
-        title += f"\n{int(c.clipped.sum())} with p = 0 clipped at the smallest p (triangles)"
+    title = title_of(res, group, int(c.ok.sum()), n_nan=int((~c.ok).sum()), n_clipped=int(c.clipped.sum()))
     if n_unlabelled:
         title += f"\n{n_unlabelled} label(s) left out: no place without overlap"
     ax.set_title(title, fontsize=9)
     ax.legend(title=legend_title, title_fontsize=7, loc="best", **LEGEND)
 
 
+@plot_doc
 def volcano(
     adata: AnnData,
     coef: str | None = None,
@@ -180,12 +177,7 @@ def volcano(
     coef
         The design column to plot, as in :func:`scglmm.get.results`; ``None`` takes the only
         non-intercept column.
-    contrast
-        Instead of ``coef``: a contrast tested with :func:`scglmm.tl.test`.
-    group
-        For a fit with ``groupby``: the group to plot.
-    key
-        The ``key_added`` of the fit.
+    {contrast_group_key}
     color_by
         An ``adata.var`` column (categorical, boolean or string) to colour the genes by, one colour
         per category. ``None`` colours by the call: up, down, not significant.
@@ -203,18 +195,7 @@ def volcano(
         ``adata.var`` column with the names to print (default: ``var_names``).
     point_size
         Marker area in points squared.
-    figsize
-        Size of a new figure (ignored when ``ax`` is given).
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
-    save
-        Write the figure to this path (format from the extension).
-
-    Returns
-    -------
-    The Axes if ``show`` is False, else ``None``.
+    {figure_axes}
     """
     _check_args(lfc_threshold, p_threshold, n_labels)
     res = one_result(adata, coef, contrast, group, key)
