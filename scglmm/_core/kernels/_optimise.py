@@ -313,10 +313,12 @@ def _newton_step(grad, hess, free, M, Lc, gf, step):
             if free[k]:
                 M[k, k] += lam
             gf[k] = grad[k] if free[k] else 0.0
-        if _cholesky(M, Lc):
+        Lc[:, :] = 0.0  # a failed factorisation leaves zeros, not an earlier factor, behind
+        if _cholesky(M, Lc, q):
             break
         lam = 1e-8 * (1.0 + maxdiag) if lam == 0.0 else lam * 10.0
-    _chol_solve(Lc, gf, step)
+    _copy(step, gf)
+    _chol_solve(Lc, q, step)
     dec = 0.0
     gmax = 0.0
     for k in range(q):

@@ -28,7 +28,7 @@ from numba import njit
 from ._cell import _cell_all_x, theta_terms
 from ._few_rows import _block_centre, _series_terms
 from ._jit import JIT as _JIT
-from ._re_linalg import block_factor, block_local_inverse, block_solve
+from ._linalg import block_factor, block_local_inverse, block_solve
 
 
 @njit(**_JIT)
