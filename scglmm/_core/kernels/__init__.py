@@ -29,14 +29,16 @@ Modules, each importing only the ones above it:
 * ``_jit``: compilation options; ``_bundles``: the named tuples passed between the kernels, among
   them the three paths of a fit, and :func:`by_path`, which dispatches a call on the path's type;
 * ``_cell``: per-cell pieces and the count table; ``_vector``: vectorised exp / log1p and chunk sums;
-* ``_linalg``: Cholesky and solves for the tiny dense systems;
+* ``_linalg``: Cholesky factors, solves and inverses of the tiny dense systems, and the
+  block-diagonal-plus-border Hessians of general random-effect structures (Schur complement on
+  the border);
 * ``_laplace``: the general Laplace / AGQ value, conditional modes, gradient and Hessian;
 * ``_few_rows``: the fast path for designs with few distinct rows (sums by power series);
 * ``_start``: starting values; ``_optimise``: evaluation, Newton maximisers, one gene;
 * ``_block``: the path of a model, and a block of genes from CSC arrays;
 * ``_sparse``: CSR -> CSC panels; ``_order``: the order of the cells;
-* ``_re_linalg``, ``_re_laplace``: general random-effect structures (block-diagonal Hessian with a
-  Schur-complement border; Laplace value, modes and exact gradient), used by ``scglmm._core._re``.
+* ``_re_laplace``, ``_re_outer``: general random-effect structures (Laplace value, modes and exact
+  gradient; starting values and the outer Newton step), used by ``scglmm._core._re``.
 
 Compilation: the block kernel ``_block.fit_block_csc`` is compiled for the path of the model
 (:func:`_block.model_path`: the few-rows fast path, the general Laplace kernel or adaptive

@@ -125,7 +125,7 @@ zval : (n, R) float64
     Random-effect covariates of each cell (``Z`` before the Cholesky factor).
 gidx, lidx : (n, R) int64
     Global position of each entry's effect, and its position in the cell's block-local space
-    (see :mod:`._re_linalg`).
+    (see :mod:`._linalg`).
 blk : (n,) int64
     Top-level block of each cell.
 rterm, rcoef : (R,) int64; toff, tq : (T,) int64

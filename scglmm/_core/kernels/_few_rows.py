@@ -21,7 +21,7 @@ from numba import njit
 
 from ._cell import theta_terms
 from ._jit import JIT as _JIT
-from ._laplace import _donor_terms
+from ._laplace import _donor_terms, _mode_found, _mode_step, _zero_sums
 
 #: largest number of series terms
 FEW_ROWS_KMAX = 24
@@ -190,8 +190,7 @@ def _few_rows_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, G
     """
     KK = PA.shape[1]
     z = c - t + o_ref + math.log(Lc[i])  # log x_c
-    rc, alpha, lx = _block_centre(z)
-    K = _series_terms(z, lx, rc, KK)
+    rc, alpha, lx, K = _block_centre(z, KK)
     _centered_series(PA, i, KK, K, lx, rc, alpha, level, GP)
     _centered_series(PZ, i, KK, K, lx, rc, alpha, level, GQ)
     ysum = PZ[i, KK]
@@ -212,26 +211,24 @@ def _few_rows_block_sums_into(i, c, t, theta, PA, PZ, Lc, o_ref, level, S, GP, G
 
 
 @njit(**_JIT)
-def _block_centre(z):
-    """For the block centre x_c = exp(z): rc = x_c / (1 + x_c), alpha = 1 - rc and
-    lx = log1p(x_c), without overflow."""
+def _block_centre(z, KK):
+    """For the block centre x_c = exp(z): rc = x_c / (1 + x_c), alpha = 1 - rc and lx = log1p(x_c),
+    without overflow, and the number K < KK of series terms that leaves a remainder (rc
+    FEW_ROWS_RHO)^K below e^-38 (log rc = z - lx needs no further logarithm)."""
     if z >= 0.0:
         ez = math.exp(-z)
         rc = 1.0 / (1.0 + ez)
-        return rc, ez * rc, z + math.log1p(ez)
-    ez = math.exp(z)
-    alpha = 1.0 / (1.0 + ez)
-    return ez * alpha, alpha, math.log1p(ez)
-
-
-@njit(**_JIT)
-def _series_terms(z, lx, rc, KK):
-    """Number of series terms for the block centre log x_c = z (lx = log1p(x_c), rc = x_c / (1 + x_c)):
-    the remainder (rc FEW_ROWS_RHO)^K is below e^-38; log rc = z - lx needs no further logarithm."""
+        alpha = ez * rc
+        lx = z + math.log1p(ez)
+    else:
+        ez = math.exp(z)
+        alpha = 1.0 / (1.0 + ez)
+        rc = ez * alpha
+        lx = math.log1p(ez)
     if rc <= 0.0:
-        return 1
+        return rc, alpha, lx, 1
     K = int(math.ceil(-38.0 / (z - lx + LOG_FEW_ROWS_RHO)))
-    return max(1, min(K, KK - 1))
+    return rc, alpha, lx, max(1, min(K, KK - 1))
 
 
 @njit(**_JIT)
@@ -249,8 +246,7 @@ def _few_rows_block_d12(i, c, t, theta, PA, PZ, Lc, o_ref):
     series runs over W_k = theta PA[i, k] + PZ[i, k]."""
     KK = PA.shape[1]
     z = c - t + o_ref + math.log(Lc[i])
-    rc, alpha, lx = _block_centre(z)
-    K = _series_terms(z, lx, rc, KK)
+    rc, alpha, lx, K = _block_centre(z, KK)
     w0 = theta * PA[i, 0] + PZ[i, 0]
     wprev = w0
     bk = 1.0
@@ -293,18 +289,11 @@ def few_rows_modes(y, off, Lw, bstarts, dblk, Xb, nzp, nzy, nzs, PA, PZ, Lmax, o
                 e1, e2 = _few_rows_block_d12(blk, _row_dot(Xb, phi, blk) + bi, t, theta, PA, PZ, Lmax, o_ref)
                 f1 += e1
                 f2 += e2
-            step = -f1 / f2
-            if step > 2.0:
-                step = 2.0
-            elif step < -2.0:
-                step = -2.0
-            bi += step
-            if abs(step) <= tol * (1.0 + abs(bi)):
-                done = True
+            bi, done = _mode_step(bi, -f1 / f2, tol, np.inf, 0.0)
+            if done:
                 break
-        if not done or not math.isfinite(bi):
+        if not _mode_found(b, i, bi, done):
             ok = False
-        b[i] = bi
     return ok
 
 
@@ -345,13 +334,7 @@ def few_rows_laplace(
         f2 = -prec
         f3 = 0.0
         f4 = 0.0
-        g[:] = 0.0
-        a[:] = 0.0
-        c[:] = 0.0
-        d[:] = 0.0
-        F[:, :] = 0.0
-        A[:, :] = 0.0
-        C[:, :] = 0.0
+        _zero_sums(g, a, c, d, F, A, C)
         for blk in range(dblk[i], dblk[i + 1]):
             ci = _row_dot(Xb, phi, blk) + bi
             _few_rows_block_sums_into(blk, ci, t, theta, PA, PZ, Lmax, o_ref, level, S, GP, GQ)

@@ -15,6 +15,27 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @njit(**_JIT)
+def _mode_step(bi, step, tol_step, err, tol):
+    """Move a donor's mode ``bi`` by a Newton (or Halley) ``step`` capped at 2 in absolute value (NaN
+    passes through). Returns the new mode and whether it has converged: a step below ``tol_step``,
+    or below 1e-2 with a predicted error ``err`` below ``tol`` (both relative to 1 + |b|)."""
+    if step > 2.0:
+        step = 2.0
+    elif step < -2.0:
+        step = -2.0
+    bi += step
+    scale = 1.0 + abs(bi)
+    return bi, abs(step) <= tol_step * scale or (abs(step) <= 1e-2 and err <= tol * scale)
+
+
+@njit(**_JIT)
+def _mode_found(b, i, bi, done):
+    """Store donor i's mode ``bi``; returns whether its iterations converged (``done``) to a finite value."""
+    b[i] = bi
+    return done and math.isfinite(bi)
+
+
+@njit(**_JIT)
 def conditional_modes(y, eta0, w, starts, s, t, b, tol=1e-12, maxit=100):
     """Halley's method on each donor's b_i (h_i is strictly concave in b). Updates ``b`` in place.
 
@@ -45,18 +66,11 @@ def conditional_modes(y, eta0, w, starts, s, t, b, tol=1e-12, maxit=100):
                 if den > 0.5:
                     step /= den
                     err = abs(0.25 * f3 * f3 / (f2 * f2) - f4 / (6.0 * f2)) * abs(step) ** 3
-            if step > 2.0:
-                step = 2.0
-            elif step < -2.0:
-                step = -2.0
-            bi += step
-            scale = 1.0 + abs(bi)
-            if abs(step) <= 1e-8 * scale or (abs(step) <= 1e-2 and err <= tol * scale):
-                done = True
+            bi, done = _mode_step(bi, step, 1e-8, err, tol)
+            if done:
                 break
-        if not done or not math.isfinite(bi):
+        if not _mode_found(b, i, bi, done):
             ok = False
-        b[i] = bi
     return ok
 
 
@@ -128,6 +142,18 @@ def agq_value(y, eta0, starts, s, t, b, cnt_gt, lgy, nodes, logw):
 
 
 @njit(**_JIT)
+def _zero_sums(g, a, c, d, F, A, C):
+    """Set a donor's sums (see :func:`_donor_terms`) to 0."""
+    g[:] = 0.0
+    a[:] = 0.0
+    c[:] = 0.0
+    d[:] = 0.0
+    F[:, :] = 0.0
+    A[:, :] = 0.0
+    C[:, :] = 0.0
+
+
+@njit(**_JIT)
 def _donor_terms(bi, s, prec, h, f2, f3, f4, g, a, c, d, F, A, C, v, dK, p, grad, hess, vout):
     """Add one donor's Laplace term to ``grad`` and the lower triangle of ``hess``; return L_i.
     ``vout`` (q,) receives v = db_i / dphi, the sensitivity of the mode (to predict it elsewhere).
@@ -196,6 +222,23 @@ def cell_level_column(X, starts):
 
 
 @njit(**_JIT)
+def _e_sums(Sg, Sy, th):
+    """e_2, e_3, e_4 summed over a donor's cells, -(sum y g_m + theta sum g_m), from the sums of g_m
+    in ``Sg[m]`` and of y g_m in ``Sy[m]`` (slices of the sums of :func:`_donor_sums_one_cell_column`)."""
+    return -(Sy[2] + th * Sg[2]), -(Sy[3] + th * Sg[3]), -(Sy[4] + th * Sg[4])
+
+
+@njit(**_JIT)
+def _t_sums(Sg, Sy, th):
+    """t_1, t_2, t_3 summed over a donor's cells, -theta sum g_m + sum y g_(m+1) + theta sum
+    g_(m+1), from the sums of :func:`_e_sums`."""
+    t1 = -th * Sg[1] + Sy[2] + th * Sg[2]
+    t2 = -th * Sg[2] + Sy[3] + th * Sg[3]
+    t3 = -th * Sg[3] + Sy[4] + th * Sg[4]
+    return t1, t2, t3
+
+
+@njit(**_JIT)
 def _donor_sums_one_cell_column(y, X, eta0, w, lo, hi, bi, eb, t, theta, jc, h, f2, g, a, c, d, F, A, C, G, S):
     """One donor's sums for :func:`laplace_grad_hess` when only column ``jc`` varies within donors
     (-1: none). Weighted sums over the cells of 1, z and z^2 (z the cell's value of column ``jc``)
@@ -220,27 +263,17 @@ def _donor_sums_one_cell_column(y, X, eta0, w, lo, hi, bi, eb, t, theta, jc, h, 
             _chunk_sums_z(y, lo_c, hi_c, G, S)
     th = theta
     h += S[11] + bi * S[10] - S[5] - th * S[0]
-    s1 = S[10] - S[6] - th * S[1]
-    s2 = -(S[7] + th * S[2])
-    s3 = -(S[8] + th * S[3])
-    s4 = -(S[9] + th * S[4])
+    s1 = S[10] - S[6] - th * S[1]  # sums over the cells: g_m at S[m], y g_m at S[5 + m]
+    s2, s3, s4 = _e_sums(S[0:5], S[5:10], th)
     st0 = -th * S[0] + S[6] + th * S[1]
-    st1 = -th * S[1] + S[7] + th * S[2]
-    st2 = -th * S[2] + S[8] + th * S[3]
-    st3 = -th * S[3] + S[9] + th * S[4]
+    st1, st2, st3 = _t_sums(S[0:5], S[5:10], th)
     stt0 = -th * S[0] + 2.0 * th * S[1] - S[7] - th * S[2]
     stt1 = -th * S[1] + 2.0 * th * S[2] - S[8] - th * S[3]
     stt2 = -th * S[2] + 2.0 * th * S[3] - S[9] - th * S[4]
-    z1 = S[26] - S[16] - th * S[12]
-    z2 = -(S[17] + th * S[13])
-    z3 = -(S[18] + th * S[14])
-    z4 = -(S[19] + th * S[15])
-    zt1 = -th * S[12] + S[17] + th * S[13]
-    zt2 = -th * S[13] + S[18] + th * S[14]
-    zt3 = -th * S[14] + S[19] + th * S[15]
-    zz2 = -(S[23] + th * S[20])
-    zz3 = -(S[24] + th * S[21])
-    zz4 = -(S[25] + th * S[22])
+    z1 = S[26] - S[16] - th * S[12]  # z-weighted: z g_m at S[11 + m], y z g_m at S[15 + m]
+    z2, z3, z4 = _e_sums(S[11:16], S[15:20], th)
+    zt1, zt2, zt3 = _t_sums(S[11:16], S[15:20], th)
+    zz2, zz3, zz4 = _e_sums(S[18:23], S[21:26], th)  # z^2-weighted: z^2 g_m at S[18 + m], y z^2 g_m at S[21 + m]
     f2 += s2
     for k in range(p):
         if k == jc:
@@ -323,13 +356,7 @@ def laplace_grad_hess(y, X, eta0, w, starts, s, t, b, cnt_gt, lgy, grad, hess, V
     total = 0.0
     for i in range(starts.shape[0] - 1):
         bi = b[i]
-        g[:] = 0.0
-        a[:] = 0.0
-        c[:] = 0.0
-        d[:] = 0.0
-        F[:, :] = 0.0
-        A[:, :] = 0.0
-        C[:, :] = 0.0
+        _zero_sums(g, a, c, d, F, A, C)
         h = -0.5 * bi * bi * prec
         f2 = -prec
         f3 = 0.0

@@ -313,10 +313,12 @@ def _newton_step(grad, hess, free, M, Lc, gf, step):
             if free[k]:
                 M[k, k] += lam
             gf[k] = grad[k] if free[k] else 0.0
-        if _cholesky(M, Lc):
+        Lc[:, :] = 0.0  # a failed factorisation leaves zeros, not an earlier factor, behind
+        if _cholesky(M, Lc, q):
             break
         lam = 1e-8 * (1.0 + maxdiag) if lam == 0.0 else lam * 10.0
-    _chol_solve(Lc, gf, step)
+    _copy(step, gf)
+    _chol_solve(Lc, q, step)
     dec = 0.0
     gmax = 0.0
     for k in range(q):
@@ -326,14 +328,22 @@ def _newton_step(grad, hess, free, M, Lc, gf, step):
 
 
 @njit(**_JIT)
-def _limit_step(step):
-    """Scale ``step`` down to a largest component of 3."""
+def _newton_direction(phi, grad, hess, free, M, Lc, gf, step, s_min, t_max, btol, tol_eff, gtol):
+    """One iteration's direction: hold the bounds (:func:`_hold_bounds`), then the Newton step of
+    :func:`_newton_step`. Returns (converged, Newton decrement, largest free gradient entry):
+    converged if the Hessian needed no shift and the decrement or the gradient is below its
+    tolerance; else ``step`` is scaled down to a largest component of 3."""
+    _hold_bounds(phi, grad, free, s_min, t_max, btol)
+    lam, dec, gmax = _newton_step(grad, hess, free, M, Lc, gf, step)
+    if lam == 0.0 and (dec < tol_eff or gmax < gtol):
+        return True, dec, gmax
     mx = 0.0
     for k in range(step.shape[0]):
         mx = max(mx, abs(step[k]))
     if mx > 3.0:
         for k in range(step.shape[0]):
             step[k] *= 3.0 / mx
+    return False, dec, gmax
 
 
 @njit(**_JIT)
@@ -345,6 +355,39 @@ def _trial_point(phi, step, alpha, trial, s_min, t_min, t_max):
         trial[k] = phi[k] + alpha * step[k]
     trial[js] = max(trial[js], s_min)
     trial[jt] = min(max(trial[jt], t_min), t_max)
+
+
+@njit(**_JIT)
+def _plateau_trial(side, phi, step, b, trial, btrial, s_min, t_max):
+    """Plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton crawls
+    there by about one unit of log per iteration; try the bound directly. Side 0: log theta (above
+    6, last step up), side 1: log sigma^2 (below -12, last step down). If ``phi`` is on that
+    plateau, set ``trial`` to ``phi`` moved onto the bound and ``btrial`` to ``b``; returns whether."""
+    js = phi.shape[0] - 2
+    jt = js + 1
+    if side == 0:
+        if not (phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max):
+            return False
+        k, bound = jt, t_max
+    else:
+        if not (phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min):
+            return False
+        k, bound = js, s_min
+    _copy(trial, phi)
+    trial[k] = bound
+    _copy(btrial, b)
+    return True
+
+
+@njit(**_JIT)
+def _accept(vt, bar, phi, b, trial, btrial):
+    """If the value ``vt`` at ``trial`` (modes ``btrial``) is finite and at least ``bar``, move
+    ``phi`` and ``b`` there; returns whether."""
+    if not (math.isfinite(vt) and vt >= bar):
+        return False
+    _copy(phi, trial)
+    _copy(b, btrial)
+    return True
 
 
 @njit(**_JIT)
@@ -364,10 +407,7 @@ def _maximise_laplace(
     Laplace path (:class:`FewRowsPath` or :class:`LaplacePath`); ``grad`` and ``hess`` end at the
     last accepted point. Every accepted point comes with its exact derivatives (one pass over the
     cells, or over the blocks). Returns (loglik, n_iter, converged, max abs free gradient, status bits)."""
-    p = phi.shape[0] - 2
-    q = p + 2
-    js = p
-    jt = p + 1
+    q = phi.shape[0]
     m = b.shape[0]
     status = 0
     yes = np.bool_(True)  # not literals: one compiled signature of _eval for both
@@ -392,12 +432,11 @@ def _maximise_laplace(
     gmax = np.inf
     for it in range(maxit):
         n_iter = it + 1
-        _hold_bounds(phi, grad, free, s_min, t_max, btol)
-        lam, dec, gmax = _newton_step(grad, hess, free, M, Lc, gf, step)
-        if lam == 0.0 and (dec < tol_eff or gmax < gtol):
-            converged = True
+        converged, dec, gmax = _newton_direction(
+            phi, grad, hess, free, M, Lc, gf, step, s_min, t_max, btol, tol_eff, gtol
+        )
+        if converged:
             break
-        _limit_step(step)
         # backtracking line search (Armijo), projected onto the bounds
         alpha = 1.0
         accepted = False
@@ -411,44 +450,25 @@ def _maximise_laplace(
                     bi += VB[i, k] * (trial[k] - phi[k])
                 btrial[i] = bi if math.isfinite(bi) else b[i]
             vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, yes, gtrial, htrial, VBt)
-            if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
-                accepted = True
+            accepted = _accept(vt, val + 1e-4 * alpha * dec, phi, b, trial, btrial)
+            if accepted:
                 break
             alpha *= 0.5
         if not accepted:
             # no ascent possible at machine precision: accept as converged if the decrement is small
-            if dec < 1e-6 * (1.0 + abs(val)):
-                converged = True
+            converged = dec < 1e-6 * (1.0 + abs(val))
             break
-        _copy(phi, trial)
-        _copy(b, btrial)
         val = vt
         _copy(grad, gtrial)
         _copy2(hess, htrial)
         _copy2(VB, VBt)
-        # plateau jumps: the objective is flat towards theta -> inf and sigma^2 -> 0, so Newton
-        # crawls there by about one unit of log per iteration; try the bound directly.
         jumped = False
-        if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
-            _copy(trial, phi)
-            trial[jt] = t_max
-            _copy(btrial, b)
-            vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, no, gtrial, htrial, VBt)
-            if math.isfinite(vt) and vt >= val:
-                _copy(phi, trial)
-                _copy(b, btrial)
-                val = vt
-                jumped = True
-        if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
-            _copy(trial, phi)
-            trial[js] = s_min
-            _copy(btrial, b)
-            vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, no, gtrial, htrial, VBt)
-            if math.isfinite(vt) and vt >= val:
-                _copy(phi, trial)
-                _copy(b, btrial)
-                val = vt
-                jumped = True
+        for side in range(2):
+            if _plateau_trial(side, phi, step, b, trial, btrial, s_min, t_max):
+                vt = _eval(path, y, gene, trial, btrial, cnt_gt, lgy, eta0, no, gtrial, htrial, VBt)
+                if _accept(vt, val, phi, b, trial, btrial):
+                    val = vt
+                    jumped = True
         if jumped:
             val = _eval(path, y, gene, phi, b, cnt_gt, lgy, eta0, yes, grad, hess, VB)
         if _beta_diverged(phi, sep_bound):
@@ -467,11 +487,7 @@ def _maximise_agq(
     X, off, starts = path.cells.X, path.cells.off, path.cells.starts
     nodes, logw = path.quad.nodes, path.quad.logw
     jc = path.columns.cell_level
-    p = X.shape[1]
-    q = p + 2
-    js = p
-    jt = p + 1
-    m = starts.shape[0] - 1
+    q = phi.shape[0]
     status = 0
     eta0 = np.empty((2, y.shape[0]))  # scratch: eta0 and exp(eta0), reused by every evaluation
     M = np.zeros((q, q))
@@ -479,7 +495,7 @@ def _maximise_agq(
     gf = np.zeros(q)
     step = np.zeros(q)
     trial = np.zeros(q)
-    btrial = np.zeros(m)
+    btrial = np.zeros(starts.shape[0] - 1)
     free = np.ones(q, dtype=np.bool_)
     val = _agq_objective(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw)
     if math.isfinite(val):
@@ -491,12 +507,11 @@ def _maximise_agq(
     gmax = np.inf
     for it in range(maxit):
         n_iter = it + 1
-        _hold_bounds(phi, grad, free, s_min, t_max, btol)
-        lam, dec, gmax = _newton_step(grad, hess, free, M, Lc, gf, step)
-        if lam == 0.0 and (dec < tol_eff or gmax < gtol):
-            converged = True
+        converged, dec, gmax = _newton_direction(
+            phi, grad, hess, free, M, Lc, gf, step, s_min, t_max, btol, tol_eff, gtol
+        )
+        if converged:
             break
-        _limit_step(step)
         alpha = 1.0
         accepted = False
         vt = np.nan
@@ -504,36 +519,20 @@ def _maximise_agq(
             _trial_point(phi, step, alpha, trial, s_min, t_min, t_max)
             _copy(btrial, b)
             vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw)
-            if math.isfinite(vt) and vt >= val + 1e-4 * alpha * dec:
-                accepted = True
+            accepted = _accept(vt, val + 1e-4 * alpha * dec, phi, b, trial, btrial)
+            if accepted:
                 break
             alpha *= 0.5
         if not accepted:
-            if dec < 1e-6 * (1.0 + abs(val)):
-                converged = True
+            converged = dec < 1e-6 * (1.0 + abs(val))
             break
-        _copy(phi, trial)
-        _copy(b, btrial)
         val = vt
         # plateau jumps (as in _maximise_laplace; these values use the design's cell-level column)
-        if phi[jt] > 6.0 and step[jt] > 0.0 and phi[jt] < t_max:
-            _copy(trial, phi)
-            trial[jt] = t_max
-            _copy(btrial, b)
-            vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, jc)
-            if math.isfinite(vt) and vt >= val:
-                _copy(phi, trial)
-                _copy(b, btrial)
-                val = vt
-        if phi[js] < -12.0 and step[js] < 0.0 and phi[js] > s_min:
-            _copy(trial, phi)
-            trial[js] = s_min
-            _copy(btrial, b)
-            vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, jc)
-            if math.isfinite(vt) and vt >= val:
-                _copy(phi, trial)
-                _copy(b, btrial)
-                val = vt
+        for side in range(2):
+            if _plateau_trial(side, phi, step, b, trial, btrial, s_min, t_max):
+                vt = _agq_objective(y, X, off, starts, trial, btrial, cnt_gt, lgy, eta0, nodes, logw, jc)
+                if _accept(vt, val, phi, b, trial, btrial):
+                    val = vt
         free[:] = True
         val = _fd_grad_hess(y, X, off, starts, phi, b, cnt_gt, lgy, eta0, nodes, logw, free, grad, hess, 1e-4)
         if _beta_diverged(phi, sep_bound):

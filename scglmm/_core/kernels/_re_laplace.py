@@ -26,9 +26,9 @@ import numpy as np
 from numba import njit
 
 from ._cell import _cell_all_x, theta_terms
-from ._few_rows import _block_centre, _series_terms
+from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
-from ._re_linalg import block_factor, block_local_inverse, block_solve
+from ._linalg import block_factor, block_local_inverse, block_solve
 
 
 @njit(**_JIT)
@@ -74,8 +74,7 @@ def _block_q12(j, c, t, theta, fr, PZ):
     PA = fr.PA
     KK = PA.shape[1]
     z = c - t + fr.o_ref + fr.logLc[j]
-    rc, alpha, lx = _block_centre(z)
-    K = _series_terms(z, lx, rc, KK)
+    rc, alpha, lx, K = _block_centre(z, KK)
     w0 = theta * PA[j, 0] + PZ[j, 0]
     wprev = w0
     bk = 1.0
@@ -104,8 +103,7 @@ def _block_all(j, c, t, theta, fr, PZ, out):
     PA = fr.PA
     KK = PA.shape[1]
     z = c - t + fr.o_ref + fr.logLc[j]
-    rc, alpha, lx = _block_centre(z)
-    K = _series_terms(z, lx, rc, KK)
+    rc, alpha, lx, K = _block_centre(z, KK)
     w0 = theta * PA[j, 0] + PZ[j, 0]
     w1 = w0  # W_(k-1)
     w2 = 0.0  # W_(k-2)

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import JIT as _JIT
+from ._linalg import _chol_solve
 
 
 @njit(**_JIT)
@@ -111,7 +112,7 @@ def re_poisson_glm(X, off, E, ysum, beta, iters):
                 r[k] += X[j, k] * z
                 for k2 in range(k + 1):
                     A[k, k2] += w * X[j, k] * X[j, k2]
-        for k in range(p):  # Cholesky A = C C' in the lower triangle
+        for k in range(p):  # Cholesky A = C C' in place (its own pivot test, v > 1e-300)
             for k2 in range(k + 1):
                 v = A[k, k2]
                 for i in range(k2):
@@ -122,16 +123,7 @@ def re_poisson_glm(X, off, E, ysum, beta, iters):
                     A[k, k] = math.sqrt(v)
                 else:
                     A[k, k2] = v / A[k2, k2]
-        for k in range(p):
-            v = r[k]
-            for i in range(k):
-                v -= A[k, i] * r[i]
-            r[k] = v / A[k, k]
-        for k in range(p - 1, -1, -1):
-            v = r[k]
-            for i in range(k + 1, p):
-                v -= A[i, k] * r[i]
-            r[k] = v / A[k, k]
+        _chol_solve(A, p, r)
         for k in range(p):
             if not math.isfinite(r[k]):
                 return False

@@ -9,7 +9,7 @@ from numba import njit
 
 from ._few_rows import _row_dot
 from ._jit import JIT as _JIT
-from ._linalg import _chol_solve, _cholesky
+from ._linalg import _chol_solve, _cholesky, _copy
 
 
 @njit(**_JIT)
@@ -22,9 +22,10 @@ def _glm_newton_step(M, rhs, beta, L, step):
         M[k, k] += 1e-8 * (1.0 + M[k, k])
         for l in range(k):
             M[l, k] = M[k, l]
-    if not _cholesky(M, L):
+    if not _cholesky(M, L, p):
         return -1.0
-    _chol_solve(L, rhs, step)
+    _copy(step, rhs)
+    _chol_solve(L, p, step)
     mx = 0.0
     for k in range(p):
         mx = max(mx, abs(step[k]))
