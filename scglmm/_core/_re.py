@@ -7,7 +7,7 @@ unstructured (``|``) or diagonal (``||``).
 
 The estimator is the exact Laplace approximation of the NB marginal likelihood, maximised jointly
 over ``(beta, Cholesky factors of the Sigma_t, log theta)``; the kernels are in
-:mod:`.kernels._re_laplace` (value and exact gradient) and :mod:`.kernels._re_linalg` (the
+:mod:`.kernels._re_laplace` (value and exact gradient) and :mod:`.kernels._linalg` (the
 block-diagonal-plus-border Hessian of the inner problem).
 
 Parameterisation. The covariance of term ``t`` is ``Sigma_t = L_t L_t'`` with ``L_t`` lower
