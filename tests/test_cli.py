@@ -867,3 +867,11 @@ def test_docs_cover_every_option():
                     assert f"`{opt}" in doc or f" {opt}" in doc, (name, opt)
     for code in (cli_mod.EXIT_OK, cli_mod.EXIT_ERROR, cli_mod.EXIT_USAGE, cli_mod.EXIT_INTERRUPTED):
         assert f"`{code}`" in doc
+
+
+def test_fit_names_pseudo_replication_on_stderr(small_h5ad, tmp_path):
+    """The paired example with (1 | donor): the guard's warning reaches a pipeline's log, once, with the fix."""
+    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "p.h5ad", "-j", "1")
+    assert res.exit_code == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "pseudo-replication" in line]
+    assert len(lines) == 1 and "(1 + condition | donor)" in lines[0]

@@ -168,9 +168,13 @@ def test_fixed_effect_lrt_equals_two_direct_fits() -> None:
     np.testing.assert_allclose(res["loglik_reduced"], reduced.loglik, rtol=0, atol=1e-9)
     lr = np.maximum(2 * (full.loglik - reduced.loglik), 0)
     np.testing.assert_allclose(res["stat"], lr, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(res["p_value"], stats.chi2.sf(lr, 1), rtol=1e-7, atol=1e-12)
+    # condition has its own random slope, kept in both models: LR / 1 on F(1, slope df), not chi-square(1)
+    slope_df = float(a.uns["scglmm"]["params"]["slope_df"][STIM])
+    assert slope_df == a.obs["donor"].nunique() - 1
+    np.testing.assert_allclose(res["p_value"], stats.f.sf(lr, 1, slope_df), rtol=1e-7, atol=1e-12)
+    assert np.all(res["p_value"][lr > 4] > stats.chi2.sf(lr[lr > 4], 1))
     info = a.uns["scglmm"]["contrasts"][name]
-    assert info["reference"] == "chi-square(1)" and info["df"] == 1
+    assert info["reference"] == f"F(1, {slope_df:g}) of LR / 1" and info["df"] == 1 and info["slope_df"] == slope_df
     assert "dropped_variances" not in info
     # the same null model written out: the random effects are added when left out
     name2 = scglmm.tl.test(a, "x", method="lrt", reduced_formula="~ 1", key_added="r", progress=False)

@@ -80,9 +80,12 @@ __all__ = [
     "eb_donor_variance",
     "contrast_vector",
     "donor_level_design",
+    "LevelDesign",
+    "level_design",
     "wald",
     "wald_pvalues",
     "chibar_sf",
+    "lrt_f_pvalues",
     "lrt_pvalues",
     "mixture_name",
     "random_slopes",
@@ -314,6 +317,65 @@ def donor_level_design(X: ArrayLike, donor_codes: ArrayLike, *, tol: float = 1e-
     scale = np.maximum(np.abs(X).max(axis=0), 1.0) if X.shape[0] else np.ones(X.shape[1])
     mask = dev <= tol * scale
     return mask, means
+
+
+@dataclass(frozen=True)
+class LevelDesign:
+    """Where a contrast gets its information: the levels of a random-intercept term within which every
+    column it weights is constant (see :func:`level_design`)."""
+
+    term: int
+    """Index of the term in the ``codes`` given to :func:`level_design`."""
+    mask: NDArray[np.bool_]
+    """(p + a,) the columns constant within the term's levels, then ``a`` indicator columns (True)."""
+    design: NDArray[np.float64]
+    """(L, p + a) per level: the values of the columns, then the indicators of the levels of the coarser
+    terms it nests in and within whose levels the contrast varies (their effects cancel in the contrast)."""
+    cells: NDArray[np.float64]
+    """(L,) cells per level."""
+    absorbed: int = 0
+    """Rank of the indicator columns: the levels' effects the coarser terms absorb (the ML variance of the
+    term is then estimated from ``L - absorbed`` levels)."""
+
+
+def level_design(X: ArrayLike, codes: Sequence[ArrayLike], c: ArrayLike) -> LevelDesign | None:
+    """The term (of the level ``codes`` of the random-intercept terms) on whose levels the contrast ``c``
+    is tested: among the terms within whose levels every column ``c`` weights is constant, the one with
+    the fewest levels; None if there is none (a within-level contrast, tested on the normal).
+
+    When that term nests in a coarser term within whose levels the contrast varies (samples in donors,
+    a condition that varies within donors), the coarser term's levels enter the per-level design as
+    indicators: the comparison is made within them, as a paired t test makes it within donors, and the
+    between-level df are ``levels - rank`` of that design (donors - 1 for a condition in every donor).
+    """
+    X = np.asarray(X, dtype=float)
+    on = np.abs(np.asarray(c, dtype=float)) > 0
+    found = [(i, *donor_level_design(X, cd)) for i, cd in enumerate(codes)]
+    fits = [f for f in found if np.all(f[1][on])]
+    if not fits:
+        return None
+    i, mask, Xb = min(fits, key=lambda f: f[2].shape[0])
+    t = np.asarray(codes[i])
+    extra = [_indicators(t, np.asarray(codes[j])) for j, mk, _ in found if j != i and not np.all(mk[on])]
+    extra = [e for e in extra if e is not None]
+    absorbed = 0
+    if extra:
+        absorbed = int(np.linalg.matrix_rank(np.hstack(extra)))
+        Xb = np.hstack([Xb, *extra])
+        mask = np.concatenate([mask, np.ones(Xb.shape[1] - mask.size, dtype=bool)])
+    cells = np.bincount(t, minlength=Xb.shape[0]).astype(float)
+    return LevelDesign(term=i, mask=mask, design=Xb, cells=cells, absorbed=absorbed)
+
+
+def _indicators(inner: NDArray, outer: NDArray) -> NDArray | None:
+    """(L, M) indicators of the ``outer`` level of each ``inner`` level, if ``inner`` nests in ``outer``."""
+    pairs = np.unique(np.column_stack([inner, outer]), axis=0)
+    L = int(inner.max()) + 1
+    if pairs.shape[0] != L:
+        return None
+    out = np.zeros((L, int(outer.max()) + 1))
+    out[pairs[:, 0], pairs[:, 1]] = 1.0
+    return out
 
 
 def _between(c: NDArray, mask: NDArray, Xb: NDArray) -> tuple[bool, int, float]:
@@ -610,6 +672,7 @@ def wald_pvalues(
     calibration: str = DEFAULT_CALIBRATION,
     sigma2_floor: float | None = None,
     donor_cells: ArrayLike | None = None,
+    absorbed: int = 0,
 ) -> dict[str, NDArray | float | bool]:
     """Wald test of ``c' beta`` for every gene with the chosen small-sample calibration.
 
@@ -631,6 +694,9 @@ def wald_pvalues(
     donor_cells
         For ``"eb"``: cells per donor (rows of ``donor_design``); each gene's own donor information
         (module docstring). ``None`` (or equal numbers) treats donors as equally informative.
+    absorbed
+        Levels whose effects coarser random effects absorb (:attr:`LevelDesign.absorbed`, the rank of the
+        design's indicator columns): the ML variance of the levels comes from ``m - absorbed`` of them.
 
     Returns
     -------
@@ -648,7 +714,8 @@ def wald_pvalues(
     Xb = np.asarray(donor_design, dtype=float)
     m = Xb.shape[0]
     s2 = np.nan_to_num(np.asarray(sigma2, dtype=float), nan=0.0)
-    is_b, df_b, k = _between(c, mask, Xb)
+    cb = np.concatenate([c, np.zeros(Xb.shape[1] - c.size)])  # the design's extra columns (level_design)
+    is_b, df_b, k = _between(cb, mask, Xb)
     if donor_cells is not None and np.shape(donor_cells) != (m,):
         msg = f"donor_cells needs one number of cells per donor ({m}); got shape {np.shape(donor_cells)}."
         raise InvalidValueError(msg, param="donor_cells")
@@ -657,8 +724,8 @@ def wald_pvalues(
         if is_b and df_b >= 1 and n_ok >= EB_MIN_GENES:
             k_g, m_g = k, m
             if donor_cells is not None and np.ptp(np.asarray(donor_cells, dtype=float)) > 0:
-                k_g, m_g = eb_donor_information(var, s2, c[mask], Xb[:, mask], donor_cells)
-            eb = eb_donor_variance(est, var, s2, n_donors=m_g, df=m_g - (m - df_b), k=k_g)
+                k_g, m_g = eb_donor_information(var, s2, cb[mask], Xb[:, mask], donor_cells)
+            eb = eb_donor_variance(est, var, s2, n_donors=m_g - absorbed, df=m_g - (m - df_b), k=k_g)
             return {
                 "estimate": est,
                 "se": se,
@@ -679,7 +746,7 @@ def wald_pvalues(
     if calibration != "z" and is_b and df_b >= 1:
         df = float(df_b)
         if calibration != "t":
-            s2_adj = s2 * m / df_b
+            s2_adj = s2 * (m - absorbed) / df_b
             if calibration.endswith("floor"):
                 floor = default_sigma2_floor(s2_adj[np.isfinite(var)]) if sigma2_floor is None else float(sigma2_floor)
                 s2_adj = np.maximum(s2_adj, floor)
@@ -813,3 +880,11 @@ def lrt_pvalues(
     if weights is None:
         return stat, stats.chi2.sf(stat, df)
     return stat, chibar_sf(stat, list(df), weights)  # type: ignore[arg-type]
+
+
+def lrt_f_pvalues(stat: ArrayLike, df: int, df_between: float) -> NDArray:
+    """p-values of likelihood-ratio statistics of ``df`` fixed effects whose information is the spread
+    between ``df_between + df`` levels (a random slope's effect): ``LR / df`` on ``F(df, df_between)``,
+    the small-sample reference of the same df as the Wald test's ``"t"`` (the chi-square is its limit as
+    the levels grow, and is anti-conservative with few of them)."""
+    return stats.f.sf(np.asarray(stat, dtype=float) / df, df, df_between)

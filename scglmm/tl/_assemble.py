@@ -162,11 +162,11 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
         "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
         "size_factor_center": float(run.size_factor_center),
-        **_structure_params(run, parsed),
+        **_structure_params(run, tests, parsed),
     }
 
 
-def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
+def _structure_params(run: Run, tests: WaldTests, parsed: ParsedFormula) -> dict[str, Any]:
     """The random-effect structure of a run with a general structure (nothing for ``(1 | donor)``): per term
     (keyed by the term as written after expansion, e.g. ``(1 | donor:sample)``) its grouping factor,
     coefficients, covariance form and levels."""
@@ -185,6 +185,9 @@ def _structure_params(run: Run, parsed: ParsedFormula) -> dict[str, Any]:
             for spec, t in zip(parsed.terms, run.terms, strict=True)
         },
         "varcomp_names": list(run.fit.varcomp_names),
+        # fixed effects tested on the levels of a random-intercept term (constant within them) -> its grouping
+        # factor: the donor for donor-level effects, the sample for a condition that varies within donors
+        "level_terms": dict(tests.level_terms),
         # fixed effects tested on a term's per-level slopes -> its grouping factor, and the between-level df
         # of their test ("df" holds the reference: inf under "eb", these df under "t")
         "slope_columns": {c: ts.term.group for c, ts in effects.items()},

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from .. import _inputs
 from .._core._checks import check_counts
+from .._core._errors import InputError
 from .._core._inference import DEFAULT_CALIBRATION
-from .._formula import FixedDesign, build_design, build_re_terms, parse_fit_formula
+from .._formula import FixedDesign, ParsedFormula, build_design, build_re_terms, parse_fit_formula
 from .._layout import write_fit
 from .._logging import logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
+from ._guard import warn_pseudo_replication
 from ._rank_genes_groups import RankedRun, rank_genes_groups
 from ._report import log_text, warning_text
 from ._run import FitOptions, check_options, fit_run
@@ -138,9 +140,16 @@ def fit(
         measured in every donor, with or without level-wide covariates
         (``uns[key]['params']['slope_df']``). ``"eb"`` tests it with an empirical-Bayes prior of
         the slope variance across genes (falling back to ``"t"`` below 50 genes), ``"t"`` refers
-        ``coef / se`` to t with ``m - h`` degrees of freedom, ``"z"`` to the normal. The other
-        columns keep the rules above, with the first term's grouping factor as donor and its
-        intercept variance as the donor variance.
+        ``coef / se`` to t with ``m - h`` degrees of freedom, ``"z"`` to the normal. Every other
+        column is tested by the rules above on the levels of the random-intercept term within whose
+        levels it is constant (the fewest levels if several), that term's intercept variance in the
+        donor variance's part: a donor-level column on the donors; a condition that varies within
+        donors but not within samples of ``(1 | donor/sample)`` on the samples, compared within donors
+        (``n_donors - 1`` df for a paired design); a batch-level column of ``(1 | batch)`` on the
+        batches (``uns[key]['params']['level_terms']``). A factor that varies within the levels of
+        every term and has no random slope (a paired condition under ``(1 | donor)`` or
+        ``(1 | donor) + (1 | batch)``: pseudo-replication) is named in a warning on the ``scglmm``
+        logger before the fit, with the formula that fits the design.
     rank_coef
         Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
         the first non-intercept column. Only written when that column is a level of a factor (or
@@ -249,6 +258,7 @@ def fit(
         min_donors_group=min_donors_group, calibration=calibration, n_agq=n_agq, n_jobs=n_jobs,
         block_size=block_size, progress=progress,
     )  # fmt: skip
+    _guard(adata, settings.parsed, design)
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
     tests = {sub: wald_tests(run, settings.options.calibration) for sub, run in fitted.runs.items()}
     seconds = time.perf_counter() - t_start
@@ -328,6 +338,17 @@ def _validate(
     }
     settings = FitSettings(parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group)
     return settings, Y, design
+
+
+def _guard(adata: AnnData, parsed: ParsedFormula, design: FixedDesign | None) -> None:
+    """Warn once if a factor of the design varies within every random-effect level and no random effect
+    carries it (:mod:`._guard`), before anything is fitted; on all cells with ``groupby``."""
+    try:
+        terms = tuple(build_re_terms(parsed.specs, adata.obs))
+        design = design if design is not None else build_design(parsed.fixed, adata.obs)
+    except InputError:  # a design that only some groups can estimate: their runs say so
+        return
+    warn_pseudo_replication(parsed, terms, design)
 
 
 def _fit_runs(adata: AnnData, Y, design: FixedDesign | None, settings: FitSettings, *, key: str) -> GroupRuns:

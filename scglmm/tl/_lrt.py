@@ -18,7 +18,7 @@ import numpy as np
 from .. import _inputs
 from .._core._api import fit_genes
 from .._core._errors import InputError, InvalidValueError, MissingKeyError
-from .._core._inference import lrt_pvalues, mixture_name
+from .._core._inference import lrt_f_pvalues, lrt_pvalues, mixture_name
 from .._core._status import FILTERED
 from .._formula import ParsedFormula, build_design, build_re_terms, parse_fit_formula
 from .._layout import contrast_name, fit_params, stored_log_offset, varm_key
@@ -180,13 +180,16 @@ def lrt_one(
     ll_reduced = _refit(adata, sub, params, mask, reduced, n_jobs, progress)
     ll_full = adata.varm[varm_key(sub, "fit")]["loglik"].to_numpy(dtype=float)
     stat, p = lrt_pvalues(ll_full, ll_reduced, dfs if weights else dfs[0], weights)
+    between = _slope_df(params, reduced)
+    if between is not None:  # a random slope's effect: F on the slope's between-level df
+        p = lrt_f_pvalues(stat, df_lr, between)
     est, se = np.full(adata.n_vars, np.nan), np.full(adata.n_vars, np.nan)
     if df_lr == 1 and not reduced.random.changed:
         est = adata.varm[varm_key(sub, "coef")][reduced.dropped[0]].to_numpy(dtype=float)
         se = adata.varm[varm_key(sub, "se")][reduced.dropped[0]].to_numpy(dtype=float)
     table = dict(
         estimate=est, se=se, se_test=np.full(adata.n_vars, np.nan), stat=stat,
-        df=np.full(adata.n_vars, float(dfs[0]) if weights is None else np.nan), p_value=p,
+        df=np.full(adata.n_vars, float(dfs[0]) if weights is None and between is None else np.nan), p_value=p,
         loglik_full=ll_full, loglik_reduced=ll_reduced, **_dropped_variance(adata, sub, reduced.random),
     )  # fmt: skip
     info = {
@@ -196,7 +199,8 @@ def lrt_one(
         "reduced_formula": reduced.description,
         "reduced_columns": list(reduced.columns),
         "df": int(dfs[0]) if weights is None else float("nan"),
-        "reference": f"chi-square({dfs[0]})" if weights is None else mixture_name(dfs, weights),
+        "reference": _reference_name(dfs, weights, between),
+        **({"slope_df": float(between)} if between is not None else {}),
         **_random_info(reduced.random, dfs, weights),
         "seconds": float(time.perf_counter() - t0),
     }
@@ -205,6 +209,23 @@ def lrt_one(
     named = reduced_formula is None or contrast is None
     name = "lrt_" + ("_".join(dropped) if named else contrast_name(str(contrast)))
     return table, info, contrast_name(name)
+
+
+def _slope_df(params: Mapping, reduced: _Reduced) -> float | None:
+    """The between-level df of the dropped fixed effects when they have a random slope (kept in both models):
+    the smallest of their ``slope_df``; None otherwise (the chi-square reference)."""
+    slope_df = params.get("slope_df") or {}
+    slopes = [c for c in reduced.dropped if c in slope_df]
+    if not slopes or reduced.random.changed:
+        return None
+    return float(min(float(slope_df[c]) for c in slopes))
+
+
+def _reference_name(dfs: list[int], weights: list[float] | None, between: float | None) -> str:
+    """The reference distribution of an LRT, in words."""
+    if between is not None:
+        return f"F({dfs[0]}, {between:g}) of LR / {dfs[0]}"
+    return f"chi-square({dfs[0]})" if weights is None else mixture_name(dfs, weights)
 
 
 def _random_info(change: RandomChange, dfs: list[int], weights: list[float] | None) -> dict:

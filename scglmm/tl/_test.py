@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _inputs
 from .._core._inference import bh_adjust, contrast_vector, wald_pvalues
+from .._formula import build_design, build_re_terms, parse_fit_formula
 from .._layout import (
     coef_cov,
     contrast_key,
@@ -22,7 +23,7 @@ from .._layout import (
 )
 from .._logging import logger
 from ._lrt import lrt_one, run_cells
-from ._wald import check_calibration, slope_contrast_columns, slope_contrast_test
+from ._wald import LevelTest, check_calibration, level_test, slope_contrast_columns, slope_contrast_test
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -59,8 +60,12 @@ def test(
 
     ``method="lrt"`` refits the reduced model with identical settings (cells, genes, offset, layer,
     ``n_agq``; random effects as fitted unless ``reduced_formula`` changes them) and refers
-    ``LR = 2 (l_full - l_reduced)`` to a chi-square with as many degrees of freedom as fixed-effect
-    columns were dropped. A ``reduced_formula`` may also drop random effects (a variance component):
+    ``LR = 2 (l_full - l_reduced)`` to a chi-square with as many degrees of freedom ``d`` as fixed-effect
+    columns were dropped; when the dropped columns have a random slope kept in both models (``condition``
+    under ``(1 + condition | donor)``), their information is the spread between the slope's levels and
+    ``LR / d`` is referred to ``F(d, slope_df)`` instead (the df of the Wald test's ``"t"``; the chi-square
+    is anti-conservative with few donors). The Wald test under ``"eb"`` is the more powerful of the two.
+    A ``reduced_formula`` may also drop random effects (a variance component):
     one variance with its ``k`` covariances (a random slope of ``(1 + condition | donor)``, with
     ``k = 1``; a ``(1 | batch)`` term, ``k = 0``), whose null value 0 sits on the boundary, so
     ``LR`` is referred to the mixture ``0.5 chi2(d + k) + 0.5 chi2(d + k + 1)`` (``d`` the dropped
@@ -159,16 +164,17 @@ def _wald_one(
     vec, name = contrast_vector(contrast, cols, reference_levels=params["reference_levels"])
     cal = calibration or str(params["calibration"])
     check_calibration(params, cal, sub)
-    donor_level = set(params["donor_level_columns"])
+    lt = _level_test(adata, sub, label, params, vec)
     out = wald_pvalues(
         adata.varm[varm_key(sub, "coef")][cols].to_numpy(dtype=float),
         coef_cov(adata, sub),
         vec,
-        sigma2=adata.varm[varm_key(sub, "fit")]["sigma2"].to_numpy(dtype=float),
-        donor_mask=np.array([c in donor_level for c in cols]),
-        donor_design=np.asarray(params["donor_design"], dtype=float),
+        sigma2=lt.sigma2,
+        donor_mask=lt.mask,
+        donor_design=lt.design,
         calibration=cal,
-        donor_cells=np.asarray(params["donor_cells"], dtype=float),
+        donor_cells=lt.cells,
+        absorbed=lt.absorbed,
     )
     slopes = slope_contrast_columns(params, vec, cal)
     if slopes:  # a random slope's fixed effect: tested on the slope's levels, as its coefficient in tl.fit
@@ -191,6 +197,26 @@ def _wald_one(
         **({"slope_columns": slopes, "slope_df": float(out["slope_df"])} if slopes else {}),
     }
     return table, info, contrast_name(name)
+
+
+def _level_test(adata: AnnData, sub: str, label: str, params: Mapping, vec: np.ndarray) -> LevelTest:
+    """The term whose levels the contrast ``vec`` is tested on (:func:`._wald.level_test`): from the stored
+    donor-level design for ``(1 | donor)``, from the run's cells for other structures."""
+    if "random_structure" not in params:
+        donor_level = set(params["donor_level_columns"])
+        cols = [str(c) for c in params["design_columns"]]
+        return LevelTest(
+            group=str(params["donor_key"]),
+            sigma2=adata.varm[varm_key(sub, "fit")]["sigma2"].to_numpy(dtype=float),
+            mask=np.array([c in donor_level for c in cols]),
+            design=np.asarray(params["donor_design"], dtype=float),
+            cells=np.asarray(params["donor_cells"], dtype=float),
+        )
+    obs = adata.obs.loc[run_cells(adata, sub, label, params)]
+    X = build_design(str(params["fixed_formula"]), obs).matrix
+    terms = tuple(build_re_terms(parse_fit_formula(str(params["formula"])).specs, obs))
+    varcomp = adata.varm[varm_key(sub, "varcomp")]
+    return level_test(terms, X, varcomp.to_numpy(dtype=float), [str(c) for c in varcomp.columns], vec)
 
 
 def _table(

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core._errors import InvalidValueError
-from .._core._inference import SlopeEffect, donor_level_design, random_slopes, slope_wald_pvalues, wald_pvalues
+from .._core._inference import (
+    SlopeEffect,
+    donor_level_design,
+    level_design,
+    random_slopes,
+    slope_wald_pvalues,
+    wald_pvalues,
+)
 from .._formula import build_design, build_re_terms, parse_fit_formula
 from ._run import RE_CALIBRATIONS
 
@@ -27,8 +34,8 @@ if TYPE_CHECKING:
     from ._run import Run
 
 __all__ = [
-    "SLOPE_T", "TermSlope", "WaldTests", "check_calibration", "slope_contrast_columns", "slope_contrast_test",
-    "slope_effects", "slope_variance", "wald_tests",
+    "SLOPE_T", "LevelTest", "TermSlope", "WaldTests", "check_calibration", "level_test", "slope_contrast_columns",
+    "slope_contrast_test", "slope_effects", "slope_variance", "wald_tests",
 ]  # fmt: skip
 
 #: Calibrations under which a fixed effect with its own random slope is tested on its levels.
@@ -48,22 +55,54 @@ class WaldTests:
     eb_prior: dict[str, np.ndarray]
     donor_mask: np.ndarray
     donor_design: np.ndarray
+    level_terms: dict[str, str]
+    """The columns tested on the levels of a random-intercept term (:func:`level_test`) -> its grouping factor."""
 
 
-def _donor_level_tests(run: Run, calibration: str) -> WaldTests:
-    """The Wald test of each design column of ``run`` calibrated for donor-level effects (see :func:`scglmm.tl.fit`)."""
+@dataclass(frozen=True)
+class LevelTest:
+    """The inputs of :func:`scglmm._core._inference.wald_pvalues` for one contrast: the random-intercept
+    term on whose levels it is tested (``group``, None: none, the normal reference) and that term's variance."""
+
+    group: str | None
+    sigma2: np.ndarray
+    mask: np.ndarray
+    design: np.ndarray
+    cells: np.ndarray
+    absorbed: int = 0
+
+
+def level_test(terms: tuple[RETerm, ...], X: np.ndarray, varcomp: np.ndarray, names: list[str], c) -> LevelTest:
+    """Where the contrast ``c`` of the fixed effects gets its information (:func:`level_design`): the
+    random-intercept term (``var(Intercept|g)`` in ``names``; the first term if none has one) with the fewest
+    levels within which every column ``c`` weights is constant. With one term: its donor-level design."""
+    candidates = [t for t in terms if f"var(Intercept|{t.group})" in names] or [terms[0]]
+    lev = level_design(X, [t.codes for t in candidates], c)
+    term = candidates[0] if lev is None else candidates[lev.term]
+    name = f"var(Intercept|{term.group})"
+    sigma2 = varcomp[:, names.index(name)] if name in names else np.full(varcomp.shape[0], np.nan)
+    if lev is None:  # a within-level contrast: any design without it gives the normal reference
+        mask, design = donor_level_design(X, term.codes)
+        return LevelTest(None, sigma2, mask, design, np.bincount(term.codes, minlength=design.shape[0]))
+    return LevelTest(term.group, sigma2, lev.mask, lev.design, lev.cells, lev.absorbed)
+
+
+def _level_tests(run: Run, calibration: str) -> WaldTests:
+    """The Wald test of each design column of ``run``, calibrated on the levels of the term it is constant
+    within (:func:`level_test`; donor-level effects for ``(1 | donor)``), see :func:`scglmm.tl.fit`."""
     fit = run.fit
     G, p = fit.coef.shape
     donor_mask, donor_design = donor_level_design(run.design.matrix, run.donor_codes)
-    donor_cells = np.bincount(run.donor_codes, minlength=donor_design.shape[0])
     pval, stat = np.full((G, p), np.nan), np.full((G, p), np.nan)
     df: dict[str, float] = {}
     df_per_gene: dict[str, np.ndarray] = {}
     eb_prior: dict[str, np.ndarray] = {}
+    levels: dict[str, str] = {}
     for j, col in enumerate(run.design.columns):
+        lt = level_test(run.terms, run.design.matrix, fit.varcomp, fit.varcomp_names, np.eye(p)[j])
         out = wald_pvalues(
-            fit.coef, fit.cov, np.eye(p)[j], sigma2=fit.sigma2, donor_mask=donor_mask, donor_design=donor_design,
-            calibration=calibration, donor_cells=donor_cells,
+            fit.coef, fit.cov, np.eye(p)[j], sigma2=lt.sigma2, donor_mask=lt.mask, donor_design=lt.design,
+            calibration=calibration, donor_cells=lt.cells, absorbed=lt.absorbed,
         )  # fmt: skip
         pval[:, j], stat[:, j] = out["p_value"], out["stat"]
         if np.ndim(out["df"]):  # Satterthwaite: one df per gene
@@ -73,7 +112,9 @@ def _donor_level_tests(run: Run, calibration: str) -> WaldTests:
             df[col] = float(out["df"])
         if "eb_prior" in out:
             eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
-    return WaldTests(pval, stat, df, df_per_gene, eb_prior, donor_mask, np.asarray(donor_design, dtype=float))
+        if lt.group is not None and out["donor_level"]:
+            levels[col] = lt.group
+    return WaldTests(pval, stat, df, df_per_gene, eb_prior, donor_mask, np.asarray(donor_design, dtype=float), levels)
 
 
 def wald_tests(run: Run, calibration: str) -> WaldTests:
@@ -85,12 +126,12 @@ def wald_tests(run: Run, calibration: str) -> WaldTests:
     in which the slope varies: with ``"t"`` on t with the effect's ``df``, with ``"eb"`` (the default) on
     the empirical-Bayes prior of the slope variance ``w' Sigma w`` across genes (``eb_prior`` stored per
     column)."""
-    tests = _donor_level_tests(run, calibration)
+    tests = _level_tests(run, calibration)
     if not run.general or calibration not in SLOPE_T:
         return tests
     cols = list(run.design.columns)
     pval, stat, df = tests.pval.copy(), tests.stat.copy(), dict(tests.df)
-    eb_prior = dict(tests.eb_prior)
+    eb_prior, levels = dict(tests.eb_prior), dict(tests.level_terms)
     for col, ts in slope_effects(run.terms, run.design.matrix, cols).items():
         j, eff = cols.index(col), ts.effect
         tau2 = slope_variance(run.fit.varcomp, run.fit.varcomp_names, ts.term, eff.weights)
@@ -100,9 +141,10 @@ def wald_tests(run: Run, calibration: str) -> WaldTests:
         )  # fmt: skip
         stat[:, j], pval[:, j], df[col] = out["stat"], out["p_value"], float(out["df"])
         eb_prior.pop(col, None)
+        levels.pop(col, None)
         if "eb_prior" in out:
             eb_prior[col] = np.asarray(out["eb_prior"], dtype=float)
-    return replace(tests, pval=pval, stat=stat, df=df, eb_prior=eb_prior)
+    return replace(tests, pval=pval, stat=stat, df=df, eb_prior=eb_prior, level_terms=levels)
 
 
 @dataclass(frozen=True)
