@@ -115,6 +115,7 @@ def _checked_text(formula: object) -> str:
 
 def _fixed_part(formula: str, f: str, bar: re.Pattern) -> str:
     """The fixed part of ``f``: the formula without its random-effect terms (``'~ 1'`` if nothing is left)."""
+    _check_joined(formula, f, bar)
     rest = bar.sub("", f[1:])
     rest = re.sub(r"\+\s*\+", "+", rest)
     rest = rest.strip().strip("+").strip()
@@ -123,6 +124,23 @@ def _fixed_part(formula: str, f: str, bar: re.Pattern) -> str:
         msg = f"formula {formula!r}: a '|' outside a '( ... | group)' term is not valid."
         raise InvalidValueError(msg, param="formula")
     return "~ " + (rest if rest else "1")
+
+
+def _check_joined(formula: str, f: str, bar: re.Pattern) -> None:
+    """Refuse a random-effect term not joined to its neighbours by ``+`` (a typo such as
+    ``'~ condition (1 | donor)'``), suggesting the formula with the ``+``."""
+    for hit in bar.finditer(f):
+        before, after = f[: hit.start()].rstrip(), f[hit.end() :].lstrip()
+        joined_before = before.endswith(("+", "~"))
+        joined_after = after == "" or after.startswith("+")
+        if joined_before and joined_after:
+            continue
+        fixed = f"{before}{' ' if joined_before else ' + '}{hit.group(0)}{'' if joined_after else ' + '}{after}"
+        msg = (
+            f"formula {formula!r}: the random-effect term {hit.group(0)!r} must be joined to the other terms "
+            f"with '+'; did you mean {' '.join(fixed.split())!r}?"
+        )
+        raise InvalidValueError(msg, param="formula")
 
 
 def _donor_term(formula: str, f: str) -> str:

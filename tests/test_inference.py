@@ -510,3 +510,23 @@ def test_log10_helpers_in_the_far_tail():
     # chi-square(1) = z^2: the LRT tail equals the two-sided normal tail
     np.testing.assert_allclose(log10_chi2_sf([1600.0, 4e4], 1), log10_two_sided([40.0, 200.0]), rtol=1e-9)
     np.testing.assert_allclose(log10_chi2_sf([3000.0], 2), [-1500 / np.log(10)], rtol=1e-12)
+
+
+def test_contrast_as_a_list_reads_as_pydeseq2_writes_it() -> None:
+    cols = ["Intercept", "condition[T.stim]", "treatment[T.B]"]
+    ref = {"condition": "ctrl", "treatment": "A"}
+    as_list = contrast_vector(["condition", "stim", "ctrl"], cols, reference_levels=ref)
+    as_tuple = contrast_vector(("condition", "stim", "ctrl"), cols, reference_levels=ref)
+    np.testing.assert_array_equal(as_list[0], [0.0, 1.0, 0.0])
+    assert as_list[1] == as_tuple[1] == "condition_stim_vs_ctrl"
+    np.testing.assert_array_equal(contrast_vector(["condition", "ctrl", "stim"], cols, reference_levels=ref)[0],
+                                  [0.0, -1.0, 0.0])  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [["condition", "stim"], ["condition", "stim", 1.0], {"condition"}, [None, "x"]])
+def test_other_contrast_shapes_get_the_accepted_forms(bad) -> None:
+    from scglmm._core._errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="Accepted forms") as info:
+        contrast_vector(bad, ["Intercept", "condition[T.stim]"], reference_levels={"condition": "ctrl"})
+    assert info.value.param == "contrast"

@@ -138,3 +138,21 @@ def test_build_errors() -> None:
     one = obs.assign(lab="L1")
     with pytest.raises(ValueError, match="single level"):
         build_re_terms(parse_re_formula("~ (1 | lab)").terms, one)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("~ condition (1 + condition | donor)", "~ condition + (1 + condition | donor)"),
+        ("~ condition + (1 | donor) (1 | batch)", "~ condition + (1 | donor) + (1 | batch)"),
+        ("~ (1 | donor) condition", "~ (1 | donor) + condition"),
+    ],
+)
+def test_a_term_without_its_plus_is_refused_with_the_fix(typo: str, meant: str) -> None:
+    from scglmm._core._errors import InvalidValueError
+    from scglmm._formula import parse_fit_formula
+
+    with pytest.raises(InvalidValueError, match="joined to the other terms with '\\+'") as info:
+        parse_fit_formula(typo)
+    assert f"did you mean {meant!r}" in str(info.value) and info.value.param == "formula"
+    parse_fit_formula(meant)  # the suggestion itself is accepted

@@ -423,6 +423,29 @@ def _fit_logged(a, caplog, **kwargs) -> tuple[list[str], list[str]]:
     return [r.getMessage() for r in caplog.records], [str(w.message) for w in rec]
 
 
+def test_the_summary_follows_scanpy_verbosity(small_info_adata, capsys):
+    """In Python the summary is shown where scanpy shows its messages, with sc.settings.verbosity = 'info'."""
+    import sys
+
+    import scanpy as sc
+
+    saved, saved_file = sc.settings.verbosity, sc.settings.logfile
+    sc.settings.logfile = sys.stderr  # scanpy writes to the stream it was given: this test's captured one
+    try:
+        for verbosity, shown in (("warning", False), ("info", True)):
+            sc.settings.verbosity = verbosity
+            scglmm.tl.fit(small_info_adata.copy(), "~ condition + (1 | donor)", size_factors="sf", progress=False)
+            err = capsys.readouterr().err
+            assert ("scglmm fit: 6 genes: 6 fitted, 0 filtered; of the fitted, 0 without" in err) == shown, err
+    finally:
+        sc.settings.verbosity, sc.settings.logfile = saved, saved_file
+
+
+@pytest.fixture
+def small_info_adata():
+    return _hard_adata()[:, [f"nb{i}" for i in range(6)]].copy()
+
+
 def test_boundary_estimates_are_not_counted_as_problems():
     codes = np.array([0, SIGMA2_BOUNDARY, POISSON_LIMIT, SIGMA2_BOUNDARY | POISSON_LIMIT, NOT_CONVERGED,
                       SEPARATION | SIGMA2_BOUNDARY, ALL_ZERO, FILTERED])  # fmt: skip
@@ -434,7 +457,8 @@ def test_boundary_estimates_are_not_counted_as_problems():
     assert s.n_not_converged == 1
     assert s.examples == ["g5", "g6"]
     text = log_text({"": s}, key="k", groupby=None, min_cells=3, min_donors=2)
-    assert "2 without an estimate (separation: 1, all_zero: 1), 1 not converged" in text
+    assert "1 filtered (fewer than min_cells=3 cells or min_donors=2 donors with counts)" in text
+    assert "of the fitted, 2 without an estimate (separation: 1, all_zero: 1) and 1 not converged." in text
     assert "sigma2_boundary" not in text and "poisson_limit" not in text and "not 'ok'" not in text
 
 

@@ -215,13 +215,33 @@ def test_tl_fit_on_backed_anndata(small, tmp_path):
 def test_progress_bar(small, capsys, monkeypatch, progress, interactive, shown):
     monkeypatch.setattr(slog, "_interactive", lambda: interactive)
     monkeypatch.setattr(slog, "PROGRESS_DELAY", 0.0)  # the run is short; no timing in tests
+    monkeypatch.setattr(slog, "PIPE_INTERVAL", 0.0)
     a = small[:, :6].copy()
     scglmm.tl.fit(a, FORMULA, size_factors="libsize", block_size=2, progress=progress)
     err = capsys.readouterr().err
-    if shown:
+    if shown and interactive:  # a terminal or notebook: tqdm's bar
         assert "scglmm fit:" in err and "/6 [" in err and "gene/s" in err
+    elif shown:  # a log file or a pipe: plain lines, no carriage returns piling up on one line
+        lines = [line for line in err.splitlines() if line.startswith("scglmm fit: ")]
+        assert lines and all(" genes (" in line and "s left" in line for line in lines)
+        assert "\r" not in err and "gene/s" not in err
     else:
         assert "scglmm fit" not in err and "gene/s" not in err
+
+
+def test_line_progress_writes_at_most_one_line_per_interval(monkeypatch):
+    import io
+
+    out = io.StringIO()
+    monkeypatch.setattr(slog, "PIPE_INTERVAL", 3600.0)
+    bar = slog.LineProgress(total=100, desc="scglmm fit", delay=0.0, stream=out)
+    for _ in range(50):
+        bar.update(1)
+    assert out.getvalue() == ""  # nothing before the first interval has passed
+    monkeypatch.setattr(slog, "PIPE_INTERVAL", 0.0)
+    bar = slog.LineProgress(total=100, desc="scglmm fit", delay=0.0, stream=out)
+    bar.update(40)
+    assert out.getvalue().startswith("scglmm fit: 40/100 genes (40 %), ") and out.getvalue().endswith("s left\n")
 
 
 class _FakeBar:
@@ -253,6 +273,7 @@ def test_progress_bar_follows_scanpy_verbosity(small, monkeypatch, progress, ver
     import scanpy as sc
 
     monkeypatch.setattr(slog, "_tqdm", lambda: _FakeBar)
+    monkeypatch.setattr(slog, "_interactive", lambda: True)  # a terminal: the tqdm bar
     _FakeBar.made = []
     saved = sc.settings.verbosity
     sc.settings.verbosity = verbosity

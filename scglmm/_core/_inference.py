@@ -229,8 +229,8 @@ def contrast_vector(
     Accepted forms:
 
     - a design column or a variable with one column: ``"condition[T.stim]"``, ``"condition"``;
-    - a difference of two levels of a factor: ``("treatment", "B", "A")`` (level ``B`` minus level
-      ``A``; either may be the reference level);
+    - a difference of two levels of a factor: ``("treatment", "B", "A")`` or, as PyDESeq2 writes it,
+      ``["treatment", "B", "A"]`` (level ``B`` minus level ``A``; either may be the reference level);
     - an expression of design columns with ``+``, ``-`` and optional numeric weights:
       ``"treatment[T.B] - treatment[T.A]"``, ``"0.5*g[T.x] + 0.5*g[T.y]"``;
     - a mapping ``{column: weight}``;
@@ -270,7 +270,8 @@ def contrast_vector(
         for k, w in contrast.items():
             vec[cols.index(resolve_column(str(k), cols))] += float(w)
         name = " + ".join(f"{float(w):g}*{resolve_column(str(k), cols)}" for k, w in contrast.items())
-    elif isinstance(contrast, tuple) and len(contrast) == 3 and all(isinstance(s, str) for s in contrast):
+    elif isinstance(contrast, (tuple, list)) and any(isinstance(s, str) for s in contrast):
+        _check_level_triple(contrast)
         factor, lev_a, lev_b = contrast
         if lev_a == lev_b:
             msg = f"contrast {contrast!r} compares a level with itself."
@@ -283,7 +284,7 @@ def contrast_vector(
             vec[cols.index(cb)] -= 1.0
         name = f"{factor}_{lev_a}_vs_{lev_b}"
     else:
-        arr = np.asarray(contrast, dtype=float).ravel()
+        arr = _numeric_contrast(contrast)
         if arr.shape != (p,):
             msg = f"a numeric contrast needs one weight per design column ({p}: {cols}); got {arr.shape[0]} values."
             raise InvalidValueError(msg, param="contrast")
@@ -293,6 +294,31 @@ def contrast_vector(
         msg = f"contrast {contrast!r} has no non-zero finite weight on the design columns {cols}."
         raise InvalidValueError(msg, param="contrast")
     return vec, name
+
+
+_FORMS = (
+    "a design column or variable ('condition'), a level difference ['condition', 'stim', 'ctrl'], an "
+    "expression ('treatment[T.B] - treatment[T.A]'), a mapping {column: weight} or one number per design column"
+)
+
+
+def _check_level_triple(contrast: Sequence) -> None:
+    """A sequence with names must be ``(factor, level, other_level)``, three strings."""
+    if len(contrast) != 3 or not all(isinstance(s, str) for s in contrast):
+        msg = (
+            f"contrast {list(contrast)!r}: a list or tuple of names is a difference of two levels of a factor, "
+            f"[factor, level, reference_level], e.g. ['condition', 'stim', 'ctrl']. Accepted forms: {_FORMS}."
+        )
+        raise InvalidValueError(msg, param="contrast")
+
+
+def _numeric_contrast(contrast: object) -> NDArray[np.float64]:
+    """A numeric contrast as a flat float vector, or a clear error naming the accepted forms."""
+    try:
+        return np.asarray(contrast, dtype=float).ravel()
+    except (TypeError, ValueError):
+        msg = f"could not read the contrast {contrast!r}. Accepted forms: {_FORMS}."
+        raise InvalidValueError(msg, param="contrast") from None
 
 
 # ------------------------------------------------------------------------------------------------

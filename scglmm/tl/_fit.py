@@ -18,7 +18,7 @@ from .._core._errors import InputError
 from .._core._inference import DEFAULT_CALIBRATION
 from .._formula import FixedDesign, ParsedFormula, build_design, build_re_terms, parse_fit_formula
 from .._layout import write_fit
-from .._logging import logger, warn
+from .._logging import info, logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
 from ._guard import warn_pseudo_replication
@@ -369,11 +369,10 @@ def _report(fitted: GroupRuns, settings: FitSettings, *, key: str) -> None:
     """One INFO summary per fit (a table per group with ``groupby``) and at most one warning."""
     summaries = {fitted.labels[sub]: run.summary for sub, run in fitted.runs.items()}
     options = settings.options
-    logger.info(
-        "%s",
+    info(
         log_text(
             summaries, key=key, groupby=settings.groupby, min_cells=options.min_cells, min_donors=options.min_donors
-        ),
+        )
     )
     message = warning_text(summaries, key=key, groupby=settings.groupby)
     if message is not None:

@@ -96,10 +96,11 @@ def log_text(
     if groupby is None:
         (s,) = summaries.values()
         no_est = f" ({_flags(s.no_estimate)})" if s.no_estimate else ""
+        why = f" ({filter_note.removeprefix('filtered: ')})" if s.n_filtered else ""
         return (
-            f"scglmm fit: {s.n_genes} genes: {s.n_fitted} fitted, {s.n_filtered} filtered; "
-            f"{s.n_no_estimate} without an estimate{no_est}, {s.n_not_converged} not converged "
-            f"({filter_note}; per-gene status in adata.varm['{key}_fit']['status'])."
+            f"scglmm fit: {s.n_genes} genes: {s.n_fitted} fitted, {s.n_filtered} filtered{why}; of the fitted, "
+            f"{s.n_no_estimate} without an estimate{no_est} and {s.n_not_converged} not converged. "
+            f"Per-gene status: adata.varm['{key}_fit']['status']."
         )
     table = pd.DataFrame(
         {
@@ -137,6 +138,6 @@ def warning_text(summaries: dict[str, StatusSummary], *, key: str, groupby: str 
     more = f" and {len(bad) - MAX_GROUPS_NAMED} more" if len(bad) > MAX_GROUPS_NAMED else ""
     return (
         f"{len(bad)} groups have genes without an estimate (NaN): {', '.join(named)}{more}; "
-        f"{_flags(_total_flags(list(bad.values())))}. The table per group is logged at INFO (logger 'scglmm'); "
+        f"{_flags(_total_flags(list(bad.values())))}. The table per group: sc.settings.verbosity = 'info'; "
         f"see adata.varm['{key}:<group>_fit']['status']."
     )

@@ -84,8 +84,8 @@ def test(
         What to test. For ``"wald"``:
 
         - a design column or a variable with one column: ``"condition[T.stim]"``, ``"condition"``;
-        - two levels of a factor, first minus second: ``("treatment", "B", "A")`` (either may be
-          the reference level);
+        - two levels of a factor, first minus second: ``("treatment", "B", "A")`` or, as PyDESeq2
+          writes it, ``["treatment", "B", "A"]`` (either may be the reference level);
         - an expression of design columns: ``"treatment[T.B] - treatment[T.A]"``, with optional
           numeric weights (``"0.5*x[T.a] + 0.5*x[T.b]"``);
         - a mapping ``{column: weight}`` or a numeric vector with one weight per design column.
