@@ -17,6 +17,7 @@ from ._core._counts import as_backed_counts
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from ._core._inference import CALIBRATIONS
 from ._layout import OffsetSource
+from ._logging import logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -71,8 +72,9 @@ def log_offset(
     adata: AnnData, Y, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None
 ) -> tuple[np.ndarray, OffsetSource]:
     """The per-cell log offset of a fit and its source: ``offset`` (log scale) or
-    ``size_factors`` (a scale, logged), each an ``obs`` column or an array, or by default the log
-    of each cell's total count over all genes of ``Y``."""
+    ``size_factors`` (a scale, logged), each an ``obs`` column or an array, or by default the log of
+    each cell's library size: an ``obs`` column ``total_counts`` or ``n_counts`` when it counts more
+    genes than ``Y`` has (``Y`` is a subset of the genes), else each cell's total count over ``Y``."""
     if size_factors is not None and offset is not None:
         msg = "pass either size_factors (a scale, logged internally) or offset (already on the log scale), not both."
         raise InvalidValueError(msg, param="size_factors")
@@ -80,6 +82,9 @@ def log_offset(
         return _given_offset(adata, offset)
     if size_factors is None:
         sf = np.asarray(Y.sum(axis=1), dtype=float).ravel()
+        column = _library_column(adata, sf)
+        if column is not None:
+            return np.log(adata.obs[column].to_numpy(dtype=float)), OffsetSource("size_factors", column)
         if np.any(sf <= 0):
             bad = adata.obs_names[sf <= 0][:5].tolist()
             msg = (
@@ -88,8 +93,34 @@ def log_offset(
                 "or pass size_factors=."
             )
             raise InvalidValueError(msg, param="size_factors")
+        if Y.shape[1] < SUBSET_GENES:
+            logger.warning(
+                "size factors: each cell's total count over the %d genes of this matrix. If they are a subset of "
+                "the measured genes, pass size_factors= with each cell's full library size (an obs column such "
+                "as 'total_counts' computed before subsetting): fold changes depend on it.",
+                Y.shape[1],
+            )
         return np.log(sf), OffsetSource("total_counts")
     return _given_size_factors(adata, size_factors)
+
+
+#: ``obs`` columns of each cell's library size that the default size factors use when they come from more
+#: genes than the matrix has (scanpy's ``calculate_qc_metrics`` and older ``filter_cells``), in this order.
+LIBRARY_COLUMNS = ("total_counts", "n_counts")
+#: A matrix with fewer genes than this is likely a subset of the measured genes (the default size factors say so).
+SUBSET_GENES = 5000
+
+
+def _library_column(adata: AnnData, totals: np.ndarray) -> str | None:
+    """The first of :data:`LIBRARY_COLUMNS` that holds a library size from more genes than the matrix: positive,
+    finite, at least each cell's total over the matrix and above it somewhere; ``None`` if there is none."""
+    for column in LIBRARY_COLUMNS:
+        if column not in adata.obs.columns or not pd.api.types.is_numeric_dtype(adata.obs[column]):
+            continue
+        lib = adata.obs[column].to_numpy(dtype=float)
+        if np.all(np.isfinite(lib) & (lib > 0)) and np.all(lib >= totals - 0.5) and np.any(lib > totals + 0.5):
+            return column
+    return None
 
 
 #: Message for an ``obs`` column of the wrong dtype, by parameter.
