@@ -131,8 +131,9 @@ def _check_joined(formula: str, f: str, bar: re.Pattern) -> None:
     ``'~ condition (1 | donor)'``), suggesting the formula with the ``+``."""
     for hit in bar.finditer(f):
         before, after = f[: hit.start()].rstrip(), f[hit.end() :].lstrip()
-        joined_before = before.endswith(("+", "~"))
-        joined_after = after == "" or after.startswith("+")
+        # a term's neighbour that ends (or starts) a term of its own, with no operator between them
+        joined_before = not re.search(r"[\w)\]`]$", before) or before.endswith("~")
+        joined_after = not re.match(r"[\w(`]", after)
         if joined_before and joined_after:
             continue
         fixed = f"{before}{' ' if joined_before else ' + '}{hit.group(0)}{'' if joined_after else ' + '}{after}"
@@ -522,7 +523,26 @@ def build_re_terms(terms: tuple[RETermSpec, ...], obs: pd.DataFrame) -> list[RET
     in lme4). The grouping factor is the interaction of its obs columns, restricted to the level
     combinations present: ``donor:sample`` separates sample ``S1`` of donor ``D1`` from ``S1`` of ``D2``.
     """
-    return [_build_term(t, obs) for t in terms]
+    built = [_build_term(t, obs) for t in terms]
+    _check_distinct_levels(terms, built)
+    return built
+
+
+def _check_distinct_levels(specs: tuple[RETermSpec, ...], terms: list[RETerm]) -> None:
+    """Refuse two intercept terms whose grouping factors split the cells alike (``(1 | donor/sample/condition)``
+    when each sample is one donor and condition): their variances cannot be told apart."""
+    for i in range(len(terms)):
+        for j in range(i + 1, len(terms)):
+            a, b = terms[i], terms[j]
+            if not (specs[i].scalar_intercept and specs[j].scalar_intercept) or a.m != b.m:
+                continue
+            if np.unique(np.column_stack([a.codes, b.codes]), axis=0).shape[0] == a.m:
+                msg = (
+                    f"the random-effect terms {specs[i]} and {specs[j]} have the same levels (each level of "
+                    f"{a.group!r} is one level of {b.group!r}): their variances cannot be told apart. Keep one "
+                    "of them."
+                )
+                raise InvalidValueError(msg, param="formula")
 
 
 def _build_term(t: RETermSpec, obs: pd.DataFrame) -> RETerm:

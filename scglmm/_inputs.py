@@ -68,6 +68,22 @@ def counts(adata: AnnData, layer: str | None) -> tuple[object, str]:
     return Y, what
 
 
+def raw_counts_hint(adata: AnnData, layer: str | None) -> str:
+    """What to say when ``adata.X`` holds no counts but ``adata.raw`` does (scanpy's usual layout after
+    normalisation): how to pass them. Empty otherwise."""
+    raw = adata.raw
+    if layer is not None or raw is None:
+        return ""
+    X = raw.X
+    vals = X.data[:10000] if sparse.issparse(X) else np.asarray(X[: min(X.shape[0], 200)]).ravel()
+    if vals.size == 0 or np.any(vals < 0) or np.any(vals != np.floor(vals)):
+        return ""
+    return (
+        "adata.raw holds integer counts: put those of these genes in a layer and pass it, e.g. "
+        "adata.layers['counts'] = adata.raw[:, adata.var_names].X; scglmm.tl.fit(..., layer='counts')."
+    )
+
+
 def log_offset(
     adata: AnnData, Y, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None
 ) -> tuple[np.ndarray, OffsetSource]:

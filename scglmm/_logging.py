@@ -19,11 +19,12 @@ _PKG_DIR = str(Path(__file__).parent)
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn with the user's line as the location (frames inside scglmm are skipped)."""
-    if sys.version_info >= (3, 12):
-        warnings.warn(message, category, stacklevel=2, skip_file_prefixes=(_PKG_DIR,))
-    else:  # pragma: no cover - Python 3.11
-        warnings.warn(message, category, stacklevel=3)
+    """Warn with the user's line as the location: the first frame outside scglmm, however deep inside it
+    the warning was raised (Python 3.11 has no ``skip_file_prefixes``: the frames are counted)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PKG_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def info(message: str) -> None:

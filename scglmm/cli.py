@@ -540,7 +540,7 @@ _FIT_DEFAULTS, _TEST_DEFAULTS = _defaults(tl.fit), _defaults(tl.test)
 
 def _nonzero(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value == 0:
-        msg = "--n-jobs must be a positive number of threads, or -1 for all cores; got 0."
+        msg = "--n-jobs must be a positive number of workers, or -1 for all cores; got 0."
         raise click.BadParameter(msg)
     return value
 
@@ -560,7 +560,7 @@ def _command(name: str, text: str) -> Callable[[Callable], click.Command]:
 
 
 def _n_jobs(text: str, **default: Any) -> Callable[[Callable], Callable]:
-    """``-j`` / ``--n-jobs``: threads, -1 for all cores, never 0; ``default`` holds its default, if any."""
+    """``-j`` / ``--n-jobs``: workers, -1 for all cores, never 0; ``default`` holds its default, if any."""
     return click.option("-j", "--n-jobs", type=int, metavar="N", callback=_nonzero, help=text, **default)
 
 
@@ -718,7 +718,11 @@ when interrupted).
     show_default=True,
     help="1 = Laplace approximation (as glmmTMB); K > 1 = adaptive Gauss-Hermite with K nodes.",
 )
-@_n_jobs("Threads (-1 = all cores).", default=1, show_default=True)
+@_n_jobs(
+    "Workers (-1 = all cores): threads for a single (1 | donor), processes for other random effects.",
+    default=1,
+    show_default=True,
+)
 @click.option(
     "--key-added",
     metavar="KEY",
@@ -867,7 +871,7 @@ def _parse_contrast(text: str) -> str | tuple[str, str, str]:
     help="Reference distribution of Wald tests.  [default: the fit's]",
 )
 @click.option("--group", multiple=True, metavar="NAME", help="With a --groupby fit: group(s) to test.  [default: all]")
-@_n_jobs("Threads for the refit of --method lrt (-1 = all cores).  [default: the fit's]")
+@_n_jobs("Workers for the refit of --method lrt (-1 = all cores).  [default: the fit's]")
 @click.option("--key-added", metavar="NAME", help="Name of the stored results.  [default: derived from CONTRAST]")
 @_top("Genes to print (0: none).")
 @_verbosity

@@ -419,6 +419,7 @@ def _zero_cells(a):
     X = a.X.toarray()
     X[:4] = 0
     a.X = sparse.csr_matrix(X)
+    del a.obs["n_counts"]  # else the default size factors are this library column (it counts more genes)
 
 
 def _zero_sf(a):

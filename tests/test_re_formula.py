@@ -156,3 +156,15 @@ def test_a_term_without_its_plus_is_refused_with_the_fix(typo: str, meant: str) 
         parse_fit_formula(typo)
     assert f"did you mean {meant!r}" in str(info.value) and info.value.param == "formula"
     parse_fit_formula(meant)  # the suggestion itself is accepted
+
+
+def test_two_terms_with_the_same_levels_are_refused() -> None:
+    import scglmm
+    from scglmm._core._errors import InvalidValueError
+    from scglmm._formula import parse_fit_formula
+
+    a = scglmm.datasets.simulate(n_donors=4, cells_per_donor=20, n_genes=3, paired=True, seed=1)
+    with pytest.raises(InvalidValueError, match="have the same levels") as info:
+        build_re_terms(parse_fit_formula("~ condition + (1 | donor/sample/condition)").specs, a.obs)
+    assert "(1 | donor:sample)" in str(info.value) and info.value.param == "formula"
+    assert len(build_re_terms(parse_fit_formula("~ condition + (1 | donor/sample)").specs, a.obs)) == 2

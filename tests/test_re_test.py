@@ -175,6 +175,9 @@ def test_fixed_effect_lrt_equals_two_direct_fits() -> None:
     assert np.all(res["p_value"][lr > 4] > stats.chi2.sf(lr[lr > 4], 1))
     info = a.uns["scglmm"]["contrasts"][name]
     assert info["reference"] == f"F(1, {slope_df:g}) of LR / 1" and info["df"] == 1 and info["slope_df"] == slope_df
+    got = scglmm.get.results(a, contrast=name)
+    ok = got["p_value"] > 0
+    np.testing.assert_allclose(got.loc[ok, "log10_p_value"], np.log10(got.loc[ok, "p_value"]), rtol=1e-9)
     assert "dropped_variances" not in info
     # the same null model written out: the random effects are added when left out
     name2 = scglmm.tl.test(a, "x", method="lrt", reduced_formula="~ 1", key_added="r", progress=False)

@@ -229,3 +229,13 @@ def test_donor_effects_plot_reads_the_stored_modes_of_a_general_structure() -> N
     np.testing.assert_allclose(cont.lines[0].get_ydata(), expected, rtol=0, atol=1e-12)
     assert len(ticks) == 8
     plt.close("all")
+
+
+def test_get_results_sorted_most_significant_first() -> None:
+    a = fitted("slope")
+    plain = scglmm.get.results(a, "condition")
+    top = scglmm.get.results(a, "condition", sort=True)
+    assert sorted(top.index) == sorted(plain.index)
+    order = plain["log10_p_value"].sort_values(na_position="last", kind="stable").index
+    assert list(top.index) == list(order)
+    pd.testing.assert_frame_equal(top.loc[plain.index], plain)

@@ -517,3 +517,13 @@ def test_warning_names_a_few_groups_only():
 def test_no_warning_text_without_genes_lacking_an_estimate(groupby):
     s = StatusSummary(10, 50, 4, 0, {}, 0, 3, [])
     assert warning_text({"": s} if groupby is None else {"A": s, "B": s}, key="k", groupby=groupby) is None
+
+
+def test_the_fit_warning_points_at_the_user_line():
+    """The one summary warning is located at the caller's line (this file), not inside scglmm."""
+    a = _hard_adata()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1)
+    ours = [w for w in rec if "genes have no estimate" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__

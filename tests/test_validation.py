@@ -22,7 +22,7 @@ import pytest
 from scipy import sparse
 
 import scglmm
-from scglmm._core._errors import InputError
+from scglmm._core._errors import InputError, InvalidValueError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -938,3 +938,20 @@ if __name__ == "__main__":
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(render_error_table())
     print(f"wrote {DOC}")
+
+
+def test_normalised_x_with_counts_in_raw_says_how_to_pass_them() -> None:
+    import scanpy as sc
+
+    a = scglmm.datasets.simulate(n_donors=4, cells_per_donor=20, n_genes=6, seed=5)
+    a.raw = a.copy()
+    sc.pp.normalize_total(a)
+    with pytest.raises(InvalidValueError, match="non-integer") as info:
+        scglmm.tl.fit(a, "~ condition + (1 | donor)", progress=False)
+    assert "adata.raw holds integer counts" in str(info.value) and "layer='counts'" in str(info.value)
+    assert info.value.param == "layer"
+    a.layers["counts"] = a.raw[:, a.var_names].X
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a gene of this tiny set without an estimate
+        scglmm.tl.fit(a, "~ condition + (1 | donor)", layer="counts", progress=False, min_cells=None, min_donors=None)
+    assert a.uns["scglmm"]["params"]["layer"] == "counts"

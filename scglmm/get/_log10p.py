@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
-__all__ = ["log10_chi2_sf", "log10_mixture_sf", "log10_two_sided"]
+__all__ = ["log10_chi2_sf", "log10_f_sf", "log10_mixture_sf", "log10_two_sided"]
 
 #: Below this log survival value scipy's own ``logsf`` is replaced by the tail formulas.
 _TAIL = -600.0
@@ -70,6 +70,14 @@ def log10_chi2_sf(stat: ArrayLike, df: ArrayLike) -> np.ndarray:
     tail = ~(out > _TAIL) & np.isfinite(asym) & (u > 300.0)
     out = np.where(tail, asym, out)
     return out / np.log(10.0)
+
+
+def log10_f_sf(stat: ArrayLike, df: int, df_between: float) -> np.ndarray:
+    """``log10`` of the p-value of a likelihood-ratio statistic of ``df`` fixed effects with a random slope,
+    ``LR / df`` on ``F(df, df_between)`` (:func:`scglmm._core._inference.lrt_f_pvalues`). Its tail is
+    polynomial, so scipy's ``logsf`` stays finite wherever the statistic is."""
+    with np.errstate(divide="ignore"):
+        return stats.f.logsf(np.asarray(stat, dtype=float) / df, df, df_between) / np.log(10.0)
 
 
 def log10_mixture_sf(stat: ArrayLike, dfs: ArrayLike, weights: ArrayLike) -> np.ndarray:

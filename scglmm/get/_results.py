@@ -21,7 +21,7 @@ from .._layout import (
 )
 from ._docs import GROUP_KEY, with_sections
 from ._groups import per_group
-from ._log10p import log10_chi2_sf, log10_mixture_sf, log10_two_sided
+from ._log10p import log10_chi2_sf, log10_f_sf, log10_mixture_sf, log10_two_sided
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -172,6 +172,8 @@ def _contrast_table(adata: AnnData, contrast, sub: str) -> pd.DataFrame:
     lrt = info.get("method") == "lrt"
     if "mixture_df" in info:  # an LRT of a variance component
         log10p = log10_mixture_sf(columns["stat"], info["mixture_df"], info["mixture_weights"])
+    elif lrt and "slope_df" in info:  # an LRT of a random slope's effect: LR / d on F(d, slope df)
+        log10p = log10_f_sf(columns["stat"], int(info["df"]), float(info["slope_df"]))
     else:
         log10p = log10_chi2_sf(columns["stat"], df) if lrt else log10_two_sided(columns["stat"], df)
     columns["log10_p_value"] = _finite_where_p(log10p, columns["p_value"])
@@ -191,6 +193,7 @@ def results(
     contrast: str | Sequence | Mapping[str, float] | None = None,
     group: str | Sequence[str] | None = None,
     key: str = "scglmm",
+    sort: bool = False,
 ) -> pd.DataFrame:
     """Tidy per-gene results of one coefficient of a fit, or of a tested contrast.
 
@@ -205,12 +208,17 @@ def results(
         Instead of ``coef``: the name returned by :func:`scglmm.tl.test` (or the contrast as it
         was passed to it).
     {group_key}
+    sort
+        Most significant genes first (by ``log10_p_value``, which orders even p-values that underflow to
+        0; genes without a p-value last; within each group when several are stacked), as
+        :func:`scanpy.get.rank_genes_groups_df` lists them.
 
     Returns
     -------
-    DataFrame indexed by gene, in the order of ``adata.var_names``, with ``log_fc`` (natural log),
-    ``log2_fc``, ``se`` (model standard error), ``stat`` (the test statistic behind the p-value:
-    Wald, with the calibration of the fit; for an LRT contrast the LR statistic), ``p_value``,
+    DataFrame indexed by gene, in the order of ``adata.var_names`` (or by significance with ``sort``),
+    with ``log_fc`` (natural log), ``log2_fc``, ``se`` (model standard error), ``stat`` (the test
+    statistic behind the p-value: Wald, with the calibration of the fit; for an LRT contrast the LR
+    statistic), ``p_value``,
     ``log10_p_value``, ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each
     group), ``base_mean``, then for a comparison of two levels ``mean_<level>`` and ``pct_<level>``
     of each, then ``sigma2``, ``dispersion`` and ``status``; contrasts add ``df``. ``attrs`` holds
@@ -243,4 +251,7 @@ def results(
     out = per_group(subs, group, one)
     if isinstance(group, str):
         out.attrs["group"] = group
+    if sort:
+        by = ["group", "log10_p_value"] if "group" in out.columns else ["log10_p_value"]
+        out = out.sort_values(by, na_position="last", kind="stable")
     return out

@@ -327,7 +327,14 @@ def _validate(
         _inputs.groupby_labels(adata, groupby)
     design = build_design(parsed.fixed, adata.obs) if groupby is None else None
     Y, what = _inputs.counts(adata, layer)
-    check_counts(Y, what=what, param="layer")
+    try:
+        check_counts(Y, what=what, param="layer")
+    except InputError as err:
+        hint = _inputs.raw_counts_hint(adata, layer)
+        if not hint:
+            raise
+        msg = f"{err} {hint}"
+        raise type(err)(msg, param="layer") from None
     log_off, source = _inputs.log_offset(adata, Y, size_factors, offset)
     inputs = {
         "layer": "X" if layer is None else str(layer),
