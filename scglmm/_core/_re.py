@@ -151,6 +151,10 @@ class REStructure:
     compiled: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)
     """The kernels' compiled functions for this structure's argument types (filled by the first fit)."""
 
+    def __getstate__(self) -> dict:
+        """Pickled without the compiled functions (process-local; a worker compiles or loads its own)."""
+        return {**self.__dict__, "compiled": {}}
+
     @property
     def p(self) -> int:
         """Number of fixed effects."""

@@ -341,8 +341,12 @@ def fit_general_blocks(
         if n_workers == 1 or b - a < 2:
             parts = [fit_columns(s, blk)]
         else:
-            cuts = np.linspace(0, b - a, min(b - a, 4 * n_workers) + 1).astype(int)
-            parts = Parallel(n_jobs=int(n_jobs))(
+            # the run's first gene in this process: numba compiles the kernels here, once, and caches them
+            # on disk, where the worker processes load them instead of each compiling them again
+            first = [fit_columns(s, _columns(blk, 0, 1))] if a == 0 else []
+            lo = 1 if a == 0 else 0
+            cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
+            parts = first + Parallel(n_jobs=int(n_jobs))(
                 delayed(fit_columns)(s, _columns(blk, c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True)
                 if c1 > c0
             )  # fmt: skip
