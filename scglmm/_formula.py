@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ._core._design import redundant_columns
-from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
+from ._core._errors import InputError, InvalidTypeError, InvalidValueError, MissingKeyError
 from ._core._re import RETerm
 
 if TYPE_CHECKING:
@@ -575,7 +575,12 @@ def _build_term(t: RETermSpec, obs: pd.DataFrame) -> RETerm:
         Z = np.ones((len(obs), 1))
         names = ["Intercept"]
     else:
-        fd = build_design("~ " + t.lhs, obs)
+        try:
+            fd = build_design("~ " + t.lhs, obs)
+        except InputError as err:  # name the random-effect term, not the fixed design
+            what = str(err).replace("the fixed-effect design is", "its covariates are")
+            msg = f"in the random-effect term {t}: {what}"
+            raise type(err)(msg, param="formula") from None
         Z, names = fd.matrix, fd.columns
     return RETerm(
         group=t.group_name,

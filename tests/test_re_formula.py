@@ -168,3 +168,15 @@ def test_two_terms_with_the_same_levels_are_refused() -> None:
         build_re_terms(parse_fit_formula("~ condition + (1 | donor/sample/condition)").specs, a.obs)
     assert "(1 | donor:sample)" in str(info.value) and info.value.param == "formula"
     assert len(build_re_terms(parse_fit_formula("~ condition + (1 | donor/sample)").specs, a.obs)) == 2
+
+
+def test_a_constant_slope_covariate_names_the_random_effect_term() -> None:
+    import scglmm
+    from scglmm._core._errors import InvalidValueError
+    from scglmm._formula import parse_fit_formula
+
+    a = scglmm.datasets.simulate(n_donors=4, cells_per_donor=20, n_genes=3, paired=True, seed=1)
+    a.obs["x"] = 1.0
+    term = r"in the random-effect term \(1 \+ x \| donor\): its covariates are rank"
+    with pytest.raises(InvalidValueError, match=term):
+        build_re_terms(parse_fit_formula("~ condition + (1 + x | donor)").specs, a.obs)
