@@ -122,28 +122,36 @@ PIPE_INTERVAL = 10.0
 
 class LineProgress:
     """Progress for a log file or a pipe: one plain line per update at most every :data:`PIPE_INTERVAL`
-    seconds, once the run has lasted ``delay`` seconds (no carriage returns piling up on one line)."""
+    seconds, once the run has lasted ``delay`` seconds (no carriage returns piling up on one line). The
+    time left is estimated from the genes done after the first update, so a first block slowed by
+    compiling the kernels does not inflate it."""
 
     def __init__(self, *, total: int, desc: str, delay: float, stream=None) -> None:
         self.total, self.desc, self.n = total, desc, 0
         self.stream = sys.stderr if stream is None else stream
         self.start = time.perf_counter()
         self.next = self.start + max(delay, PIPE_INTERVAL)
+        self.first: tuple[float, int] | None = None
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more genes; write a line if it is time."""
         self.n += n
         now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, self.n)
         if now >= self.next and self.n < self.total:
             self.next = now + PIPE_INTERVAL
-            self.stream.write(f"{self.desc}: {self.line(now - self.start)}\n")
+            self.stream.write(f"{self.desc}: {self.line(now)}\n")
             self.stream.flush()
 
-    def line(self, elapsed: float) -> str:
-        """``"320/1000 genes (32 %), 41 s, about 87 s left"``."""
-        left = elapsed * (self.total - self.n) / self.n if self.n else float("nan")
+    def line(self, now: float) -> str:
+        """``"320/1000 genes (32 %), 41 s, about 87 s left"`` (no estimate before two updates)."""
         pct = 100.0 * self.n / self.total if self.total else 100.0
-        return f"{self.n}/{self.total} genes ({pct:.0f} %), {elapsed:.0f} s, about {left:.0f} s left"
+        out = f"{self.n}/{self.total} genes ({pct:.0f} %), {now - self.start:.0f} s"
+        t1, n1 = self.first if self.first is not None else (now, self.n)
+        if self.n > n1 and now > t1:
+            out += f", about {(now - t1) / (self.n - n1) * (self.total - self.n):.0f} s left"
+        return out
 
     def close(self) -> None:
         """Nothing to clear: the lines stay in the log."""
