@@ -239,3 +239,14 @@ def test_get_results_sorted_most_significant_first() -> None:
     order = plain["log10_p_value"].sort_values(na_position="last", kind="stable").index
     assert list(top.index) == list(order)
     pd.testing.assert_frame_equal(top.loc[plain.index], plain)
+
+
+def test_get_results_says_which_statuses_need_attention() -> None:
+    res = scglmm.get.results(fitted("slope"), "condition")
+    kinds = dict(zip(res["status"], res["status_kind"], strict=True))
+    assert set(kinds.values()) <= {"ok", "boundary", "attention", "filtered"}
+    for status, kind in kinds.items():
+        expected = "ok" if status == "ok" else "attention" if any(
+            f in status for f in ("separation", "all_zero", "failed", "not_converged")
+        ) else "boundary"  # fmt: skip
+        assert kind == expected, status

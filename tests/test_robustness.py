@@ -458,7 +458,8 @@ def test_boundary_estimates_are_not_counted_as_problems():
     assert s.examples == ["g5", "g6"]
     text = log_text({"": s}, key="k", groupby=None, min_cells=3, min_donors=2)
     assert "1 filtered (fewer than min_cells=3 cells or min_donors=2 donors with counts)" in text
-    assert "of the fitted, 2 without an estimate (separation: 1, all_zero: 1) and 1 not converged." in text
+    assert "of the fitted, 2 without an estimate (separation: 1, all_zero: 1) and 1 not converged (need" in text
+    assert "; 3 at a boundary (a variance at 0, a correlation at +-1 or the Poisson limit: valid estimates" in text
     assert "sigma2_boundary" not in text and "poisson_limit" not in text and "not 'ok'" not in text
 
 
@@ -490,6 +491,9 @@ def test_groupby_one_short_warning_and_one_table(caplog):
         "estimate",
         "not",
         "converged",
+        "at",
+        "a",
+        "boundary",
     ]
     for line, g in zip(lines[2:], ("A", "B"), strict=True):
         fit = a.varm[f"scglmm:{g}_fit"]
@@ -527,3 +531,13 @@ def test_the_fit_warning_points_at_the_user_line():
         scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1)
     ours = [w for w in rec if "genes have no estimate" in str(w.message)]
     assert len(ours) == 1 and ours[0].filename == __file__
+
+
+def test_status_kinds_separate_information_from_attention():
+    from scglmm._core._status import CORRELATION_BOUNDARY, PARTIAL_SEPARATION, status_kinds
+
+    codes = np.array([0, SIGMA2_BOUNDARY, POISSON_LIMIT | CORRELATION_BOUNDARY, NOT_CONVERGED,
+                      SEPARATION | SIGMA2_BOUNDARY, PARTIAL_SEPARATION | POISSON_LIMIT, ALL_ZERO,
+                      FILTERED])  # fmt: skip
+    kinds = list(status_kinds(codes))
+    assert kinds == ["ok", "boundary", "boundary", "attention", "attention", "attention", "attention", "filtered"]

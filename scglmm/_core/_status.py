@@ -44,6 +44,14 @@ STATUS_BITS: dict[int, str] = {
 
 #: Bits after which a gene's estimates are NaN (nothing can be trusted).
 UNUSABLE = FILTERED | ALL_ZERO | FAILED | SEPARATION
+#: Information: a valid maximum-likelihood estimate at the edge of the parameter space (a variance at 0,
+#: a correlation at +-1, theta at the Poisson limit); with few donors a singular covariance is the norm.
+INFORMATION = SIGMA2_BOUNDARY | POISSON_LIMIT | CORRELATION_BOUNDARY
+#: What needs a look: no estimate of some or all coefficients, or an optimiser that did not converge.
+ATTENTION = ALL_ZERO | FAILED | SEPARATION | PARTIAL_SEPARATION | NOT_CONVERGED
+
+#: The kind of a status (:func:`status_kinds`), in the order they are checked.
+KINDS = ("filtered", "attention", "boundary", "ok")
 
 
 def status_name(code: int) -> str:
@@ -52,6 +60,18 @@ def status_name(code: int) -> str:
     if code == 0:
         return "ok"
     return "+".join(name for bit, name in STATUS_BITS.items() if code & bit)
+
+
+def status_kinds(codes: np.ndarray) -> np.ndarray:
+    """Per gene, what its status asks of the user: ``"filtered"`` (left out by the gene filter),
+    ``"attention"`` (no estimate of some coefficient, or not converged: see ``docs/status.md``),
+    ``"boundary"`` (a valid estimate at the edge: information, nothing to do) or ``"ok"``."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.select(
+        [(codes & FILTERED) != 0, (codes & ATTENTION) != 0, (codes & INFORMATION) != 0],
+        ["filtered", "attention", "boundary"],
+        default="ok",
+    ).astype(object)
 
 
 def status_names(codes: np.ndarray) -> np.ndarray:

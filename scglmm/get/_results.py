@@ -10,6 +10,7 @@ import pandas as pd
 
 from .._core._errors import InvalidValueError, MissingKeyError
 from .._core._inference import bh_adjust, contrast_vector, resolve_column
+from .._core._status import status_kinds
 from .._layout import (
     contrast_key,
     contrast_name,
@@ -120,13 +121,14 @@ def _expression(adata: AnnData, sub: str, levels: tuple[str, str, str] | None) -
 
 
 def _with_fit(adata: AnnData, sub: str, columns: dict[str, np.ndarray], **after: np.ndarray) -> pd.DataFrame:
-    """``columns``, then the run's ``sigma2``, ``dispersion`` and ``status``, then ``after``."""
+    """``columns``, then the run's ``sigma2``, ``dispersion``, ``status`` and ``status_kind``, then ``after``."""
     fit = adata.varm[varm_key(sub, "fit")]
     columns = {
         **columns,
         "sigma2": fit["sigma2"].to_numpy(),
         "dispersion": fit["dispersion"].to_numpy(),
         "status": fit["status"].astype(str).to_numpy(),
+        "status_kind": status_kinds(fit["status_code"].to_numpy(dtype=np.int64)),
         **after,
     }
     return pd.DataFrame(columns, index=adata.var_names.copy())
@@ -221,7 +223,9 @@ def results(
     statistic), ``p_value``,
     ``log10_p_value``, ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each
     group), ``base_mean``, then for a comparison of two levels ``mean_<level>`` and ``pct_<level>``
-    of each, then ``sigma2``, ``dispersion`` and ``status``; contrasts add ``df``. ``attrs`` holds
+    of each, then ``sigma2``, ``dispersion``, ``status`` and ``status_kind`` (``"ok"``, ``"boundary"``: a
+    valid estimate at the edge, information only; ``"attention"``: no estimate of some coefficient or not
+    converged; ``"filtered"``); contrasts add ``df``. ``attrs`` holds
     the coefficient or contrast name, and for coefficients the calibration and degrees of freedom.
 
     Notes

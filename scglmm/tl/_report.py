@@ -16,8 +16,10 @@ import pandas as pd
 
 from .._core._status import (
     ALL_ZERO,
+    ATTENTION,
     FAILED,
     FILTERED,
+    INFORMATION,
     NOT_CONVERGED,
     PARTIAL_SEPARATION,
     SEPARATION,
@@ -46,6 +48,9 @@ class StatusSummary:
     n_not_converged: int
     examples: list[str]
     """A few genes without an estimate."""
+    n_boundary: int = 0
+    """Fitted genes with a valid estimate at the edge (a variance at 0, a correlation at +-1, the Poisson
+    limit) and nothing that needs attention: information, not a problem."""
 
     @property
     def n_fitted(self) -> int:
@@ -70,6 +75,7 @@ def status_summary(
         n_no_estimate=int(no_estimate.sum()),
         n_not_converged=int((fitted & ~no_estimate & ((status & NOT_CONVERGED) != 0)).sum()),
         examples=[str(g) for g in var_names[no_estimate][:5]],
+        n_boundary=int((fitted & ((status & ATTENTION) == 0) & ((status & INFORMATION) != 0)).sum()),
     )
 
 
@@ -99,8 +105,9 @@ def log_text(
         why = f" ({filter_note.removeprefix('filtered: ')})" if s.n_filtered else ""
         return (
             f"scglmm fit: {s.n_genes} genes: {s.n_fitted} fitted, {s.n_filtered} filtered{why}; of the fitted, "
-            f"{s.n_no_estimate} without an estimate{no_est} and {s.n_not_converged} not converged. "
-            f"Per-gene status: adata.varm['{key}_fit']['status']."
+            f"{s.n_no_estimate} without an estimate{no_est} and {s.n_not_converged} not converged (need "
+            f"attention); {s.n_boundary} at a boundary (a variance at 0, a correlation at +-1 or the Poisson "
+            f"limit: valid estimates, information only). Per-gene status: adata.varm['{key}_fit']['status']."
         )
     table = pd.DataFrame(
         {
@@ -110,6 +117,7 @@ def log_text(
             "filtered": [s.n_filtered for s in summaries.values()],
             "no estimate": [s.n_no_estimate for s in summaries.values()],
             "not converged": [s.n_not_converged for s in summaries.values()],
+            "at a boundary": [s.n_boundary for s in summaries.values()],
         },
         index=pd.Index(list(summaries), name=groupby),
     ).reset_index()
