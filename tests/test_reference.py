@@ -163,7 +163,7 @@ def test_results_table(fitted, ref):
     res = scglmm.get.results(fitted, "condition")
     assert list(res.columns) == [
         "log_fc", "log2_fc", "se", "stat", "p_value", "log10_p_value", "adj_p_value",
-        "base_mean", "mean_stim", "mean_ctrl", "pct_stim", "pct_ctrl", "sigma2", "dispersion", "status",
+        "base_mean", "mean_stim", "mean_ctrl", "pct_stim", "pct_ctrl", "sigma2", "dispersion", "status", "status_kind",
     ]  # fmt: skip
     np.testing.assert_allclose(res.log2_fc, res.log_fc / np.log(2))
     genes = _clean(ref)

@@ -74,6 +74,12 @@ def status_kinds(codes: np.ndarray) -> np.ndarray:
     ).astype(object)
 
 
+def status_codes(names: np.ndarray) -> np.ndarray:
+    """The codes of status strings (the inverse of :func:`status_names`)."""
+    bits = {name: bit for bit, name in STATUS_BITS.items()}
+    return np.array([sum(bits.get(part, 0) for part in str(n).split("+")) for n in names], dtype=np.int64)
+
+
 def status_names(codes: np.ndarray) -> np.ndarray:
     """Vectorised :func:`status_name` (object array of strings)."""
     codes = np.asarray(codes)

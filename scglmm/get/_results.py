@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._core._errors import InvalidValueError, MissingKeyError
 from .._core._inference import bh_adjust, contrast_vector, resolve_column
-from .._core._status import status_kinds
+from .._core._status import status_codes, status_kinds
 from .._layout import (
     contrast_key,
     contrast_name,
@@ -128,7 +128,9 @@ def _with_fit(adata: AnnData, sub: str, columns: dict[str, np.ndarray], **after:
         "sigma2": fit["sigma2"].to_numpy(),
         "dispersion": fit["dispersion"].to_numpy(),
         "status": fit["status"].astype(str).to_numpy(),
-        "status_kind": status_kinds(fit["status_code"].to_numpy(dtype=np.int64)),
+        "status_kind": status_kinds(
+            fit["status_code"].to_numpy(dtype=np.int64) if "status_code" in fit else status_codes(fit["status"])
+        ),
         **after,
     }
     return pd.DataFrame(columns, index=adata.var_names.copy())
