@@ -214,5 +214,6 @@ def _raw(
     prefix = "raw: fixed effect + " if center != 0.0 else "raw: "
     if "Intercept" not in names:
         return raw, f"{prefix}log(observed / fixed-effect fit) where {coef} = 1"
-    raw = raw - _log_ratio(base & (col == 0.0), codes, counts, m)
+    with np.errstate(invalid="ignore"):  # no counts on both sides: NaN, not drawn
+        raw = raw - _log_ratio(base & (col == 0.0), codes, counts, m)
     return raw, f"{prefix}log(observed / fixed-effect fit), {sides}"
