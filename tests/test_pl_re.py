@@ -260,8 +260,67 @@ def test_errors_name_the_valid_choices(fitted):
 
 
 # ------------------------------------------------------------------------------------------------
-# the shipped glmmTMB reference sets: levels without counts
+# the shipped glmmTMB reference sets: levels without counts, crossed terms
 # ------------------------------------------------------------------------------------------------
+#: Genes of crossed.h5ad with a clear batch variance (glmmTMB: var(Intercept|batch) 0.53-0.63),
+#: G0095 also with a large donor variance (0.91).
+CROSSED_GENES = ["G0095", "G0064", "G0112", "G0010"]
+
+
+@pytest.fixture(scope="module")
+def crossed() -> ad.AnnData:
+    a = ad.read_h5ad(DATA / "crossed.h5ad")[:, CROSSED_GENES].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(a, "~ condition + covariate + (1 | donor) + (1 | batch)", size_factors="libsize", progress=False)
+    return a
+
+
+@pytest.mark.parametrize("factor", ["batch", "donor"])
+def test_crossed_raw_values_agree_with_the_modes(crossed, factor):
+    """The raw value of a level of one crossed term is computed against the fixed effects and the other
+    term's modes: it agrees with the level's mode. Against the fixed effects alone, every batch's raw
+    value also carried the donors' effects (log of the mean of exp(donor mode) over its cells, 0.4 for
+    G0095), drawn visibly above the modes."""
+    a = crossed
+    raw_all, modes_all = [], []
+    for gene in CROSSED_GENES:
+        vc = a.varm["scglmm_varcomp"].loc[gene]
+        assert vc["var(Intercept|batch)"] > 0.3
+        ax = scglmm.pl.donor_effects(a, gene, factor=factor, show=False)
+        assert_no_overlap(ax.figure)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "raw log(observed / fit of fixed effects + other terms' modes)" in legend
+        ticks, values, _, raw = _drawn(ax)
+        ok = np.isfinite(raw)
+        assert ok.sum() >= len(ticks) - 1
+        modes = a.varm["scglmm_modes"].loc[gene]
+        np.testing.assert_allclose(values, [modes[f"{factor}[{lev}]:Intercept"] for lev in ticks], atol=1e-15)
+        # agreement, not only the same order: the raw values scatter around the modes
+        spread = np.sqrt(vc[f"var(Intercept|{factor})"])
+        assert abs(np.mean(raw[ok] - values[ok])) < 0.2 * spread, gene
+        raw_all.append(raw[ok])
+        modes_all.append(values[ok])
+        plt.close("all")
+    raw_all, modes_all = np.concatenate(raw_all), np.concatenate(modes_all)
+    assert np.corrcoef(raw_all, modes_all)[0, 1] > 0.9
+    # recomputed here for the batch term: observed over fixed effects + donor modes, per batch
+    if factor == "batch":
+        gene = "G0095"
+        g = a.var_names.get_loc(gene)
+        y = np.asarray(a.X[:, g].toarray()).ravel()
+        beta = a.varm["scglmm_coef"].loc[gene]
+        stim = (a.obs["condition"] == "stim").to_numpy(float)
+        eta = beta["Intercept"] + beta[STIM] * stim + beta["covariate"] * a.obs["covariate"].to_numpy(float)
+        modes = a.varm["scglmm_modes"].loc[gene]
+        donor_mode = np.array([modes[f"donor[{d}]:Intercept"] for d in a.obs["donor"].astype(str)])
+        fitted = np.exp(eta + np.log(a.obs["libsize"].to_numpy(float)) + donor_mode)
+        ticks, _, _, raw = _drawn(scglmm.pl.donor_effects(a, gene, factor="batch", show=False))
+        batch = a.obs["batch"].astype(str).to_numpy()
+        expected = [np.log(y[batch == b].sum() / fitted[batch == b].sum()) for b in ticks]
+        np.testing.assert_allclose(raw, expected, rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def slope_ref() -> ad.AnnData:
     """slope.h5ad fitted with a random slope; G0061 has no counts in one donor at all and in one

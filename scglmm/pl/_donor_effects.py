@@ -444,11 +444,12 @@ def donor_effects(
 
     The bars are the conditional SD of the mode from the curvature of all modes of all terms
     together, :math:`(Z^\top W Z + G^{-1})^{-1}` (crossed and nested terms share cells), given the
-    estimated parameters. The raw value of a level is the ratio above over the cells where the
-    term's other columns are 0 for an intercept; for a 0/1 column :math:`c` (a level of a factor)
-    it is :math:`\hat\beta_c` plus the ratio where :math:`c = 1` minus the ratio where
-    :math:`c = 0` (both of the level's cells), the level's observed response; a numeric slope has
-    no raw value.
+    estimated parameters. The raw value of a level is the ratio above, its prediction including the
+    conditional modes of the other terms (a crossed or nested term's raw values then compare with
+    its modes), over the cells where the term's other columns are 0 for an intercept; for a 0/1
+    column :math:`c` (a level of a factor) it is :math:`\hat\beta_c` plus the ratio where
+    :math:`c = 1` minus the ratio where :math:`c = 0` (both of the level's cells), the level's
+    observed response; a numeric slope has no raw value.
 
     The design is rebuilt from ``adata.uns[key]['params']`` and ``adata.obs``, the offset taken
     from ``adata.uns[key]['log_offset']`` (or rebuilt from its recorded source; pass
