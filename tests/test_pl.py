@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from itertools import combinations
+from pathlib import Path
 
 import matplotlib
 
@@ -15,6 +16,9 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
+from matplotlib.legend import Legend
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from scipy import sparse
 from scipy.stats import chi2, norm
 from scipy.stats import t as t_dist
@@ -96,6 +100,57 @@ def _check_png(path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# text boxes of a rendered figure
+# ------------------------------------------------------------------------------------------------
+def _drawn_tick_labels(ax) -> tuple[list[Text], set[int]]:
+    """The tick labels that are drawn (ticks inside the view limits), and the ids of all tick labels."""
+    drawn, every = [], set()
+    for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        tol = 1e-9 * max(1.0, hi - lo)
+        for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+            every.update({id(tick.label1), id(tick.label2)})
+            if tick.get_visible() and lo - tol <= tick.get_loc() <= hi + tol:
+                drawn += [tick.label1, tick.label2]
+    return drawn, every
+
+
+def _text_boxes(fig) -> tuple[list[tuple[str, Bbox]], list[tuple[str, Bbox]]]:
+    """The window extents of every visible, non-empty text of the rendered ``fig`` (titles, axis
+    labels, tick labels, annotations, figure texts) and of every legend box, named for messages."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [leg for leg in fig.findobj(Legend) if leg.get_visible() and leg.axes in (None, *fig.axes)]
+    skip = {id(t) for leg in legends for t in leg.findobj(Text)}
+    texts = []
+    for owner in [fig, *(ax for ax in fig.axes if ax.get_visible())]:
+        candidates = owner.texts if owner is fig else owner.findobj(Text)
+        if owner is not fig:
+            drawn, every = _drawn_tick_labels(owner)
+            skip |= every
+            candidates = drawn + [t for t in candidates if id(t) not in skip]
+        for t in candidates:
+            if t.get_visible() and t.get_text().strip() and id(t) not in {id(x) for x, _ in texts}:
+                texts.append((t, t.get_window_extent(renderer)))
+    named = [(repr(t.get_text()), box) for t, box in texts]
+    return named, [(f"legend {leg.get_title().get_text()!r}", leg.get_window_extent(renderer)) for leg in legends]
+
+
+def assert_no_overlap(fig) -> None:
+    """In the rendered ``fig`` no two text boxes overlap (titles, axis and tick labels, annotations,
+    legends), and no legend overlaps the data area of any Axes."""
+    texts, legends = _text_boxes(fig)
+    boxes = texts + legends
+    clashes = [(a, b) for (a, box_a), (b, box_b) in combinations(boxes, 2) if box_a.overlaps(box_b)]
+    renderer = fig.canvas.get_renderer()
+    for name, box in legends:
+        for k, ax in enumerate(fig.axes):
+            if ax.get_visible() and box.overlaps(ax.get_window_extent(renderer)):
+                clashes.append((name, f"data area of axes {k}"))
+    assert not clashes, clashes
+
+
+# ------------------------------------------------------------------------------------------------
 # volcano
 # ------------------------------------------------------------------------------------------------
 def test_volcano_content(fitted, tmp_path):
@@ -103,6 +158,7 @@ def test_volcano_content(fitted, tmp_path):
     out = tmp_path / "volcano.png"
     ax = scglmm.pl.volcano(fitted, lfc_threshold=0.5, p_threshold=0.05, n_labels=2, show=False, save=out)
     _check_png(out)
+    assert_no_overlap(ax.figure)
     assert ax.get_xlabel() == "log2 fold change (condition[T.stim])"
     assert "log_{10}" in ax.get_ylabel()
     n_ok = int(np.isfinite(res["p_value"]).sum())
@@ -147,6 +203,7 @@ def test_volcano_labels_do_not_overlap_on_kang(kang, figsize):
     sig = (res["adj_p_value"] < 0.05) & (res["log2_fc"].abs() >= 1.0)
     ax = scglmm.pl.volcano(kang, n_labels=15, figsize=figsize, show=False)
     boxes = _label_boxes(ax)
+    assert_no_overlap(ax.figure)
     # the 15 most significant called genes (ties in p broken by |stat|), each labelled once
     top = res[sig].assign(a=res["stat"].abs()).sort_values(["p_value", "a"], ascending=[True, False]).index[:15]
     assert sorted(boxes) == sorted(top)
@@ -165,6 +222,7 @@ def test_volcano_drops_labels_with_no_free_place(kang):
     """Far more labels than fit: those left over are removed, never drawn over each other."""
     ax = scglmm.pl.volcano(kang, n_labels=40, figsize=(3.0, 2.5), show=False)
     boxes = _label_boxes(ax)
+    assert_no_overlap(ax.figure)
     n_left_out = 40 - len(boxes)
     assert n_left_out > 0
     assert f"{n_left_out} label(s) left out: no place without overlap" in ax.get_title()
@@ -190,6 +248,7 @@ def test_volcano_group_colours_and_ax(fitted):
     ]
     assert not _lines(axes[1], "lfc_threshold")  # threshold 0: no vertical lines
     assert not [t for t in axes[1].texts if t.get_gid() == "gene_label"]
+    assert_no_overlap(fig)
 
 
 def test_titles_say_level_vs_reference(fitted):
@@ -318,6 +377,7 @@ def test_donor_effects_content(fitted, tmp_path, key):
     out = tmp_path / "donors.png"
     ax = scglmm.pl.donor_effects(adata, gene, key=key, color_by="condition", show=False, save=out)
     _check_png(out)
+    assert_no_overlap(ax.figure)
     assert ax.get_ylabel() == "donor effect on log mean (natural log)"
     assert ax.get_xlabel() == "donor (donor)"
 
@@ -377,6 +437,7 @@ def test_donor_effects_content(fitted, tmp_path, key):
 
 def test_donor_effects_no_colour_and_errors(fitted):
     ax = scglmm.pl.donor_effects(fitted, "G00002", show=False)
+    assert_no_overlap(ax.figure)
     assert len(ax.containers) == 1
     assert len(ax.containers[0].lines[0].get_ydata()) == 6
     with pytest.raises(ValueError, match="must be constant within each donor"):
@@ -400,6 +461,37 @@ def test_donor_effects_needs_offset_array_again(fitted):
     np.testing.assert_allclose(np.sort(drawn), np.sort(modes.to_numpy()), rtol=1e-12)
 
 
+@pytest.mark.parametrize("figsize", [None, (3.5, 3.0)])
+def test_donor_effects_legend_with_donors_without_counts(figsize):
+    """The reference set of tests/data/reference_small fitted with (1 | donor): G0057 has no counts in
+    2 donors. Their note is the legend's title, and the legend lies under the x label, over nothing."""
+    import anndata as ad
+
+    from scglmm.pl._utils import LEGEND
+
+    path = Path(__file__).parent / "data" / "reference_small" / "data.h5ad"
+    adata = ad.read_h5ad(path)[:, ["G0057", "G0001"]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(adata, "~ condition + covariate + (1 | donor)", size_factors="libsize", progress=False)
+    for color_by in (None, "condition"):
+        ax = scglmm.pl.donor_effects(adata, "G0057", color_by=color_by, figsize=figsize, show=False)
+        assert_no_overlap(ax.figure)
+        legend = ax.get_legend()
+        assert legend.get_title().get_text() == "2 donor(s) without counts: no raw value"
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert "raw log(observed / fixed-effect fit)" in texts
+        assert [t for t in texts if t.startswith("conditional mode")]
+        assert legend.get_texts()[0].get_fontsize() == LEGEND["fontsize"]
+        renderer = ax.figure.canvas.get_renderer()
+        assert legend.get_window_extent(renderer).y1 <= ax.xaxis.label.get_window_extent(renderer).y0
+        plt.close("all")
+    # no levels without counts: no legend title
+    ax = scglmm.pl.donor_effects(adata, "G0001", show=False)
+    assert_no_overlap(ax.figure)
+    assert ax.get_legend().get_title().get_text() == ""
+
+
 # ------------------------------------------------------------------------------------------------
 # calibration plots
 # ------------------------------------------------------------------------------------------------
@@ -407,6 +499,7 @@ def test_pvalue_qq_content(fitted, tmp_path):
     out = tmp_path / "qq.png"
     ax = scglmm.pl.pvalue_qq(fitted, show=False, save=out)
     _check_png(out)
+    assert_no_overlap(ax.figure)
     assert "expected" in ax.get_xlabel()
     assert "observed" in ax.get_ylabel()
     res = scglmm.get.results(fitted)
@@ -445,6 +538,7 @@ def test_pvalue_qq_band_covers_uniform():
     adata.varm["u_pval"] = pd.DataFrame({"Intercept": 1.0, "x": p}, index=genes)
     adata.varm["u_fit"] = pd.DataFrame({"sigma2": 0.1, "dispersion": 0.1, "status": "ok"}, index=genes)
     ax = scglmm.pl.pvalue_qq(adata, key="u", show=False)
+    assert_no_overlap(ax.figure)
     band = next(c for c in ax.collections if not isinstance(c, PathCollection))
     verts = band.get_paths()[0].vertices
     xy = _points(ax)[0].get_offsets()
@@ -459,6 +553,7 @@ def test_pvalue_hist_content(fitted, tmp_path):
     out = tmp_path / "hist.png"
     ax = scglmm.pl.pvalue_hist(fitted, bins=10, show=False, save=out)
     _check_png(out)
+    assert_no_overlap(ax.figure)
     assert ax.get_xlabel() == "p-value"
     assert ax.get_ylabel() == "number of genes"
     p = scglmm.get.results(fitted)["p_value"].dropna().to_numpy()
@@ -508,6 +603,7 @@ def test_plots_of_a_groupby_fit(fitted):
     with pytest.raises(KeyError, match="not fitted under key 'gb'"):
         scglmm.pl.pvalue_hist(adata, key="gb", group="third", show=False)
     ax = scglmm.pl.donor_effects(adata, "G00001", key="gb", group="odd", color_by="condition", show=False)
+    assert_no_overlap(ax.figure)
     # the raw ratios use only the odd cells and the offset stored for the whole fit
     sub = "gb:odd"
     odd = (adata.obs["half"] == "odd").to_numpy()
@@ -593,6 +689,7 @@ def test_groups_summary_content(by_type, tmp_path, lfc_threshold):
     out = tmp_path / "groups.png"
     axes = scglmm.pl.groups_summary(by_type, lfc_threshold=lfc_threshold, n_top=8, show=False, save=out)
     _check_png(out)
+    assert_no_overlap(axes["counts"].figure)
     assert set(axes) == {"counts", "heatmap", "colorbar"}
     res = scglmm.get.results(by_type)  # all groups, stacked
     groups = ["A", "B", "C"]
@@ -642,6 +739,7 @@ def test_groups_summary_shows_missing_values(by_type):
     assert (res.loc[["A", "B"], "adj_p_value"] < 0.05).any()  # DE elsewhere: among the top genes
     axes = scglmm.pl.groups_summary(by_type, lfc_threshold=0.0, n_top=24, show=False)
     hm = axes["heatmap"]
+    assert_no_overlap(hm.figure)
     rows = [t.get_text() for t in hm.get_yticklabels()]
     values = hm.images[0].get_array()
     i = rows.index("G00012")

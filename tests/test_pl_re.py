@@ -3,7 +3,9 @@ response), nested and crossed terms; values read back from the Axes and recomput
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import matplotlib
@@ -19,6 +21,7 @@ from matplotlib.collections import PathCollection
 import scglmm
 from scglmm._core._errors import InputError
 
+DATA = Path(__file__).parent / "data" / "reference_re"
 SLOPE = "~ condition + (1 + condition | donor)"
 NESTED_CROSSED = "~ condition + (1 | donor/sample) + (1 | batch)"
 STIM = "condition[T.stim]"
@@ -39,6 +42,18 @@ def fitted() -> ad.AnnData:
         scglmm.tl.fit(a, SLOPE, size_factors="libsize", progress=False)
         scglmm.tl.fit(a, NESTED_CROSSED, size_factors="libsize", key_added="nc", progress=False)
     return a
+
+
+def _load_overlap_check():
+    """``assert_no_overlap`` of tests/test_pl.py (test modules import each other only by path under
+    pytest's importlib mode)."""
+    spec = importlib.util.spec_from_file_location("_scglmm_test_pl", Path(__file__).with_name("test_pl.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.assert_no_overlap
+
+
+assert_no_overlap = _load_overlap_check()
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +117,7 @@ def _slope_expected(a: ad.AnnData, gene: str) -> dict[str, dict[str, float]]:
 def test_slope_shows_each_donors_own_response(fitted, gene):
     a = fitted
     ax = scglmm.pl.donor_effects(a, gene, coef=STIM, show=False)
+    assert_no_overlap(ax.figure)
     assert ax.get_ylabel() == "each donor's own stim vs ctrl\n(fixed effect + mode, natural log)"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "raw: fixed effect + log(observed / fixed-effect fit), stim minus ctrl" in legend
@@ -129,6 +145,7 @@ def test_slope_default_is_the_donor_intercept(fitted):
     a = fitted
     gene = "G00003"
     ax = scglmm.pl.donor_effects(a, gene, show=False)
+    assert_no_overlap(ax.figure)
     assert ax.get_ylabel() == "donor effect on log mean (natural log)"
     ticks, values, half, raw = _drawn(ax)
     modes = a.varm["scglmm_modes"].loc[gene]
@@ -173,6 +190,7 @@ def test_nested_and_crossed_terms_by_factor(fitted, factor, n_levels):
     gene = "G00001"
     assert np.all(a.varm["nc_varcomp"].loc[gene].to_numpy() > 1e-5)  # every variance inside: G is invertible
     ax = scglmm.pl.donor_effects(a, gene, key="nc", factor=factor, show=False)
+    assert_no_overlap(ax.figure)
     assert ax.get_ylabel() == f"{factor} effect on log mean (natural log)"
     assert ax.get_title().startswith(f"{gene}: var(Intercept|{factor}) = ")
     modes, sd, names = _nc_expected(a, gene)
@@ -184,6 +202,7 @@ def test_nested_and_crossed_terms_by_factor(fitted, factor, n_levels):
     # colouring by a donor-level column works per level of the nested factor (each sample has one condition)
     if factor == "donor:sample":
         ax2 = scglmm.pl.donor_effects(a, gene, key="nc", factor=factor, color_by="condition", show=False)
+        assert_no_overlap(ax2.figure)
         assert len(ax2.containers) == 2
         assert sorted(len(c.lines[0].get_ydata()) for c in ax2.containers) == [6, 6]
 
@@ -238,3 +257,98 @@ def test_errors_name_the_valid_choices(fitted):
         scglmm.pl.donor_effects(b, "G00001", key="ri", coef=STIM, show=False)
     ax = scglmm.pl.donor_effects(b, "G00001", key="ri", coef="Intercept", factor="donor", show=False)
     np.testing.assert_allclose(np.sort(_drawn(ax)[1]), np.sort(b.varm["ri_donor_effects"].loc["G00001"]), atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------
+# the shipped glmmTMB reference sets: levels without counts, crossed terms
+# ------------------------------------------------------------------------------------------------
+#: Genes of crossed.h5ad with a clear batch variance (glmmTMB: var(Intercept|batch) 0.53-0.63),
+#: G0095 also with a large donor variance (0.91).
+CROSSED_GENES = ["G0095", "G0064", "G0112", "G0010"]
+
+
+@pytest.fixture(scope="module")
+def crossed() -> ad.AnnData:
+    a = ad.read_h5ad(DATA / "crossed.h5ad")[:, CROSSED_GENES].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(a, "~ condition + covariate + (1 | donor) + (1 | batch)", size_factors="libsize", progress=False)
+    return a
+
+
+@pytest.mark.parametrize("factor", ["batch", "donor"])
+def test_crossed_raw_values_agree_with_the_modes(crossed, factor):
+    """The raw value of a level of one crossed term is computed against the fixed effects and the other
+    term's modes: it agrees with the level's mode. Against the fixed effects alone, every batch's raw
+    value also carried the donors' effects (log of the mean of exp(donor mode) over its cells, 0.4 for
+    G0095), drawn visibly above the modes."""
+    a = crossed
+    raw_all, modes_all = [], []
+    for gene in CROSSED_GENES:
+        vc = a.varm["scglmm_varcomp"].loc[gene]
+        assert vc["var(Intercept|batch)"] > 0.3
+        ax = scglmm.pl.donor_effects(a, gene, factor=factor, show=False)
+        assert_no_overlap(ax.figure)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "raw log(observed / fit of fixed effects + other terms' modes)" in legend
+        ticks, values, _, raw = _drawn(ax)
+        ok = np.isfinite(raw)
+        assert ok.sum() >= len(ticks) - 1
+        modes = a.varm["scglmm_modes"].loc[gene]
+        np.testing.assert_allclose(values, [modes[f"{factor}[{lev}]:Intercept"] for lev in ticks], atol=1e-15)
+        # agreement, not only the same order: the raw values scatter around the modes
+        spread = np.sqrt(vc[f"var(Intercept|{factor})"])
+        assert abs(np.mean(raw[ok] - values[ok])) < 0.2 * spread, gene
+        raw_all.append(raw[ok])
+        modes_all.append(values[ok])
+        plt.close("all")
+    raw_all, modes_all = np.concatenate(raw_all), np.concatenate(modes_all)
+    assert np.corrcoef(raw_all, modes_all)[0, 1] > 0.9
+    # recomputed here for the batch term: observed over fixed effects + donor modes, per batch
+    if factor == "batch":
+        gene = "G0095"
+        g = a.var_names.get_loc(gene)
+        y = np.asarray(a.X[:, g].toarray()).ravel()
+        beta = a.varm["scglmm_coef"].loc[gene]
+        stim = (a.obs["condition"] == "stim").to_numpy(float)
+        eta = beta["Intercept"] + beta[STIM] * stim + beta["covariate"] * a.obs["covariate"].to_numpy(float)
+        modes = a.varm["scglmm_modes"].loc[gene]
+        donor_mode = np.array([modes[f"donor[{d}]:Intercept"] for d in a.obs["donor"].astype(str)])
+        fitted = np.exp(eta + np.log(a.obs["libsize"].to_numpy(float)) + donor_mode)
+        ticks, _, _, raw = _drawn(scglmm.pl.donor_effects(a, gene, factor="batch", show=False))
+        batch = a.obs["batch"].astype(str).to_numpy()
+        expected = [np.log(y[batch == b].sum() / fitted[batch == b].sum()) for b in ticks]
+        np.testing.assert_allclose(raw, expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def slope_ref() -> ad.AnnData:
+    """slope.h5ad fitted with a random slope; G0061 has no counts in one donor at all and in one
+    donor's stim cells, G0003 none in 2 donors and in the stim cells of 5."""
+    a = ad.read_h5ad(DATA / "slope.h5ad")[:, ["G0061", "G0003", "G0064"]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scglmm.tl.fit(a, "~ condition + covariate + (1 + condition | donor)", size_factors="libsize", progress=False)
+    return a
+
+
+@pytest.mark.parametrize("coef", [STIM, "Intercept"])
+@pytest.mark.parametrize("figsize", [None, (3.5, 3.0)])
+def test_legend_with_levels_without_counts_covers_nothing(slope_ref, coef, figsize):
+    """The legend of levels without counts (a long entry) lay over the y label (slope) or over the data
+    (intercept); it is now under the x label, the note on those levels its title."""
+    a = slope_ref
+    for gene, n_nocount in (("G0061", {STIM: 2, "Intercept": 1}), ("G0003", {STIM: 5, "Intercept": 2})):
+        ax = scglmm.pl.donor_effects(a, gene, coef=coef, figsize=figsize, show=False)
+        assert_no_overlap(ax.figure)
+        fig = ax.figure
+        renderer = fig.canvas.get_renderer()
+        legend = ax.get_legend()
+        assert legend.get_title().get_text() == f"{n_nocount[coef]} donor level(s) without counts: no raw value"
+        box = legend.get_window_extent(renderer)
+        assert box.y1 <= ax.xaxis.label.get_window_extent(renderer).y0  # under the x label
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1  # inside the figure
+        assert np.isnan(_drawn(ax)[3]).sum() == n_nocount[coef]
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert not [t for t in texts if "without counts" in t]
+        plt.close("all")

@@ -22,7 +22,7 @@ from .._formula import RETermSpec, build_design, parse_fit_formula
 from .._inputs import counts, log_offset
 from .._layout import fit_params, stored_log_offset, varm_key
 from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
-from ._utils import LEGEND, gene_labels, plot_doc, readable_name, render, run_key
+from ._utils import gene_labels, legend_outside, plot_doc, readable_name, render, run_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -328,10 +328,7 @@ def _draw_levels(ax: Axes, t: _Gene, d: Levels, order: list[int], groups: list[_
     pos = np.empty(len(values))
     pos[order] = np.arange(len(values))
     _draw_reference(ax, t, words)
-    n_nocount = int((~np.isfinite(d.raw)).sum())
     raw_label = d.raw_label
-    if n_nocount and raw_label:
-        raw_label += f" ({n_nocount} {words.noun}(s) without counts not shown)"
     for i, (c, idx, color) in enumerate(groups):
         idx = np.asarray(idx, dtype=int)
         lab = "" if c is None else f" ({color_by} = {c})"
@@ -362,7 +359,9 @@ def _draw_levels(ax: Axes, t: _Gene, d: Levels, order: list[int], groups: list[_
         )
 
 
-def _draw_text(ax: Axes, t: _Gene, order: list[int]) -> None:
+def _draw_text(ax: Axes, t: _Gene, d: Levels, order: list[int]) -> None:
+    """Ticks, axis labels, title, and the legend under the axes; a note on the levels without
+    counts (no raw value) is the legend's title, not an entry that would widen it."""
     words = _words(t)
     levels = t.shown.levels
     m = len(levels)
@@ -373,8 +372,25 @@ def _draw_text(ax: Axes, t: _Gene, order: list[int]) -> None:
     ax.set_ylabel(words.ylabel)
     disp = "Poisson" if np.isinf(t.effects.theta) else f"theta = {t.effects.theta:.3g}"
     what = "sigma2" if not t.general else f"var({t.coef}|{t.shown.group})"
-    ax.set_title(f"{t.label}: {what} = {t.variance:.3g}, {disp}, status {t.status}", fontsize=9)
-    ax.legend(loc="best", **LEGEND)
+    _wrapped_title(ax, [f"{t.label}: {what} = {t.variance:.3g}", disp, f"status {t.status}"])
+    n_nocount = int((~np.isfinite(d.raw)).sum())
+    note = f"{n_nocount} {words.noun}(s) without counts: no raw value" if n_nocount and d.raw_label else None
+    legend_outside(ax, where="below", title=note, title_fontsize=7)
+
+
+def _wrapped_title(ax: Axes, parts: list[str], fontsize: float = 9) -> None:
+    """The title ``", ".join(parts)``, a new line started before a part that would make a line wider
+    than the axes (a title wider than the axes reaches over the y label)."""
+    renderer = ax.figure.canvas.get_renderer()
+    width = ax.get_window_extent(renderer).width
+    lines = [parts[0]]
+    for part in parts[1:]:
+        ax.set_title(f"{lines[-1]}, {part}", fontsize=fontsize)
+        if ax.title.get_window_extent(renderer).width <= width:
+            lines[-1] += f", {part}"
+        else:
+            lines.append(part)
+    ax.set_title("\n".join(lines), fontsize=fontsize)
 
 
 @plot_doc
@@ -428,11 +444,12 @@ def donor_effects(
 
     The bars are the conditional SD of the mode from the curvature of all modes of all terms
     together, :math:`(Z^\top W Z + G^{-1})^{-1}` (crossed and nested terms share cells), given the
-    estimated parameters. The raw value of a level is the ratio above over the cells where the
-    term's other columns are 0 for an intercept; for a 0/1 column :math:`c` (a level of a factor)
-    it is :math:`\hat\beta_c` plus the ratio where :math:`c = 1` minus the ratio where
-    :math:`c = 0` (both of the level's cells), the level's observed response; a numeric slope has
-    no raw value.
+    estimated parameters. The raw value of a level is the ratio above, its prediction including the
+    conditional modes of the other terms (a crossed or nested term's raw values then compare with
+    its modes), over the cells where the term's other columns are 0 for an intercept; for a 0/1
+    column :math:`c` (a level of a factor) it is :math:`\hat\beta_c` plus the ratio where
+    :math:`c = 1` minus the ratio where :math:`c = 0` (both of the level's cells), the level's
+    observed response; a numeric slope has no raw value.
 
     The design is rebuilt from ``adata.uns[key]['params']`` and ``adata.obs``, the offset taken
     from ``adata.uns[key]['log_offset']`` (or rebuilt from its recorded source; pass
@@ -472,6 +489,6 @@ def donor_effects(
 
     def draw(ax: Axes) -> None:
         _draw_levels(ax, t, d, order, groups, color_by)
-        _draw_text(ax, t, order)
+        _draw_text(ax, t, d, order)
 
     return render(draw, ax=ax, figsize=figsize, show=show, save=save)

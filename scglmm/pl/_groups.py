@@ -18,7 +18,18 @@ import pandas as pd
 from .._core._errors import InvalidValueError
 from .._layout import fit_params, run_keys
 from ..get import results
-from ._utils import DOWN, LEGEND, UP, check_count, check_unit, finish, gene_labels, plot_doc, readable_name
+from ._utils import (
+    DOWN,
+    UP,
+    check_count,
+    check_unit,
+    finish,
+    gene_labels,
+    legend_outside,
+    own_figure,
+    plot_doc,
+    readable_name,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -120,7 +131,7 @@ def _draw_counts(ax: Axes, s: _Summary, alpha: float, lfc_threshold: float) -> N
     if s.skipped:
         title += f"\nnot fitted: {', '.join(s.skipped)}"
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="best", **LEGEND)
+    legend_outside(ax, where="right")
 
 
 def _draw_heatmap(ax: Axes, cax: Axes, s: _Summary, names: pd.Index, genes: pd.Index) -> None:
@@ -150,6 +161,7 @@ def _grid(ax: Axes | None, figsize: tuple[float, float] | None, s: _Summary) -> 
     if ax is None:
         size = figsize or (max(4.0, 0.55 * n_groups + 2.5), 3.0 + 0.16 * n_rows)
         fig = plt.figure(figsize=size)
+        own_figure(fig)
         gs = fig.add_gridspec(2, 2, hspace=0.25, wspace=0.05, **ratios)
     else:
         fig, box = ax.figure, ax.get_position()

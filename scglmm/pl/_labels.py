@@ -3,7 +3,8 @@
 :func:`repel_labels` writes one text per point, lets :func:`adjustText.adjust_text` push the
 texts apart and away from the points (a thin line joins a moved text to its point), and then
 measures the rendered text boxes: a label that still overlaps one drawn before it (the labels
-come in order of importance) is removed, so what is left is always readable.
+come in order of importance), or that reaches beyond the axes, is removed, so what is left is
+always readable.
 """
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ def _thinned(ax: Axes, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _remove_overlapping(ax: Axes, texts: list[Text], lines: list[Patch]) -> int:
-    """Remove each text (and its line) that overlaps a text before it; return how many."""
+    """Remove each text (and its line) that overlaps a text before it or reaches beyond the axes
+    (over the tick labels, or a legend outside); return how many."""
     renderer = ax.figure.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in texts]
-    drop = set()
+    frame = ax.get_window_extent(renderer).padded(1.0)  # adjustText keeps labels just inside
+    drop = {i for i, b in enumerate(boxes) if b.x0 < frame.x0 or b.x1 > frame.x1 or b.y0 < frame.y0 or b.y1 > frame.y1}
     for i, j in combinations(range(len(texts)), 2):
         if i not in drop and j not in drop and boxes[i].overlaps(boxes[j]):
             drop.add(j)

@@ -4,8 +4,10 @@ offset of a fit: what :func:`scglmm.pl.donor_effects` draws beside the stored co
 - the conditional SD of each level's mode: the Laplace curvature of all modes of all terms together
   (crossed and nested terms share cells, so one term's modes are not independent of the others'),
   given the estimated parameters, like lme4's ``condVar``;
-- the unshrunk raw value of each level: observed over fixed-effect-predicted counts (for a 0/1
-  slope column, the difference of that ratio between its two values, plus the fixed effect).
+- the unshrunk raw value of each level: observed over predicted counts, the prediction made of the
+  fixed effects and the conditional modes of every other term (so that a crossed or nested term's
+  raw values do not carry the other terms' effects and compare with its modes); for a 0/1 slope
+  column, the difference of that ratio between its two values, plus the fixed effect.
 
 A fit with one ``(1 | donor)`` is described here as the general structure with that one term.
 """
@@ -97,7 +99,13 @@ def rebuild_levels(
     sel = positions[shown][:, effects.terms[shown].coefs.index(coef)]
     cond_sd = _cond_sd(Z, w, root, sel)
     term, codes = re_terms[shown], cell_levels[shown]
-    raw, label = _raw(term, (coef, sides), center, (y, np.exp(eta)), codes, len(effects.terms[shown].levels))
+    # the prediction the raw value compares with: the fixed effects and the modes of the other
+    # terms (crossed and nested terms share cells; without them a level's ratio carries their effects)
+    others = effects.modes.to_numpy(dtype=float).copy()
+    others[positions[shown].ravel()] = 0.0
+    fitted = np.exp(eta + Z @ others)
+    fit = "fixed-effect fit" if len(effects.terms) == 1 else "fit of fixed effects + other terms' modes"
+    raw, label = _raw(term, (coef, sides, fit), center, (y, fitted), codes, len(effects.terms[shown].levels))
     return Levels(obs=obs, cell_level=codes, cond_sd=cond_sd, raw=raw, raw_label=label)
 
 
@@ -182,7 +190,7 @@ def _cond_sd(Z: sparse.csr_matrix, w: np.ndarray, A: np.ndarray, sel: np.ndarray
 # the raw values
 # ------------------------------------------------------------------------------------------------
 def _log_ratio(mask: np.ndarray, codes: np.ndarray, counts: tuple[np.ndarray, np.ndarray], m: int) -> np.ndarray:
-    """Per level, log(observed / fixed-effect-predicted counts) over the cells in ``mask``."""
+    """Per level, log(observed / predicted counts) over the cells in ``mask``."""
     y, fitted = counts
     ysum = np.bincount(codes[mask], weights=y[mask], minlength=m)
     fsum = np.bincount(codes[mask], weights=fitted[mask], minlength=m)
@@ -193,26 +201,28 @@ def _log_ratio(mask: np.ndarray, codes: np.ndarray, counts: tuple[np.ndarray, np
 def _raw(
     term, coef: tuple[str, str], center: float, counts: tuple[np.ndarray, np.ndarray], codes: np.ndarray, m: int
 ) -> tuple[np.ndarray, str]:
-    """The raw value of each level and its legend text (``coef``: the coefficient and the words for its sides).
+    """The raw value of each level and its legend text (``coef``: the coefficient, the words for its
+    sides and for the prediction ``counts[1]`` that the observed counts ``counts[0]`` are compared with).
 
     An intercept: the log ratio over the cells where the term's other columns are 0. A 0/1 column
     ``c``: the log ratio where ``c = 1`` minus where ``c = 0`` (just the former without an intercept),
     both where the term's other columns are 0, plus ``center``. Other columns have no raw value.
     """
-    coef, sides = coef
+    coef, sides, fit = coef
     names = list(term.coef_names)
     j = names.index(coef)
     others = [k for k, name in enumerate(names) if name != "Intercept" and k != j]
     base = np.all(term.Z[:, others] == 0.0, axis=1)
     if coef == "Intercept":
         where = f" where {', '.join(names[k] for k in others)} = 0" if others else ""
-        return _log_ratio(base, codes, counts, m), f"raw log(observed / fixed-effect fit){where}"
+        return _log_ratio(base, codes, counts, m), f"raw log(observed / {fit}){where}"
     col = term.Z[:, j]
     if not np.all((col == 0.0) | (col == 1.0)):
         return np.full(m, np.nan), ""
     raw = _log_ratio(base & (col == 1.0), codes, counts, m) + center
     prefix = "raw: fixed effect + " if center != 0.0 else "raw: "
     if "Intercept" not in names:
-        return raw, f"{prefix}log(observed / fixed-effect fit) where {coef} = 1"
-    raw = raw - _log_ratio(base & (col == 0.0), codes, counts, m)
-    return raw, f"{prefix}log(observed / fixed-effect fit), {sides}"
+        return raw, f"{prefix}log(observed / {fit}) where {coef} = 1"
+    with np.errstate(invalid="ignore"):  # no counts on both sides: NaN, not drawn
+        raw = raw - _log_ratio(base & (col == 0.0), codes, counts, m)
+    return raw, f"{prefix}log(observed / {fit}), {sides}"

@@ -13,7 +13,7 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import chi2
 
 from .._core._errors import InvalidValueError
-from ._utils import LEGEND, check_count, check_unit, height, one_result, plot_doc, rank_stat, render, title_of
+from ._utils import check_count, check_unit, height, legend_outside, one_result, plot_doc, rank_stat, render, title_of
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -46,12 +46,13 @@ def _render(
     show: bool | None,
     save: str | Path | None,
 ) -> Axes | None:
-    """Draw ``panel`` with its ``title`` and legend (at ``legend_loc``), then :func:`render` it."""
+    """Draw ``panel`` with its ``title`` and legend (outside the axes, at ``legend_loc`` of
+    :func:`legend_outside`), then :func:`render` it."""
 
     def draw(ax: Axes) -> None:
         panel(ax)
         ax.set_title(title, fontsize=9)
-        ax.legend(loc=legend_loc, **LEGEND)
+        legend_outside(ax, where=legend_loc)
 
     return render(draw, ax=ax, figsize=figsize, show=show, save=save)
 
@@ -133,7 +134,7 @@ def pvalue_qq(
     label = f"{res.attrs['name']} (lambda = {_inflation(res, ok):.2f})"
     title = title_of(res, group, int(ok.sum()), n_nan=n_nan, n_clipped=int(q["clip"].sum()))
     panel = partial(_draw_qq, q=q, label=label, ci=ci, point_size=point_size)
-    return _render(panel, title, "upper left", ax=ax, figsize=figsize, show=show, save=save)
+    return _render(panel, title, "below", ax=ax, figsize=figsize, show=show, save=save)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,4 +192,4 @@ def pvalue_hist(
     p = res["p_value"].to_numpy(dtype=float)[ok]
     title = title_of(res, group, p.size, n_nan=n_nan)
     panel = partial(_draw_hist, p=p, bins=bins, alpha=alpha)
-    return _render(panel, title, "upper right", ax=ax, figsize=figsize, show=show, save=save)
+    return _render(panel, title, "below", ax=ax, figsize=figsize, show=show, save=save)

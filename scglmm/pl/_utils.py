@@ -5,6 +5,7 @@ p-values."""
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
     from numpy.typing import ArrayLike
 
 __all__ = [
@@ -37,8 +39,10 @@ __all__ = [
     "finish",
     "gene_labels",
     "height",
+    "legend_outside",
     "neg_log10_p",
     "one_result",
+    "own_figure",
     "plot_doc",
     "rank_stat",
     "readable_name",
@@ -78,7 +82,8 @@ _PLOT_SECTIONS = {
     # a plot on one Axes: figsize, ax, show, save and what it returns
     "figure_axes": f"""\
 figsize
-    Size of a new figure (ignored when ``ax`` is given).
+    Size of a new figure (ignored when ``ax`` is given); enlarged where the legend, placed outside
+    the axes, needs room.
 ax
     Draw into this Axes instead of a new figure.
 {_SHOW_SAVE}
@@ -118,9 +123,75 @@ def render(
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=figsize or (5.0, 4.2))
+        fig, ax = plt.subplots(figsize=figsize or (5.0, 4.2))
+        _OWN_FIGURES.add(fig)
     draw(ax)
     return None if finish(ax.figure, show=show, save=save) else ax
+
+
+#: The figures that a plot made itself (``ax`` not given): :func:`legend_outside` may lay them out.
+_OWN_FIGURES: weakref.WeakSet = weakref.WeakSet()
+
+#: Gap in points between a legend outside the axes and what it is placed next to.
+_LEGEND_GAP = 6.0
+
+
+def own_figure(fig: Figure) -> None:
+    """Mark ``fig`` as made by the plot, so that :func:`legend_outside` lays it out."""
+    _OWN_FIGURES.add(fig)
+
+
+def legend_outside(ax: Axes, *, where: str = "below", **kwargs) -> Legend:
+    """The legend of ``ax`` outside its data area, so that it covers neither data nor text.
+
+    ``where="below"``: centred under the x tick labels and the x label (one column, as wide as its
+    longest entry); ``"right"``: right of the axes, top-aligned. Call it after the axis labels and
+    tick labels are set. A figure that the plot made itself is then laid out again
+    (enlarged where the legend reaches beyond an edge, its Axes keeping their size); in a
+    figure given through ``ax`` the legend may reach beyond the figure's edge, as scanpy's legends
+    in the right margin do (``save`` writes with ``bbox_inches="tight"``).
+    """
+    from matplotlib.transforms import offset_copy
+
+    fig = ax.figure
+    style = {**LEGEND, "borderaxespad": 0.0, **kwargs}
+    if where == "right":
+        anchor = offset_copy(ax.transAxes, fig=fig, x=_LEGEND_GAP, y=0.0, units="points")
+        legend = ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), bbox_transform=anchor, **style)
+    else:
+        renderer = fig.canvas.get_renderer()
+        frame = ax.get_window_extent(renderer)
+        below = ax.get_tightbbox(renderer)  # the x tick labels and the x label, before the legend
+        drop = max(frame.y0 - below.y0, 0.0) * 72.0 / fig.dpi + _LEGEND_GAP
+        anchor = offset_copy(ax.transAxes, fig=fig, x=0.0, y=-drop, units="points")
+        legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, **style)
+    if fig in _OWN_FIGURES:
+        _grow_to_fit(fig)
+    return legend
+
+
+def _grow_to_fit(fig: Figure, pad: float = 0.05) -> None:
+    """Enlarge ``fig`` where its content (a legend outside the axes, a long label) reaches beyond
+    an edge, keeping every Axes at its size in inches: the data area stays as ``figsize`` made it."""
+    renderer = fig.canvas.get_renderer()
+    tight = fig.get_tightbbox(renderer)  # inches
+    width, height = fig.get_size_inches()
+    left, bottom = max(-tight.x0 + pad, 0.0), max(-tight.y0 + pad, 0.0)
+    right, top = max(tight.x1 - width + pad, 0.0), max(tight.y1 - height + pad, 0.0)
+    if left + right + bottom + top == 0.0:
+        return
+    boxes = [(ax, ax.get_position()) for ax in fig.axes]
+    new_w, new_h = width + left + right, height + bottom + top
+    fig.set_size_inches(new_w, new_h)
+    for ax, p in boxes:
+        ax.set_position(
+            [
+                (p.x0 * width + left) / new_w,
+                (p.y0 * height + bottom) / new_h,
+                p.width * width / new_w,
+                p.height * height / new_h,
+            ]
+        )
 
 
 def finish(fig: Figure, *, show: bool | None, save: str | Path | None) -> bool:

@@ -13,13 +13,13 @@ from .._core._errors import InvalidValueError, MissingKeyError
 from ._labels import repel_labels
 from ._utils import (
     DOWN,
-    LEGEND,
     NS,
     UP,
     check_count,
     check_unit,
     gene_labels,
     height,
+    legend_outside,
     one_result,
     plot_doc,
     rank_stat,
@@ -125,15 +125,20 @@ def _draw_labels(ax: Axes, c: _Calls, names: pd.Index, n_labels: int) -> int:
     return repel_labels(ax, c.x[top], c.y[top], [str(names[g]) for g in top], avoid=(c.x[c.ok], c.y[c.ok]))
 
 
-def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend_title: str, n_unlabelled: int) -> None:
+def _draw_text(ax: Axes, res: pd.DataFrame, c: _Calls, group: str | None, legend_title: str) -> None:
+    """Axis labels, title and the legend right of the axes (which lays out a figure the plot made)."""
     name = res.attrs["name"]
     ax.set_xlabel(f"log2 fold change ({name})")
     ax.set_ylabel(r"$-\log_{10}$ p")
+    ax.set_title(_title(res, c, group, 0), fontsize=9)
+    legend_outside(ax, where="right", title=legend_title, title_fontsize=7)
+
+
+def _title(res: pd.DataFrame, c: _Calls, group: str | None, n_unlabelled: int) -> str:
     title = title_of(res, group, int(c.ok.sum()), n_nan=int((~c.ok).sum()), n_clipped=int(c.clipped.sum()))
     if n_unlabelled:
         title += f"\n{n_unlabelled} label(s) left out: no place without overlap"
-    ax.set_title(title, fontsize=9)
-    ax.legend(title=legend_title, title_fontsize=7, loc="best", **LEGEND)
+    return title
 
 
 @plot_doc
@@ -209,7 +214,9 @@ def volcano(
     def draw(ax: Axes) -> None:
         _draw_points(ax, c, classes, point_size)
         _draw_thresholds(ax, c, lfc_threshold)
-        n_unlabelled = _draw_labels(ax, c, names, n_labels)  # before the legend, which avoids them
-        _draw_text(ax, res, c, group, legend_title, n_unlabelled)
+        _draw_text(ax, res, c, group, legend_title)  # before the labels: the layout is final then
+        n_unlabelled = _draw_labels(ax, c, names, n_labels)
+        if n_unlabelled:
+            ax.set_title(_title(res, c, group, n_unlabelled), fontsize=9)
 
     return render(draw, ax=ax, figsize=figsize, show=show, save=save)
