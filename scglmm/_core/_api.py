@@ -176,19 +176,19 @@ def check_terms(terms: Sequence[RETerm], n: int) -> tuple[RETerm, ...]:
         where = f"term '(... | {t.group})'"
         if t.Z.ndim != 2 or t.Z.shape[0] != n or t.codes.shape != (n,):
             msg = f"{where}: Z must be (n, q) and codes (n,) with n = {n} cells."
-            raise InvalidValueError(msg, param="terms")
+            raise InvalidValueError(msg, param="groups")
         if not np.all(np.isfinite(t.Z)):
             msg = f"{where}: its covariates have non-finite values."
-            raise InvalidValueError(msg, param="terms")
+            raise InvalidValueError(msg, param="groups")
         if t.codes.min() < 0 or t.codes.max() >= t.m or len(np.unique(t.codes)) != t.m:
             msg = f"{where}: codes must number the used levels 0 .. {t.m - 1}, each used."
-            raise InvalidValueError(msg, param="terms")
+            raise InvalidValueError(msg, param="groups")
         if len(t.coef_names) != t.q:
             msg = f"{where}: {t.q} columns but {len(t.coef_names)} coefficient names."
-            raise InvalidValueError(msg, param="terms")
+            raise InvalidValueError(msg, param="groups")
         if t.m < 2:
             msg = f"{where}: a single level ({list(t.levels)}); a variance between levels needs at least two."
-            raise InvalidValueError(msg, param="terms")
+            raise InvalidValueError(msg, param="groups")
     return terms
 
 
