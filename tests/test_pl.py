@@ -774,3 +774,20 @@ def test_groups_summary_into_ax_and_errors(by_type, fitted):
     with pytest.raises(ValueError, match="lfc_threshold must be a non-negative") as err:
         scglmm.pl.groups_summary(by_type, lfc_threshold=-1.0, show=False)
     assert err.value.param == "lfc_threshold"
+
+
+def test_groups_summary_colour_scale_ignores_one_extreme_gene(by_type):
+    """A near-separated gene with a log2 FC of 19 in one group must not set the colour scale of all the others."""
+    adata = by_type.copy()
+    axes = scglmm.pl.groups_summary(adata, lfc_threshold=0.0, n_top=24, show=False)
+    rows = [t.get_text() for t in axes["heatmap"].get_yticklabels()]
+    before = axes["heatmap"].images[0].get_clim()[1]
+    adata.varm["scglmm:A_coef"].loc[rows[0], "condition[T.stim]"] = 19.0 * np.log(2.0)
+    axes = scglmm.pl.groups_summary(adata, lfc_threshold=0.0, n_top=24, show=False)
+    (image,) = axes["heatmap"].images
+    values = np.abs(image.get_array().compressed())
+    lo, hi = image.get_clim()
+    assert lo == pytest.approx(-hi) and hi < 19.0 / 2
+    assert hi == pytest.approx(np.quantile(values, 0.95), rel=1e-12) and hi == pytest.approx(before, rel=0.5)
+    assert axes["colorbar"].get_children() and image.colorbar.extend == "both"
+    assert_no_overlap(axes["counts"].figure)

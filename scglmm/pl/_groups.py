@@ -139,7 +139,7 @@ def _draw_heatmap(ax: Axes, cax: Axes, s: _Summary, names: pd.Index, genes: pd.I
     from matplotlib import colormaps
 
     values = np.ma.masked_invalid(s.lfc.to_numpy(dtype=float))
-    vmax = float(np.abs(values).max()) if values.count() else 1.0
+    vmax, clipped = _colour_limit(values)
     cmap = colormaps["RdBu_r"].with_extremes(bad=_MISSING)
     image = ax.imshow(values, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
     rows, cols = np.nonzero(s.called.to_numpy())
@@ -149,7 +149,26 @@ def _draw_heatmap(ax: Axes, cax: Axes, s: _Summary, names: pd.Index, genes: pd.I
     ax.set_xlim(-0.5, len(s.groups) - 0.5)
     which = "DE in at least one group" if s.any_called else "smallest adj. p (none is DE)"
     ax.set_title(f"top {len(s.lfc)} genes, {which}; dot: DE; grey: no estimate", fontsize=8)
-    ax.figure.colorbar(image, cax=cax, label="log2 fold change")
+    ax.figure.colorbar(image, cax=cax, label="log2 fold change", extend="both" if clipped else "neither")
+
+
+#: The colour scale of the heatmap reaches this quantile of |log2 FC| (with at least 20 cells).
+COLOUR_QUANTILE = 0.95
+
+
+def _colour_limit(values: np.ma.MaskedArray) -> tuple[float, bool]:
+    """The heatmap's colour limit, symmetric about 0, and whether some cells lie beyond it: the
+    :data:`COLOUR_QUANTILE` quantile of |log2 FC|, so that one gene with an extreme fold change (near
+    separation, e.g. a log2 FC of 19) does not wash out every other cell; the largest value with fewer
+    than 20 cells. Cells beyond it take the extreme colours (the colour bar's arrows say so)."""
+    a = np.abs(values.compressed())
+    if a.size == 0:
+        return 1.0, False
+    top = float(a.max())
+    lim = float(np.quantile(a, COLOUR_QUANTILE)) if a.size >= 20 else top
+    if lim <= 0.0:
+        return (top if top > 0.0 else 1.0), False
+    return lim, top > lim
 
 
 def _grid(ax: Axes | None, figsize: tuple[float, float] | None, s: _Summary) -> dict[str, Axes]:
@@ -199,7 +218,9 @@ def groups_summary(
       below ``alpha`` and its absolute log2 fold change is at least ``lfc_threshold``, the call of
       :func:`scglmm.pl.volcano` of that group with ``p_threshold=alpha``.
     - **heatmap**: the log2 fold changes of the ``n_top`` top genes (rows) in every group, on a
-      colour scale symmetric about 0. Top genes are DE in at least one group, ordered by their
+      colour scale symmetric about 0 that reaches the 95th percentile of their absolute values (so
+      that one extreme gene does not wash out the others; cells beyond it take the extreme colours,
+      and the colour bar's arrows say so). Top genes are DE in at least one group, ordered by their
       smallest adjusted p-value over the groups (if no gene is DE: the genes with the smallest
       adjusted p-values, as the heatmap's title says). A dot marks a group in which the gene is
       DE; grey cells are missing values, a gene without an estimate in that group (see the
