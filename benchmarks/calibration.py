@@ -553,9 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small grid and few genes (minutes)")
     ap.add_argument("--kang", type=Path, default=KANG, help="path of kang2018_ifnb_pbmc.h5ad")
     ap.add_argument("--seed", type=int, default=20260)
-    ap.add_argument(
-        "--parts", default="null,de,paired,slope,kang,kang_slope", help="comma-separated parts to run"
-    )
+    ap.add_argument("--parts", default="null,de,paired,slope,kang,kang_slope", help="comma-separated parts to run")
     ap.add_argument(
         "--warm",
         metavar="DPG:CPD[,DPG:CPD...]",

@@ -66,7 +66,7 @@ html_static_path: list[str] = []
 
 
 # ---- the toctrees of index.md: every page in docs/ that exists, in a sensible order --------------
-_GUIDE_ORDER = ["model", "random_effects", "status", "calibration", "scaling", "errors"]
+_GUIDE_ORDER = ["model", "random_effects", "status", "separation", "calibration", "scaling", "errors"]
 _REFERENCE = ["api", "cli", "layout"]
 
 

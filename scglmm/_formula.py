@@ -192,10 +192,7 @@ def _no_random_term(formula: str, f: str) -> str:
         hit = pattern.search(f)
         if hit is not None:
             fixed = f[: hit.start()] + f"(1 | {hit.group(1)})" + f[hit.end() :]
-            return (
-                f"formula {formula!r} has no random-effect term: {why}; "
-                f"did you mean {' '.join(fixed.split())!r}?"
-            )
+            return f"formula {formula!r} has no random-effect term: {why}; did you mean {' '.join(fixed.split())!r}?"
     return (
         f"formula {formula!r} has no random-effect term; add a donor random intercept, "
         "e.g. '~ condition + (1 | donor)'."

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._core._checks import check_separation
 from ._core._counts import as_backed_counts
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from ._core._inference import CALIBRATIONS
@@ -37,6 +38,7 @@ __all__ = [
     "n_agq",
     "n_jobs",
     "not_empty",
+    "separation",
     "test_method",
 ]
 
@@ -267,6 +269,12 @@ def _positive_int(value: object, name: str, note: str = "") -> int:
 def n_agq(value: object) -> int:
     """Gauss-Hermite nodes: 1 (Laplace) or more."""
     return _positive_int(value, "n_agq", " (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite)")
+
+
+def separation(value: object) -> str:
+    """How genes that separate are reported: ``"prior"`` or ``"limit"``."""
+    check_separation(value)
+    return str(value)
 
 
 def n_jobs(value: object) -> int:

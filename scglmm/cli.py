@@ -718,6 +718,14 @@ when interrupted).
     show_default=True,
     help="1 = Laplace approximation (as glmmTMB); K > 1 = adaptive Gauss-Hermite with K nodes.",
 )
+@click.option(
+    "--separation",
+    type=click.Choice(["prior", "limit"]),
+    default=_FIT_DEFAULTS["separation"],
+    show_default=True,
+    help="Genes with one side of a comparison (almost) without counts: 'prior' = finite effects from a weakly "
+    "penalised likelihood (status 'penalised'); 'limit' = the maximum-likelihood limits, NaN where infinite.",
+)
 @_n_jobs(
     "Workers (-1 = all cores): threads for a single (1 | donor), processes for other random effects.",
     default=1,
@@ -748,7 +756,7 @@ def fit_cmd(
 
     ``fit_kwargs`` are the flags that are keywords of :func:`scglmm.tl.fit` (``formula``,
     ``layer``, ``size_factors``, ``offset``, ``groupby``, ``calibration``, ``min_cells``,
-    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``n_agq``, ``n_jobs``,
+    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``n_agq``, ``separation``, ``n_jobs``,
     ``key_added``), passed to it as they are: the library checks them before any gene is fitted.
     """
     with _session(quiet=quiet, verbose=verbose):

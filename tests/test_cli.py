@@ -158,7 +158,10 @@ def test_fit_output_permissions_follow_umask(fitted):
 
 
 def test_quiet_prints_nothing_on_stdout(small_h5ad, tmp_path):
-    res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "q.h5ad", "--quiet")
+    res = run(
+        "fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "-o", tmp_path / "q.h5ad", "--quiet",
+        "--separation", "limit",
+    )  # fmt: skip
     assert res.exit_code == 0, res.stderr
     assert res.stdout == ""
     lines = res.stderr.splitlines()

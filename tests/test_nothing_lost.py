@@ -152,7 +152,7 @@ def test_warning_as_error_leaves_adata_untouched() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(UserWarning, match="genes have no estimate"):
-            scglmm.tl.fit(a, FORMULA, n_jobs=1, min_cells=0, min_donors=0)
+            scglmm.tl.fit(a, FORMULA, n_jobs=1, min_cells=0, min_donors=0, separation="limit")
     assert_adata_equal(a, before)
 
 

@@ -289,8 +289,11 @@ def test_separation() -> None:
     """No count in any stimulated cell: the condition effect runs to minus infinity."""
     X, off, _, _, _ = load("slope")
     y = gene("slope", 1) * (X[:, 1] == 0)
-    fit = fit_genes(y[:, None], X, terms_of("slope"), off)
+    fit = fit_genes(y[:, None], X, terms_of("slope"), off, separation="limit")
     assert status_name(fit.status[0]) == "separation" and np.isnan(fit.coef[0]).all()
+    fit = fit_genes(y[:, None], X, terms_of("slope"), off)  # the default: the weak prior (issue 19)
+    assert status_name(fit.status[0]).startswith("penalised") and fit.coef[0, 1] < -2.0
+    assert np.isfinite(fit.coef[0]).all() and np.isfinite(fit.se[0]).all()
 
 
 def test_boundary_flags_match_components() -> None:

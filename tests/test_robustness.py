@@ -103,26 +103,50 @@ def test_one_nonzero_cell_with_condition_is_flagged(paired: bool) -> None:
     y = np.zeros(N)
     y[7] = 3.0  # a ctrl cell in both designs (cell 7: donor D0, odd index -> stim in the paired design)
     y[6] = 0.0
-    res = _fit(y[:, None], paired=paired)
+    res = _fit(y[:, None], paired=paired, separation="limit")
     assert_contract(res)
     assert "separation" in res.status_str[0]
     # the condition effect diverges (no counts in the stim cells): NaN; since issue 14 the rest of
     # the model is estimated without those cells (status partial_separation)
     assert np.isnan(res.coef[0, 1]) and np.isnan(res.p_value[0, 1])
+    # by default (issue 19) the gene is refitted with the weak prior: finite, flagged, not significant
+    res = _fit(y[:, None], paired=paired)
+    assert_contract(res)
+    assert res.status_str[0].startswith("penalised")
+    sign = 1.0 if _design(paired)[7, 1] == 1 else -1.0  # towards the side of the one count
+    assert sign * res.coef[0, 1] > 0 and np.isfinite(res.p_value[0, 1]) and res.p_value[0, 1] > 0.05
+
+
+def _switched_off(paired: bool, absent: str) -> np.ndarray:
+    rng = np.random.default_rng(2)
+    stim = _design(paired)[:, 1]
+    Y = np.column_stack([_nb(rng, 4e-4 * np.exp(_offset()), th) for th in (0.5, 2.0, 20.0)])
+    Y[(stim == 1) if absent == "stim" else (stim == 0)] = 0
+    return Y
 
 
 @pytest.mark.parametrize("paired", [False, True], ids=["donor_level", "paired"])
 @pytest.mark.parametrize("absent", ["stim", "ctrl"])
 def test_absent_in_one_condition_is_separation(paired: bool, absent: str) -> None:
-    rng = np.random.default_rng(2)
-    stim = _design(paired)[:, 1]
-    Y = np.column_stack([_nb(rng, 4e-4 * np.exp(_offset()), th) for th in (0.5, 2.0, 20.0)])
-    Y[(stim == 1) if absent == "stim" else (stim == 0)] = 0
-    res = _fit(Y, paired=paired)
+    Y = _switched_off(paired, absent)
+    res = _fit(Y, paired=paired, separation="limit")
     assert_contract(res)
     for g in range(Y.shape[1]):
         assert "separation" in res.status_str[g], (g, res.status_str[g], res.coef[g])
         assert np.isnan(res.coef[g, 1]) and np.isnan(res.p_value[g, 1])
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["donor_level", "paired"])
+@pytest.mark.parametrize("absent", ["stim", "ctrl"])
+def test_absent_in_one_condition_gets_a_penalised_effect(paired: bool, absent: str) -> None:
+    Y = _switched_off(paired, absent)
+    res = _fit(Y, paired=paired)
+    assert_contract(res)
+    sign = -1.0 if absent == "stim" else 1.0
+    for g in range(Y.shape[1]):
+        assert res.status_str[g].startswith("penalised"), (g, res.status_str[g])
+        assert np.all(np.isfinite(res.coef[g])) and 2.0 < sign * res.coef[g, 1] < 12.0
+        assert np.isfinite(res.p_value[g, 1])
 
 
 def test_nearly_absent_in_one_condition_is_a_large_but_honest_effect() -> None:
@@ -143,9 +167,12 @@ def test_absent_in_one_condition_and_present_in_one_donor_is_separation() -> Non
     mu = 2e-4 * np.exp(_offset())
     y = np.zeros(N)
     y[:C] = _nb(rng, mu[:C], 2.0)  # only donor D0 (ctrl) expresses it: stim is all zero
-    res = _fit(y[:, None], paired=False)
+    res = _fit(y[:, None], paired=False, separation="limit")
     assert_contract(res)
     assert "separation" in res.status_str[0], (res.status_str[0], res.coef[0], res.sigma2[0])
+    res = _fit(y[:, None], paired=False)  # the default: a bounded donor variance and a finite effect
+    assert res.status_str[0].startswith("penalised") and res.sigma2[0] < 16.0
+    assert np.all(np.isfinite(res.coef[0]))
 
 
 def test_counts_in_one_donor_only_is_flagged() -> None:
@@ -349,7 +376,9 @@ def test_tl_fit_hard_genes_one_warning() -> None:
     a = _hard_adata()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1)
+        scglmm.tl.fit(
+            a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1, separation="limit"
+        )
     ours = [w for w in rec if "genes have no estimate" in str(w.message)]
     assert len(ours) == 1, [str(w.message) for w in rec]
     assert len(rec) == 1, [str(w.message) for w in rec]
@@ -370,7 +399,7 @@ def test_tl_fit_default_filter_flags_instead_of_fitting() -> None:
     """With the default gene filter the hopeless genes are 'filtered' (kept, NaN), not counted in the warning."""
     a = _hard_adata()
     with pytest.warns(UserWarning, match=r"1 of 12 genes have no estimate \(NaN; e.g. \['absent_stim'\]\)") as rec:
-        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", n_jobs=1)
+        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", n_jobs=1, separation="limit")
     assert len(rec) == 1
     fit = a.varm["scglmm_fit"]
     assert fit.loc[["all_zero", "one_cell", "one_donor"], "status"].tolist() == ["filtered"] * 3
@@ -475,7 +504,9 @@ def test_one_summary_line_and_no_warning_when_every_gene_is_estimated(caplog):
 def test_groupby_one_short_warning_and_one_table(caplog):
     a = _hard_adata()
     a.obs["cell_type"] = pd.Categorical(np.where(np.arange(N) % 3 == 0, "B", "A"))
-    infos, warns = _fit_logged(a, caplog, groupby="cell_type", min_cells_group=5, min_cells=0, min_donors=0)
+    infos, warns = _fit_logged(
+        a, caplog, groupby="cell_type", min_cells_group=5, min_cells=0, min_donors=0, separation="limit"
+    )
     assert len(warns) == 1 and len(warns[0]) < 400, warns
     assert warns[0].startswith("2 groups have genes without an estimate (NaN): [A] ")
     tables = [m for m in infos if m.startswith("scglmm fit by cell_type: 2 groups")]
@@ -491,6 +522,7 @@ def test_groupby_one_short_warning_and_one_table(caplog):
         "estimate",
         "not",
         "converged",
+        "penalised",
         "at",
         "a",
         "boundary",
@@ -528,7 +560,9 @@ def test_the_fit_warning_points_at_the_user_line():
     a = _hard_adata()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        scglmm.tl.fit(a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1)
+        scglmm.tl.fit(
+            a, "~ condition + (1 | donor)", size_factors="sf", min_cells=0, min_donors=0, n_jobs=1, separation="limit"
+        )
     ours = [w for w in rec if "genes have no estimate" in str(w.message)]
     assert len(ours) == 1 and ours[0].filename == __file__
 

@@ -1,5 +1,8 @@
 """A coefficient that runs to infinity does not take the gene's other estimates with it (issue 14).
 
+These tests take ``separation="limit"``: the maximum-likelihood limits. The default (``"prior"``)
+refits such genes with weak priors (``tests/test_penalised.py``).
+
 A level of a factor whose cells all have zero counts (a donor without counts of the gene, in
 ``~ donor + condition + (1 | sample)``) sends its coefficient to minus infinity; its cells then
 drop out of the likelihood. The other estimates are those of the model without those cells and
@@ -44,7 +47,7 @@ def data():
 @pytest.fixture(scope="module")
 def fit(data):
     Y, X, donors, cond, sample, off = data
-    return scglmm.fit_genes(Y, X, sample, off, coef_names=NAMES)
+    return scglmm.fit_genes(Y, X, sample, off, coef_names=NAMES, separation="limit")
 
 
 def test_donor_without_counts_keeps_the_condition_effect(data, fit):
@@ -55,7 +58,7 @@ def test_donor_without_counts_keeps_the_condition_effect(data, fit):
     # the same numbers as the model fitted without D2's cells and without its column
     keep = donors != "D2"
     cols = [0, 1, 3, 4]
-    ref = scglmm.fit_genes(Y[keep][:, :1], X[keep][:, cols], sample[keep], off[keep])
+    ref = scglmm.fit_genes(Y[keep][:, :1], X[keep][:, cols], sample[keep], off[keep], separation="limit")
     np.testing.assert_allclose(fit.coef[0, cols], ref.coef[0], rtol=1e-12)
     np.testing.assert_allclose(fit.se[0, cols], ref.se[0], rtol=1e-12)
     np.testing.assert_allclose(fit.cov[0][np.ix_(cols, cols)], ref.cov[0], rtol=1e-12)
@@ -78,7 +81,9 @@ def test_condition_without_counts_leaves_no_sample_variance(fit):
 
 def test_condition_without_counts_is_nan_and_the_rest_estimated(data):
     Y, X, donors, cond, sample, off = data
-    res = scglmm.fit_genes(Y[:, 1:2], X[:, [0, 4]], donors, off, coef_names=["Intercept", "stim"])  # (1 | donor)
+    res = scglmm.fit_genes(
+        Y[:, 1:2], X[:, [0, 4]], donors, off, coef_names=["Intercept", "stim"], separation="limit"
+    )  # (1 | donor)
     assert res.status[0] & PARTIAL_SEPARATION
     assert np.isnan(res.coef[0, 1]) and np.isfinite(res.coef[0, 0]) and res.sigma2[0] >= 0
 
@@ -93,7 +98,7 @@ def test_counts_in_one_donor_only_stay_separated(fit):
 def test_reduced_model_with_one_donor_keeps_separation():
     Y, X, donors, cond, sample, off = _paired(n_genes=1)
     Y[donors != "D0", 0] = 0
-    res = scglmm.fit_genes(Y, X, donors, off, coef_names=NAMES)  # donors as the random effect
+    res = scglmm.fit_genes(Y, X, donors, off, coef_names=NAMES, separation="limit")  # donors as the random effect
     assert res.status[0] & SEPARATION and not res.status[0] & PARTIAL_SEPARATION
     assert np.all(np.isnan(res.coef[0]))
 
@@ -102,7 +107,7 @@ def test_untouched_genes_and_input_formats(data, fit):
     Y, X, donors, cond, sample, off = data
     assert fit.status[3] & (PARTIAL_SEPARATION | SEPARATION) == 0
     for mat in (sparse.csr_matrix(Y), sparse.csc_matrix(Y)):
-        other = scglmm.fit_genes(mat, X, sample, off, coef_names=NAMES, n_jobs=2, block_size=1)
+        other = scglmm.fit_genes(mat, X, sample, off, coef_names=NAMES, n_jobs=2, block_size=1, separation="limit")
         np.testing.assert_array_equal(other.status, fit.status)
         np.testing.assert_array_equal(other.coef, fit.coef)
         np.testing.assert_array_equal(other.modes, fit.modes)
@@ -118,7 +123,14 @@ def test_through_tl_fit(data):
     )
     adata = ad.AnnData(X=sparse.csr_matrix(Y), obs=obs)
     with pytest.warns(UserWarning, match="partial_separation"):  # genes with some coefficients NaN
-        scglmm.tl.fit(adata, "~ donor + condition + (1 | sample)", size_factors="lib", min_cells=0, min_donors=0)
+        scglmm.tl.fit(
+            adata,
+            "~ donor + condition + (1 | sample)",
+            size_factors="lib",
+            min_cells=0,
+            min_donors=0,
+            separation="limit",
+        )
     res = scglmm.get.results(adata, "condition")
     assert np.isfinite(res["p_value"].iloc[0])
     assert res["status"].iloc[0].startswith("partial_separation")
@@ -133,12 +145,12 @@ def test_reference_donor_without_counts_keeps_the_condition_effect():
     and every donor effect to plus infinity, while the condition effect is that of the other donors."""
     Y, X, donors, cond, sample, off = _paired(seed=5, n_genes=1)
     Y[donors == "D0", 0] = 0
-    fit = scglmm.fit_genes(Y, X, sample, off, coef_names=NAMES)
+    fit = scglmm.fit_genes(Y, X, sample, off, coef_names=NAMES, separation="limit")
     assert fit.status[0] & PARTIAL_SEPARATION and not fit.status[0] & SEPARATION
     assert np.all(np.isnan(fit.coef[0, :4])) and np.all(np.isnan(fit.se[0, :4]))
     # on D1..D3 the intercept is D1 + D2 + D3: the model is the one with columns Intercept, D1, D2, condition
     keep = donors != "D0"
-    ref = scglmm.fit_genes(Y[keep], X[keep][:, [0, 1, 2, 4]], sample[keep], off[keep])
+    ref = scglmm.fit_genes(Y[keep], X[keep][:, [0, 1, 2, 4]], sample[keep], off[keep], separation="limit")
     assert fit.coef[0, 4] == ref.coef[0, 3] and fit.se[0, 4] == ref.se[0, 3]
     assert fit.cov[0, 4, 4] == ref.cov[0, 3, 3] and np.isnan(fit.cov[0, 0, 4])
     assert fit.sigma2[0] == ref.sigma2[0] and fit.theta[0] == ref.theta[0] and fit.loglik[0] == ref.loglik[0]
@@ -152,11 +164,11 @@ def test_reference_level_of_the_condition_without_counts_has_no_intercept():
     x = np.random.default_rng(1).normal(size=cond.size)
     Y[cond == 0, 0] = 0
     Xc = np.column_stack([np.ones(cond.size), cond, x])
-    fit = scglmm.fit_genes(Y, Xc, donors, off, coef_names=["Intercept", "stim", "x"])
+    fit = scglmm.fit_genes(Y, Xc, donors, off, coef_names=["Intercept", "stim", "x"], separation="limit")
     assert fit.status[0] & PARTIAL_SEPARATION
     assert np.isnan(fit.coef[0, 0]) and np.isnan(fit.coef[0, 1])
     keep = cond == 1
-    ref = scglmm.fit_genes(Y[keep], Xc[keep][:, [0, 2]], donors[keep], off[keep])
+    ref = scglmm.fit_genes(Y[keep], Xc[keep][:, [0, 2]], donors[keep], off[keep], separation="limit")
     assert fit.coef[0, 2] == ref.coef[0, 1] and fit.se[0, 2] == ref.se[0, 1]
 
 
@@ -190,11 +202,13 @@ def test_every_structure_gets_the_separation_refit(data):
     numbers are those of the model fitted without its cells and column, as for a single random intercept."""
     Y, X, donors, cond, sample, off = data
     batch = np.array([f"B{i % 3}" for i in range(Y.shape[0])])
-    fit = scglmm.fit_genes(Y[:, :1], X, _terms(sample, batch), off, coef_names=NAMES)
+    fit = scglmm.fit_genes(Y[:, :1], X, _terms(sample, batch), off, coef_names=NAMES, separation="limit")
     assert fit.status[0] & PARTIAL_SEPARATION and not fit.status[0] & SEPARATION
     assert np.isnan(fit.coef[0, 2]) and np.all(np.isfinite(fit.coef[0, [0, 1, 3, 4]]))
     keep, cols = donors != "D2", [0, 1, 3, 4]
-    ref = scglmm.fit_genes(Y[keep][:, :1], X[keep][:, cols], _terms(sample[keep], batch[keep]), off[keep])
+    ref = scglmm.fit_genes(
+        Y[keep][:, :1], X[keep][:, cols], _terms(sample[keep], batch[keep]), off[keep], separation="limit"
+    )
     np.testing.assert_array_equal(fit.coef[0, cols], ref.coef[0])
     np.testing.assert_array_equal(fit.se[0, cols], ref.se[0])
     np.testing.assert_array_equal(fit.varcomp[0], ref.varcomp[0])

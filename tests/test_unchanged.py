@@ -28,6 +28,11 @@ again (issue 22, item 6, default size factors of a gene subset): the Kang run fi
 example's 1,000 genes with default size factors, and its ``obs["n_counts"]`` (each cell's total over the
 1,000 genes) is now the library size instead of the total over the 300; only its 14 ``kang/*`` arrays
 moved (the condition effect by at most 0.42 on the log scale), the other 543 were compared equal first.
+Rewritten again (issue 19, items 1-2, ``separation="prior"`` by default): 3 genes of the ``grp:a_1`` run
+(two ``separation``, one ``partial_separation``, all with the condition effect NaN) are now refitted with the
+weak prior (status ``penalised``, condition effects 2.12, -2.64 and 2.23); only their rows, and what
+derives from them (the group's ranking, adjusted p-values and status counts), moved; the other 510 arrays
+were compared equal first.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,10 +29,12 @@ from ._checks import (
     check_n_agq,
     check_n_jobs,
     check_offset,
+    check_separation,
 )
 from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
+from ._penalised import prior_precisions, refit_penalised
 from ._re import RETerm, prepare_re
 from ._results import GeneFit, GenesFit, assemble, collect
 from ._schedule import Design, compile_log, fit_blocks, fit_general_blocks
@@ -59,6 +61,7 @@ def fit_genes(
     coef_names: Sequence[str] | None = None,
     check: bool = True,
     progress: Callable[[int], None] | None = None,
+    separation: str = "prior",
 ) -> GenesFit:
     """Fit the NB GLMM with donor random effects to every column of a count matrix.
 
@@ -103,6 +106,15 @@ def fit_genes(
         Validate that counts are finite non-negative integers.
     progress
         Called with the number of genes finished after every block (e.g. a tqdm ``update``).
+    separation
+        Genes whose maximum-likelihood fit runs to infinity (one side of a factor without counts, e.g. a
+        gene switched on by the condition) or to an extreme (a coefficient other than the intercept
+        beyond a log2 fold change of 10, or a variance beyond 16): ``"prior"`` (default) refits them with
+        weak normal priors on the fixed effects other than the intercept and on the covariance
+        parameters, giving finite estimates with the status ``penalised`` (``docs/separation.md``;
+        designs without an intercept column are left as with ``"limit"``); ``"limit"`` reports the
+        maximum-likelihood limits: the coefficients that diverge are NaN, the others are estimated
+        without the cells that vanish (``partial_separation``), or everything is NaN (``separation``).
 
     Returns
     -------
@@ -120,7 +132,8 @@ def fit_genes(
         check_n_agq(n_agq)
         check_n_jobs(n_jobs)
         check_block_size(block_size)
-        run = _Settings(n_agq, n_jobs, block_size, progress)
+        check_separation(separation)
+        run = _Settings(n_agq, n_jobs, block_size, progress, separation)
         return fit_terms(Y, X, terms, off, coef_names, run)
 
 
@@ -132,6 +145,7 @@ class _Settings:
     n_jobs: int
     block_size: int
     progress: Callable[[int], None] | None = None
+    separation: str = "prior"
 
 
 def _count_matrix(Y, check: bool):
@@ -196,7 +210,8 @@ def fit_terms(
     Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings
 ) -> GenesFit:
     """:func:`fit_genes` on validated inputs: the compiled kernels for a single random intercept, the
-    general engine otherwise; then the genes that separate refitted without their vanishing cells."""
+    general engine otherwise; then the genes that separate refitted without their vanishing cells and,
+    with ``separation="prior"``, the genes that separate or run to extremes refitted with the weak prior."""
     scalar = len(terms) == 1 and terms[0].scalar_intercept
     if run.n_agq != 1 and not scalar:
         shown = " + ".join(f"(... | {t.group})" for t in terms)
@@ -209,9 +224,21 @@ def fit_terms(
     fit = (_fit_scalar if scalar else _fit_general)(Y, X, terms, off, coef_names, run, n_workers)
 
     def refit(Yr, Xr, terms_r, off_r, names) -> GenesFit:  # the model without the cells that separate
-        return fit_terms(Yr, Xr, tuple(terms_r), off_r, names, _Settings(run.n_agq, run.n_jobs, run.block_size))
+        reduced = _Settings(run.n_agq, run.n_jobs, run.block_size, separation="limit")
+        return fit_terms(Yr, Xr, tuple(terms_r), off_r, names, reduced)
 
-    return refit_separated(fit, lambda genes: gene_columns(Y, genes), X, terms, off, refit)
+    def penalised(Yr, Xr, terms_r, off_r) -> GenesFit:  # the weakly penalised fit of extreme genes
+        jobs = run.n_jobs if Yr.shape[1] > 2 * run.block_size else 1
+        few = _Settings(1, jobs, run.block_size)
+        return _fit_general(Yr, Xr, tuple(terms_r), off_r, coef_names, few, n_workers if jobs != 1 else 1, True)
+
+    def counts_of(genes):
+        return gene_columns(Y, genes)
+
+    fit = refit_separated(fit, counts_of, X, terms, off, refit)
+    if run.separation == "limit":
+        return fit
+    return refit_penalised(fit, counts_of, X, terms, off, penalised)
 
 
 def _fit_scalar(
@@ -233,10 +260,20 @@ def _fit_scalar(
 
 
 def _fit_general(
-    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings, n_workers: int
+    Y,
+    X: NDArray,
+    terms: tuple[RETerm, ...],
+    off: NDArray,
+    coef_names: list[str],
+    run: _Settings,
+    n_workers: int,
+    prior: bool = False,
 ) -> GenesFit:
-    """Any other structure: the general engine, gene by gene, over blocks of genes in processes."""
+    """Any other structure: the general engine, gene by gene, over blocks of genes in processes
+    (``prior``: with the weak prior of :mod:`._penalised`)."""
     s = prepare_re(X, off, terms)
+    if prior:
+        s = replace(s, prior=prior_precisions(s))
     if isinstance(Y, np.ndarray):
 
         def get_block(a: int, b: int) -> NDArray:
@@ -276,6 +313,7 @@ def fit_gene(
     *,
     n_agq: int = 1,
     coef_names: Sequence[str] | None = None,
+    separation: str = "prior",
 ) -> GeneFit:
     """Fit the NB GLMM with donor random effects to one gene.
 
@@ -293,6 +331,8 @@ def fit_gene(
         Adaptive Gauss-Hermite nodes; 1 is the Laplace approximation.
     coef_names
         Names of the columns of ``X``.
+    separation
+        ``"prior"`` or ``"limit"``: how a gene that separates is reported (see :func:`fit_genes`).
 
     Returns
     -------
@@ -306,4 +346,4 @@ def fit_gene(
     if y.ndim != 1:
         msg = f"y must be a vector of counts (one per cell); got shape {y.shape}."
         raise InvalidValueError(msg, param="y")
-    return fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names).gene(0)
+    return fit_genes(y[:, None], X, groups, offset, n_agq=n_agq, coef_names=coef_names, separation=separation).gene(0)

@@ -32,9 +32,7 @@ __all__ = [
 ]
 
 
-def check_counts(
-    Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts", param: str = "Y"
-) -> None:
+def check_counts(Y: ArrayLike | sparse.spmatrix | sparse.sparray, *, what: str = "counts", param: str = "Y") -> None:
     """Raise an input error unless all entries are finite, non-negative integers (never densifies).
 
     ``what`` names the matrix in the message, ``param`` the parameter that passed it.
@@ -160,6 +158,21 @@ def check_n_agq(n_agq: Any) -> None:
     if not isinstance(n_agq, int | np.integer) or n_agq < 1:
         msg = f"n_agq must be a positive integer (1 = Laplace, e.g. 25 for adaptive Gauss-Hermite); got {n_agq!r}."
         raise InvalidValueError(msg, param="n_agq")
+
+
+#: How genes that separate are reported (:func:`scglmm.fit_genes`).
+SEPARATION_CHOICES = ("prior", "limit")
+
+
+def check_separation(separation: Any) -> None:
+    """Raise unless ``separation`` is one of :data:`SEPARATION_CHOICES`."""
+    if separation not in SEPARATION_CHOICES:
+        msg = (
+            f"separation must be one of {list(SEPARATION_CHOICES)} ('prior': finite effects with a weak prior for "
+            f"genes that separate, 'limit': the maximum-likelihood limits, NaN where they are infinite); "
+            f"got {separation!r}."
+        )
+        raise InvalidValueError(msg, param="separation")
 
 
 def check_n_jobs(n_jobs: Any) -> None:

@@ -150,6 +150,9 @@ class REStructure:
     """The level of each of the kernels' rows (cell or block), term by term."""
     compiled: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)
     """The kernels' compiled functions for this structure's argument types (filled by the first fit)."""
+    prior: NDArray[np.float64] | None = None
+    """Precisions of independent normal priors centred at 0 on the outer parameters (0: none), or None:
+    the objective is then the log-likelihood less ``0.5 sum prior phi^2`` (:mod:`.._penalised`)."""
 
     def __getstate__(self) -> dict:
         """Pickled without the compiled functions (process-local; a worker compiles or loads its own)."""
@@ -486,6 +489,9 @@ class _Problem:
             if u is None:
                 self.jac = None
             return -np.inf, grad
+        if self.s.prior is not None:
+            val -= 0.5 * float(self.s.prior @ (phi * phi))
+            grad -= self.s.prior * phi
         return float(val), grad
 
     def predicted_modes(self, dphi: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -697,6 +703,8 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
         ph[-1] += h
         col = -(prob.value_grad(ph, prob.predicted_modes(ph - phi))[1] - g) / h
         B[:, -1] = B[-1, :] = col
+    if s.prior is not None:
+        B[np.diag_indices(P)] += s.prior
     B[~free, :] = 0.0
     B[:, ~free] = 0.0
     return B if np.all(np.isfinite(B)) else None
@@ -887,7 +895,7 @@ def fit_re_one(
     if not (nz[1].size > 0 if nz is not None else np.any(y > 0)):
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64), nz)
-    if _separated(s.data.X, prob.row_counts):
+    if s.prior is None and _separated(s.data.X, prob.row_counts):
         return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     phi = _start(s, prob.y, prob)
     first = prob.value_grad(phi)
@@ -939,6 +947,8 @@ def _fit(
         status |= POISSON_LIMIT
     status |= boundary
     modes = _modes_b(s, phi, prob.u)
+    if s.prior is not None:  # report the log-likelihood, not the penalised objective
+        val += 0.5 * float(s.prior @ (phi * phi))
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
 
 

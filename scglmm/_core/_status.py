@@ -28,6 +28,9 @@ PARTIAL_SEPARATION = 128
 #: with every variance positive, i.e. a correlation at +-1 (lme4's singular fit). A variance at 0
 #: sets :data:`SIGMA2_BOUNDARY` instead (for these structures it means "some variance component is 0").
 CORRELATION_BOUNDARY = 256
+#: One side of a comparison has (almost) no counts: the maximum-likelihood fit ran to infinity or to an
+#: extreme, and the numbers are those of a weakly penalised likelihood (:mod:`scglmm._core._penalised`).
+PENALISED = 512
 
 #: Bit -> name, in the order names are joined in a status string.
 STATUS_BITS: dict[int, str] = {
@@ -36,6 +39,7 @@ STATUS_BITS: dict[int, str] = {
     FAILED: "failed",
     SEPARATION: "separation",
     PARTIAL_SEPARATION: "partial_separation",
+    PENALISED: "penalised",
     NOT_CONVERGED: "not_converged",
     SIGMA2_BOUNDARY: "sigma2_boundary",
     POISSON_LIMIT: "poisson_limit",
@@ -51,7 +55,7 @@ INFORMATION = SIGMA2_BOUNDARY | POISSON_LIMIT | CORRELATION_BOUNDARY
 ATTENTION = ALL_ZERO | FAILED | SEPARATION | PARTIAL_SEPARATION | NOT_CONVERGED
 
 #: The kind of a status (:func:`status_kinds`), in the order they are checked.
-KINDS = ("filtered", "attention", "boundary", "ok")
+KINDS = ("filtered", "attention", "penalised", "boundary", "ok")
 
 
 def status_name(code: int) -> str:
@@ -65,11 +69,13 @@ def status_name(code: int) -> str:
 def status_kinds(codes: np.ndarray) -> np.ndarray:
     """Per gene, what its status asks of the user: ``"filtered"`` (left out by the gene filter),
     ``"attention"`` (no estimate of some coefficient, or not converged: see ``docs/status.md``),
-    ``"boundary"`` (a valid estimate at the edge: information, nothing to do) or ``"ok"``."""
+    ``"penalised"`` (one side (almost) without counts: a finite estimate of a weakly penalised likelihood,
+    valid test; its fold change says "very large", not how large), ``"boundary"`` (a valid estimate at the
+    edge: information, nothing to do) or ``"ok"``."""
     codes = np.asarray(codes, dtype=np.int64)
     return np.select(
-        [(codes & FILTERED) != 0, (codes & ATTENTION) != 0, (codes & INFORMATION) != 0],
-        ["filtered", "attention", "boundary"],
+        [(codes & FILTERED) != 0, (codes & ATTENTION) != 0, (codes & PENALISED) != 0, (codes & INFORMATION) != 0],
+        ["filtered", "attention", "penalised", "boundary"],
         default="ok",
     ).astype(object)
 

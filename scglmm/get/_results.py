@@ -226,7 +226,8 @@ def results(
     ``log10_p_value``, ``adj_p_value`` (Benjamini-Hochberg over genes with a p-value, within each
     group), ``base_mean``, then for a comparison of two levels ``mean_<level>`` and ``pct_<level>``
     of each, then ``sigma2``, ``dispersion``, ``status`` and ``status_kind`` (``"ok"``, ``"boundary"``: a
-    valid estimate at the edge, information only; ``"attention"``: no estimate of some coefficient or not
+    valid estimate at the edge, information only; ``"penalised"``: one side of a comparison (almost)
+    without counts, estimated with a weak prior; ``"attention"``: no estimate of some coefficient or not
     converged; ``"filtered"``); contrasts add ``df``. ``attrs`` holds
     the coefficient or contrast name, and for coefficients the calibration and degrees of freedom.
 

@@ -135,6 +135,7 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "design_columns": cols,
         "reference_levels": dict(design.reference_levels),
         "n_agq": options.n_agq,
+        "separation": options.separation,
         "method": "laplace" if options.n_agq == 1 else f"adaptive Gauss-Hermite ({options.n_agq} nodes)",
         **({"random_structure": " + ".join(str(t) for t in parsed.terms)} if parsed.general else {}),
         "n_cells": len(run.donor_codes),
@@ -228,4 +229,5 @@ def _groupby_params(
         "min_donors": options.min_donors,
         "calibration": options.calibration,
         "n_agq": options.n_agq,
+        "separation": options.separation,
     }

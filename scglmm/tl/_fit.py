@@ -58,6 +58,7 @@ def fit(
     calibration: str = DEFAULT_CALIBRATION,
     rank_coef: str | None = None,
     n_agq: int = 1,
+    separation: str = "prior",
     n_jobs: int | None = None,
     block_size: int = 64,
     progress: bool | None = None,
@@ -157,6 +158,14 @@ def fit(
     n_agq
         1 (default) for the Laplace approximation; K > 1 for adaptive Gauss-Hermite with K nodes
         (only with a single ``(1 | donor)``).
+    separation
+        Genes whose maximum-likelihood fit runs to infinity (one side of a comparison without counts: a
+        gene switched on or off by the condition) or to an extreme (a log2 fold change beyond 10, a
+        variance beyond 16, the random effects soaking up an (almost) empty side). ``"prior"`` (default):
+        refitted with weak normal priors (fixed effects other than the intercept: sd 2.5 on the natural-log
+        scale; covariance parameters: sd 3), so that every gene with counts gets a finite effect and a
+        p-value; status ``penalised`` (see ``docs/separation.md``). ``"limit"``: the maximum-likelihood
+        limits, NaN where they are infinite (``separation``, ``partial_separation``).
     n_jobs
         Workers over gene blocks (threads for ``(1 | donor)``, processes for other structures, whose
         optimiser loop is in Python); ``None`` uses ``scanpy.settings.n_jobs``. Results are identical
@@ -256,7 +265,7 @@ def fit(
         adata, formula, layer=layer, size_factors=size_factors, offset=offset, key_added=key_added,
         groupby=groupby, min_cells=min_cells, min_donors=min_donors, min_cells_group=min_cells_group,
         min_donors_group=min_donors_group, calibration=calibration, n_agq=n_agq, n_jobs=n_jobs,
-        block_size=block_size, progress=progress,
+        block_size=block_size, progress=progress, separation=separation,
     )  # fmt: skip
     _guard(adata, settings.parsed, design)
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
@@ -296,6 +305,7 @@ def _validate(
     n_jobs: int | None,
     block_size: int,
     progress: bool | None,
+    separation: str,
 ) -> tuple[FitSettings, object, FixedDesign | None]:
     """Check every argument before any work.
 
@@ -313,6 +323,7 @@ def _validate(
         n_jobs=_inputs.n_jobs(n_jobs),
         block_size=_inputs.block_size(block_size),
         progress=progress,
+        separation=_inputs.separation(separation),
     )
     min_cells_group = _inputs.min_count("min_cells_group", min_cells_group)
     min_donors_group = _inputs.min_count("min_donors_group", min_donors_group)

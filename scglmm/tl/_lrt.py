@@ -142,7 +142,7 @@ def compare_terms(
 
 def refit_loglik(
     Y, X: np.ndarray, coef_names: list[str], change: RandomChange, log_off: np.ndarray,
-    *, n_agq: int, n_jobs: int, progress: bool | None,
+    *, n_agq: int, n_jobs: int, progress: bool | None, separation: str = "prior",
 ) -> np.ndarray:  # fmt: skip
     """Log-likelihood per gene (columns of ``Y``) of the reduced model ``X`` + ``change`` (:func:`scglmm.fit_genes`,
     which fits one ``(1 | g)`` with the compiled kernels and ``n_agq``, any other structure by the Laplace
@@ -150,7 +150,7 @@ def refit_loglik(
     with progress_bar(total=int(Y.shape[1]), enabled=progress, desc="scglmm lrt refit") as bar:
         res = fit_genes(
             Y, X, change.terms, log_off, n_agq=n_agq, n_jobs=n_jobs, coef_names=coef_names, check=False,
-            progress=bar.update if bar is not None else None,
+            progress=bar.update if bar is not None else None, separation=separation,
         )  # fmt: skip
     return np.asarray(res.loglik, dtype=float)
 
@@ -346,6 +346,7 @@ def _refit(
     ll = refit_loglik(
         Y[mask][:, idx], reduced.matrix, reduced.columns, reduced.random, stored_log_offset(adata, sub)[mask],
         n_agq=int(params["n_agq"]),
+        separation=str(params["separation"]),
         n_jobs=int(params["n_jobs"] if n_jobs is None else n_jobs), progress=progress,
     )  # fmt: skip
     out = np.full(adata.n_vars, np.nan)

@@ -22,6 +22,7 @@ from .._core._status import (
     INFORMATION,
     NOT_CONVERGED,
     PARTIAL_SEPARATION,
+    PENALISED,
     SEPARATION,
     STATUS_BITS,
 )
@@ -51,6 +52,8 @@ class StatusSummary:
     n_boundary: int = 0
     """Fitted genes with a valid estimate at the edge (a variance at 0, a correlation at +-1, the Poisson
     limit) and nothing that needs attention: information, not a problem."""
+    n_penalised: int = 0
+    """Fitted genes estimated with the weak prior (one side of a comparison (almost) without counts)."""
 
     @property
     def n_fitted(self) -> int:
@@ -75,7 +78,8 @@ def status_summary(
         n_no_estimate=int(no_estimate.sum()),
         n_not_converged=int((fitted & ~no_estimate & ((status & NOT_CONVERGED) != 0)).sum()),
         examples=[str(g) for g in var_names[no_estimate][:5]],
-        n_boundary=int((fitted & ((status & ATTENTION) == 0) & ((status & INFORMATION) != 0)).sum()),
+        n_boundary=int((fitted & ((status & (ATTENTION | PENALISED)) == 0) & ((status & INFORMATION) != 0)).sum()),
+        n_penalised=int((fitted & ((status & PENALISED) != 0)).sum()),
     )
 
 
@@ -106,8 +110,10 @@ def log_text(
         return (
             f"scglmm fit: {s.n_genes} genes: {s.n_fitted} fitted, {s.n_filtered} filtered{why}; of the fitted, "
             f"{s.n_no_estimate} without an estimate{no_est} and {s.n_not_converged} not converged (need "
-            f"attention); {s.n_boundary} at a boundary (a variance at 0, a correlation at +-1 or the Poisson "
-            f"limit: valid estimates, information only). Per-gene status: adata.varm['{key}_fit']['status']."
+            f"attention); {s.n_penalised} penalised (one side (almost) without counts: finite estimates with a "
+            f"weak prior, see docs/separation.md); {s.n_boundary} at a boundary (a variance at 0, a correlation "
+            f"at +-1 or the Poisson limit: valid estimates, information only). "
+            f"Per-gene status: adata.varm['{key}_fit']['status']."
         )
     table = pd.DataFrame(
         {
@@ -117,6 +123,7 @@ def log_text(
             "filtered": [s.n_filtered for s in summaries.values()],
             "no estimate": [s.n_no_estimate for s in summaries.values()],
             "not converged": [s.n_not_converged for s in summaries.values()],
+            "penalised": [s.n_penalised for s in summaries.values()],
             "at a boundary": [s.n_boundary for s in summaries.values()],
         },
         index=pd.Index(list(summaries), name=groupby),

@@ -47,6 +47,7 @@ class FitOptions:
     n_jobs: int
     block_size: int
     progress: bool | None
+    separation: str = "prior"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _fit_kept(
             coef_names=design.columns,
             check=False,
             progress=bar.update if bar is not None else None,
+            separation=options.separation,
         )
 
 
