@@ -33,12 +33,12 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
+    "MODE_SUFFIXES",
     "VARM_SUFFIXES",
     "OffsetSource",
     "StoredFit",
     "contrast_key",
     "contrast_name",
-    "MODE_SUFFIXES",
     "coef_cov",
     "drop_fit",
     "expression_column",
