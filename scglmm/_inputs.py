@@ -246,6 +246,16 @@ def key_added(value: object) -> str:
     return value
 
 
+def flag(name: str, value: object, *, default: bool) -> bool:
+    """A switch that is ``True``, ``False`` or ``None`` (``default``)."""
+    if value is None:
+        return default
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name} must be True, False or None (the default); got {value!r}."
+        raise InvalidTypeError(msg, param=name)
+    return bool(value)
+
+
 def calibration(value: object, *, or_none: bool = False) -> str | None:
     """A calibration of :data:`~scglmm._core._inference.CALIBRATIONS`; with ``or_none`` (for
     :func:`scglmm.tl.test`) also ``None``, meaning the fit's."""

@@ -5,7 +5,9 @@ line read goes through this module, so the layout is defined once. For a fit und
 (``key_added``; with ``groupby`` each group ``g`` has its own storage key ``f"{key}:{g}"``, the
 *run key* ``sub`` below):
 
-- ``varm[f"{sub}_{suffix}"]`` for each suffix of :data:`VARM_SUFFIXES`;
+- ``varm[f"{sub}_{suffix}"]`` for each suffix of :data:`VARM_SUFFIXES`; the conditional modes
+  (:data:`MODE_SUFFIXES`) only when the fit stored them (``params["store_modes"]``, read with
+  :func:`modes_key`);
 - ``varm[f"{sub}_expression"]``: ``base_mean`` and, per level of each factor of the design,
   :func:`expression_column` ``mean[...]`` and ``pct[...]`` (levels in ``params["expression_levels"]``);
 - ``varm[f"{sub}_contrast_{name}"]`` for each test of :func:`scglmm.tl.test`;
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
+    "MODE_SUFFIXES",
     "VARM_SUFFIXES",
     "OffsetSource",
     "StoredFit",
@@ -42,6 +45,7 @@ __all__ = [
     "fit_params",
     "group_key",
     "h5ad_name",
+    "modes_key",
     "rank_key",
     "run_keys",
     "status_key",
@@ -54,6 +58,9 @@ __all__ = [
 
 #: Suffixes of the varm keys of one run (``f"{sub}_{suffix}"``).
 VARM_SUFFIXES = ("coef", "se", "pval", "stat", "fit", "cov", "donor_effects", "expression", "varcomp", "modes")
+#: Suffixes of the conditional modes: ``donor_effects`` with one ``(1 | donor)``, ``modes`` with any other
+#: structure; stored only with ``store_modes`` (by default without ``groupby``).
+MODE_SUFFIXES = ("donor_effects", "modes")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,6 +207,21 @@ def coef_cov(adata: AnnData, sub: str) -> np.ndarray:
     p = len(fit_params(adata, sub)["design_columns"])
     cov = np.asarray(adata.varm[varm_key(sub, "cov")], dtype=float)
     return cov.reshape(cov.shape[0], p, p)
+
+
+def modes_key(adata: AnnData, sub: str) -> str:
+    """``varm`` key of the conditional modes of a run; a clear error naming ``store_modes`` if the fit
+    did not store them."""
+    for suffix in MODE_SUFFIXES:
+        if varm_key(sub, suffix) in adata.varm:
+            return varm_key(sub, suffix)
+    params = fit_params(adata, sub)
+    why = " (a fit with groupby stores them only when asked)" if params.get("groupby") is not None else ""
+    msg = (
+        f"the fit under {sub!r} did not store the conditional modes of its random effects{why}; refit with "
+        "scglmm.tl.fit(..., store_modes=True) (on the command line: scglmm fit --store-modes) to plot them."
+    )
+    raise MissingKeyError(msg, param="key")
 
 
 def stored_contrasts(adata: AnnData, sub: str) -> dict[str, dict]:

@@ -651,7 +651,8 @@ Where the results go (KEY = --key-added, default 'scglmm'):
             status, ...), varm[KEY_cov], varm[KEY_donor_effects] (with
             other random effects than (1 | donor): varm[KEY_varcomp] and
             varm[KEY_modes] instead), var[KEY_status] and uns[KEY]['params'] (with --groupby: the same
-            under KEY:GROUP for each group). In Python:
+            under KEY:GROUP for each group, without the donor effects or modes
+            unless --store-modes). In Python:
             scglmm.get.results(anndata.read_h5ad(OUT), 'condition').
   --table   tab-separated, one row per gene and coefficient (and group):
             gene, [group,] coef, then the columns of scglmm.get.results:
@@ -686,6 +687,12 @@ when interrupted).
 @click.option("--offset", metavar="COL", help="obs column of a per-cell offset already on the log scale.")
 @click.option(
     "--groupby", metavar="COL", help="Fit each group of cells (e.g. each cell type) separately; results per group."
+)
+@click.option(
+    "--store-modes/--no-store-modes",
+    default=None,
+    help="Store the conditional modes of the random effects (each donor's effect, which scglmm.pl.donor_effects "
+    "plots).  [default: yes without --groupby, no with it]",
 )
 @click.option(
     "--coef",
@@ -756,8 +763,8 @@ def fit_cmd(
 
     ``fit_kwargs`` are the flags that are keywords of :func:`scglmm.tl.fit` (``formula``,
     ``layer``, ``size_factors``, ``offset``, ``groupby``, ``calibration``, ``min_cells``,
-    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``n_agq``, ``separation``, ``n_jobs``,
-    ``key_added``), passed to it as they are: the library checks them before any gene is fitted.
+    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``store_modes``, ``n_agq``, ``separation``,
+    ``n_jobs``, ``key_added``), passed to it as they are: the library checks them before any gene is fitted.
     """
     with _session(quiet=quiet, verbose=verbose):
         _check_io(input_h5ad, out, table)

@@ -34,7 +34,8 @@ def _data() -> ad.AnnData:
 @pytest.fixture(scope="module")
 def grouped():
     a = _data()
-    scglmm.tl.fit(a, FORMULA, size_factors="libsize", groupby="cell_type", n_jobs=1, progress=False)
+    # with the modes, so that each group's donor effects are compared with its subset's too
+    scglmm.tl.fit(a, FORMULA, size_factors="libsize", groupby="cell_type", n_jobs=1, progress=False, store_modes=True)
     return a
 
 

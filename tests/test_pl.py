@@ -594,8 +594,9 @@ def test_plots_of_a_groupby_fit(fitted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         scglmm.tl.fit(
-            adata, "~ condition + (1 | donor)", groupby="half", key_added="gb", size_factors="libsize", progress=False
-        )
+            adata, "~ condition + (1 | donor)", groupby="half", key_added="gb", size_factors="libsize", progress=False,
+            store_modes=True,
+        )  # fmt: skip
     with pytest.raises(ValueError, match=r"choose one group with group=, one of \['even', 'odd'\]"):
         scglmm.pl.donor_effects(adata, "G00001", key="gb", show=False)
     with pytest.raises(ValueError, match="choose one group with group="):

@@ -194,6 +194,7 @@ def test_groupby() -> None:
     vc = scglmm.get.varcomp(a)
     assert list(vc.columns) == ["group", *VARCOMP["slope"]]
     assert len(vc) == 2 * len(groups)
+    assert not [k for k in a.varm if k.endswith("_modes")]  # stored by group only with store_modes=True
 
 
 def test_cli_fit(tmp_path: Path) -> None:

@@ -498,6 +498,13 @@ FIT_CASES: list[Case] = [
         r"key_added must be a non-empty string",
         kwargs={"key_added": ""},
     ),
+    Case(
+        "store_modes_str",
+        "store_modes not a bool",
+        TypeError,
+        r"store_modes must be True, False or None \(the default\); got 'yes'",
+        kwargs={"store_modes": "yes"},
+    ),
     Case("n_agq_zero", "n_agq = 0", ValueError, r"n_agq must be a positive integer", kwargs={"n_agq": 0}),
     Case("n_jobs_zero", "n_jobs = 0", ValueError, r"n_jobs must be a non-zero integer", kwargs={"n_jobs": 0}),
     Case(
@@ -729,6 +736,12 @@ def _plot_fit() -> ad.AnnData:
     return a
 
 
+def _refit_without_modes(a: ad.AnnData) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # G00000 is filtered
+        scglmm.tl.fit(a, PLOT_FORMULA, size_factors="sf", store_modes=False, progress=False)
+
+
 @dataclass
 class PlotCase:
     id: str
@@ -775,6 +788,14 @@ PLOT_CASES: list[PlotCase] = [
         ValueError,
         r"gene 'G00000' has no estimate \(status 'filtered'\)",
         {"gene": "G00000", "coef": "covariate"},
+    ),
+    PlotCase(
+        "plot_no_modes",
+        "a fit that did not store the modes (`store_modes=False`, the default with `groupby`)",
+        KeyError,
+        r"the fit under 'scglmm' did not store the conditional modes.*store_modes=True.*--store-modes",
+        {"gene": "G00002"},
+        mutate=_refit_without_modes,
     ),
     PlotCase(
         "plot_level_not_fitted",

@@ -20,7 +20,7 @@ from scipy import sparse
 from .._core._errors import InvalidValueError, MissingKeyError
 from .._formula import RETermSpec, build_design, parse_fit_formula
 from .._inputs import counts, log_offset
-from .._layout import fit_params, stored_log_offset, varm_key
+from .._layout import fit_params, modes_key, stored_log_offset, varm_key
 from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
 from ._utils import gene_labels, legend_outside, plot_doc, readable_name, render, run_key
 
@@ -97,14 +97,16 @@ def _stored_terms(params: dict) -> tuple[StoredTerm, ...]:
 
 
 def _stored_effects(adata: AnnData, sub: str, params: dict, g: int) -> tuple[StoredEffects, bool]:
-    """The random effects stored for gene ``g``, and whether the structure is a general one."""
+    """The random effects stored for gene ``g``, and whether the structure is a general one (an error
+    naming ``store_modes`` if the fit did not store its modes)."""
     fitrow = adata.varm[varm_key(sub, "fit")].iloc[g]
     theta = float(fitrow["theta"])
-    if varm_key(sub, "modes") in adata.varm:
-        modes = pd.Series(adata.varm[varm_key(sub, "modes")].iloc[g], dtype=float)
+    key = modes_key(adata, sub)
+    if key == varm_key(sub, "modes"):
+        modes = pd.Series(adata.varm[key].iloc[g], dtype=float)
         varcomp = pd.Series(adata.varm[varm_key(sub, "varcomp")].iloc[g], dtype=float)
         return StoredEffects(_stored_terms(params), modes, varcomp, theta), True
-    stored = adata.varm[varm_key(sub, "donor_effects")]
+    stored = adata.varm[key]
     donor = str(params["donor_key"])
     term = StoredTerm(RETermSpec(lhs="1", group=(donor,)), ("Intercept",), tuple(str(d) for d in stored.columns))
     modes = pd.Series(stored.iloc[g].to_numpy(dtype=float), index=[term.mode_name(d, "Intercept") for d in term.levels])
@@ -455,6 +457,10 @@ def donor_effects(
     from ``adata.uns[key]['log_offset']`` (or rebuilt from its recorded source; pass
     ``size_factors`` or ``offset`` again if neither is possible). For a fit with ``groupby``,
     ``group`` chooses the group, and only its cells are used.
+
+    The modes are those the fit stored: :func:`scglmm.tl.fit` stores them by default without
+    ``groupby``, and with ``groupby`` only with ``store_modes=True``; without them this raises a
+    :class:`KeyError` that says so.
 
     Parameters
     ----------

@@ -37,6 +37,8 @@ class FitSettings:
     groupby: str | None = None
     min_cells_group: int = 0
     min_donors_group: int = 0
+    store_modes: bool = True
+    """Whether each run stores its conditional modes (``donor_effects`` or ``modes``)."""
 
 
 def versions() -> dict[str, str]:
@@ -75,15 +77,15 @@ def stored_fit(
             stored.uns[sub] = {"params": {**params[sub], **extra}}
     stored.uns[key]["log_offset"] = np.asarray(settings.log_offset, dtype=float)
     for sub, run in runs.items():
-        stored.varm.update(_run_varm(sub, run, tests[sub], var_names))
+        stored.varm.update(_run_varm(sub, run, tests[sub], var_names, store_modes=settings.store_modes))
         stored.var[status_key(sub)] = pd.Categorical(run.fit.status_str.astype(str))
     if rank_block is not None:
         stored.uns[rank_key(key)] = rank_block
     return stored
 
 
-def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict[str, Any]:
-    """The ``varm`` tables of one run."""
+def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index, *, store_modes: bool) -> dict[str, Any]:
+    """The ``varm`` tables of one run (its conditional modes only with ``store_modes``)."""
     fit, cols = run.fit, list(run.design.columns)
 
     def genes_by(values: np.ndarray, columns: list[str]) -> pd.DataFrame:
@@ -97,11 +99,12 @@ def _run_varm(sub: str, run: Run, tests: WaldTests, var_names: pd.Index) -> dict
         varm_key(sub, "cov"): fit.cov.reshape(fit.cov.shape[0], -1),
         varm_key(sub, "fit"): _fit_table(run, var_names),
     }
-    if not run.general:
+    if store_modes and not run.general:
         out[varm_key(sub, "donor_effects")] = genes_by(fit.modes, [str(d) for d in fit.donors])
     out[varm_key(sub, "expression")] = run.expression
     if run.general:
         out[varm_key(sub, "varcomp")] = genes_by(fit.varcomp, list(fit.varcomp_names))
+    if store_modes and run.general:
         out[varm_key(sub, "modes")] = genes_by(fit.modes, list(fit.mode_names))
     return out
 
@@ -115,7 +118,8 @@ def _fit_table(run: Run, var_names: pd.Index) -> pd.DataFrame:
         "loglik": fit.loglik,
         "n_iter": fit.n_iter,
         "converged": fit.converged,
-        "status": fit.status_str.astype(str),
+        # categorical: one byte per gene on disk instead of a string (most rows share a few values)
+        "status": pd.Categorical(fit.status_str.astype(str)),
         "status_code": fit.status,
         "n_nonzero": fit.n_nonzero,
         "grad_max": fit.grad_max,
@@ -159,6 +163,7 @@ def run_params(run: Run, tests: WaldTests, settings: FitSettings) -> dict[str, A
         "min_cells": options.min_cells,
         "min_donors": options.min_donors,
         "n_filtered": run.n_filtered,
+        "store_modes": settings.store_modes,
         # what varm[f"{sub}_expression"] holds, and which levels each design column compares
         "expression_levels": {v: list(lv) for v, lv in run.expression_levels.items()},
         "factor_levels": {c: list(vl) for c, vl in design.factor_levels.items()},
@@ -230,4 +235,5 @@ def _groupby_params(
         "calibration": options.calibration,
         "n_agq": options.n_agq,
         "separation": options.separation,
+        "store_modes": settings.store_modes,
     }

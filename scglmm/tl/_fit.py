@@ -57,6 +57,7 @@ def fit(
     min_donors_group: int | None = MIN_DONORS_GROUP,
     calibration: str = DEFAULT_CALIBRATION,
     rank_coef: str | None = None,
+    store_modes: bool | None = None,
     n_agq: int = 1,
     separation: str = "prior",
     n_jobs: int | None = None,
@@ -155,6 +156,14 @@ def fit(
         Coefficient ranked in the ``rank_genes_groups``-style block (see Returns); ``None`` takes
         the first non-intercept column. Only written when that column is a level of a factor (or
         with ``groupby``).
+    store_modes
+        Store the conditional modes of the random effects (each donor's estimated effect, see
+        Returns), which :func:`scglmm.pl.donor_effects` plots. ``None``: store them without
+        ``groupby``, not with it. They are the one output that grows with the number of donors
+        (one number per gene, group and level of each random coefficient: 16 per gene and group
+        for 8 donors with a random slope, the largest table of such a fit), nothing else reads
+        them, and a fit by group multiplies them by the number of groups; for one fit they cost
+        little and the plots work at once. ``True`` with ``groupby`` stores them for every group.
     n_agq
         1 (default) for the Laplace approximation; K > 1 for adaptive Gauss-Hermite with K nodes
         (only with a single ``(1 | donor)``).
@@ -201,9 +210,10 @@ def fit(
         ``sigma2``, ``dispersion`` (= 1/theta), ``theta``, ``loglik``, ``n_iter``, ``converged``,
         ``status`` (``ok``, ``sigma2_boundary``, ``poisson_limit``, ``not_converged``,
         ``separation``, ``all_zero``, ``failed``, ``filtered``, joined with ``+``), ``status_code``,
-        ``n_nonzero``, ``grad_max``.
+        ``n_nonzero``, ``grad_max``; ``status`` is categorical.
     `adata.varm[f'{key}_donor_effects']` : :class:`pandas.DataFrame`
-        Conditional modes of the donor effects, genes x donors (only with ``(1 | donor)``).
+        Conditional modes of the donor effects, genes x donors (only with ``(1 | donor)``, and
+        only with ``store_modes``).
     `adata.varm[f'{key}_varcomp']` : :class:`pandas.DataFrame`
         Only with another random-effect structure: its variance components, one column each,
         ``var(<coefficient>|<group>)`` and ``cor(<c1>,<c2>|<group>)``, e.g.
@@ -212,8 +222,9 @@ def fit(
         (:func:`scglmm.get.varcomp` reads them for any fit). ``varm[f'{key}_fit']['sigma2']`` is
         then the first term's intercept variance (NaN if it has none).
     `adata.varm[f'{key}_modes']` : :class:`pandas.DataFrame`
-        Only with another random-effect structure: conditional modes of every level of every term,
-        columns ``<group>[<level>]:<coefficient>``, e.g. ``donor[D01]:condition[T.stim]``.
+        Only with another random-effect structure, and only with ``store_modes``: conditional
+        modes of every level of every term, columns ``<group>[<level>]:<coefficient>``, e.g.
+        ``donor[D01]:condition[T.stim]``.
     `adata.varm[f'{key}_expression']` : :class:`pandas.DataFrame`
         Computed from the counts at fit time (not recomputable later without them): ``base_mean``,
         the mean of ``count / s`` over the fitted cells, with size factors ``s`` = exp(log offset)
@@ -229,7 +240,7 @@ def fit(
     `adata.uns[key]['params']` : `dict`
         Every setting of the run (formula, design columns, reference levels, offset source,
         n_agq, n_cells, n_donors, donors, calibration, df, the donor-level design, the gene
-        filter, versions, seconds, status counts; with another random-effect structure also
+        filter, ``store_modes``, versions, seconds, status counts; with another random-effect structure also
         ``random_structure`` (the terms after expansion, e.g. ``(1 | donor) + (1 | donor:sample)``),
         ``random_effects`` (per term: ``group``, ``coefficients``, ``diagonal``, ``n_levels``,
         ``levels``), ``varcomp_names``, ``slope_columns`` (fixed effect -> the grouping factor of its
@@ -264,8 +275,8 @@ def fit(
     settings, Y, design = _validate(
         adata, formula, layer=layer, size_factors=size_factors, offset=offset, key_added=key_added,
         groupby=groupby, min_cells=min_cells, min_donors=min_donors, min_cells_group=min_cells_group,
-        min_donors_group=min_donors_group, calibration=calibration, n_agq=n_agq, n_jobs=n_jobs,
-        block_size=block_size, progress=progress, separation=separation,
+        min_donors_group=min_donors_group, calibration=calibration, store_modes=store_modes, n_agq=n_agq,
+        n_jobs=n_jobs, block_size=block_size, progress=progress, separation=separation,
     )  # fmt: skip
     _guard(adata, settings.parsed, design)
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
@@ -301,6 +312,7 @@ def _validate(
     min_cells_group: int | None,
     min_donors_group: int | None,
     calibration: str,
+    store_modes: bool | None,
     n_agq: int,
     n_jobs: int | None,
     block_size: int,
@@ -325,6 +337,7 @@ def _validate(
         progress=progress,
         separation=_inputs.separation(separation),
     )
+    store_modes = _inputs.flag("store_modes", store_modes, default=groupby is None)
     min_cells_group = _inputs.min_count("min_cells_group", min_cells_group)
     min_donors_group = _inputs.min_count("min_donors_group", min_donors_group)
     parsed = parse_fit_formula(formula)
@@ -354,7 +367,7 @@ def _validate(
         "offset": offset if isinstance(offset, str) else None,
         "versions": versions(),
     }
-    settings = FitSettings(parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group)
+    settings = FitSettings(parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group, store_modes)
     return settings, Y, design
 
 
