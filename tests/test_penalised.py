@@ -96,7 +96,7 @@ def test_sparse_inputs_give_the_same_numbers(data, kind):
 def test_penalised_gradient_matches_finite_differences(data):
     Y, X, donor, cond, off = data
     s = prepare_re(X, off, tuple(_slope_terms(donor, cond)))
-    s = replace(s, prior=_penalised.prior_precisions(s))
+    s = replace(s, prior=_penalised.separation_prior(s))
     prob = _Problem(s, np.ascontiguousarray(Y[:, 0]))
     phi = np.array([-7.0, 6.0, 0.5, 0.1, 0.4, 1.0])
     val, grad = prob.value_grad(phi, np.zeros(s.data.Q))
@@ -111,7 +111,7 @@ def test_penalised_gradient_matches_finite_differences(data):
     np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-5)
     # the objective is the log-likelihood less the prior's quadratic form
     plain = laplace_at(replace(s, prior=None), Y[:, 0], phi)
-    assert val == pytest.approx(plain - 0.5 * float(s.prior @ (phi * phi)), rel=1e-10)
+    assert val == pytest.approx(plain - 0.5 * float(s.prior.precision @ (phi * phi)), rel=1e-10)
 
 
 def test_reported_loglik_is_the_unpenalised_one(data):
@@ -126,7 +126,7 @@ def test_reported_loglik_is_the_unpenalised_one(data):
 def test_prior_only_on_effects_other_than_the_intercept(data):
     Y, X, donor, cond, off = data
     s = prepare_re(X[:, ::-1], off, tuple(_slope_terms(donor, cond)))  # intercept second
-    prec = _penalised.prior_precisions(s)
+    prec = _penalised.separation_prior(s).precision
     assert prec[1] == 0.0 and prec[0] == pytest.approx(_penalised.BETA_SD**-2)
     assert np.all(prec[2:-1] == pytest.approx(_penalised.COV_SD**-2)) and prec[-1] == 0.0
 
@@ -191,3 +191,32 @@ def test_bad_separation_choice_is_refused_before_work(data):
     with pytest.raises(ValueError, match=r"separation must be one of \['prior', 'limit'\]"):
         scglmm.tl.fit(adata, "~ condition + (1 | donor)", separation="firth")
     assert "scglmm" not in adata.uns
+
+
+def test_blme_covariance_prior_gradient_and_curvature(data):
+    """blme's boundary-avoiding term ``a * sum log |L_kk|``: gradient and curvature against finite differences."""
+    from scglmm._core._prior import Prior
+
+    Y, X, donor, cond, off = data
+    s = prepare_re(X, off, tuple(_slope_terms(donor, cond)))
+    diag = np.array([s.p + i for i in range(s.n_lambda) if s.data.lam_r[i] == s.data.lam_c[i]])
+    prior = Prior(np.zeros(s.n_params), logdet=1.5, diagonal=diag)
+    phi = np.array([-6.0, 0.3, 0.5, 0.1, -0.4, 1.0])
+    val, grad = prior.value_grad(phi)
+    assert val == pytest.approx(1.5 * (np.log(0.5) + np.log(0.4)))
+    h = 1e-6
+    for i in range(phi.size):
+        e = np.zeros_like(phi)
+        e[i] = h
+        num = (prior.value_grad(phi + e)[0] - prior.value_grad(phi - e)[0]) / (2 * h)
+        assert grad[i] == pytest.approx(num, rel=1e-6, abs=1e-8)
+        curv = -(prior.value_grad(phi + e)[1][i] - prior.value_grad(phi - e)[1][i]) / (2 * h)
+        assert prior.curvature(phi)[i] == pytest.approx(curv, rel=1e-5, abs=1e-8)
+    assert prior.value_grad(np.where(np.arange(phi.size) == diag[0], 0.0, phi))[0] == -np.inf
+    # a fit under it keeps every variance off 0
+    fit = replace(s, prior=prior)
+    from scglmm._core._re import fit_re_one
+
+    one = fit_re_one(fit, np.ascontiguousarray(Y[:, 3]))
+    L = fit.cholesky(one.phi)[0]
+    assert np.all(np.abs(np.diag(L)) > 1e-3) and np.isfinite(one.loglik)

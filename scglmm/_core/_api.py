@@ -34,8 +34,9 @@ from ._checks import (
 from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
-from ._penalised import prior_precisions, refit_penalised
-from ._re import RETerm, prepare_re
+from ._penalised import refit_penalised, separation_prior
+from ._prior import Prior
+from ._re import REStructure, RETerm, prepare_re
 from ._results import GeneFit, GenesFit, assemble, collect
 from ._schedule import Design, compile_log, fit_blocks, fit_general_blocks
 from ._separation import refit_separated
@@ -230,7 +231,8 @@ def fit_terms(
     def penalised(Yr, Xr, terms_r, off_r) -> GenesFit:  # the weakly penalised fit of extreme genes
         jobs = run.n_jobs if Yr.shape[1] > 2 * run.block_size else 1
         few = _Settings(1, jobs, run.block_size)
-        return _fit_general(Yr, Xr, tuple(terms_r), off_r, coef_names, few, n_workers if jobs != 1 else 1, True)
+        workers = n_workers if jobs != 1 else 1
+        return _fit_general(Yr, Xr, tuple(terms_r), off_r, coef_names, few, workers, separation_prior)
 
     def counts_of(genes):
         return gene_columns(Y, genes)
@@ -267,13 +269,13 @@ def _fit_general(
     coef_names: list[str],
     run: _Settings,
     n_workers: int,
-    prior: bool = False,
+    prior_of: Callable[[REStructure], Prior | None] | None = None,
 ) -> GenesFit:
     """Any other structure: the general engine, gene by gene, over blocks of genes in processes
-    (``prior``: with the weak prior of :mod:`._penalised`)."""
+    (``prior_of``: the log-prior of the prepared structure, e.g. the weak prior of :mod:`._penalised`)."""
     s = prepare_re(X, off, terms)
-    if prior:
-        s = replace(s, prior=prior_precisions(s))
+    if prior_of is not None:
+        s = replace(s, prior=prior_of(s))
     if isinstance(Y, np.ndarray):
 
         def get_block(a: int, b: int) -> NDArray:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from ._prior import Prior
 from ._re import RETerm
 from ._results import GenesFit
 from ._status import PARTIAL_SEPARATION, PENALISED, SEPARATION, UNUSABLE
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
     from ._re import REStructure
 
-__all__ = ["BETA_SD", "COV_SD", "NEAR_COEF", "NEAR_VAR", "extreme_genes", "prior_precisions", "refit_penalised"]
+__all__ = ["BETA_SD", "COV_SD", "NEAR_COEF", "NEAR_VAR", "extreme_genes", "refit_penalised", "separation_prior"]
 
 #: Prior standard deviation of each fixed effect other than the intercept (natural-log scale).
 BETA_SD = 2.5
@@ -60,9 +61,9 @@ def intercept_column(X: NDArray) -> int | None:
     return int(ones[0]) if ones.size else None
 
 
-def prior_precisions(s: REStructure) -> NDArray[np.float64] | None:
-    """Per outer parameter ``(beta, Cholesky entries, log theta)`` of ``s``: the prior precision of the
-    penalised refit (see the module notes); None when the design has no intercept column."""
+def separation_prior(s: REStructure) -> Prior | None:
+    """The weak prior of the penalised refit on the outer parameters ``(beta, Cholesky entries, log theta)``
+    of ``s`` (see the module notes); None when the design has no intercept column."""
     k = intercept_column(s.data.X)
     if k is None:
         return None
@@ -70,7 +71,7 @@ def prior_precisions(s: REStructure) -> NDArray[np.float64] | None:
     prec[: s.p] = 1.0 / BETA_SD**2
     prec[k] = 0.0
     prec[s.p : s.p + s.n_lambda] = 1.0 / COV_SD**2
-    return prec
+    return Prior(prec)
 
 
 def extreme_genes(fit: GenesFit, X: NDArray) -> NDArray[np.int64]:

@@ -36,6 +36,7 @@ import numpy as np
 from numba import typeof
 from numba.core.typing.typeof import Purpose
 
+from ._prior import Prior
 from ._status import (
     ALL_ZERO,
     CORRELATION_BOUNDARY,
@@ -150,9 +151,9 @@ class REStructure:
     """The level of each of the kernels' rows (cell or block), term by term."""
     compiled: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)
     """The kernels' compiled functions for this structure's argument types (filled by the first fit)."""
-    prior: NDArray[np.float64] | None = None
-    """Precisions of independent normal priors centred at 0 on the outer parameters (0: none), or None:
-    the objective is then the log-likelihood less ``0.5 sum prior phi^2`` (:mod:`.._penalised`)."""
+    prior: Prior | None = None
+    """A log-prior on the outer parameters (:mod:`._prior`), added to the log-likelihood in the objective
+    (the weak prior of genes that separate, :mod:`._penalised`); None: maximum likelihood."""
 
     def __getstate__(self) -> dict:
         """Pickled without the compiled functions (process-local; a worker compiles or loads its own)."""
@@ -490,8 +491,11 @@ class _Problem:
                 self.jac = None
             return -np.inf, grad
         if self.s.prior is not None:
-            val -= 0.5 * float(self.s.prior @ (phi * phi))
-            grad -= self.s.prior * phi
+            pv, pg = self.s.prior.value_grad(phi)
+            if not np.isfinite(pv):
+                return -np.inf, grad
+            val += pv
+            grad += pg
         return float(val), grad
 
     def predicted_modes(self, dphi: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -704,7 +708,7 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
         col = -(prob.value_grad(ph, prob.predicted_modes(ph - phi))[1] - g) / h
         B[:, -1] = B[-1, :] = col
     if s.prior is not None:
-        B[np.diag_indices(P)] += s.prior
+        B[np.diag_indices(P)] += s.prior.curvature(phi)
     B[~free, :] = 0.0
     B[:, ~free] = 0.0
     return B if np.all(np.isfinite(B)) else None
@@ -948,7 +952,7 @@ def _fit(
     status |= boundary
     modes = _modes_b(s, phi, prob.u)
     if s.prior is not None:  # report the log-likelihood, not the penalised objective
-        val += 0.5 * float(s.prior @ (phi * phi))
+        val -= s.prior.value_grad(phi)[0]
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
 
 
