@@ -25,6 +25,7 @@ from numba.core import event as numba_event
 from ._counts import CSCBlock
 from ._re import REFitOne, REStructure, fit_re_one
 from ._results import empty_outputs
+from ._warmup import compile_in_two
 from .kernels import _block
 from .kernels._bundles import BlockOut, Cells, FewRows, Quadrature
 
@@ -341,8 +342,10 @@ def fit_general_blocks(
         if n_workers == 1 or b - a < 2:
             parts = [fit_columns(s, blk)]
         else:
-            # the run's first gene in this process: numba compiles the kernels here, once, and caches them
+            # the run's first gene in this process, its kernels compiled in two processes at once and cached
             # on disk, where the worker processes load them instead of each compiling them again
+            if a == 0:
+                compile_in_two(s, _dense_column(blk, 0), n_jobs)
             first = [fit_columns(s, _columns(blk, 0, 1))] if a == 0 else []
             lo = 1 if a == 0 else 0
             cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
@@ -355,6 +358,16 @@ def fit_general_blocks(
         if progress is not None:
             progress(b - a)
     return fits, nnz
+
+
+def _dense_column(blk: NDArray | sparse.csc_matrix | CSCBlock, g: int) -> NDArray[np.float64]:
+    """Column ``g`` of a dense or CSC block as a dense float vector."""
+    if isinstance(blk, np.ndarray):
+        return np.asarray(blk[:, g], dtype=np.float64)
+    out = np.zeros(blk.shape[0])
+    lo, hi = int(blk.indptr[g]), int(blk.indptr[g + 1])
+    out[np.asarray(blk.indices[lo:hi], dtype=np.int64)] = blk.data[lo:hi]
+    return out
 
 
 def _columns(blk: NDArray | sparse.csc_matrix | CSCBlock, a: int, b: int) -> NDArray | CSCBlock:
