@@ -37,6 +37,8 @@ class FitSettings:
     groupby: str | None = None
     min_cells_group: int = 0
     min_donors_group: int = 0
+    norm_factors: pd.DataFrame | None = None
+    """The normalisation factor of each sample (``None`` without normalisation)."""
 
 
 def versions() -> dict[str, str]:
@@ -74,6 +76,8 @@ def stored_fit(
             extra = {"group": labels[sub], "groupby": settings.groupby, "parent_key": key}
             stored.uns[sub] = {"params": {**params[sub], **extra}}
     stored.uns[key]["log_offset"] = np.asarray(settings.log_offset, dtype=float)
+    if settings.norm_factors is not None:
+        stored.uns[key]["norm_factors"] = settings.norm_factors
     for sub, run in runs.items():
         stored.varm.update(_run_varm(sub, run, tests[sub], var_names))
         stored.var[status_key(sub)] = pd.Categorical(run.fit.status_str.astype(str))
