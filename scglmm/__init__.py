@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, get, pl, tl
 from ._core._api import fit_gene, fit_genes
+from ._core._normalise import robust_size_factors
 from ._core._re import RETerm
 from ._core._results import GeneFit, GenesFit
 from ._core._status import status_name
@@ -23,6 +24,7 @@ __all__ = [
     "fit_gene",
     "fit_genes",
     "random_terms",
+    "robust_size_factors",
     "datasets",
     "get",
     "pl",

@@ -17,12 +17,16 @@ from ._core._checks import check_separation
 from ._core._counts import as_backed_counts
 from ._core._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from ._core._inference import CALIBRATIONS
-from ._layout import OffsetSource
+from ._core._normalise import NORM_METHODS, pseudobulk, sample_factors
+from ._formula import required_variables
+from ._layout import Normalisation, OffsetSource
 from ._logging import logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from numpy.typing import ArrayLike
+
+    from ._formula import RETermSpec
 
 __all__ = [
     "block_size",
@@ -37,6 +41,8 @@ __all__ = [
     "min_count",
     "n_agq",
     "n_jobs",
+    "normalisation",
+    "normalised_offset",
     "not_empty",
     "separation",
     "test_method",
@@ -122,6 +128,97 @@ def log_offset(
     return _given_size_factors(adata, size_factors)
 
 
+# ------------------------------------------------------------------------------------------------
+# normalisation: a robust factor per sample times each cell's library size
+# ------------------------------------------------------------------------------------------------
+def normalisation(
+    adata: AnnData,
+    method: object,
+    sample_key: str | None,
+    specs: tuple[RETermSpec, ...],
+    fixed: str,
+    groupby: str | None,
+) -> Normalisation:
+    """The normalisation of a fit: ``method`` checked, and its samples' ``obs`` columns.
+
+    The samples are the levels of ``sample_key`` or, by default, the combinations of the grouping
+    columns of the random-effect terms ``specs`` (e.g. the donor) with the factors (non-numeric
+    columns) of the fixed formula ``fixed`` (e.g. the condition): donor x condition, the units a
+    pseudobulk analysis would compare. Factors are computed within each group of ``groupby``.
+    """
+    if method not in NORM_METHODS:
+        msg = f"norm_method must be one of {NORM_METHODS}; got {method!r}."
+        raise InvalidValueError(msg, param="norm_method")
+    if sample_key is not None:
+        _sample_column(adata, sample_key)
+    if method == "none":
+        return Normalisation("none", (), groupby)
+    if sample_key is not None:
+        return Normalisation(method, (sample_key,), groupby)  # type: ignore[arg-type]
+    grouping = [c for spec in specs for c in spec.group]
+    factors = [v for v in required_variables(fixed) if v in adata.obs.columns and _is_factor(adata.obs[v])]
+    return Normalisation(method, tuple(dict.fromkeys(grouping + factors)), groupby)  # type: ignore[arg-type]
+
+
+def _is_factor(col: pd.Series) -> bool:
+    """Whether an ``obs`` column is a factor (categorical, strings, booleans), not a number."""
+    return pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col)
+
+
+def _sample_column(adata: AnnData, sample_key: str) -> None:
+    """``sample_key``: an ``obs`` column with a label for every cell."""
+    if not isinstance(sample_key, str) or sample_key not in adata.obs.columns:
+        msg = f"sample_key {sample_key!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}."
+        raise MissingKeyError(msg, param="sample_key")
+    n_missing = int(adata.obs[sample_key].isna().sum())
+    if n_missing:
+        msg = f"sample_key column {sample_key!r} has {n_missing} missing value(s); every cell needs a sample."
+        raise InvalidValueError(msg, param="sample_key")
+
+
+def normalised_offset(
+    adata: AnnData, Y, log_off: np.ndarray, norm: Normalisation
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """``log_off`` (the log library sizes) plus the log of each cell's sample factor, and the table of
+    the factors (index: the samples, ``a:b`` for columns ``a`` and ``b``; columns: the sample columns,
+    ``groupby``, ``n_cells``, ``total_counts`` of the pseudobulk, ``factor``); unchanged and ``None``
+    for ``"none"``."""
+    if norm.method == "none":
+        return log_off, None
+    if Y.shape[1] < NORM_GENES:
+        logger.warning(
+            "normalisation: %s factors from the %d genes of this matrix are noisy. Compute them on all genes "
+            "(size_factors=scglmm.robust_size_factors(...) with norm_method='none') or pass norm_method='none'.",
+            norm.method, Y.shape[1],
+        )  # fmt: skip
+    columns = list(norm.samples) + ([norm.groupby] if norm.groupby is not None else [])
+    codes, names = pd.factorize(adata.obs[columns].astype(str).agg(":".join, axis=1), sort=True)
+    first = np.unique(codes, return_index=True)[1]  # one cell of each sample
+    strata = None if norm.groupby is None else adata.obs[norm.groupby].astype(str).to_numpy()[first]
+    sums = pseudobulk(Y, codes, len(names))
+    library = np.bincount(codes, np.exp(log_off), len(names))
+    factor = sample_factors(sums, library, method=norm.method, strata=strata)
+    table = adata.obs.iloc[first][columns].astype(str).set_axis(pd.Index(names, dtype=str))
+    table["n_cells"] = np.bincount(codes, minlength=len(names))
+    table["total_counts"] = sums.sum(axis=1)
+    table["factor"] = factor
+    _warn_empty_samples(table, columns)
+    return log_off + np.log(factor)[codes], table
+
+
+def _warn_empty_samples(table: pd.DataFrame, columns: list[str]) -> None:
+    """Say which samples have no counts (their cells keep their library sizes)."""
+    empty = table.index[table["total_counts"] <= 0]
+    if len(empty):
+        logger.warning(
+            "normalisation: %d sample(s) (levels of %s) have no counts at all, e.g. %s; their cells keep their "
+            "library sizes (factor 1).",
+            len(empty), columns, list(empty[:3]),
+        )  # fmt: skip
+
+
+#: A matrix with fewer genes than this gives noisy normalisation factors (the fit says so).
+NORM_GENES = 100
 #: ``obs`` columns of each cell's library size that the default size factors use when they come from more
 #: genes than the matrix has (scanpy's ``calculate_qc_metrics`` and older ``filter_cells``), in this order.
 LIBRARY_COLUMNS = ("total_counts", "n_counts")

@@ -14,7 +14,8 @@ line read goes through this module, so the layout is defined once. For a fit und
 - ``var[f"{sub}_status"]``;
 - ``uns[sub]["params"]`` (the settings of the run) and ``uns[sub]["contrasts"]``;
 - ``uns[key]["log_offset"]`` (per cell of the whole AnnData) and, in ``uns[key]["params"]``,
-  the offset's source as data (:class:`OffsetSource`);
+  the offset's source as data (:class:`OffsetSource`) and its normalisation (:class:`Normalisation`),
+  whose factors per sample are ``uns[key]["norm_factors"]``;
 - ``uns[f"{key}_rank_genes_groups"]``, laid out as scanpy's ``rank_genes_groups`` writes it.
 """
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODE_SUFFIXES",
     "VARM_SUFFIXES",
+    "Normalisation",
     "OffsetSource",
     "StoredFit",
     "contrast_key",
@@ -46,6 +48,7 @@ __all__ = [
     "group_key",
     "h5ad_name",
     "modes_key",
+    "normalisation",
     "rank_key",
     "run_keys",
     "status_key",
@@ -139,6 +142,32 @@ class OffsetSource:
         return cls(kind=str(params["offset_kind"]), column=str(params.get("offset_column", "")))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """The robust factor per sample that multiplies each cell's library size (:mod:`scglmm._core._normalise`).
+
+    ``method`` is ``"tmm"``, ``"tmm_mode"``, ``"ratio"`` or ``"none"``; ``samples`` the ``obs`` columns whose combined
+    levels are the samples (empty for ``"none"``); ``groupby`` the column within whose groups the factors
+    are computed, if any. Stored in ``uns[key]["params"]`` as ``norm_method`` and ``norm_samples``; the
+    factors themselves in ``uns[key]["norm_factors"]``.
+    """
+
+    method: Literal["tmm", "tmm_mode", "ratio", "none"] = "none"
+    samples: tuple[str, ...] = ()
+    groupby: str | None = None
+
+    def to_params(self) -> dict[str, Any]:
+        """The entries stored in ``uns[key]["params"]``."""
+        return {"norm_method": self.method, "norm_samples": list(self.samples)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Normalisation:
+        """Read back what :meth:`to_params` stored (``"none"`` for a fit made before normalisation existed)."""
+        samples = tuple(str(c) for c in np.atleast_1d(params.get("norm_samples", [])))
+        groupby = params.get("groupby")
+        return cls(str(params.get("norm_method", "none")), samples, None if groupby is None else str(groupby))  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------------------------------------
 # readers
 # ------------------------------------------------------------------------------------------------
@@ -200,6 +229,11 @@ def stored_log_offset(adata: AnnData, sub: str) -> np.ndarray:
 def offset_source(adata: AnnData, sub: str) -> OffsetSource:
     """How the fit's offset was made."""
     return OffsetSource.from_params(fit_params(adata, parent_key(adata, sub)))
+
+
+def normalisation(adata: AnnData, sub: str) -> Normalisation:
+    """How the fit's library sizes were normalised."""
+    return Normalisation.from_params(fit_params(adata, parent_key(adata, sub)))
 
 
 def coef_cov(adata: AnnData, sub: str) -> np.ndarray:

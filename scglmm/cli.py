@@ -35,6 +35,7 @@ import click
 from . import __version__, get, tl
 from ._core._errors import InputError
 from ._core._inference import CALIBRATIONS
+from ._core._normalise import NORM_METHODS
 from ._layout import fit_params, run_keys
 
 if TYPE_CHECKING:
@@ -622,11 +623,13 @@ _FIT_HELP = """Fit the donor-aware model to every gene of INPUT (an .h5ad file).
 
 \b
 Per gene, in lme4 notation: counts ~ FORMULA, negative binomial, with
-log(size factor) as offset. FORMULA names obs columns and holds a donor
-random intercept, '(1 | donor)', or other lme4 random effects: random slopes
-'(1 + condition | donor)', '(1 + x || donor)', nested '(1 | donor/sample)',
-crossed '(1 | donor) + (1 | batch)' (Laplace approximation). Coefficients are
-natural-log fold changes; the table adds log2_fc.
+log(size factor) as offset: each cell's library size times a robust (TMM)
+factor of its sample, e.g. donor x condition (--norm-method). FORMULA names
+obs columns and holds a donor random intercept, '(1 | donor)', or other lme4
+random effects: random slopes '(1 + condition | donor)', '(1 + x || donor)',
+nested '(1 | donor/sample)', crossed '(1 | donor) + (1 | batch)' (Laplace
+approximation). Coefficients are natural-log fold changes; the table adds
+log2_fc.
 
 \b
 Examples:
@@ -682,9 +685,30 @@ when interrupted).
 @click.option(
     "--size-factors",
     metavar="COL",
-    help="obs column of per-cell size factors (a scale, logged internally).  [default: total counts per cell]",
+    help="obs column of each cell's library size (a scale, logged internally), multiplied by the factor of "
+    "--norm-method.  [default: total counts per cell]",
 )
-@click.option("--offset", metavar="COL", help="obs column of a per-cell offset already on the log scale.")
+@click.option(
+    "--offset",
+    metavar="COL",
+    help="obs column of a per-cell offset already on the log scale, used as given (no --norm-method).",
+)
+@click.option(
+    "--norm-method",
+    type=click.Choice(list(NORM_METHODS)),
+    default=_FIT_DEFAULTS["norm_method"],
+    help="Robust factor per sample (pseudobulk) that multiplies each cell's library size, so that a "
+    "condition that induces many genes does not make every other gene look lower: 'tmm' (edgeR's TMM), "
+    "'tmm_mode' (TMM re-centred on the mode of the log ratios), 'ratio' (DESeq2's median of ratios) "
+    "or 'none' (the library size alone).  "
+    f"[default: {_FIT_DEFAULTS['norm_method']}]",
+)
+@click.option(
+    "--sample-key",
+    metavar="COL",
+    help="obs column naming the samples of --norm-method.  [default: the random-effect grouping columns "
+    "crossed with the formula's factors, e.g. donor x condition]",
+)
 @click.option(
     "--groupby", metavar="COL", help="Fit each group of cells (e.g. each cell type) separately; results per group."
 )
@@ -762,9 +786,10 @@ def fit_cmd(
     """Fit the model to every gene (the help text is ``_FIT_HELP``).
 
     ``fit_kwargs`` are the flags that are keywords of :func:`scglmm.tl.fit` (``formula``,
-    ``layer``, ``size_factors``, ``offset``, ``groupby``, ``calibration``, ``min_cells``,
-    ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``store_modes``, ``n_agq``, ``separation``,
-    ``n_jobs``, ``key_added``), passed to it as they are: the library checks them before any gene is fitted.
+    ``layer``, ``size_factors``, ``offset``, ``norm_method``, ``sample_key``, ``groupby``, ``calibration``,
+    ``min_cells``, ``min_donors``, ``min_cells_group``, ``min_donors_group``, ``store_modes``, ``n_agq``,
+    ``separation``, ``n_jobs``, ``key_added``), passed to it as they are: the library checks them before any
+    gene is fitted.
     """
     with _session(quiet=quiet, verbose=verbose):
         _check_io(input_h5ad, out, table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ def simulate(
     n_genes: int = 200,
     frac_de: float = 0.0,
     lfc: tuple[float, float] = (0.5, 1.5),
+    de_direction: Literal["both", "up", "down"] = "both",
     mean_range: tuple[float, float] = (0.02, 10.0),
     sigma2_range: tuple[float, float] = (0.0, 0.5),
     sigma2_zero_frac: float = 0.1,
@@ -53,6 +54,10 @@ def simulate(
         Fraction of genes with a non-zero condition effect (natural log, ``+-Uniform(lfc)``).
     lfc
         Range of absolute DE effects (natural log).
+    de_direction
+        Sign of the DE effects: ``"both"`` (random, half up), ``"up"`` (all induced in ``stim``: with
+        many strongly induced genes the library size of stimulated cells grows, a global shift that
+        makes every other gene look lower unless the size factors are robust to it) or ``"down"``.
     mean_range
         Range of mean counts per cell (log-uniform) at median library size.
     sigma2_range
@@ -86,6 +91,9 @@ def simulate(
     """
     import anndata as ad
 
+    if de_direction not in ("both", "up", "down"):
+        msg = f"de_direction must be 'both', 'up' or 'down'; got {de_direction!r}."
+        raise ValueError(msg)
     rng = np.random.default_rng(seed)
     donors = np.array([f"D{i + 1:02d}" for i in range(n_donors)])
     if cells_sdlog > 0:
@@ -115,6 +123,8 @@ def simulate(
     n_de = int(round(frac_de * n_genes))
     is_de[rng.choice(n_genes, n_de, replace=False)] = True
     beta_c = np.where(is_de, rng.choice([-1.0, 1.0], n_genes) * rng.uniform(lfc[0], lfc[1], n_genes), 0.0)
+    if de_direction != "both":  # the same draws, only their signs fixed
+        beta_c = np.abs(beta_c) * (1.0 if de_direction == "up" else -1.0)
     beta_x = rng.normal(0.0, covariate_sd, n_genes)
     b = rng.normal(size=(n_donors, n_genes)) * np.sqrt(sigma2)
     slope_sd_g = rng.uniform(*slope_sd, n_genes) if isinstance(slope_sd, tuple) else np.full(n_genes, slope_sd)

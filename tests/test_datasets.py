@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import scglmm
@@ -54,3 +55,14 @@ def test_loads_from_an_installed_wheel_outside_the_source_tree(tmp_path):
     pkg_dir, shape = out.stdout.strip().splitlines()
     assert Path(pkg_dir) == site / "scglmm"
     assert shape == "2913 1000"
+
+
+def test_simulate_de_direction_fixes_signs_only():
+    both = scglmm.datasets.simulate(n_donors=4, cells_per_donor=5, n_genes=40, frac_de=0.5, seed=1)
+    up = scglmm.datasets.simulate(n_donors=4, cells_per_donor=5, n_genes=40, frac_de=0.5, seed=1, de_direction="up")
+    down = scglmm.datasets.simulate(n_donors=4, cells_per_donor=5, n_genes=40, frac_de=0.5, seed=1, de_direction="down")
+    np.testing.assert_array_equal(up.var["is_de"], both.var["is_de"])
+    np.testing.assert_array_equal(up.var["beta_condition"], np.abs(both.var["beta_condition"]))
+    np.testing.assert_array_equal(down.var["beta_condition"], -np.abs(both.var["beta_condition"]))
+    with pytest.raises(ValueError, match="de_direction must be 'both', 'up' or 'down'"):
+        scglmm.datasets.simulate(de_direction="upward")

@@ -37,8 +37,19 @@ def test_offset_source_round_trip(fitted):
     src = _layout.offset_source(fitted, "scglmm")
     assert src == _layout.OffsetSource("size_factors", "libsize")
     assert fitted.uns["scglmm"]["params"]["offset_source"] == "obs['libsize'] (size factors, logged)"
+    # the library sizes times the (default) TMM factor of each donor's sample, read back from h5ad
+    norm = _layout.normalisation(fitted, "scglmm")
+    assert norm == _layout.Normalisation("tmm", ("donor", "condition"), None)
+    table = fitted.uns["scglmm"]["norm_factors"]
+    factor = table["factor"].to_numpy()[
+        table.index.get_indexer(fitted.obs["donor"].astype(str) + ":" + fitted.obs["condition"].astype(str))
+    ]
     off = _layout.stored_log_offset(fitted, "scglmm")
-    np.testing.assert_allclose(off, np.log(fitted.obs["libsize"].to_numpy()))
+    np.testing.assert_allclose(off, np.log(fitted.obs["libsize"].to_numpy() * factor), rtol=1e-13)
+
+
+def test_normalisation_of_an_older_fit_is_none():
+    assert _layout.Normalisation.from_params({"formula": "~ x + (1 | d)"}) == _layout.Normalisation()
 
 
 def test_a_rank_block_is_not_a_fit(fitted):

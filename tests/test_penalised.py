@@ -166,7 +166,10 @@ def _adata(data):
 def test_tl_fit_reports_penalised_genes_with_p_values(data, caplog):
     adata = _adata(data)
     with caplog.at_level("INFO", logger="scglmm"):
-        scglmm.tl.fit(adata, "~ condition + (1 + condition | donor)", size_factors="lib", min_cells=0, min_donors=0)
+        scglmm.tl.fit(
+            adata, "~ condition + (1 + condition | donor)", size_factors="lib", norm_method="none", min_cells=0,
+            min_donors=0,
+        )  # fmt: skip
     res = scglmm.get.results(adata, "condition[T.stim]")
     assert res["p_value"].notna().all()
     assert list(res["status_kind"]) == ["penalised", "penalised", "penalised", res["status_kind"].iloc[3]]
@@ -179,8 +182,8 @@ def test_tl_fit_reports_penalised_genes_with_p_values(data, caplog):
 def test_tl_fit_limit_keeps_the_maximum_likelihood_limits(data):
     adata = _adata(data)
     with pytest.warns(UserWarning, match="no estimate"):
-        scglmm.tl.fit(adata, "~ condition + (1 | donor)", size_factors="lib", min_cells=0, min_donors=0,
-                      separation="limit")  # fmt: skip
+        scglmm.tl.fit(adata, "~ condition + (1 | donor)", size_factors="lib", norm_method="none", min_cells=0,
+                      min_donors=0, separation="limit")  # fmt: skip
     res = scglmm.get.results(adata, "condition[T.stim]")
     assert res["p_value"].isna().sum() == 2  # switched on (separation) and off (condition NaN)
     assert not res["status"].str.contains("penalised").any()

@@ -39,8 +39,8 @@ def fitted() -> ad.AnnData:
     a.obs["batch"] = pd.Categorical(np.array(["b1", "b2", "b3"])[np.arange(a.n_obs) % 3])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        scglmm.tl.fit(a, SLOPE, size_factors="libsize", progress=False)
-        scglmm.tl.fit(a, NESTED_CROSSED, size_factors="libsize", key_added="nc", progress=False)
+        scglmm.tl.fit(a, SLOPE, size_factors="libsize", norm_method="none", progress=False)
+        scglmm.tl.fit(a, NESTED_CROSSED, size_factors="libsize", norm_method="none", key_added="nc", progress=False)
     return a
 
 
@@ -252,7 +252,9 @@ def test_errors_name_the_valid_choices(fitted):
         scglmm.pl.donor_effects(a, "G00001", coef=STIM, color_by="condition", show=False)
     # a (1 | donor) fit has one random effect
     b = a[:, :2].copy()
-    scglmm.tl.fit(b, "~ condition + (1 | donor)", size_factors="libsize", key_added="ri", progress=False)
+    scglmm.tl.fit(
+        b, "~ condition + (1 | donor)", size_factors="libsize", norm_method="none", key_added="ri", progress=False
+    )
     with pytest.raises(KeyError, match=r"coef 'condition\[T.stim\]' has no random effect.*\['Intercept\|donor'\]"):
         scglmm.pl.donor_effects(b, "G00001", key="ri", coef=STIM, show=False)
     ax = scglmm.pl.donor_effects(b, "G00001", key="ri", coef="Intercept", factor="donor", show=False)
@@ -272,7 +274,13 @@ def crossed() -> ad.AnnData:
     a = ad.read_h5ad(DATA / "crossed.h5ad")[:, CROSSED_GENES].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        scglmm.tl.fit(a, "~ condition + covariate + (1 | donor) + (1 | batch)", size_factors="libsize", progress=False)
+        scglmm.tl.fit(
+            a,
+            "~ condition + covariate + (1 | donor) + (1 | batch)",
+            size_factors="libsize",
+            norm_method="none",
+            progress=False,
+        )
     return a
 
 
@@ -328,7 +336,13 @@ def slope_ref() -> ad.AnnData:
     a = ad.read_h5ad(DATA / "slope.h5ad")[:, ["G0061", "G0003", "G0064"]].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        scglmm.tl.fit(a, "~ condition + covariate + (1 + condition | donor)", size_factors="libsize", progress=False)
+        scglmm.tl.fit(
+            a,
+            "~ condition + covariate + (1 + condition | donor)",
+            size_factors="libsize",
+            norm_method="none",
+            progress=False,
+        )
     return a
 
 

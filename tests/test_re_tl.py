@@ -43,7 +43,9 @@ def data(kind: str) -> ad.AnnData:
 @cache
 def fitted(kind: str) -> ad.AnnData:
     a = data(kind)
-    scglmm.tl.fit(a, FORMULAS[kind], size_factors="libsize", min_cells=None, min_donors=None, progress=False)
+    scglmm.tl.fit(
+        a, FORMULAS[kind], size_factors="libsize", norm_method="none", min_cells=None, min_donors=None, progress=False
+    )
     return a
 
 

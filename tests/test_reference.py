@@ -25,11 +25,13 @@ def ref() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def fitted() -> ad.AnnData:
     adata = ad.read_h5ad(DATA / "data.h5ad")
-    # calibration="z": the ML Wald test compared with glmmTMB's summary; no gene filter, every gene compared
+    # calibration="z": the ML Wald test compared with glmmTMB's summary; no gene filter, every gene compared;
+    # the offset is glmmTMB's offset(log(libsize)): no normalisation factor
     scglmm.tl.fit(
         adata,
         FORMULA,
         size_factors="libsize",
+        norm_method="none",
         n_jobs=2,
         progress=False,
         calibration="z",

@@ -490,6 +490,28 @@ FIT_CASES: list[Case] = [
         r"1 cell\(s\) have zero total counts \(e.g. \['cell000002'\]\).*filter_cells.*or pass size_factors=",
         mutate=_zero_cell,
     ),
+    Case(
+        "norm_method_unknown",
+        "an unknown normalisation (edgeR's upper-case name)",
+        ValueError,
+        r"norm_method must be one of \('tmm', 'tmm_mode', 'ratio', 'none'\); got 'TMM'",
+        kwargs={"norm_method": "TMM"},
+    ),
+    Case(
+        "sample_key_missing",
+        "a sample column not in obs",
+        KeyError,
+        r"sample_key 'lane' is not a column of adata.obs; available columns: \[",
+        kwargs={"sample_key": "lane"},
+    ),
+    Case(
+        "sample_key_nan",
+        "a missing sample label",
+        ValueError,
+        r"sample_key column 'sample' has 1 missing value\(s\); every cell needs a sample",
+        mutate=_set_obs("sample", np.nan),
+        kwargs={"sample_key": "sample"},
+    ),
     # settings
     Case(
         "key_added_empty",

@@ -19,8 +19,8 @@ from scipy import sparse
 
 from .._core._errors import InvalidValueError, MissingKeyError
 from .._formula import RETermSpec, build_design, parse_fit_formula
-from .._inputs import counts, log_offset
-from .._layout import fit_params, modes_key, stored_log_offset, varm_key
+from .._inputs import counts, log_offset, normalised_offset
+from .._layout import fit_params, modes_key, normalisation, stored_log_offset, varm_key
 from ._levels import Levels, StoredEffects, StoredTerm, rebuild_levels
 from ._utils import gene_labels, legend_outside, plot_doc, readable_name, render, run_key
 
@@ -184,10 +184,13 @@ def _stored_gene(
 def _fit_offset(
     adata: AnnData, sub: str, Y: object, size_factors: str | ArrayLike | None, offset: str | ArrayLike | None
 ) -> np.ndarray:
-    """The log offset of the fit for all cells of ``adata``: given, or the one stored by the fit."""
-    if size_factors is not None or offset is not None:
-        off, _ = log_offset(adata, Y, size_factors, offset)
-        return off
+    """The log offset of the fit for all cells of ``adata``: given (size factors normalised as the fit's
+    were), or the one stored by the fit."""
+    if offset is not None:
+        return log_offset(adata, Y, None, offset)[0]
+    if size_factors is not None:
+        off, _ = log_offset(adata, Y, size_factors, None)
+        return normalised_offset(adata, Y, off, normalisation(adata, sub))[0]
     return stored_log_offset(adata, sub)
 
 
@@ -484,7 +487,8 @@ def donor_effects(
         that varies between donors) to colour the levels by; colours come from
         ``adata.uns[f'{color_by}_colors']`` when scanpy stored them there.
     size_factors, offset
-        As in :func:`scglmm.tl.fit`; only needed when the fit's offset was an array.
+        As in :func:`scglmm.tl.fit`; only needed when the fit's offset was an array. Size factors
+        are normalised as the fit's were (its ``norm_method`` and samples).
     gene_symbols
         ``adata.var`` column in which to look ``gene`` up.
     {figure_axes}

@@ -39,6 +39,8 @@ class FitSettings:
     min_donors_group: int = 0
     store_modes: bool = True
     """Whether each run stores its conditional modes (``donor_effects`` or ``modes``)."""
+    norm_factors: pd.DataFrame | None = None
+    """The normalisation factor of each sample (``None`` without normalisation)."""
 
 
 def versions() -> dict[str, str]:
@@ -76,6 +78,8 @@ def stored_fit(
             extra = {"group": labels[sub], "groupby": settings.groupby, "parent_key": key}
             stored.uns[sub] = {"params": {**params[sub], **extra}}
     stored.uns[key]["log_offset"] = np.asarray(settings.log_offset, dtype=float)
+    if settings.norm_factors is not None:
+        stored.uns[key]["norm_factors"] = settings.norm_factors
     for sub, run in runs.items():
         stored.varm.update(_run_varm(sub, run, tests[sub], var_names, store_modes=settings.store_modes))
         stored.var[status_key(sub)] = pd.Categorical(run.fit.status_str.astype(str))

@@ -10,14 +10,14 @@ calibrated Wald tests (:func:`._wald.wald_tests`), the ``rank_genes_groups`` blo
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .. import _inputs
 from .._core._checks import check_counts
 from .._core._errors import InputError
 from .._core._inference import DEFAULT_CALIBRATION
 from .._formula import FixedDesign, ParsedFormula, build_design, build_re_terms, parse_fit_formula
-from .._layout import write_fit
+from .._layout import Normalisation, write_fit
 from .._logging import info, logger, warn
 from ._assemble import FitSettings, stored_fit, versions
 from ._groupby import GroupRuns, fit_groups
@@ -49,6 +49,8 @@ def fit(
     layer: str | None = None,
     size_factors: str | ArrayLike | None = None,
     offset: str | ArrayLike | None = None,
+    norm_method: Literal["tmm", "tmm_mode", "ratio", "none"] = "tmm",
+    sample_key: str | None = None,
     key_added: str = "scglmm",
     groupby: str | None = None,
     min_cells: int | None = MIN_CELLS,
@@ -96,11 +98,30 @@ def fit(
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     size_factors
-        Per-cell scale factors: an ``obs`` column name or an array. They are a **scale, not a log**:
-        the offset is ``log(size_factors)``. Default: each cell's total counts over all genes of
-        the matrix.
+        Each cell's library size: an ``obs`` column name or an array, a **scale, not a log**.
+        Default: an ``obs`` column ``total_counts`` or ``n_counts`` if it counts more genes than the
+        matrix has, else each cell's total count over the matrix. ``norm_method`` multiplies it by
+        a robust factor of the cell's sample; the offset is the log of the product.
     offset
-        Alternative to ``size_factors``: a per-cell offset already on the natural-log scale.
+        Alternative to ``size_factors``: a per-cell offset already on the natural-log scale, used
+        exactly as given (no ``norm_method``).
+    norm_method
+        Normalisation of the library sizes against a shift of many genes at once (a stimulus that
+        induces hundreds of genes raises the total count of every stimulated cell, so that every
+        other gene looks lower): each cell's library size times a robust factor of its sample,
+        computed on the samples' pseudobulks (within each group of ``groupby``). ``"tmm"``
+        (default): edgeR's ``calcNormFactors`` TMM with its defaults; ``"tmm_mode"``: the same with
+        its window of kept log ratios re-centred on the estimate, which settles on the mode of the
+        unchanged genes when the changed ones go one way (better calibrated when a fifth of the genes
+        is strongly induced, but led by any large module of highly expressed genes that moves
+        together); ``"ratio"``: DESeq2's median of ratios; ``"none"``: the library size alone
+        (glmmTMB's ``offset(log(libsize))``). The factors are in ``uns[key]['norm_factors']``;
+        ``docs/model.md`` says how they are computed and what each choice leaves of a global shift.
+    sample_key
+        ``obs`` column naming each cell's sample, whose pseudobulk the normalisation factor is
+        computed on. Default: the combinations of the levels of the random-effect terms' grouping
+        columns and of the fixed formula's factors (non-numeric columns), e.g. donor x condition for
+        ``~ condition + (1 | donor)``; numeric covariates do not split samples.
     key_added
         Prefix of the keys written to ``varm``, ``var`` and ``uns``.
     groupby
@@ -239,13 +260,19 @@ def fit(
         The status string, for quick filtering.
     `adata.uns[key]['params']` : `dict`
         Every setting of the run (formula, design columns, reference levels, offset source,
-        n_agq, n_cells, n_donors, donors, calibration, df, the donor-level design, the gene
-        filter, ``store_modes``, versions, seconds, status counts; with another random-effect structure also
+        ``norm_method`` and ``norm_samples`` (the ``obs`` columns of the samples), n_agq, n_cells,
+        n_donors, donors, calibration, df, the donor-level design, the gene filter, ``store_modes``, versions,
+        seconds, status counts; with another random-effect structure also
         ``random_structure`` (the terms after expansion, e.g. ``(1 | donor) + (1 | donor:sample)``),
         ``random_effects`` (per term: ``group``, ``coefficients``, ``diagonal``, ``n_levels``,
         ``levels``), ``varcomp_names``, ``slope_columns`` (fixed effect -> the grouping factor of its
         random slope) and ``slope_df``); ``uns[key]['log_offset']`` holds the per-cell
         log offset so that :func:`scglmm.tl.test` can refit with identical settings.
+    `adata.uns[key]['norm_factors']` : :class:`pandas.DataFrame`
+        Unless ``norm_method="none"`` (or ``offset`` is given): one row per sample (index: its levels
+        joined by ``:``, e.g. ``1015:stim``) with the sample's columns, ``n_cells``, ``total_counts``
+        (of its pseudobulk over the matrix) and ``factor``, the factor that multiplies the library size
+        of each of its cells (geometric mean 1 over the samples, of each group with ``groupby``).
     `adata.uns[f'{key}_rank_genes_groups']` : `dict`
         ``params``, ``names``, ``scores`` (the test statistic), ``logfoldchanges`` (log2),
         ``pvals``, ``pvals_adj`` as record arrays with one field per group, laid out as
@@ -273,10 +300,11 @@ def fit(
     """
     t_start = time.perf_counter()
     settings, Y, design = _validate(
-        adata, formula, layer=layer, size_factors=size_factors, offset=offset, key_added=key_added,
-        groupby=groupby, min_cells=min_cells, min_donors=min_donors, min_cells_group=min_cells_group,
-        min_donors_group=min_donors_group, calibration=calibration, store_modes=store_modes, n_agq=n_agq,
-        n_jobs=n_jobs, block_size=block_size, progress=progress, separation=separation,
+        adata, formula, layer=layer, size_factors=size_factors, offset=offset, norm_method=norm_method,
+        sample_key=sample_key, key_added=key_added, groupby=groupby, min_cells=min_cells, min_donors=min_donors,
+        min_cells_group=min_cells_group, min_donors_group=min_donors_group, calibration=calibration,
+        store_modes=store_modes, n_agq=n_agq, n_jobs=n_jobs, block_size=block_size, progress=progress,
+        separation=separation,
     )  # fmt: skip
     _guard(adata, settings.parsed, design)
     fitted = _fit_runs(adata, Y, design, settings, key=key_added)
@@ -305,6 +333,8 @@ def _validate(
     layer: str | None,
     size_factors: str | ArrayLike | None,
     offset: str | ArrayLike | None,
+    norm_method: str,
+    sample_key: str | None,
     key_added: str,
     groupby: str | None,
     min_cells: int | None,
@@ -349,6 +379,7 @@ def _validate(
         _inputs.donor_labels(adata, parsed.donor)
     if groupby is not None:
         _inputs.groupby_labels(adata, groupby)
+    norm = _inputs.normalisation(adata, norm_method, sample_key, parsed.specs, parsed.fixed, groupby)
     design = build_design(parsed.fixed, adata.obs) if groupby is None else None
     Y, what = _inputs.counts(adata, layer)
     try:
@@ -360,14 +391,21 @@ def _validate(
         msg = f"{err} {hint}"
         raise type(err)(msg, param="layer") from None
     log_off, source = _inputs.log_offset(adata, Y, size_factors, offset)
+    if offset is not None:  # an offset is used as given
+        norm = Normalisation("none", (), groupby)
+    log_off, norm_factors = _inputs.normalised_offset(adata, Y, log_off, norm)
     inputs = {
         "layer": "X" if layer is None else str(layer),
         **source.to_params(),
+        **norm.to_params(),
         "size_factors": size_factors if isinstance(size_factors, str) else None,
         "offset": offset if isinstance(offset, str) else None,
         "versions": versions(),
     }
-    settings = FitSettings(parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group, store_modes)
+    settings = FitSettings(
+        parsed, options, inputs, log_off, groupby, min_cells_group, min_donors_group,
+        store_modes=store_modes, norm_factors=norm_factors,
+    )  # fmt: skip
     return settings, Y, design
 
 
