@@ -1007,7 +1007,7 @@ _COMPOSITION_DEFAULTS = _defaults(tl.composition)
 )
 @click.option(
     "--test",
-    type=click.Choice(["t", "z", "lrt", "lrt_f"]),
+    type=click.Choice(["lrt_f", "t", "z", "lrt"]),
     default=_COMPOSITION_DEFAULTS["test"],
     show_default=True,
     help="Test reported as p_value (all are stored).",
