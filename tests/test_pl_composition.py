@@ -55,3 +55,10 @@ def test_composition_plot_bad_input(analysed):
         scglmm.pl.composition(analysed, "condition", level=2.0, show=False)
     with pytest.raises(InputError, match="no composition analysis"):
         scglmm.pl.composition(analysed, "condition", key="nope", show=False)
+
+
+def test_composition_plot_into_an_axes(analysed):
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    axes = scglmm.pl.composition(analysed, "condition", ax=ax, show=False)
+    assert axes["proportions"].figure is fig and ax not in fig.axes
+    plt.close(fig)

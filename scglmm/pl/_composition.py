@@ -31,6 +31,7 @@ def composition(
     donor_key: str | None = None,
     level: float = 0.95,
     figsize: tuple[float, float] | None = None,
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> dict[str, Axes] | None:
@@ -50,7 +51,9 @@ def composition(
     level
         Coverage of the intervals (on the analysis' test: t with its df, else normal).
     figsize
-        Size of the figure.
+        Size of a new figure (ignored when ``ax`` is given).
+    ax
+        Draw both panels in the place of this Axes instead of a new figure.
     show
         Call :func:`matplotlib.pyplot.show`; ``None`` follows ``scanpy.settings.autoshow``.
     save
@@ -60,8 +63,6 @@ def composition(
     -------
     ``{"proportions": Axes, "effects": Axes}`` if ``show`` is False, else ``None``.
     """
-    import matplotlib.pyplot as plt
-
     if not 0.0 < level < 1.0:
         msg = f"level={level!r}: a coverage between 0 and 1 is needed, e.g. 0.95."
         raise InvalidValueError(msg, param="level")
@@ -69,15 +70,28 @@ def composition(
     props = sample_proportions(adata, key=key)
     factor = _factor(adata, key, tab)
     donor = donor_key or parse_fit_formula(str(adata.uns[key]["params"]["formula"])).specs[0].group[0]
-    n = len(tab)
-    fig, (left, right) = plt.subplots(
-        1, 2, figsize=figsize or (4.0 + 0.45 * n, 4.2), gridspec_kw={"width_ratios": [max(n, 3), 4], "wspace": 0.15}
-    )
-    own_figure(fig)
+    left, right = _panels(ax, figsize, len(tab))
+    fig = left.figure
     _draw_shares(left, props, list(tab.index), factor, donor)
     _draw_effects(right, tab, level, coef)
     legend_outside(left, where="below", title=factor)
     return None if finish(fig, show=show, save=save) else {"proportions": left, "effects": right}
+
+
+def _panels(ax: Axes | None, figsize: tuple[float, float] | None, n: int) -> tuple[Axes, Axes]:
+    """The shares and effects Axes, in a new figure or in the place of ``ax``."""
+    import matplotlib.pyplot as plt
+
+    grid = {"width_ratios": [max(n, 3), 4], "wspace": 0.15}
+    if ax is None:
+        fig = plt.figure(figsize=figsize or (4.0 + 0.45 * n, 4.2))
+        own_figure(fig)
+        gs = fig.add_gridspec(1, 2, **grid)
+    else:
+        fig, box = ax.figure, ax.get_position()
+        ax.remove()
+        gs = fig.add_gridspec(1, 2, left=box.x0, right=box.x1, bottom=box.y0, top=box.y1, **grid)
+    return fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])
 
 
 def _factor(adata: AnnData, key: str, tab: pd.DataFrame) -> str:
