@@ -975,6 +975,154 @@ def _check_fitted(adata: AnnData, key: str, path: Path) -> None:
     raise CLIError(msg)
 
 
+_COMPOSITION_HELP = """Test which cell types change in abundance: a binomial GLMM per cell type.
+
+\b
+The cells of INPUT are pooled into samples (--sample-key, default: the
+distinct combinations of the formula's columns); per cell type, its cells
+among each sample's cells (or among the cells of --reference types) follow
+  cbind(cells of the type, other cells) ~ FORMULA, family binomial,
+with FORMULA's random effects (as glmmTMB). Coefficients are log odds ratios.
+
+\b
+Examples:
+  # each donor in one condition
+  scglmm composition cells.h5ad --groupby cell_type \\
+      -f "~ condition + (1 | donor)" --table composition.tsv
+\b
+  # each donor in both conditions: add the sample-level term
+  scglmm composition cells.h5ad --groupby cell_type --sample-key sample \\
+      -f "~ condition + (1 | donor) + (1 | donor:sample)" --out comp.h5ad
+\b
+  # against a reference set of types known not to change
+  scglmm composition cells.h5ad --groupby cell_type -f "~ condition + (1 | donor)" \\
+      --reference B --reference NK --table composition.tsv
+
+\b
+Where the results go (KEY = --key-added, default 'scglmm_composition'):
+  --out     INPUT's AnnData plus uns[KEY] (scglmm.get.composition reads it).
+  --table   tab-separated, one row per cell type and coefficient: cell_type,
+            coef, then the columns of scglmm.get.composition (n_cells,
+            prop_<level>, log_or, se, stat, df, p_value, adj_p_value, status,
+            variance components); ranked by p_value within a coefficient.
+  stdout    the top types of each coefficient (nothing with --quiet).
+At least one of --out and --table is needed.
+"""
+
+_COMPOSITION_DEFAULTS = _defaults(tl.composition)
+
+
+@_command("composition", _COMPOSITION_HELP)
+@click.option("--groupby", required=True, metavar="COL", help="obs column of the cell types.")
+@click.option(
+    "-f",
+    "--formula",
+    required=True,
+    metavar="FORMULA",
+    help="Fixed and random effects, e.g. '~ condition + (1 | donor)'.",
+)
+@click.option(
+    "--sample-key", metavar="COL", help="obs column of samples.  [default: combinations of the formula's columns]"
+)
+@click.option(
+    "--reference",
+    multiple=True,
+    metavar="TYPE",
+    help="Test every other type against this type (repeatable: a set).  [default: against all other cells]",
+)
+@click.option(
+    "--test",
+    type=click.Choice(["lrt_f", "t", "z", "lrt"]),
+    default=_COMPOSITION_DEFAULTS["test"],
+    show_default=True,
+    help="Test reported as p_value (all are stored).",
+)
+@click.option(
+    "--coef",
+    multiple=True,
+    metavar="NAME",
+    help="Coefficient(s) for --table and stdout.  [default: every non-intercept one]",
+)
+@click.option(
+    "-o", "--out", metavar="OUT", type=click.Path(path_type=Path), help="Output .h5ad (must differ from INPUT)."
+)
+@click.option(
+    "--table", metavar="TSV", type=click.Path(path_type=Path), help="Write the per-type results as a TSV file."
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "lzf", "none"]),
+    default="gzip",
+    show_default=True,
+    callback=_no_compression,
+    help="Compression of the arrays of the output .h5ad.",
+)
+@click.option(
+    "--key-added",
+    metavar="KEY",
+    default=_COMPOSITION_DEFAULTS["key_added"],
+    show_default=True,
+    help="Key of the results in uns.",
+)
+@_top("Cell types to print per coefficient (0: none).")
+@_verbosity
+def composition_cmd(
+    input_h5ad: Path,
+    out: Path | None,
+    table: Path | None,
+    compression: str | None,
+    coef: tuple[str, ...],
+    reference: tuple[str, ...],
+    top: int,
+    quiet: bool,
+    verbose: bool,
+    **kwargs: Any,
+) -> None:
+    """Test cell-type composition (the help text is ``_COMPOSITION_HELP``); ``kwargs`` are keywords of
+    :func:`scglmm.tl.composition` (``groupby``, ``formula``, ``sample_key``, ``test``, ``key_added``)."""
+    with _session(quiet=quiet, verbose=verbose):
+        _check_composition_io(input_h5ad, out, table)
+        adata = _read_h5ad(input_h5ad)
+        tl.composition(adata, reference=list(reference) or None, **kwargs)
+        df = _composition_table(adata, coef, kwargs["key_added"])
+        if out is not None:
+            _write_outputs(adata, out, table, df, compression=compression)
+        else:
+            write_atomically([(table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA"))])
+            logger.info("wrote %s (%d rows)", table, len(df))
+        if not quiet and top > 0:
+            for c, part in df.groupby("coef", sort=False):
+                cols = ["log_or", "se", "p_value", "adj_p_value", "status"]
+                click.echo(f"top {min(top, len(part))} of {len(part)} cell types for {c}:")
+                click.echo(part.head(top).set_index("cell_type")[cols].to_string(float_format=lambda v: f"{v:.3g}"))
+
+
+def _check_composition_io(input_h5ad: Path, out: Path | None, table: Path | None) -> None:
+    """The input exists; at least one output, each writable and distinct."""
+    if out is None and table is None:
+        msg = "pass --out (an .h5ad) or --table (a TSV), or both: there is nothing to write otherwise."
+        raise click.UsageError(msg)
+    if out is not None:
+        _check_io(input_h5ad, out, table)
+        return
+    _check_input(input_h5ad)
+    _check_output(table, "--table", inputs=[input_h5ad], taken={})
+
+
+def _composition_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.DataFrame:
+    """One row per cell type and coefficient, ranked by p-value within a coefficient."""
+    import pandas as pd
+
+    names = [str(c) for c in adata.uns[key]["coef_names"]]
+    chosen = list(coefs) or [c for c in names if c != "Intercept"]
+    parts = []
+    for c in chosen:
+        tab = get.composition(adata, c, key=key).sort_values("p_value", kind="stable")
+        tab.insert(0, "coef", c)
+        parts.append(tab.reset_index())
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

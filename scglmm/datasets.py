@@ -13,7 +13,7 @@ from scipy import sparse
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["simulate", "kang2018_cd14_mono"]
+__all__ = ["simulate", "simulate_composition", "kang2018_cd14_mono"]
 
 
 def simulate(
@@ -173,6 +173,77 @@ def simulate(
         index=[f"G{g:05d}" for g in range(n_genes)],
     )
     return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def simulate_composition(
+    *,
+    n_donors: int = 6,
+    n_types: int = 10,
+    paired: bool = False,
+    effect: dict[int, float] | None = None,
+    donor_sd: tuple[float, float] = (0.15, 0.7),
+    sample_sd: tuple[float, float] = (0.1, 0.4),
+    cells_median: float = 2000.0,
+    cells_range: tuple[int, int] = (300, 8000),
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate cells per sample and cell type (a multinomial-logit composition with donor variation).
+
+    Type ``k``'s logit share in a sample is ``base_k + d_ik (+ s_sk) (+ effect_k if stim)`` with
+    ``base = log(Dirichlet(2) + 0.005)``, donor effects ``d_ik ~ N(0, sd_k)`` (``sd_k`` uniform in
+    ``donor_sd``) and, with ``paired``, sample effects ``s_sk`` (sd uniform in ``sample_sd``); the
+    sample's cells (log-normal around ``cells_median``, sdlog 0.5, clipped to ``cells_range``) are drawn
+    multinomially (as the project's reference simulation of composition data).
+
+    Parameters
+    ----------
+    n_donors
+        Donors per condition (unpaired), or donors each sampled in both conditions (``paired``).
+    n_types
+        Cell types (``T00``, ``T01``, ...).
+    paired
+        Each donor in ``ctrl`` and ``stim`` (two samples per donor, with sample effects).
+    effect
+        ``{type index: logit effect of stim}``; none by default (a null).
+    donor_sd, sample_sd
+        Ranges of the per-type standard deviations of the donor and sample effects.
+    cells_median, cells_range
+        Cells per sample.
+    seed
+        Random seed.
+
+    Returns
+    -------
+    ``(counts, sample_obs)``: cells per sample and type (samples x types) and the samples' ``donor``,
+    ``condition`` and ``sample`` (same index), as :func:`scglmm.tl.composition` pools them.
+    """
+    rng = np.random.default_rng(seed)
+    K = n_types
+    base = np.log(rng.dirichlet(np.full(K, 2.0)) + 0.005)
+    sd_d = rng.uniform(*donor_sd, K)
+    sd_s = rng.uniform(*sample_sd, K)
+    eff = np.zeros(K)
+    for k, v in (effect or {}).items():
+        eff[k] = v
+    donors = [f"D{i:02d}" for i in range(n_donors if paired else 2 * n_donors)]
+    if paired:
+        rows = [(d, c) for d in donors for c in ("ctrl", "stim")]
+    else:
+        rows = [(d, "ctrl" if i < n_donors else "stim") for i, d in enumerate(donors)]
+    sobs = pd.DataFrame(rows, columns=["donor", "condition"])
+    sobs["sample"] = sobs["donor"] + "_" + sobs["condition"]
+    bd = {d: rng.normal(0.0, sd_d) for d in donors}
+    counts = np.empty((len(sobs), K), dtype=np.int64)
+    for i, (d, c) in enumerate(rows):
+        eta = base + bd[d] + (rng.normal(0.0, sd_s) if paired else 0.0) + (eff if c == "stim" else 0.0)
+        p = np.exp(eta - eta.max())
+        n = int(np.clip(np.round(np.exp(rng.normal(np.log(cells_median), 0.5))), *cells_range))
+        counts[i] = rng.multinomial(n, p / p.sum())
+    index = pd.Index(sobs["sample"].to_numpy(), name="sample")
+    sobs.index = index
+    for col in ("donor", "condition", "sample"):
+        sobs[col] = sobs[col].astype("category")
+    return pd.DataFrame(counts, index=index, columns=[f"T{k:02d}" for k in range(K)]), sobs
 
 
 def _example_file(name: str) -> Path:

@@ -881,3 +881,20 @@ def test_fit_names_pseudo_replication_on_stderr(small_h5ad, tmp_path):
     assert res.exit_code == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if "pseudo-replication" in line]
     assert len(lines) == 1 and "(1 + condition | donor)" in lines[0]
+
+
+def test_composition_command(tmp_path):
+    d = pd.read_csv(Path(__file__).parent / "data" / "composition" / "counts_A.csv")
+    obs = d.loc[d.index.repeat(d["n"])].drop(columns="n").reset_index(drop=True).astype("category")
+    obs.index = obs.index.astype(str)
+    src = tmp_path / "cells.h5ad"
+    ad.AnnData(obs=obs).write_h5ad(src)
+    table = tmp_path / "comp.tsv"
+    args = ["composition", str(src), "--groupby", "cell_type", "-f", "~ condition + (1 | donor)"]
+    res = CliRunner().invoke(cli, [*args, "--table", str(table), "--top", "2"])
+    assert res.exit_code == 0, res.output
+    tab = pd.read_csv(table, sep="\t")
+    assert len(tab) == 10 and {"cell_type", "coef", "log_or", "p_value", "var(Intercept|donor)"} <= set(tab.columns)
+    assert CliRunner().invoke(cli, args).exit_code == 2  # neither --out nor --table
+    bad = CliRunner().invoke(cli, [*args[:3], "celltype", *args[4:], "--table", str(tmp_path / "x.tsv")])
+    assert bad.exit_code == 1 and "--groupby" in bad.output

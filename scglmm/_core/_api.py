@@ -34,6 +34,7 @@ from ._checks import (
 from ._counts import as_backed_counts, block_getter, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
+from ._family import check_family, check_trials, fit_family
 from ._penalised import refit_penalised, separation_prior
 from ._prior import Prior
 from ._re import REStructure, RETerm, prepare_re
@@ -63,6 +64,8 @@ def fit_genes(
     check: bool = True,
     progress: Callable[[int], None] | None = None,
     separation: str = "prior",
+    family: str = "nb",
+    trials: ArrayLike | None = None,
 ) -> GenesFit:
     """Fit the NB GLMM with donor random effects to every column of a count matrix.
 
@@ -116,6 +119,17 @@ def fit_genes(
         designs without an intercept column are left as with ``"limit"``); ``"limit"`` reports the
         maximum-likelihood limits: the coefficients that diverge are NaN, the others are estimated
         without the cells that vanish (``partial_separation``), or everything is NaN (``separation``).
+    family
+        ``"nb"`` (default, the model above), ``"binomial"`` or ``"poisson"``: the response family, the
+        same random effects and estimator. Binomial: ``Y`` holds successes out of ``trials``, ``logit p =
+        X beta + offset + Z b`` (e.g. a sample's cells of one cell type among its cells,
+        :func:`scglmm.tl.composition`); Poisson: ``log mu = X beta + offset + Z b``. Rows are then
+        observations (samples), fitted column by column on dense counts, without dispersion (``theta``
+        NaN) and without the separation refits (``separation`` is ignored: a column whose design
+        separates has the status ``separation``); ``n_agq`` must be 1. See ``docs/composition.md``.
+    trials
+        Binomial only: the trials of each row, one per row (shared by the columns) or one per entry
+        (rows x columns), at least ``Y``.
 
     Returns
     -------
@@ -134,8 +148,25 @@ def fit_genes(
         check_n_jobs(n_jobs)
         check_block_size(block_size)
         check_separation(separation)
+        if check_family(family) != "nb":
+            return _fit_other_family(Y, X, terms, off, coef_names, family, trials, n_agq)
+        check_trials(trials, Y, family)
         run = _Settings(n_agq, n_jobs, block_size, progress, separation)
         return fit_terms(Y, X, terms, off, coef_names, run)
+
+
+def _fit_other_family(
+    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], family: str, trials, n_agq: int
+) -> GenesFit:
+    """:func:`fit_genes` with a family without dispersion (:mod:`._family`), on dense counts."""
+    if n_agq != 1:
+        msg = f"n_agq={n_agq!r}: the {family} family is fitted with the Laplace approximation; use n_agq=1."
+        raise InvalidValueError(msg, param="n_agq")
+    if hasattr(Y, "iter_chunks"):
+        msg = f"family={family!r}: pass the counts in memory (a numpy array or a sparse matrix)."
+        raise InvalidValueError(msg, param="Y")
+    Yd = np.asarray(Y.toarray() if sparse.issparse(Y) else Y, dtype=np.float64)
+    return fit_family(Yd, X, terms, off, coef_names, family, check_trials(trials, Yd, family))
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numba import typeof
 from numba.core.typing.typeof import Purpose
+from scipy.special import expit, gammaln
 
 from ._prior import Prior
 from ._status import (
@@ -47,7 +48,8 @@ from ._status import (
     SIGMA2_BOUNDARY,
 )
 from .kernels._bundles import REData, RERows
-from .kernels._cell import count_table
+from .kernels._cell import BINOMIAL, POISSON, count_table
+from .kernels._cell import NB as NB_FAMILY
 from .kernels._few_rows import (
     FEW_ROWS_KMAX,
     FEW_ROWS_RHO,
@@ -58,10 +60,12 @@ from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
 from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm, re_weighted_cross
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
+    from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["REFitOne", "RETerm", "REStructure", "fit_re_one", "prepare_re"]
+__all__ = ["FAMILIES", "REFitOne", "RETerm", "REStructure", "fit_re_one", "prepare_re", "with_trials"]
 
+#: Response families of the general engine and their codes in the kernels (``REData.family``).
+FAMILIES = {"nb": NB_FAMILY, "binomial": BINOMIAL, "poisson": POISSON}
 #: Upper bound of log theta (theta = 1e8, the Poisson limit), as for the donor intercept.
 T_MAX = 18.42
 #: A variance below this is reported as 0 (flag ``sigma2_boundary``).
@@ -352,6 +356,8 @@ def prepare_re(
     terms: list[RETerm] | tuple[RETerm, ...],
     *,
     blocks: bool | None = None,
+    family: int = NB_FAMILY,
+    trials: NDArray[np.float64] | None = None,
 ) -> REStructure:
     """Lay out a random-effect structure for the kernels.
 
@@ -367,6 +373,12 @@ def prepare_re(
         Whether cells sharing their design rows and levels may be collapsed into blocks (default:
         :data:`USE_BLOCKS`); they are when the blocks hold at least ``MIN_CELLS_PER_BLOCK`` cells on
         average. Both layouts give the same objective (to rounding).
+    family
+        The response family of the rows (:data:`FAMILIES`); with a family
+        other than NB the rows are never collapsed into blocks and the dispersion is held (no theta).
+    trials
+        (n,) binomial trials of each row (``BINOMIAL`` only; per gene they may be replaced with
+        :func:`with_trials`).
 
     Returns
     -------
@@ -399,7 +411,8 @@ def prepare_re(
     lam_pos, trc = _lambda_layout(terms, p)
     X = np.ascontiguousarray(X, dtype=np.float64)
     off = np.ascontiguousarray(offset, dtype=np.float64)
-    cut = _cut_blocks(X, off, zval, gidx) if (USE_BLOCKS if blocks is None else blocks) else None
+    use_blocks = (USE_BLOCKS if blocks is None else blocks) and family == NB_FAMILY
+    cut = _cut_blocks(X, off, zval, gidx) if use_blocks else None
     rows, bl = _no_rows(p), None
     row_levels = tuple(np.ascontiguousarray(t.codes, dtype=np.int64) for t in terms)
     if cut is not None:
@@ -410,7 +423,7 @@ def prepare_re(
     data = REData(
         X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
         np.ascontiguousarray(blk), rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(),
-        trc[:, 2].copy(), nk, bstart, nmax, NB, Q,
+        trc[:, 2].copy(), nk, bstart, nmax, NB, Q, int(family), _trials(family, trials, n),
     )  # fmt: skip
     return REStructure(
         terms=terms,
@@ -455,7 +468,10 @@ class _Problem:
             nzc = np.flatnonzero(self.y)
             self.nz = (nzc, self.y[nzc])
         nzc, nzv = self.nz
-        self.cnt_gt, self.lgy = count_table(nzv)  # the zero cells count for nothing in it
+        if self.s.data.family == NB_FAMILY:
+            self.cnt_gt, self.lgy = count_table(nzv)  # the zero cells count for nothing in it
+        else:  # no dispersion: an empty count table; the rows' constants
+            self.cnt_gt, self.lgy = np.zeros(1), _glm_constant(self.s.data, self.y)
         self.kernel = self.s.compiled.get("value_grad", re_value_grad)
         self.u = np.zeros(self.s.data.Q)
         self.PZ, self.moments = _gene_power_sums(self.s, nzc, nzv)
@@ -572,6 +588,8 @@ def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None)
     """
     if prob is None:
         prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64))
+    if s.data.family != NB_FAMILY:
+        return _start_glm(s, prob.y)
     X = s.data.X
     if s.blocks is not None:
         E, E2, off = s.blocks.esum, s.blocks.e2sum, np.zeros(X.shape[0])
@@ -797,7 +815,7 @@ def _maximise(
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        held = phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6
+        held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:
             phi[-1] = T_MAX
             val, g = prob.value_grad(phi)
@@ -899,7 +917,7 @@ def fit_re_one(
     if not (nz[1].size > 0 if nz is not None else np.any(y > 0)):
         return REFitOne(**{**nan.__dict__, "status": ALL_ZERO})
     prob = _Problem(s, np.ascontiguousarray(y, dtype=np.float64), nz)
-    if s.prior is None and _separated(s.data.X, prob.row_counts):
+    if s.prior is None and _separated(s.data.X, prob.row_counts, s.data):
         return REFitOne(**{**nan.__dict__, "status": SEPARATION})
     phi = _start(s, prob.y, prob)
     first = prob.value_grad(phi)
@@ -947,7 +965,7 @@ def _fit(
     except np.linalg.LinAlgError:
         status |= NOT_CONVERGED
         cov[np.ix_(idx, idx)] = np.linalg.pinv(-H[np.ix_(idx, idx)])
-    if not free[-1]:
+    if not free[-1] and s.data.family == NB_FAMILY:
         status |= POISSON_LIMIT
     status |= boundary
     modes = _modes_b(s, phi, prob.u)
@@ -956,8 +974,11 @@ def _fit(
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
 
 
-def _separated(X: NDArray[np.float64], y: NDArray[np.float64]) -> bool:
-    """Whether a 0/1 column of the design (a factor level) has no counts in its cells, or all of them."""
+def _separated(X: NDArray[np.float64], y: NDArray[np.float64], d: REData | None = None) -> bool:
+    """Whether a 0/1 column of the design (a factor level) has no counts in its cells, or all of them;
+    in a binomial structure ``d``, also no failures (``trials - y``)."""
+    if d is not None and d.family == BINOMIAL and _separated(X, d.trials - y):
+        return True
     for k in range(X.shape[1]):
         col = X[:, k]
         on = col == 1.0
@@ -1041,3 +1062,72 @@ def phi_from_varcomp(
             if d.lam_t[i] == it:
                 phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
     return phi
+
+
+def _trials(family: int, trials: ArrayLike | None, n: int) -> NDArray[np.float64]:
+    """The binomial trials of the rows, checked (a placeholder of length 0 for other families)."""
+    if family != BINOMIAL:
+        return np.zeros(0)
+    t = np.ascontiguousarray(trials if trials is not None else np.full(n, np.nan), dtype=np.float64)
+    if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t < 0):
+        msg = f"trials: a finite non-negative number per row is needed ({n} rows)."
+        raise ValueError(msg)
+    return t
+
+
+def with_trials(s: REStructure, trials: ArrayLike) -> REStructure:
+    """The binomial structure ``s`` with other trials per row (e.g. each cell type against a reference)."""
+    t = _trials(BINOMIAL, trials, s.data.X.shape[0])
+    return replace(s, data=s.data._replace(trials=t), compiled=s.compiled)
+
+
+def _glm_constant(d: REData, y: NDArray[np.float64]) -> float:
+    """What :func:`re_value_grad` subtracts from the rows' sum of q for a family without dispersion:
+    ``-sum log C(n, y)`` (binomial) or ``sum log y!`` (Poisson), so that the value is the log-likelihood."""
+    if d.family == BINOMIAL:
+        n = d.trials
+        return float(-(gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)).sum())
+    return float(gammaln(y + 1.0).sum())
+
+
+def _start_glm(s: REStructure, y: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Starting values of a family without dispersion: beta of the GLM without random effects (IRLS),
+    each term's variances from the excess spread of the rows' working residuals (shared equally by the
+    terms, at least 0.01), correlations 0, theta held at its bound."""
+    d = s.data
+    resid, w, beta = _glm_irls(d, y)
+    phi = np.zeros(s.n_params)
+    phi[: s.p] = beta
+    use = w > 1e-6  # rows with information (binomial rows without trials have none)
+    excess = float(np.var(resid[use]) - np.mean(1.0 / w[use])) if use.sum() > 1 else 0.0
+    sd = np.sqrt(max(excess / len(s.terms), 0.01))
+    for i in range(s.n_lambda):
+        phi[s.p + i] = sd if d.lam_r[i] == d.lam_c[i] else 0.0
+    phi[-1] = T_MAX
+    return phi
+
+
+def _glm_irls(d: REData, y: NDArray[np.float64], iters: int = 25) -> tuple[NDArray, NDArray, NDArray]:
+    """IRLS of the binomial (logit) or Poisson (log) GLM of the rows without random effects; returns
+    the rows' working residuals ``(y - mean) / w`` (empirical logits less the fit), weights and beta
+    (each coefficient within +-20)."""
+    X, off = d.X, d.off
+    binom = d.family == BINOMIAL
+    n = d.trials if binom else np.ones_like(y)
+    emp = np.log((y + 0.5) / (n - y + 0.5)) if binom else np.log(y + 0.5)
+    beta = np.linalg.lstsq(X, emp - off, rcond=None)[0]
+    for _ in range(iters):
+        eta = np.clip(X @ beta + off, -30.0, 30.0)
+        mean = n * expit(eta) if binom else np.exp(eta)
+        w = np.maximum(mean * (1.0 - expit(eta)) if binom else mean, 1e-8)
+        z = eta - off + (y - mean) / w
+        sw = np.sqrt(w)
+        new = np.clip(np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)[0], -20.0, 20.0)
+        done = np.max(np.abs(new - beta)) < 1e-8
+        beta = new
+        if done:
+            break
+    eta = np.clip(X @ beta + off, -30.0, 30.0)
+    mean = n * expit(eta) if binom else np.exp(eta)
+    w = np.maximum(mean * (1.0 - expit(eta)) if binom else mean, 1e-8)
+    return (y - mean) / w, w, beta

@@ -14,9 +14,10 @@ histogram) and ``_groups`` (the summary across groups). Stored results are read 
 :mod:`scglmm._layout` and :func:`scglmm.get.results`, AnnData inputs through :mod:`scglmm._inputs`.
 """
 
+from ._composition import composition
 from ._donor_effects import donor_effects
 from ._groups import groups_summary
 from ._pvalues import pvalue_hist, pvalue_qq
 from ._volcano import volcano
 
-__all__ = ["donor_effects", "groups_summary", "pvalue_hist", "pvalue_qq", "volcano"]
+__all__ = ["composition", "donor_effects", "groups_summary", "pvalue_hist", "pvalue_qq", "volcano"]

@@ -110,7 +110,7 @@ grad_max : (G,) float64
 REData = namedtuple(
     "REData",
     ["X", "off", "zval", "gidx", "lidx", "blk", "rterm", "rcoef", "toff", "tq", "lam_pos", "lam_t", "lam_r",
-     "lam_c", "nk", "bstart", "nmax", "NB", "Q"],
+     "lam_c", "nk", "bstart", "nmax", "NB", "Q", "family", "trials"],
 )  # fmt: skip
 REData.__doc__ = """A general random-effect structure as the kernels of :mod:`._re_laplace` take it.
 
@@ -138,6 +138,11 @@ nk, bstart : (K,) int64
     Effects in each top-level block and their first global position.
 nmax, NB, Q : int
     Largest block, number of block effects (the border starts there), total number of effects.
+family : int
+    The response family of the rows (:mod:`._cell`: ``NB`` 0, ``BINOMIAL`` 1 with a logit link, ``POISSON``
+    2); the kernels branch on it row by row, so that every family shares them.
+trials : (n,) float64
+    Binomial trials of each row (the family ``BINOMIAL``; a placeholder of length 0 otherwise).
 """
 
 

@@ -143,3 +143,34 @@ def count_table(y: np.ndarray) -> tuple[np.ndarray, float]:
         acc += hist[k + 1]
         cnt_gt[k] = acc
     return cnt_gt, lg
+
+
+#: Family codes of the general engine's rows (``REData.family``).
+NB, BINOMIAL, POISSON = 0, 1, 2
+
+
+@njit(**_JIT)
+def _expit_parts(eta: float) -> tuple[float, float]:
+    """p = 1 / (1 + exp(-eta)) and 1 - p, each without cancellation."""
+    if eta >= 0.0:
+        e = math.exp(-eta)
+        return 1.0 / (1.0 + e), e / (1.0 + e)
+    e = math.exp(eta)
+    return e / (1.0 + e), 1.0 / (1.0 + e)
+
+
+@njit(**_JIT)
+def row_glm(family: int, y: float, n: float, eta: float) -> tuple[float, float, float, float]:
+    """q and its first three derivatives in eta of a row of a family without dispersion.
+
+    Binomial (``family == BINOMIAL``), ``y`` successes of ``n`` trials with logit link:
+    ``q = y eta - n log(1 + e^eta)``, ``e1 = y - n p``, ``e2 = -n p (1 - p)``, ``e3 = e2 (1 - 2 p)``
+    (``log C(n, y)`` left to the caller). Poisson (``n`` unused), log link: ``q = y eta - e^eta``,
+    ``e1 = y - mu``, ``e2 = e3 = -mu`` (``log y!`` left to the caller).
+    """
+    if family == BINOMIAL:
+        p, r = _expit_parts(eta)
+        w = n * p * r
+        return y * eta - n * _softplus(eta), y - n * p, -w, -w * (r - p)
+    mu = math.exp(min(eta, 709.0))
+    return y * eta - mu, y - mu, -mu, -mu

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._cell import _cell_all_x, theta_terms
+from ._cell import NB, _cell_all_x, row_glm, theta_terms
 from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
 from ._linalg import block_factor, block_local_inverse, block_solve
@@ -146,7 +146,9 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
 
     A row is a cell (one exp and one log each) or, with ``fr.on``, a block of cells sharing the row's
     design and levels, whose sums come from the block's Taylor series (:mod:`._few_rows`); unless
-    ``full``, a block's pass fills only e1 and e2 (what the inner Newton iterations use)."""
+    ``full``, a block's pass fills only e1 and e2 (what the inner Newton iterations use). With a family
+    other than NB (``d.family``, never with blocks) a row is a binomial or Poisson observation
+    (:func:`._cell.row_glm`) and its theta derivatives are 0."""
     _eta(d, eta0, a, u, eta)
     s = 0.0
     if fr.on and not full:
@@ -158,6 +160,16 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
     elif fr.on:
         for j in range(eta.shape[0]):
             s += _block_all(j, eta[j], t, theta, fr, PZ, cs[j])
+    elif d.family != NB:
+        for j in range(y.shape[0]):
+            q, e1, e2, e3 = row_glm(d.family, y[j], d.trials[j], eta[j])
+            cs[j, 0] = e1
+            cs[j, 1] = e2
+            cs[j, 2] = e3
+            cs[j, 3] = 0.0
+            cs[j, 4] = 0.0
+            cs[j, 5] = 0.0
+            s += q
     else:
         for j in range(y.shape[0]):
             z = eta[j] - t
