@@ -10,11 +10,15 @@ positions ``NB:NB + nc``). The Hessian of the inner problem is
     H = [[A, B], [B', C]],   A = diag(A_1, ..., A_K)
 
 and is factored exactly by a Schur complement on the border: a Cholesky factor of every ``A_k``,
-``M_k = A_k^{-1} B_k``, and a Cholesky factor of ``S = C - sum_k B_k' M_k``. Work per factorisation:
-``sum_k (nk^3 + nk^2 nc + nk nc^2) + nc^3``, linear in the number of top-level levels.
+``M_k = A_k^{-1} B_k``, and a Cholesky factor of ``S = C - sum_k B_k' M_k``.
 
-Each block's matrices are kept in a local index space of ``nmax + nc`` rows: the block's own
-effects at ``0 .. nk[k] - 1`` (padded to ``nmax``), the border at ``nmax .. nmax + nc - 1``.
+Block ``k`` touches only the border effects that its cells have (``bcol[bptr[k]:bptr[k + 1]]``, in
+increasing order, ``nb_k`` of them): the other columns of ``B_k`` are 0. Each block's matrices live
+in a local index space of ``nl_k = nk[k] + nb_k`` rows (its own effects, then its border effects),
+stored flat, one block after the other (offsets from :func:`block_offsets`): memory and work
+``sum_k (nk + nb_k)^2`` grow with the non-zeros of H, not with the number of levels squared. Only
+the Schur complement ``S`` is dense (``nc x nc``), as the exact elimination fills it wherever two
+border effects share a block: work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + nc^3``.
 """
 
 from __future__ import annotations
@@ -97,39 +101,83 @@ def _copy2(dst, src):
 
 
 @njit(**_JIT)
-def block_factor(Tk, nk, nmax, nc, LA, M, LS):
-    """Factor H from the per-block sums ``Tk`` (K, nmax + nc, nmax + nc) of ``w a a'`` (no identity).
-
-    Fills ``LA`` (K, nmax, nmax), ``M`` (K, nmax, nc) and ``LS`` (nc, nc). Returns
-    ``(ok, log det H)`` with H = sum of the blocks + identity.
-    """
+def block_offsets(nk, bptr):
+    """Offsets of each block's flat storage: ``toff`` (local matrices, ``nl_k^2``), ``aoff`` (factors of
+    ``A_k``, ``nk^2``) and ``moff`` (``M_k``, ``nk nb_k``), each (K + 1,)."""
     K = nk.shape[0]
-    S = np.eye(nc)
+    toff = np.zeros(K + 1, dtype=np.int64)
+    aoff = np.zeros(K + 1, dtype=np.int64)
+    moff = np.zeros(K + 1, dtype=np.int64)
+    for k in range(K):
+        n = nk[k]
+        nb = bptr[k + 1] - bptr[k]
+        toff[k + 1] = toff[k] + (n + nb) * (n + nb)
+        aoff[k + 1] = aoff[k] + n * n
+        moff[k + 1] = moff[k] + n * nb
+    return toff, aoff, moff
+
+
+@njit(**_JIT)
+def block_workspace(nk, bptr, nc):
+    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff)`` (see :func:`block_factor`)."""
+    toff, aoff, moff = block_offsets(nk, bptr)
+    K = nk.shape[0]
+    return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), np.zeros((nc, nc)), toff, aoff, moff
+
+
+@njit(**_JIT)
+def local_view(flat, off, k, r, c):
+    """Block k's (r, c) matrix in the flat array ``flat`` at offsets ``off``."""
+    return flat[off[k] : off[k + 1]].reshape((r, c))
+
+
+@njit(**_JIT)
+def block_factor(nk, bptr, bcol, work, diag):
+    """Factor H from the per-block sums ``Tk`` of ``work`` (local matrices of ``w a a'``): H = the blocks'
+    sums + ``diag`` times the identity (1 for the inner problem).
+
+    Fills ``LA``, ``M`` and ``LS`` of ``work`` (:func:`block_workspace`). Returns ``(ok, log det H)``.
+    """
+    Tk, LA, M, LS, toff, aoff, moff = work
+    K = nk.shape[0]
+    nc = LS.shape[0]
+    nmax = 0
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    S = np.zeros((nc, nc))
+    for c in range(nc):
+        S[c, c] = diag
     A = np.empty((nmax, nmax))
     col = np.empty(nmax)
     logdet = 0.0
     for k in range(K):
         n = nk[k]
+        b0 = bptr[k]
+        nb = bptr[k + 1] - b0
+        T = local_view(Tk, toff, k, n + nb, n + nb)
+        La = local_view(LA, aoff, k, n, n)
+        Mk = local_view(M, moff, k, n, nb)
         for i in range(n):
             for j in range(n):
-                A[i, j] = Tk[k, i, j]
-            A[i, i] += 1.0
-        if not _cholesky(A, LA[k], n):
+                A[i, j] = T[i, j]
+            A[i, i] += diag
+        if not _cholesky(A, La, n):
             return False, 0.0
         for i in range(n):
-            logdet += 2.0 * math.log(LA[k, i, i])
-        for c in range(nc):
+            logdet += 2.0 * math.log(La[i, i])
+        for c in range(nb):
             for i in range(n):
-                col[i] = Tk[k, i, nmax + c]
-            _chol_solve(LA[k], n, col)
+                col[i] = T[i, n + c]
+            _chol_solve(La, n, col)
             for i in range(n):
-                M[k, i, c] = col[i]
-        for c1 in range(nc):
-            for c2 in range(nc):
-                s = Tk[k, nmax + c1, nmax + c2]
+                Mk[i, c] = col[i]
+        for c1 in range(nb):
+            g1 = bcol[b0 + c1]
+            for c2 in range(nb):
+                s = T[n + c1, n + c2]
                 for i in range(n):
-                    s -= Tk[k, i, nmax + c1] * M[k, i, c2]
-                S[c1, c2] += s
+                    s -= T[i, n + c1] * Mk[i, c2]
+                S[g1, bcol[b0 + c2]] += s
     if not _cholesky(S, LS, nc):
         return False, 0.0
     for c in range(nc):
@@ -138,8 +186,9 @@ def block_factor(Tk, nk, nmax, nc, LA, M, LS):
 
 
 @njit(**_JIT)
-def block_solve(LA, M, LS, nk, bstart, NB, rhs, out):
+def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
     """out = H^{-1} rhs (global effect order) from the factors of :func:`block_factor`."""
+    _, LA, M, LS, _, aoff, moff = work
     K = nk.shape[0]
     nc = LS.shape[0]
     rc = np.empty(nc)
@@ -147,36 +196,40 @@ def block_solve(LA, M, LS, nk, bstart, NB, rhs, out):
         rc[c] = rhs[NB + c]
     for k in range(K):
         b0 = bstart[k]
-        for c in range(nc):
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, nk[k], nb)
+        for c in range(nb):
             s = 0.0
             for i in range(nk[k]):
-                s += M[k, i, c] * rhs[b0 + i]
-            rc[c] -= s
+                s += Mk[i, c] * rhs[b0 + i]
+            rc[bcol[p0 + c]] -= s
     _chol_solve(LS, nc, rc)
+    nmax = 0
     for c in range(nc):
         out[NB + c] = rc[c]
-    y = np.empty(LA.shape[1])
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    y = np.empty(nmax)
     for k in range(K):
         b0 = bstart[k]
         n = nk[k]
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, n, nb)
         for i in range(n):
             y[i] = rhs[b0 + i]
-        _chol_solve(LA[k], n, y)
+        _chol_solve(local_view(LA, aoff, k, n, n), n, y)
         for i in range(n):
             s = y[i]
-            for c in range(nc):
-                s -= M[k, i, c] * rc[c]
+            for c in range(nb):
+                s -= Mk[i, c] * rc[bcol[p0 + c]]
             out[b0 + i] = s
 
 
 @njit(**_JIT)
-def block_local_inverse(LA, M, LS, nk, nmax, E):
-    """The entries of H^{-1} each block's cells need: E[k] over (block k's effects, border).
-
-    ``E[k][:nk, :nk] = A_k^{-1} + M_k S^{-1} M_k'``, ``E[k][:nk, nmax:] = -M_k S^{-1}``,
-    ``E[k][nmax:, nmax:] = S^{-1}``.
-    """
-    K = nk.shape[0]
+def _border_inverse(LS):
+    """``S^{-1}`` from its Cholesky factor."""
     nc = LS.shape[0]
     Sinv = np.zeros((nc, nc))
     e = np.empty(max(nc, 1))
@@ -186,29 +239,52 @@ def block_local_inverse(LA, M, LS, nk, nmax, E):
         _chol_solve(LS, nc, e)
         for i in range(nc):
             Sinv[i, c] = e[i]
-    MS = np.empty((nmax, nc))
-    col = np.empty(max(nmax, 1))
+    return Sinv
+
+
+@njit(**_JIT)
+def block_local_inverse(nk, bptr, bcol, work, E):
+    """The entries of H^{-1} each block's cells need: ``E`` (flat, as ``Tk``) over (block k's effects,
+    its border effects).
+
+    ``E[k][:nk, :nk] = A_k^{-1} + M_k S_k^{-1} M_k'``, ``E[k][:nk, nk:] = -M_k S_k^{-1}``,
+    ``E[k][nk:, nk:] = S_k^{-1}``, with ``S_k^{-1}`` the rows and columns of ``S^{-1}`` at the block's
+    border effects.
+    """
+    _, LA, M, LS, toff, aoff, moff = work
+    K = nk.shape[0]
+    Sinv = _border_inverse(LS)
+    nmax = 1
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    col = np.empty(nmax)
     for k in range(K):
         n = nk[k]
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, n, nb)
+        Ek = local_view(E, toff, k, n + nb, n + nb)
+        La = local_view(LA, aoff, k, n, n)
+        MS = np.empty((n, nb))
         for i in range(n):
-            for c in range(nc):
+            for c in range(nb):
                 s = 0.0
-                for c2 in range(nc):
-                    s += M[k, i, c2] * Sinv[c2, c]
+                for c2 in range(nb):
+                    s += Mk[i, c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
                 MS[i, c] = s
         for j in range(n):
             col[:n] = 0.0
             col[j] = 1.0
-            _chol_solve(LA[k], n, col)
+            _chol_solve(La, n, col)
             for i in range(n):
                 s = col[i]
-                for c in range(nc):
-                    s += MS[i, c] * M[k, j, c]
-                E[k, i, j] = s
+                for c in range(nb):
+                    s += MS[i, c] * Mk[j, c]
+                Ek[i, j] = s
         for i in range(n):
-            for c in range(nc):
-                E[k, i, nmax + c] = -MS[i, c]
-                E[k, nmax + c, i] = -MS[i, c]
-        for c1 in range(nc):
-            for c2 in range(nc):
-                E[k, nmax + c1, nmax + c2] = Sinv[c1, c2]
+            for c in range(nb):
+                Ek[i, n + c] = -MS[i, c]
+                Ek[n + c, i] = -MS[i, c]
+        for c1 in range(nb):
+            for c2 in range(nb):
+                Ek[n + c1, n + c2] = Sinv[bcol[p0 + c1], bcol[p0 + c2]]
