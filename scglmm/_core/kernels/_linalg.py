@@ -13,12 +13,13 @@ and is factored exactly by a Schur complement on the border: a Cholesky factor o
 ``M_k = A_k^{-1} B_k``, and a Cholesky factor of ``S = C - sum_k B_k' M_k``.
 
 Block ``k`` touches only the border effects that its cells have (``bcol[bptr[k]:bptr[k + 1]]``, in
-increasing order, ``nb_k`` of them): the other columns of ``B_k`` are 0. Each block's matrices live
-in a local index space of ``nl_k = nk[k] + nb_k`` rows (its own effects, then its border effects),
-stored flat, one block after the other (offsets from :func:`block_offsets`): memory and work
-``sum_k (nk + nb_k)^2`` grow with the non-zeros of H, not with the number of levels squared. Only
-the Schur complement ``S`` is dense (``nc x nc``), as the exact elimination fills it wherever two
-border effects share a block: work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + nc^3``.
+increasing order, ``nb_k`` of them): the other columns of ``B_k`` are 0. Each block keeps the rows of
+its own effects over a local space of ``nk[k] + nb_k`` columns (its own effects, then its border
+effects; ``A_k`` and ``B_k``), stored flat one block after the other (offsets from
+:func:`block_offsets`); the border x border sums ``C`` are kept once, dense. Memory and work grow with
+the non-zeros of H (``sum_k nk (nk + nb_k)``), not with the number of levels squared; only the Schur
+complement ``S`` (``nc x nc``) is dense, as the exact elimination fills it wherever two border effects
+share a block. Work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + nc^3``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,34 @@ def _chol_solve(L, n, x):
 
 
 @njit(**_JIT)
+def _spd_inverse_rows(L, n):
+    """``(L L')^{-1}`` from a lower Cholesky factor: ``X = L^{-1}`` row by row, then ``X' X``, both by
+    updates along contiguous rows (about n^3 / 3 multiply-adds)."""
+    X = np.zeros((n, n))
+    t = np.empty(max(n, 1))
+    for i in range(n):
+        t[: i + 1] = 0.0
+        t[i] = 1.0
+        for k in range(i):
+            f = L[i, k]
+            for c in range(k + 1):
+                t[c] -= f * X[k, c]
+        d = L[i, i]
+        for c in range(i + 1):
+            X[i, c] = t[c] / d
+    out = np.zeros((n, n))
+    for i in range(n):
+        for a in range(i + 1):
+            f = X[i, a]
+            for b in range(a, i + 1):
+                out[a, b] += f * X[i, b]
+    for a in range(n):
+        for b in range(a):
+            out[a, b] = out[b, a]
+    return out
+
+
+@njit(**_JIT)
 def _spd_inverse(M, out):
     """Inverse of a symmetric positive definite matrix; False if not PD."""
     n = M.shape[0]
@@ -102,8 +131,8 @@ def _copy2(dst, src):
 
 @njit(**_JIT)
 def block_offsets(nk, bptr):
-    """Offsets of each block's flat storage: ``toff`` (local matrices, ``nl_k^2``), ``aoff`` (factors of
-    ``A_k``, ``nk^2``) and ``moff`` (``M_k``, ``nk nb_k``), each (K + 1,)."""
+    """Offsets of each block's flat storage: ``toff`` (the rows of its own effects in its local space,
+    ``nk (nk + nb_k)``), ``aoff`` (factors of ``A_k``, ``nk^2``) and ``moff`` (``M_k``, ``nk nb_k``), each (K + 1,)."""
     K = nk.shape[0]
     toff = np.zeros(K + 1, dtype=np.int64)
     aoff = np.zeros(K + 1, dtype=np.int64)
@@ -111,7 +140,7 @@ def block_offsets(nk, bptr):
     for k in range(K):
         n = nk[k]
         nb = bptr[k + 1] - bptr[k]
-        toff[k + 1] = toff[k] + (n + nb) * (n + nb)
+        toff[k + 1] = toff[k] + n * (n + nb)
         aoff[k + 1] = aoff[k] + n * n
         moff[k + 1] = moff[k] + n * nb
     return toff, aoff, moff
@@ -119,10 +148,11 @@ def block_offsets(nk, bptr):
 
 @njit(**_JIT)
 def block_workspace(nk, bptr, nc):
-    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff)`` (see :func:`block_factor`)."""
+    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff, Cb)`` (see :func:`block_factor`)."""
     toff, aoff, moff = block_offsets(nk, bptr)
     K = nk.shape[0]
-    return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), np.zeros((nc, nc)), toff, aoff, moff
+    LS = np.zeros((nc, nc))
+    return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), LS, toff, aoff, moff, np.zeros((nc, nc))
 
 
 @njit(**_JIT)
@@ -133,20 +163,21 @@ def local_view(flat, off, k, r, c):
 
 @njit(**_JIT)
 def block_factor(nk, bptr, bcol, work, diag):
-    """Factor H from the per-block sums ``Tk`` of ``work`` (local matrices of ``w a a'``): H = the blocks'
-    sums + ``diag`` times the identity (1 for the inner problem).
+    """Factor H from the sums of ``w a a'`` in ``work``: per block ``Tk`` (the rows of its own effects, over
+    its local space) and ``Cb`` (border x border, dense); H = these + ``diag`` times the identity (1 for
+    the inner problem).
 
     Fills ``LA``, ``M`` and ``LS`` of ``work`` (:func:`block_workspace`). Returns ``(ok, log det H)``.
     """
-    Tk, LA, M, LS, toff, aoff, moff = work
+    Tk, LA, M, LS, toff, aoff, moff, Cb = work
     K = nk.shape[0]
     nc = LS.shape[0]
     nmax = 0
     for k in range(K):
         nmax = max(nmax, nk[k])
-    S = np.zeros((nc, nc))
+    S = Cb.copy()
     for c in range(nc):
-        S[c, c] = diag
+        S[c, c] += diag
     A = np.empty((nmax, nmax))
     col = np.empty(nmax)
     logdet = 0.0
@@ -154,7 +185,7 @@ def block_factor(nk, bptr, bcol, work, diag):
         n = nk[k]
         b0 = bptr[k]
         nb = bptr[k + 1] - b0
-        T = local_view(Tk, toff, k, n + nb, n + nb)
+        T = local_view(Tk, toff, k, n, n + nb)
         La = local_view(LA, aoff, k, n, n)
         Mk = local_view(M, moff, k, n, nb)
         for i in range(n):
@@ -174,10 +205,10 @@ def block_factor(nk, bptr, bcol, work, diag):
         for c1 in range(nb):
             g1 = bcol[b0 + c1]
             for c2 in range(nb):
-                s = T[n + c1, n + c2]
+                s = 0.0
                 for i in range(n):
-                    s -= T[i, n + c1] * Mk[i, c2]
-                S[g1, bcol[b0 + c2]] += s
+                    s += T[i, n + c1] * Mk[i, c2]
+                S[g1, bcol[b0 + c2]] -= s
     if not _cholesky(S, LS, nc):
         return False, 0.0
     for c in range(nc):
@@ -188,7 +219,7 @@ def block_factor(nk, bptr, bcol, work, diag):
 @njit(**_JIT)
 def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
     """out = H^{-1} rhs (global effect order) from the factors of :func:`block_factor`."""
-    _, LA, M, LS, _, aoff, moff = work
+    LA, M, LS, aoff, moff = work[1], work[2], work[3], work[5], work[6]
     K = nk.shape[0]
     nc = LS.shape[0]
     rc = np.empty(nc)
@@ -228,32 +259,13 @@ def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
 
 
 @njit(**_JIT)
-def _border_inverse(LS):
-    """``S^{-1}`` from its Cholesky factor."""
-    nc = LS.shape[0]
-    Sinv = np.zeros((nc, nc))
-    e = np.empty(max(nc, 1))
-    for c in range(nc):
-        e[:nc] = 0.0
-        e[c] = 1.0
-        _chol_solve(LS, nc, e)
-        for i in range(nc):
-            Sinv[i, c] = e[i]
-    return Sinv
-
-
-@njit(**_JIT)
 def block_local_inverse(nk, bptr, bcol, work, E):
-    """The entries of H^{-1} each block's cells need: ``E`` (flat, as ``Tk``) over (block k's effects,
-    its border effects).
-
-    ``E[k][:nk, :nk] = A_k^{-1} + M_k S_k^{-1} M_k'``, ``E[k][:nk, nk:] = -M_k S_k^{-1}``,
-    ``E[k][nk:, nk:] = S_k^{-1}``, with ``S_k^{-1}`` the rows and columns of ``S^{-1}`` at the block's
-    border effects.
-    """
-    _, LA, M, LS, toff, aoff, moff = work
+    """The entries of H^{-1} each block's cells need: into ``E`` (flat, as ``Tk``) the rows of block k's own
+    effects over its local space, ``[A_k^{-1} + M_k S_k^{-1} M_k', -M_k S_k^{-1}]`` (``S_k^{-1}``: the rows
+    and columns of ``S^{-1}`` at the block's border effects); returns ``S^{-1}`` (border x border)."""
+    LA, M, LS, toff, aoff, moff = work[1], work[2], work[3], work[4], work[5], work[6]
     K = nk.shape[0]
-    Sinv = _border_inverse(LS)
+    Sinv = _spd_inverse_rows(LS, LS.shape[0])
     nmax = 1
     for k in range(K):
         nmax = max(nmax, nk[k])
@@ -263,15 +275,14 @@ def block_local_inverse(nk, bptr, bcol, work, E):
         p0 = bptr[k]
         nb = bptr[k + 1] - p0
         Mk = local_view(M, moff, k, n, nb)
-        Ek = local_view(E, toff, k, n + nb, n + nb)
+        Ek = local_view(E, toff, k, n, n + nb)
         La = local_view(LA, aoff, k, n, n)
-        MS = np.empty((n, nb))
         for i in range(n):
             for c in range(nb):
                 s = 0.0
                 for c2 in range(nb):
                     s += Mk[i, c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
-                MS[i, c] = s
+                Ek[i, n + c] = -s
         for j in range(n):
             col[:n] = 0.0
             col[j] = 1.0
@@ -279,12 +290,6 @@ def block_local_inverse(nk, bptr, bcol, work, E):
             for i in range(n):
                 s = col[i]
                 for c in range(nb):
-                    s += MS[i, c] * Mk[j, c]
+                    s -= Ek[i, n + c] * Mk[j, c]
                 Ek[i, j] = s
-        for i in range(n):
-            for c in range(nb):
-                Ek[i, n + c] = -MS[i, c]
-                Ek[n + c, i] = -MS[i, c]
-        for c1 in range(nb):
-            for c2 in range(nb):
-                Ek[n + c1, n + c2] = Sinv[bcol[p0 + c1], bcol[p0 + c2]]
+    return Sinv

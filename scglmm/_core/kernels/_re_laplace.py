@@ -176,19 +176,28 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
 
 @njit(**_JIT)
 def _accumulate(d, a, w, work):
-    """Tk[k] (flat, see :mod:`._linalg`) = sum over the cells of block k of w_j a_j a_j' in block-local positions."""
-    Tk, toff = work[0], work[4]
+    """The sums over the cells of ``w_j a_j a_j'``: per block, the rows of its own effects in block-local
+    positions into ``Tk`` (flat, see :mod:`._linalg`); border x border into ``Cb`` (global border positions)."""
+    Tk, toff, Cb = work[0], work[4], work[7]
     Tk[:] = 0.0
+    Cb[:, :] = 0.0
     n, R = a.shape
     for j in range(n):
         k = d.blk[j]
-        b = toff[k]
-        nl = d.nk[k] + d.bptr[k + 1] - d.bptr[k]
+        nk = d.nk[k]
+        nl = nk + d.bptr[k + 1] - d.bptr[k]
         for r in range(R):
             v = w[j] * a[j, r]
-            lr = b + d.lidx[j, r] * nl
-            for r2 in range(R):
-                Tk[lr + d.lidx[j, r2]] += v * a[j, r2]
+            lr = d.lidx[j, r]
+            if lr < nk:
+                row = toff[k] + lr * nl
+                for r2 in range(R):
+                    Tk[row + d.lidx[j, r2]] += v * a[j, r2]
+            else:
+                g = d.gidx[j, r] - d.NB
+                for r2 in range(R):
+                    if d.lidx[j, r2] >= nk:
+                        Cb[g, d.gidx[j, r2] - d.NB] += v * a[j, r2]
 
 
 @njit(**_JIT)
@@ -329,20 +338,28 @@ def _gradient(d, a, u, cs, cd1, work, grad):
     Q = u.shape[0]
     toff = work[4]
     E = np.empty_like(work[0])
-    block_local_inverse(d.nk, d.bptr, d.bcol, work, E)
+    Sinv = block_local_inverse(d.nk, d.bptr, d.bcol, work, E)
     P = np.empty((n, R))
     dd = np.empty(n)
     xi = np.zeros(Q)
     for j in range(n):
         e3 = cs[j, 2]
         k = d.blk[j]
-        nl = d.nk[k] + d.bptr[k + 1] - d.bptr[k]
+        nk = d.nk[k]
+        nl = nk + d.bptr[k + 1] - d.bptr[k]
         dj = 0.0
         for r in range(R):
             s = 0.0
-            lr = toff[k] + d.lidx[j, r] * nl
+            lr = d.lidx[j, r]
             for r2 in range(R):
-                s += E[lr + d.lidx[j, r2]] * a[j, r2]
+                lr2 = d.lidx[j, r2]
+                if lr < nk:
+                    e = E[toff[k] + lr * nl + lr2]
+                elif lr2 < nk:
+                    e = E[toff[k] + lr2 * nl + lr]
+                else:
+                    e = Sinv[d.gidx[j, r] - d.NB, d.gidx[j, r2] - d.NB]
+                s += e * a[j, r2]
             P[j, r] = s
             dj += a[j, r] * s
         dd[j] = dj
