@@ -21,9 +21,9 @@ full negative Hessian) and the log-likelihood are the same. Only ``log theta`` i
 
 Top-level blocks. The top-level factor is the grouping factor (among the terms') in which the most
 random effects nest; terms nested in it form one dense block per top-level level, the others (crossed
-factors, e.g. batches) form the border of the Hessian, eliminated exactly by a Schur complement. The
-border is dense: its size (levels x coefficients of the crossed terms) should stay small (a few
-hundred at most).
+factors, e.g. batches) form the border of the Hessian, eliminated exactly by a Schur complement. Each
+block keeps only the border effects its cells touch (:mod:`.kernels._linalg`): no matrix over all
+levels is formed anywhere in a gene's fit; only the Schur complement (border x border) is dense.
 """
 
 from __future__ import annotations
