@@ -21,9 +21,9 @@ full negative Hessian) and the log-likelihood are the same. Only ``log theta`` i
 
 Top-level blocks. The top-level factor is the grouping factor (among the terms') in which the most
 random effects nest; terms nested in it form one dense block per top-level level, the others (crossed
-factors, e.g. batches) form the border of the Hessian, eliminated exactly by a Schur complement. The
-border is dense: its size (levels x coefficients of the crossed terms) should stay small (a few
-hundred at most).
+factors, e.g. batches) form the border of the Hessian, eliminated exactly by a Schur complement. Each
+block keeps only the border effects its cells touch (:mod:`.kernels._linalg`): no matrix over all
+levels is formed anywhere in a gene's fit; only the Schur complement (border x border) is dense.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from .kernels._few_rows import (
     few_rows_block_power_sums,
     few_rows_cut_blocks,
 )
-from .kernels._re_laplace import re_amat, re_block_gene, re_value_grad
-from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm, re_weighted_cross
+from .kernels._re_laplace import re_amat, re_block_gene, re_seed_fixed, re_value_grad
+from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
@@ -350,6 +350,31 @@ def _positions(
     return gpos, nk, bstart, NB, pos
 
 
+def _local_positions(
+    gidx: NDArray[np.int64],
+    blk: NDArray[np.int64],
+    border: NDArray[np.bool_],
+    nk: NDArray[np.int64],
+    bstart: NDArray[np.int64],
+    NB: int,
+    Q: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Each entry's position in its block's local space, and the border effects each block touches.
+
+    ``border[r]``: entry ``r`` belongs to a crossed term. Returns ``lidx`` (n, R), ``bptr`` (K + 1) and
+    ``bcol``: block ``k`` touches the border effects ``bcol[bptr[k]:bptr[k + 1]]`` (increasing, from 0),
+    which sit at local positions ``nk[k] + 0, 1, ...`` (see :mod:`.kernels._linalg`).
+    """
+    K, nc = nk.shape[0], Q - NB
+    lidx = gidx - bstart[blk][:, None]
+    key = blk[:, None] * max(nc, 1) + (gidx[:, border] - NB)
+    used, inv = np.unique(key, return_inverse=True)
+    bptr = np.searchsorted(used // max(nc, 1), np.arange(K + 1)).astype(np.int64)
+    pos = inv.reshape(key.shape) - bptr[blk][:, None] + nk[blk][:, None]
+    lidx[:, border] = pos
+    return np.ascontiguousarray(lidx), bptr, (used % max(nc, 1)).astype(np.int64)
+
+
 def prepare_re(
     X: NDArray[np.float64],
     offset: NDArray[np.float64],
@@ -401,13 +426,12 @@ def prepare_re(
     blk = terms[top].codes.astype(np.int64)
     zval = np.ascontiguousarray(np.hstack([t.Z for t in terms]), dtype=np.float64)
     gidx = np.empty((n, R), dtype=np.int64)
-    lidx = np.empty((n, R), dtype=np.int64)
     for it, t in enumerate(terms):
         base = gpos[it][t.codes]
         for c in range(t.q):
-            r = toff[it] + c
-            gidx[:, r] = base + c
-            lidx[:, r] = gidx[:, r] - bstart[blk] if parents[it] is not None else nmax + gidx[:, r] - NB
+            gidx[:, toff[it] + c] = base + c
+    border = np.array([parents[it] is None for it in rterm], dtype=bool)
+    lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
     lam_pos, trc = _lambda_layout(terms, p)
     X = np.ascontiguousarray(X, dtype=np.float64)
     off = np.ascontiguousarray(offset, dtype=np.float64)
@@ -423,7 +447,7 @@ def prepare_re(
     data = REData(
         X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
         np.ascontiguousarray(blk), rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(),
-        trc[:, 2].copy(), nk, bstart, nmax, NB, Q, int(family), _trials(family, trials, n),
+        trc[:, 2].copy(), nk, bstart, nmax, NB, Q, bptr, bcol, int(family), _trials(family, trials, n),
     )  # fmt: skip
     return REStructure(
         terms=terms,
@@ -698,14 +722,10 @@ def _seed_hessian(prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.boo
     B = np.zeros((P, P))
     mu = E * np.exp(np.clip(cur, -50.0, 50.0))
     w = mu / (1.0 + disp * mu * E2 / (E * E))
-    X = d.X
-    XX, C, A = re_weighted_cross(X, d.zval, d.gidx, w, d.Q)
-    for it, (L, _) in info.items():  # the effects eliminated with the start's covariances
-        q = s.terms[it].q
-        Ginv = np.linalg.inv(L @ L.T)
-        for g0 in s.gpos[it]:
-            A[g0 : g0 + q, g0 : g0 + q] += Ginv
-    B[:p, :p] = XX - C.T @ np.linalg.solve(A, C)
+    ok, info_beta = re_seed_fixed(d, re_amat(d, phi), w)
+    if not ok:
+        return None
+    B[:p, :p] = info_beta
     for it, (L, V) in info.items():
         Sinv = np.linalg.inv(L @ L.T + V)
         idx = np.flatnonzero(d.lam_t == it)

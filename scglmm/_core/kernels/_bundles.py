@@ -110,7 +110,7 @@ grad_max : (G,) float64
 REData = namedtuple(
     "REData",
     ["X", "off", "zval", "gidx", "lidx", "blk", "rterm", "rcoef", "toff", "tq", "lam_pos", "lam_t", "lam_r",
-     "lam_c", "nk", "bstart", "nmax", "NB", "Q", "family", "trials"],
+     "lam_c", "nk", "bstart", "nmax", "NB", "Q", "bptr", "bcol", "family", "trials"],
 )  # fmt: skip
 REData.__doc__ = """A general random-effect structure as the kernels of :mod:`._re_laplace` take it.
 
@@ -125,7 +125,7 @@ zval : (n, R) float64
     Random-effect covariates of each cell (``Z`` before the Cholesky factor).
 gidx, lidx : (n, R) int64
     Global position of each entry's effect, and its position in the cell's block-local space
-    (see :mod:`._linalg`).
+    (the block's own effects, then the border effects its cells touch; see :mod:`._linalg`).
 blk : (n,) int64
     Top-level block of each cell.
 rterm, rcoef : (R,) int64; toff, tq : (T,) int64
@@ -138,6 +138,9 @@ nk, bstart : (K,) int64
     Effects in each top-level block and their first global position.
 nmax, NB, Q : int
     Largest block, number of block effects (the border starts there), total number of effects.
+bptr : (K + 1,) int64; bcol : int64
+    The border effects (0 .. Q - NB - 1, increasing) that the cells of block ``k`` touch:
+    ``bcol[bptr[k]:bptr[k + 1]]``.
 family : int
     The response family of the rows (:mod:`._cell`: ``NB`` 0, ``BINOMIAL`` 1 with a logit link, ``POISSON``
     2); the kernels branch on it row by row, so that every family shares them.

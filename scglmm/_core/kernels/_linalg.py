@@ -10,11 +10,16 @@ positions ``NB:NB + nc``). The Hessian of the inner problem is
     H = [[A, B], [B', C]],   A = diag(A_1, ..., A_K)
 
 and is factored exactly by a Schur complement on the border: a Cholesky factor of every ``A_k``,
-``M_k = A_k^{-1} B_k``, and a Cholesky factor of ``S = C - sum_k B_k' M_k``. Work per factorisation:
-``sum_k (nk^3 + nk^2 nc + nk nc^2) + nc^3``, linear in the number of top-level levels.
+``M_k = A_k^{-1} B_k``, and a Cholesky factor of ``S = C - sum_k B_k' M_k``.
 
-Each block's matrices are kept in a local index space of ``nmax + nc`` rows: the block's own
-effects at ``0 .. nk[k] - 1`` (padded to ``nmax``), the border at ``nmax .. nmax + nc - 1``.
+Block ``k`` touches only the border effects that its cells have (``bcol[bptr[k]:bptr[k + 1]]``, in
+increasing order, ``nb_k`` of them): the other columns of ``B_k`` are 0. Each block keeps the rows of
+its own effects over a local space of ``nk[k] + nb_k`` columns (its own effects, then its border
+effects; ``A_k`` and ``B_k``), stored flat one block after the other (offsets from
+:func:`block_offsets`); the border x border sums ``C`` are kept once, dense. Memory and work grow with
+the non-zeros of H (``sum_k nk (nk + nb_k)``), not with the number of levels squared; only the Schur
+complement ``S`` (``nc x nc``) is dense, as the exact elimination fills it wherever two border effects
+share a block. Work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + nc^3``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,34 @@ def _chol_solve(L, n, x):
 
 
 @njit(**_JIT)
+def _spd_inverse_rows(L, n):
+    """``(L L')^{-1}`` from a lower Cholesky factor: ``X = L^{-1}`` row by row, then ``X' X``, both by
+    updates along contiguous rows (about n^3 / 3 multiply-adds)."""
+    X = np.zeros((n, n))
+    t = np.empty(max(n, 1))
+    for i in range(n):
+        t[: i + 1] = 0.0
+        t[i] = 1.0
+        for k in range(i):
+            f = L[i, k]
+            for c in range(k + 1):
+                t[c] -= f * X[k, c]
+        d = L[i, i]
+        for c in range(i + 1):
+            X[i, c] = t[c] / d
+    out = np.zeros((n, n))
+    for i in range(n):
+        for a in range(i + 1):
+            f = X[i, a]
+            for b in range(a, i + 1):
+                out[a, b] += f * X[i, b]
+    for a in range(n):
+        for b in range(a):
+            out[a, b] = out[b, a]
+    return out
+
+
+@njit(**_JIT)
 def _spd_inverse(M, out):
     """Inverse of a symmetric positive definite matrix; False if not PD."""
     n = M.shape[0]
@@ -97,39 +130,85 @@ def _copy2(dst, src):
 
 
 @njit(**_JIT)
-def block_factor(Tk, nk, nmax, nc, LA, M, LS):
-    """Factor H from the per-block sums ``Tk`` (K, nmax + nc, nmax + nc) of ``w a a'`` (no identity).
-
-    Fills ``LA`` (K, nmax, nmax), ``M`` (K, nmax, nc) and ``LS`` (nc, nc). Returns
-    ``(ok, log det H)`` with H = sum of the blocks + identity.
-    """
+def block_offsets(nk, bptr):
+    """Offsets of each block's flat storage: ``toff`` (the rows of its own effects in its local space,
+    ``nk (nk + nb_k)``), ``aoff`` (factors of ``A_k``, ``nk^2``) and ``moff`` (``M_k``, ``nk nb_k``), each (K + 1,)."""
     K = nk.shape[0]
-    S = np.eye(nc)
+    toff = np.zeros(K + 1, dtype=np.int64)
+    aoff = np.zeros(K + 1, dtype=np.int64)
+    moff = np.zeros(K + 1, dtype=np.int64)
+    for k in range(K):
+        n = nk[k]
+        nb = bptr[k + 1] - bptr[k]
+        toff[k + 1] = toff[k] + n * (n + nb)
+        aoff[k + 1] = aoff[k] + n * n
+        moff[k + 1] = moff[k] + n * nb
+    return toff, aoff, moff
+
+
+@njit(**_JIT)
+def block_workspace(nk, bptr, nc):
+    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff, Cb)`` (see :func:`block_factor`)."""
+    toff, aoff, moff = block_offsets(nk, bptr)
+    K = nk.shape[0]
+    LS = np.zeros((nc, nc))
+    return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), LS, toff, aoff, moff, np.zeros((nc, nc))
+
+
+@njit(**_JIT)
+def local_view(flat, off, k, r, c):
+    """Block k's (r, c) matrix in the flat array ``flat`` at offsets ``off``."""
+    return flat[off[k] : off[k + 1]].reshape((r, c))
+
+
+@njit(**_JIT)
+def block_factor(nk, bptr, bcol, work, diag):
+    """Factor H from the sums of ``w a a'`` in ``work``: per block ``Tk`` (the rows of its own effects, over
+    its local space) and ``Cb`` (border x border, dense); H = these + ``diag`` times the identity (1 for
+    the inner problem).
+
+    Fills ``LA``, ``M`` and ``LS`` of ``work`` (:func:`block_workspace`). Returns ``(ok, log det H)``.
+    """
+    Tk, LA, M, LS, toff, aoff, moff, Cb = work
+    K = nk.shape[0]
+    nc = LS.shape[0]
+    nmax = 0
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    S = Cb.copy()
+    for c in range(nc):
+        S[c, c] += diag
     A = np.empty((nmax, nmax))
     col = np.empty(nmax)
     logdet = 0.0
     for k in range(K):
         n = nk[k]
+        b0 = bptr[k]
+        nb = bptr[k + 1] - b0
+        T = local_view(Tk, toff, k, n, n + nb)
+        La = local_view(LA, aoff, k, n, n)
+        Mk = local_view(M, moff, k, n, nb)
         for i in range(n):
             for j in range(n):
-                A[i, j] = Tk[k, i, j]
-            A[i, i] += 1.0
-        if not _cholesky(A, LA[k], n):
+                A[i, j] = T[i, j]
+            A[i, i] += diag
+        if not _cholesky(A, La, n):
             return False, 0.0
         for i in range(n):
-            logdet += 2.0 * math.log(LA[k, i, i])
-        for c in range(nc):
+            logdet += 2.0 * math.log(La[i, i])
+        for c in range(nb):
             for i in range(n):
-                col[i] = Tk[k, i, nmax + c]
-            _chol_solve(LA[k], n, col)
+                col[i] = T[i, n + c]
+            _chol_solve(La, n, col)
             for i in range(n):
-                M[k, i, c] = col[i]
-        for c1 in range(nc):
-            for c2 in range(nc):
-                s = Tk[k, nmax + c1, nmax + c2]
+                Mk[i, c] = col[i]
+        for c1 in range(nb):
+            g1 = bcol[b0 + c1]
+            for c2 in range(nb):
+                s = 0.0
                 for i in range(n):
-                    s -= Tk[k, i, nmax + c1] * M[k, i, c2]
-                S[c1, c2] += s
+                    s += T[i, n + c1] * Mk[i, c2]
+                S[g1, bcol[b0 + c2]] -= s
     if not _cholesky(S, LS, nc):
         return False, 0.0
     for c in range(nc):
@@ -138,8 +217,9 @@ def block_factor(Tk, nk, nmax, nc, LA, M, LS):
 
 
 @njit(**_JIT)
-def block_solve(LA, M, LS, nk, bstart, NB, rhs, out):
+def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
     """out = H^{-1} rhs (global effect order) from the factors of :func:`block_factor`."""
+    LA, M, LS, aoff, moff = work[1], work[2], work[3], work[5], work[6]
     K = nk.shape[0]
     nc = LS.shape[0]
     rc = np.empty(nc)
@@ -147,68 +227,69 @@ def block_solve(LA, M, LS, nk, bstart, NB, rhs, out):
         rc[c] = rhs[NB + c]
     for k in range(K):
         b0 = bstart[k]
-        for c in range(nc):
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, nk[k], nb)
+        for c in range(nb):
             s = 0.0
             for i in range(nk[k]):
-                s += M[k, i, c] * rhs[b0 + i]
-            rc[c] -= s
+                s += Mk[i, c] * rhs[b0 + i]
+            rc[bcol[p0 + c]] -= s
     _chol_solve(LS, nc, rc)
+    nmax = 0
     for c in range(nc):
         out[NB + c] = rc[c]
-    y = np.empty(LA.shape[1])
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    y = np.empty(nmax)
     for k in range(K):
         b0 = bstart[k]
         n = nk[k]
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, n, nb)
         for i in range(n):
             y[i] = rhs[b0 + i]
-        _chol_solve(LA[k], n, y)
+        _chol_solve(local_view(LA, aoff, k, n, n), n, y)
         for i in range(n):
             s = y[i]
-            for c in range(nc):
-                s -= M[k, i, c] * rc[c]
+            for c in range(nb):
+                s -= Mk[i, c] * rc[bcol[p0 + c]]
             out[b0 + i] = s
 
 
 @njit(**_JIT)
-def block_local_inverse(LA, M, LS, nk, nmax, E):
-    """The entries of H^{-1} each block's cells need: E[k] over (block k's effects, border).
-
-    ``E[k][:nk, :nk] = A_k^{-1} + M_k S^{-1} M_k'``, ``E[k][:nk, nmax:] = -M_k S^{-1}``,
-    ``E[k][nmax:, nmax:] = S^{-1}``.
-    """
+def block_local_inverse(nk, bptr, bcol, work, E):
+    """The entries of H^{-1} each block's cells need: into ``E`` (flat, as ``Tk``) the rows of block k's own
+    effects over its local space, ``[A_k^{-1} + M_k S_k^{-1} M_k', -M_k S_k^{-1}]`` (``S_k^{-1}``: the rows
+    and columns of ``S^{-1}`` at the block's border effects); returns ``S^{-1}`` (border x border)."""
+    LA, M, LS, toff, aoff, moff = work[1], work[2], work[3], work[4], work[5], work[6]
     K = nk.shape[0]
-    nc = LS.shape[0]
-    Sinv = np.zeros((nc, nc))
-    e = np.empty(max(nc, 1))
-    for c in range(nc):
-        e[:nc] = 0.0
-        e[c] = 1.0
-        _chol_solve(LS, nc, e)
-        for i in range(nc):
-            Sinv[i, c] = e[i]
-    MS = np.empty((nmax, nc))
-    col = np.empty(max(nmax, 1))
+    Sinv = _spd_inverse_rows(LS, LS.shape[0])
+    nmax = 1
+    for k in range(K):
+        nmax = max(nmax, nk[k])
+    col = np.empty(nmax)
     for k in range(K):
         n = nk[k]
+        p0 = bptr[k]
+        nb = bptr[k + 1] - p0
+        Mk = local_view(M, moff, k, n, nb)
+        Ek = local_view(E, toff, k, n, n + nb)
+        La = local_view(LA, aoff, k, n, n)
         for i in range(n):
-            for c in range(nc):
+            for c in range(nb):
                 s = 0.0
-                for c2 in range(nc):
-                    s += M[k, i, c2] * Sinv[c2, c]
-                MS[i, c] = s
+                for c2 in range(nb):
+                    s += Mk[i, c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
+                Ek[i, n + c] = -s
         for j in range(n):
             col[:n] = 0.0
             col[j] = 1.0
-            _chol_solve(LA[k], n, col)
+            _chol_solve(La, n, col)
             for i in range(n):
                 s = col[i]
-                for c in range(nc):
-                    s += MS[i, c] * M[k, j, c]
-                E[k, i, j] = s
-        for i in range(n):
-            for c in range(nc):
-                E[k, i, nmax + c] = -MS[i, c]
-                E[k, nmax + c, i] = -MS[i, c]
-        for c1 in range(nc):
-            for c2 in range(nc):
-                E[k, nmax + c1, nmax + c2] = Sinv[c1, c2]
+                for c in range(nb):
+                    s -= Ek[i, n + c] * Mk[j, c]
+                Ek[i, j] = s
+    return Sinv

@@ -28,7 +28,7 @@ from numba import njit
 from ._cell import NB, _cell_all_x, row_glm, theta_terms
 from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
-from ._linalg import block_factor, block_local_inverse, block_solve
+from ._linalg import block_factor, block_local_inverse, block_solve, block_workspace
 
 
 @njit(**_JIT)
@@ -187,17 +187,29 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
 
 
 @njit(**_JIT)
-def _accumulate(d, a, w, Tk):
-    """Tk[k] = sum over the cells of block k of w_j a_j a_j' in block-local positions."""
+def _accumulate(d, a, w, work):
+    """The sums over the cells of ``w_j a_j a_j'``: per block, the rows of its own effects in block-local
+    positions into ``Tk`` (flat, see :mod:`._linalg`); border x border into ``Cb`` (global border positions)."""
+    Tk, toff, Cb = work[0], work[4], work[7]
     Tk[:] = 0.0
+    Cb[:, :] = 0.0
     n, R = a.shape
     for j in range(n):
         k = d.blk[j]
+        nk = d.nk[k]
+        nl = nk + d.bptr[k + 1] - d.bptr[k]
         for r in range(R):
             v = w[j] * a[j, r]
             lr = d.lidx[j, r]
-            for r2 in range(R):
-                Tk[k, lr, d.lidx[j, r2]] += v * a[j, r2]
+            if lr < nk:
+                row = toff[k] + lr * nl
+                for r2 in range(R):
+                    Tk[row + d.lidx[j, r2]] += v * a[j, r2]
+            else:
+                g = d.gidx[j, r] - d.NB
+                for r2 in range(R):
+                    if d.lidx[j, r2] >= nk:
+                        Cb[g, d.gidx[j, r2] - d.NB] += v * a[j, r2]
 
 
 @njit(**_JIT)
@@ -207,10 +219,8 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
     Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
     per-cell derivatives in ``cs`` belong to u^ (with blocks of cells, only e1 and e2: see :func:`_pass`).
     """
-    Tk, LA, M, LS = work
     n = eta0.shape[0]
     Q = u.shape[0]
-    nc = LS.shape[0]
     theta = math.exp(t)
     eta = np.empty(n)
     w = np.empty(n)
@@ -231,11 +241,11 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
         for j in range(n):
             for r in range(a.shape[1]):
                 g[d.gidx[j, r]] += cs[j, 0] * a[j, r]
-        _accumulate(d, a, w, Tk)
-        ok, logdet = block_factor(Tk, d.nk, d.nmax, nc, LA, M, LS)
+        _accumulate(d, a, w, work)
+        ok, logdet = block_factor(d.nk, d.bptr, d.bcol, work, 1.0)
         if not ok:
             return False, hval, 0.0, it
-        block_solve(LA, M, LS, d.nk, d.bstart, d.NB, g, step)
+        block_solve(d.nk, d.bstart, d.bptr, d.bcol, d.NB, work, g, step)
         dec = 0.0
         for i in range(Q):
             dec += g[i] * step[i]
@@ -260,11 +270,8 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
 
 @njit(**_JIT)
 def re_workspace(d):
-    """Work arrays of :func:`re_modes` for a structure."""
-    K = d.nk.shape[0]
-    nc = d.Q - d.NB
-    nl = d.nmax + nc
-    return np.zeros((K, nl, nl)), np.zeros((K, d.nmax, d.nmax)), np.zeros((K, d.nmax, nc)), np.zeros((nc, nc))
+    """Work arrays of :func:`re_modes` for a structure (:func:`._linalg.block_workspace`)."""
+    return block_workspace(d.nk, d.bptr, d.Q - d.NB)
 
 
 @njit(**_JIT)
@@ -303,7 +310,6 @@ def _mode_jacobian(d, a, u, cs, work, jac):
     """``du / dphi = H^{-1} d(grad_u h) / dphi`` at converged modes (implicit function theorem), with
     ``d(grad_u h) / dphi`` at fixed ``u``: ``sum_j a_j e2_j d eta_j / dphi`` plus, for a Cholesky entry
     ``L_t[r, c]``, ``z_jr e1_j`` at the position of coefficient c, and ``sum_j a_j t1_j`` for log theta."""
-    _, LA, M, LS = work
     n, R = a.shape
     p = d.X.shape[1]
     Q = u.shape[0]
@@ -330,7 +336,7 @@ def _mode_jacobian(d, a, u, cs, work, jac):
             rhs[p + i, gc] += zr * e1
     col = np.empty(Q)
     for k in range(P):
-        block_solve(LA, M, LS, d.nk, d.bstart, d.NB, rhs[k], col)
+        block_solve(d.nk, d.bstart, d.bptr, d.bcol, d.NB, work, rhs[k], col)
         for i in range(Q):
             jac[i, k] = col[i]
 
@@ -339,31 +345,40 @@ def _mode_jacobian(d, a, u, cs, work, jac):
 def _gradient(d, a, u, cs, cd1, work, grad):
     """Exact gradient of the Laplace log-likelihood at converged modes ``u`` with the per-cell
     derivatives ``cs`` there (see the module docstring)."""
-    Tk, LA, M, LS = work
     n, R = a.shape
     p = d.X.shape[1]
     Q = u.shape[0]
-    E = np.empty_like(Tk)
-    block_local_inverse(LA, M, LS, d.nk, d.nmax, E)
+    toff = work[4]
+    E = np.empty_like(work[0])
+    Sinv = block_local_inverse(d.nk, d.bptr, d.bcol, work, E)
     P = np.empty((n, R))
     dd = np.empty(n)
     xi = np.zeros(Q)
     for j in range(n):
         e3 = cs[j, 2]
         k = d.blk[j]
+        nk = d.nk[k]
+        nl = nk + d.bptr[k + 1] - d.bptr[k]
         dj = 0.0
         for r in range(R):
             s = 0.0
             lr = d.lidx[j, r]
             for r2 in range(R):
-                s += E[k, lr, d.lidx[j, r2]] * a[j, r2]
+                lr2 = d.lidx[j, r2]
+                if lr < nk:
+                    e = E[toff[k] + lr * nl + lr2]
+                elif lr2 < nk:
+                    e = E[toff[k] + lr2 * nl + lr]
+                else:
+                    e = Sinv[d.gidx[j, r] - d.NB, d.gidx[j, r2] - d.NB]
+                s += e * a[j, r2]
             P[j, r] = s
             dj += a[j, r] * s
         dd[j] = dj
         for r in range(R):
             xi[d.gidx[j, r]] -= e3 * dj * a[j, r]
     zeta = np.empty(Q)
-    block_solve(LA, M, LS, d.nk, d.bstart, d.NB, xi, zeta)
+    block_solve(d.nk, d.bstart, d.bptr, d.bcol, d.NB, work, xi, zeta)
     grad[:] = 0.0
     NL = d.lam_t.shape[0]
     jt = grad.shape[0] - 1
@@ -388,6 +403,39 @@ def _gradient(d, a, u, cs, cd1, work, grad):
             s = zr * u[gi]
             grad[p + i] += e1 * s - 0.5 * (-2.0 * e2 * zr * P[j, rc] - e3 * s * dj + e2 * s * az + e1 * zr * zeta[gi])
     grad[jt] += cd1
+
+
+@njit(**_JIT)
+def re_seed_fixed(d, a, w):
+    """The fixed effects' information with the random effects eliminated, ``X'WX - X'WA H^{-1} A'WX``
+    with ``H = A'WA + I`` (rows ``a_j`` of ``Z Lambda``, weights ``w_j``), by the block factorisation of
+    :mod:`._linalg` (no matrix over all levels). Returns ``(ok, information)``."""
+    n, p = d.X.shape
+    R = a.shape[1]
+    XX = np.zeros((p, p))
+    C = np.zeros((p, d.Q))
+    for j in range(n):
+        wj = w[j]
+        for k in range(p):
+            v = wj * d.X[j, k]
+            for k2 in range(p):
+                XX[k, k2] += v * d.X[j, k2]
+            for r in range(R):
+                C[k, d.gidx[j, r]] += v * a[j, r]
+    work = re_workspace(d)
+    _accumulate(d, a, w, work)
+    ok, _ = block_factor(d.nk, d.bptr, d.bcol, work, 1.0)
+    if not ok:
+        return False, XX
+    col = np.empty(d.Q)
+    for k in range(p):
+        block_solve(d.nk, d.bstart, d.bptr, d.bcol, d.NB, work, C[k], col)
+        for k2 in range(p):
+            s = 0.0
+            for i in range(d.Q):
+                s += C[k2, i] * col[i]
+            XX[k2, k] -= s
+    return True, XX
 
 
 @njit(**_JIT)

@@ -129,30 +129,3 @@ def re_poisson_glm(X, off, E, ysum, beta, iters):
                 return False
         beta[:] = r
     return True
-
-
-@njit(**_JIT)
-def re_weighted_cross(X, zval, gidx, w, Q):
-    """With rows ``x_j``, random-effect covariates ``zval[j, r]`` at global positions ``gidx[j, r]``
-    and weights ``w_j``: ``X'WX`` (p, p), ``Z'WX`` (Q, p) and ``Z'WZ`` (Q, Q)."""
-    n, p = X.shape
-    R = zval.shape[1]
-    XX = np.zeros((p, p))
-    ZX = np.zeros((Q, p))
-    ZZ = np.zeros((Q, Q))
-    for j in range(n):
-        wj = w[j]
-        for k in range(p):
-            v = wj * X[j, k]
-            for k2 in range(p):
-                XX[k, k2] += v * X[j, k2]
-        for r in range(R):
-            v = wj * zval[j, r]
-            if v == 0.0:
-                continue
-            g = gidx[j, r]
-            for k in range(p):
-                ZX[g, k] += v * X[j, k]
-            for r2 in range(R):
-                ZZ[g, gidx[j, r2]] += v * zval[j, r2]
-    return XX, ZX, ZZ
