@@ -135,10 +135,8 @@ def test_paired_random_slope_runs_and_the_label_swap_finds_nothing():
 def test_composition_tutorial_runs_and_finds_the_monocytes_falling():
     nb = _run("05_composition.ipynb")
     text = _text(nb)
-    effects = {
-        m[1]: (float(m[2]), float(m[3]), float(m[4]))
-        for m in re.finditer(r"^([\w ]+): log OR ([-+][\d.]+) \(SE ([\d.]+)\), odds ratio [\d.]+, p = ([\d.]+)", text, re.M)
-    }
+    line = r"^([\w ]+): log OR ([-+][\d.]+) \(SE ([\d.]+)\), odds ratio [\d.]+, p = ([\d.]+)"
+    effects = {m[1]: (float(m[2]), float(m[3]), float(m[4])) for m in re.finditer(line, text, re.M)}
     assert set(effects) == {"CD14 Mono", "CD4 Naive T", "DC", "B"}, text[-2000:]
     # the paired design, (1 | donor) + (1 | donor:sample), 8 donors: CD14 monocytes lose share in all
     # 8 donors (log OR -0.205, p 0.010 on F(1, 7) when written), naive CD4 T cells gain in all 8 (+0.372,
