@@ -1,21 +1,27 @@
 """Calibration and power of the composition tests (issue 21 item 4).
 
-    python benchmarks/composition_calibration.py            # the study (~10 min on 2 loaded cores)
-    python benchmarks/composition_calibration.py --reps 10  # a quick check
+    python benchmarks/composition_calibration.py --reps 60 --focus-reps 400  # the study (~10 min, 2 cores)
+    python benchmarks/composition_calibration.py --reps 5 --focus-reps 10 --out /tmp/cc  # a quick check
 
 Data: :func:`scglmm.datasets.simulate_composition` (multinomial-logit shares with donor variation on the
-logit scale, 10 types, ~2,000 cells per sample; paired designs add sample effects). Null scenarios
-(no effect): unpaired 3, 5, 6 and 10 donors per group; paired 6 and 10 donors (each in both conditions).
-Power: the same designs with logit effects +0.8, -0.7, +0.6 on three types (power on those three).
+logit scale; paired designs add sample effects). Grid: unpaired and paired x 3, 5, 10 donors per group
+(paired: donors, each in both conditions) x 5, 10, 20 cell types x a median of 500 or 5,000 cells per
+sample; null data sets (no effect) and power data sets with 1, 2 or 3 changing types in turn (logit
+effects +0.8, -0.7, +0.6). Focused scenarios (10 types, ~2,000 cells; unpaired 5 and 6, paired 6 and 10)
+with more data sets, for the choice of the default test.
 
 Methods: scglmm's binomial GLMM per type (each against all others), ``~ condition + (1 | donor)``
 (paired: ``+ (1 | donor:sample)``) tested by Wald ``z``, Wald ``t`` on the between-donor df, ``lrt``
-(chi-square 1) and ``lrt_f`` (LR on F(1, df)); for the paired designs the same model without the sample
-term (``nosample_t``, ``nosample_lrt``); a binomial GLM without random effects (``glm``, Wald z); a t-test
+(chi-square 1), ``lrt_f`` (LR on F(1, df), the default), and two candidates computed from the same fit:
+``t_reml`` (the Wald statistic with the ML variance's scale undone, ``W df / donors`` on F(1, df)) and
+``lrt_fn`` (the LR turned into the F statistic it is in the normal linear model of the donors' values,
+``df (exp(LR / donors) - 1)`` on F(1, df)); for the paired designs the same model without the sample
+term (``nosample_z``, ``nosample_lrt``); a binomial GLM without random effects (``glm``, Wald z); a t-test
 on per-sample logit proportions (``logit_t``; paired: on the donors' differences, as propeller); and a
 Wilcoxon test on the proportions (``wilcoxon``; paired: signed rank).
 
-Writes ``benchmarks/results/composition_calibration.csv`` (every rate) and ``.md`` (the tables).
+Writes ``composition_calibration.csv`` (every rate) and ``.md`` (the tables) to ``--out``
+(default ``benchmarks/results/``).
 """
 
 from __future__ import annotations
