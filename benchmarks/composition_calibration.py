@@ -12,10 +12,10 @@ with more data sets, for the choice of the default test.
 
 Methods: scglmm's binomial GLMM per type (each against all others), ``~ condition + (1 | donor)``
 (paired: ``+ (1 | donor:sample)``) tested by Wald ``z``, Wald ``t`` on the between-donor df, ``lrt``
-(chi-square 1), ``lrt_f`` (LR on F(1, df), the default), and two candidates computed from the same fit:
-``t_reml`` (the Wald statistic with the ML variance's scale undone, ``W df / donors`` on F(1, df)) and
-``lrt_fn`` (the LR turned into the F statistic it is in the normal linear model of the donors' values,
-``df (exp(LR / donors) - 1)`` on F(1, df)); for the paired designs the same model without the sample
+(chi-square 1), ``lrt_f`` (LR on F(1, df), the default before this study), ``lrt_fn`` (the LR turned
+into the F statistic it is in the normal linear model of the donors' values, ``df (exp(LR / donors) - 1)``
+on F(1, df); the default since), and ``t_reml`` (the Wald statistic with the ML variance's scale undone,
+``W df / donors`` on F(1, df); a candidate computed here only); for the paired designs the same model without the sample
 term (``nosample_z``, ``nosample_lrt``); a binomial GLM without random effects (``glm``, Wald z); a t-test
 on per-sample logit proportions (``logit_t``; paired: on the donors' differences, as propeller); and a
 Wilcoxon test on the proportions (``wilcoxon``; paired: signed rank).
@@ -99,16 +99,12 @@ def one_replicate(design: str, donors: int, types: int, cells: int, seed: int, e
     )  # fmt: skip
     stim = (sobs["condition"] == "stim").to_numpy(float)
     res = composition_table(counts, sobs, PAIRED if paired else UNPAIRED)
-    pv = {m: np.asarray(res[f"p_{m}"])[:, 1] for m in ("z", "t", "lrt", "lrt_f")}
+    pv = {m: np.asarray(res[f"p_{m}"])[:, 1] for m in ("z", "t", "lrt", "lrt_f", "lrt_fn")}
     df = float(np.asarray(res["df"])[1])
     levels = float(sobs["donor"].nunique())
     wald2 = np.asarray(res["wald_stat"])[:, 1] ** 2
     # Wald on F(1, df) with the ML variance's bias undone (variance x levels / df), the REML-like scale
     pv["t_reml"] = stats.f.sf(wald2 * df / levels, 1, df)
-    # LR turned into the F it is in the normal linear model of the donors' values (LR = n log(1 + F / df),
-    # n = donors): F = df (exp(LR / n) - 1) on F(1, df)
-    lr = np.asarray(res["lrt_stat"])[:, 1]
-    pv["lrt_fn"] = stats.f.sf(df * np.expm1(lr / levels), 1, df)
     if paired:
         red = composition_table(counts, sobs, UNPAIRED)
         pv["nosample_z"] = np.asarray(red["p_z"])[:, 1]
@@ -150,7 +146,7 @@ def scenario(args: tuple) -> list[dict]:
     return out
 
 
-METHODS = ["lrt_f", "t", "lrt", "z", "t_reml", "lrt_fn", "nosample_z", "nosample_lrt", "glm", "logit_t",
+METHODS = ["lrt_fn", "lrt_f", "t", "lrt", "z", "t_reml", "nosample_z", "nosample_lrt", "glm", "logit_t",
            "wilcoxon"]  # fmt: skip
 
 
@@ -179,10 +175,11 @@ def report(tab: pd.DataFrame, reps: int, focus_reps: int, seconds: float) -> str
         "types are not independent within a data set). Power: the same designs with 1, 2 or 3 changing types",
         "in turn (logit effects +0.8, -0.7, +0.6), power over the changing types.",
         "",
-        "Methods: `lrt_f` (default: LR on F(1, df), df = between-donor df), `t` (Wald on t(df)), `lrt`",
-        "(chi-square 1), `z` (Wald, normal), `t_reml` (Wald with the ML variance scale undone: W x df / donors",
-        "on F(1, df)), `lrt_fn` (LR turned into the F of the normal model of the donors' values,",
-        "df (exp(LR / donors) - 1), on F(1, df)), `nosample_*` (paired: the model without `(1 | donor:sample)`),",
+        "Methods: `lrt_fn` (the default since this study: the LR turned into the F of the normal model of the",
+        "donors' values, df (exp(LR / donors) - 1), on F(1, df)), `lrt_f` (the default before: LR on F(1, df),",
+        "df = between-donor df), `t` (Wald on t(df)), `lrt` (chi-square 1), `z` (Wald, normal), `t_reml` (Wald",
+        "with the ML variance scale undone: W x df / donors on F(1, df); not offered),",
+        "`nosample_*` (paired: the model without `(1 | donor:sample)`),",
         "`glm` (binomial GLM, cells independent), `logit_t` (t-test of logit",
         "shares; paired: of the donors' differences), `wilcoxon` (rank-sum; paired: signed-rank).",
         "",
