@@ -1032,7 +1032,7 @@ _COMPOSITION_DEFAULTS = _defaults(tl.composition)
 )
 @click.option(
     "--test",
-    type=click.Choice(["lrt_f", "t", "z", "lrt"]),
+    type=click.Choice(["lrt_fn", "lrt_f", "t", "z", "lrt"]),
     default=_COMPOSITION_DEFAULTS["test"],
     show_default=True,
     help="Test reported as p_value (all are stored).",

@@ -276,3 +276,33 @@ def kang2018_cd14_mono(path: str | Path | None = None) -> AnnData:
         msg = f"{path} not found; pass the path of kang2018_cd14_mono.h5ad (it ships in the repository's data/)."
         raise FileNotFoundError(msg)
     return ad.read_h5ad(path)
+
+
+def kang2018_cell_types(path: str | Path | None = None) -> AnnData:
+    """The cell labels of all 13,999 Kang 2018 PBMCs, without counts (for :func:`scglmm.tl.composition`).
+
+    8 donors, each unstimulated (``ctrl``) and after interferon-beta (``stim``): 16 samples, 13 cell
+    types (the Seurat ``ifnb`` annotation). Built by ``data/make_kang_obs.py``; provenance in
+    ``data/README.md``.
+
+    Parameters
+    ----------
+    path
+        Read this file (a gzip-compressed CSV) instead of the copy that ships with the package.
+
+    Returns
+    -------
+    An AnnData with an empty ``X`` (13,999 x 0) and ``obs`` columns ``donor``, ``condition`` (categories
+    ``ctrl``, ``stim``), ``sample`` (``<donor>_<condition>``) and ``cell_type``, all categorical.
+    """
+    import anndata as ad
+
+    path = _example_file("kang2018_obs.csv.gz") if path is None else Path(path)
+    if not path.exists():
+        msg = f"{path} not found; pass the path of kang2018_obs.csv.gz (it ships in the repository's data/)."
+        raise FileNotFoundError(msg)
+    obs = pd.read_csv(path, index_col=0, dtype=str)
+    for col in obs.columns:
+        obs[col] = obs[col].astype("category")
+    obs["condition"] = obs["condition"].cat.reorder_categories(["ctrl", "stim"])
+    return ad.AnnData(obs=obs)

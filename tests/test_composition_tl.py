@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import scglmm
 from scglmm._core._errors import InputError
@@ -46,10 +47,19 @@ def test_matches_glmmtmb_and_survives_h5ad(paired, tmp_path):
     assert np.all(tab["adj_p_value"] >= tab["p_value"] - 1e-12)
 
 
-@pytest.mark.parametrize("test", ["z", "t", "lrt", "lrt_f"])
+@pytest.mark.parametrize("test", ["z", "t", "lrt", "lrt_f", "lrt_fn"])
 def test_every_test_is_stored(paired, test):
     tab = scglmm.get.composition(paired, "condition[T.stim]", test=test)
     assert tab["p_value"].between(0, 1).all()
+
+
+def test_default_is_the_lr_turned_into_the_normal_model_f(paired):
+    # lrt_fn: F = df (exp(LR / n) - 1) on F(1, df), n = 8 donors, df = 7 (benchmarks/composition_calibration.py)
+    assert paired.uns["scglmm_composition"]["params"]["test"] == "lrt_fn"
+    tab = scglmm.get.composition(paired, "condition[T.stim]")
+    expected = stats.f.sf(7.0 * np.expm1(tab["stat"].to_numpy() / 8.0), 1, 7.0)
+    np.testing.assert_allclose(tab["p_value"], expected, rtol=1e-12)
+    assert (tab["df"] == 7.0).all()
 
 
 def test_default_samples_and_the_missing_sample_term_warning():

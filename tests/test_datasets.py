@@ -23,6 +23,17 @@ def test_loads_from_the_source_tree():
     assert adata.obs["donor"].nunique() == 8
 
 
+def test_cell_labels_load_from_the_source_tree():
+    adata = scglmm.datasets.kang2018_cell_types()
+    assert adata.shape == (13999, 0)
+    assert list(adata.obs.columns) == ["donor", "condition", "sample", "cell_type"]
+    assert list(adata.obs["condition"].cat.categories) == ["ctrl", "stim"]
+    assert adata.obs["donor"].nunique() == 8 and adata.obs["sample"].nunique() == 16
+    assert adata.obs["cell_type"].nunique() == 13 and not adata.obs.isna().any().any()
+    with pytest.raises(FileNotFoundError, match="kang2018_obs.csv.gz"):
+        scglmm.datasets.kang2018_cell_types("/nonexistent/kang2018_obs.csv.gz")
+
+
 def test_explicit_path_that_does_not_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.h5ad not found"):
         scglmm.datasets.kang2018_cd14_mono(tmp_path / "nope.h5ad")
@@ -38,12 +49,14 @@ def test_loads_from_an_installed_wheel_outside_the_source_tree(tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         assert "scglmm/data/kang2018_cd14_mono.h5ad" in z.namelist()
+        assert "scglmm/data/kang2018_obs.csv.gz" in z.namelist()
         z.extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
         "import scglmm, pathlib; a = scglmm.datasets.kang2018_cd14_mono(); "
-        "print(pathlib.Path(scglmm.__file__).parent); print(a.n_obs, a.n_vars)"
+        "print(pathlib.Path(scglmm.__file__).parent); print(a.n_obs, a.n_vars); "
+        "print(scglmm.datasets.kang2018_cell_types().n_obs)"
     )
     # only the unpacked wheel is on the path for scglmm (the dependencies come from this environment)
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
@@ -52,9 +65,10 @@ def test_loads_from_an_installed_wheel_outside_the_source_tree(tmp_path):
         cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    pkg_dir, shape = out.stdout.strip().splitlines()
+    pkg_dir, shape, n_labelled = out.stdout.strip().splitlines()
     assert Path(pkg_dir) == site / "scglmm"
     assert shape == "2913 1000"
+    assert n_labelled == "13999"
 
 
 def test_simulate_de_direction_fixes_signs_only():

@@ -43,6 +43,7 @@ def test_tutorials_exist():
         "02_array_api.ipynb",
         "03_snakemake.ipynb",
         "04_paired_random_slope.ipynb",
+        "05_composition.ipynb",
     } <= set(NOTEBOOKS)
 
 
@@ -129,3 +130,39 @@ def test_paired_random_slope_runs_and_the_label_swap_finds_nothing():
     }
     assert swapped["(1 + condition | donor)"] <= 2
     assert swapped["(1 | donor)"] >= 10
+
+
+def test_composition_tutorial_runs_and_finds_the_monocytes_falling():
+    nb = _run("05_composition.ipynb")
+    text = _text(nb)
+    line = r"^([\w ]+): log OR ([-+][\d.]+) \(SE ([\d.]+)\), odds ratio [\d.]+, p = ([\d.]+)"
+    effects = {m[1]: (float(m[2]), float(m[3]), float(m[4])) for m in re.finditer(line, text, re.M)}
+    assert set(effects) == {"CD14 Mono", "CD4 Naive T", "DC", "B"}, text[-2000:]
+    # the paired design, (1 | donor) + (1 | donor:sample), 8 donors: CD14 monocytes lose share in all
+    # 8 donors (log OR -0.205, p 0.0015 by lrt_fn on F(1, 7) when written), naive CD4 T cells gain in all
+    # 8 (+0.372, p 0.011); DCs fall (-0.340, p 0.015), B cells rise (+0.221, p 0.011)
+    log_or, se, p = effects["CD14 Mono"]
+    assert -0.3 < log_or < -0.12 and 0 < se < 0.08 and 0 < p < 0.01
+    log_or, se, p = effects["CD4 Naive T"]
+    assert 0.2 < log_or < 0.55 and 0 < p < 0.05
+    assert effects["DC"][0] < 0 < effects["B"][0]
+    assert all(0 < p < 0.1 for _, _, p in effects.values())
+    assert "CD14 Mono share falls in 8 of 8 donors; CD4 Naive T share rises in 8 of 8" in text
+    m = re.search(r"types at p < 0.05: (\d+) of 13 \| at adjusted p < 0.05: (\d+)", text)
+    assert m is not None
+    assert 2 <= int(m[1]) <= 6
+    assert 1 <= int(m[2]) <= int(m[1])  # 13 types, 8 donors: 4 when written, 3 of them at 0.048
+    assert re.search(r"CD14 Mono: .*adjusted p = 0\.0[0-4]\d", text)
+    # without the sample term, and with cells as independent, more types come out (6 and 5 vs 4)
+    m = re.search(
+        r"\{'default \(sample term, lrt_fn\)': (\d+), 'no sample term \(z\)': (\d+), "
+        r"'binomial GLM \(cells independent\)': (\d+)\}",
+        text,
+    )
+    assert m is not None
+    default, nosample, glm = (int(x) for x in m.groups())
+    assert nosample > default and glm > default
+    # against B, NK and naive CD4 T cells (naive CD4 T rising), every other type's log OR is lower
+    assert "types with a lower log odds ratio against the reference: 10 of 10" in text
+    stored = nbformat.read(TUTORIALS / "05_composition.ipynb", as_version=4)
+    assert any("image/png" in o.get("data", {}) for c in stored.cells for o in c.get("outputs", []))

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["composition", "sample_proportions"]
 
 #: Stored p-values of each test of :func:`scglmm.tl.composition`.
-_P_KEYS = {"z": "p_z", "t": "p_t", "lrt": "p_lrt", "lrt_f": "p_lrt_f"}
+_P_KEYS = {"z": "p_z", "t": "p_t", "lrt": "p_lrt", "lrt_f": "p_lrt_f", "lrt_fn": "p_lrt_fn"}
 
 
 def composition(adata: AnnData, coef: str, *, key: str = "scglmm_composition", test: str | None = None) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def composition(adata: AnnData, coef: str, *, key: str = "scglmm_composition", t
     key
         The ``uns`` key of the analysis.
     test
-        ``"t"``, ``"z"``, ``"lrt"`` or ``"lrt_f"`` (see :func:`scglmm.tl.composition`); default: the
+        ``"t"``, ``"z"``, ``"lrt"``, ``"lrt_f"`` or ``"lrt_fn"`` (see :func:`scglmm.tl.composition`); default: the
         analysis' own.
 
     Returns
@@ -61,7 +61,7 @@ def composition(adata: AnnData, coef: str, *, key: str = "scglmm_composition", t
     out["log_or"] = np.asarray(stored["coef"], dtype=float)[:, j]
     out["se"] = np.asarray(stored["se"], dtype=float)[:, j]
     out["stat"] = stat
-    out["df"] = float(np.asarray(stored["df"])[j]) if test in ("t", "lrt_f") else np.inf
+    out["df"] = float(np.asarray(stored["df"])[j]) if test in ("t", "lrt_f", "lrt_fn") else np.inf
     out["p_value"] = p
     out["adj_p_value"] = bh_adjust(p)
     out["status"] = pd.Categorical([str(s) for s in stored["status"]])
