@@ -34,7 +34,7 @@ from scipy import sparse
 
 from ._prior import Prior
 from ._re import RETerm
-from ._results import GenesFit
+from ._results import REFIT_FIELDS, GenesFit
 from ._status import PARTIAL_SEPARATION, PENALISED, SEPARATION, UNUSABLE
 
 if TYPE_CHECKING:
@@ -90,13 +90,6 @@ def extreme_genes(fit: GenesFit, X: NDArray) -> NDArray[np.int64]:
     return np.flatnonzero(separated | (usable & extreme))
 
 
-#: Per-gene fields of :class:`GenesFit` that the penalised refit replaces.
-_PER_GENE = (
-    "coef", "se", "cov", "varcomp", "theta", "dispersion", "loglik", "n_iter", "n_eval", "status",
-    "grad_max", "log_sigma2_se", "log_theta_se",
-)  # fmt: skip
-
-
 def refit_penalised(
     fit: GenesFit,
     counts_of: Callable[[NDArray[np.int64]], sparse.csc_matrix],
@@ -117,9 +110,9 @@ def refit_penalised(
     good = (part.status & UNUSABLE) == 0
     if not good.any():
         return fit
-    arrays = {name: np.array(getattr(fit, name), copy=True) for name in (*_PER_GENE, "modes")}
+    arrays = {name: np.array(getattr(fit, name), copy=True) for name in (*REFIT_FIELDS, "modes")}
     rows, sub = genes[good], np.flatnonzero(good)
-    for name in _PER_GENE:
+    for name in REFIT_FIELDS:
         arrays[name][rows] = getattr(part, name)[sub]
     arrays["status"][rows] = part.status[sub] | PENALISED  # the partial separation is replaced
     position = {name: i for i, name in enumerate(part.mode_names)}

@@ -61,6 +61,14 @@ class GeneFit:
         return 2.0 * norm.sf(np.abs(self.coef / self.se))
 
 
+#: Per-gene fields of :class:`GenesFit` that a refit of some genes replaces (the separation and
+#: penalised refits), besides the modes (placed by name).
+REFIT_FIELDS = (
+    "coef", "se", "cov", "varcomp", "theta", "dispersion", "loglik", "n_iter", "n_eval", "status",
+    "grad_max", "log_sigma2_se", "log_theta_se",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class GenesFit:
     """Result of :func:`fit_genes` for G genes, for every random-effect structure. Row g of every array

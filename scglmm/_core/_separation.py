@@ -41,7 +41,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from ._re import RETerm
-from ._results import GenesFit
+from ._results import REFIT_FIELDS, GenesFit
 from ._status import PARTIAL_SEPARATION, SEPARATION, UNUSABLE
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def refit_separated(
     if genes.size == 0:
         return fit
     Y = sparse.csc_matrix(counts_of(genes))
-    arrays = {name: np.array(getattr(fit, name), copy=True) for name in _PER_GENE}
+    arrays = {name: np.array(getattr(fit, name), copy=True) for name in (*REFIT_FIELDS, "modes")}
     for gone, rows in _by_vanishing_cells(Y, X):
         reduced = _reduced(X, terms, gone)
         if reduced is None:
@@ -208,13 +208,6 @@ def refit_separated(
         part = refit(Y[keep][:, rows], X[keep][:, cols], [t.subset(keep) for t in terms], offset[keep], names)
         _place(arrays, part, genes[rows], reduced, fit.mode_names)
     return replace(fit, **arrays)
-
-
-#: Per-gene fields of :class:`GenesFit` that a refit replaces.
-_PER_GENE = (
-    "coef", "se", "cov", "varcomp", "theta", "dispersion", "loglik", "modes", "n_iter", "n_eval", "status",
-    "grad_max", "log_sigma2_se", "log_theta_se",
-)  # fmt: skip
 
 
 def _place(arrays: dict[str, NDArray], part: GenesFit, genes: NDArray, reduced: Reduction, names: list[str]) -> None:
