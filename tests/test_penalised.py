@@ -223,3 +223,16 @@ def test_blme_covariance_prior_gradient_and_curvature(data):
     one = fit_re_one(fit, np.ascontiguousarray(Y[:, 3]))
     L = fit.cholesky(one.phi)[0]
     assert np.all(np.abs(np.diag(L)) > 1e-3) and np.isfinite(one.loglik)
+
+
+def test_prior_fit_of_a_rare_gene_is_not_taken_for_divergence(data):
+    """With the prior every effect but the intercept is bounded: an intercept beyond the separation bound
+    (a very rare gene, on a large offset scale) is the gene's level, not a divergence (Kang CD14 VWA3B)."""
+    from scglmm._core._re import SEPARATION_BOUND, fit_re_one
+
+    Y, X, donor, cond, off = data
+    s = prepare_re(X, off + 20.0, tuple(_slope_terms(donor, cond)))
+    s = replace(s, prior=_penalised.separation_prior(s))
+    one = fit_re_one(s, np.ascontiguousarray(Y[:, 0]))
+    assert not one.status & SEPARATION and np.isfinite(one.loglik)
+    assert one.phi[0] < -SEPARATION_BOUND and 2.0 < one.phi[1] < 4 * _penalised.BETA_SD

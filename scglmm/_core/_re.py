@@ -876,8 +876,8 @@ def _maximise(
         if not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
             B, fresh = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
-        if np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
-            break
+        if prob.s.prior is None and np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
+            break  # (with a prior the effects are bounded: a far intercept of a rare gene is no divergence)
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, g, H, converged and fresh, it, free
 
@@ -977,7 +977,7 @@ def _fit(
             prob.u, prob.jac = u_best, None
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
-    if np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
+    if s.prior is None and np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
         return REFitOne(**{**nan.__dict__, "status": SEPARATION, "n_iter": it, "n_eval": prob.n_eval})
     if not converged:
         H = prob.hessian(phi, free)
