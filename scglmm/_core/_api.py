@@ -242,8 +242,9 @@ def fit_terms(
     Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings
 ) -> GenesFit:
     """:func:`fit_genes` on validated inputs: the compiled kernels for a single random intercept, the
-    general engine otherwise; then the genes that separate refitted without their vanishing cells and,
-    with ``separation="prior"``, the genes that separate or run to extremes refitted with the weak prior."""
+    general engine otherwise; then, with ``separation="prior"``, the genes that separate or run to extremes
+    refitted with the weak prior, and the genes still separated (``"limit"``, a design without an intercept
+    column, or a failed penalised refit) refitted without their vanishing cells."""
     scalar = len(terms) == 1 and terms[0].scalar_intercept
     if run.n_agq != 1 and not scalar:
         shown = " + ".join(f"(... | {t.group})" for t in terms)
@@ -268,10 +269,9 @@ def fit_terms(
     def counts_of(genes):
         return gene_columns(Y, genes)
 
-    fit = refit_separated(fit, counts_of, X, terms, off, refit)
-    if run.separation == "limit":
-        return fit
-    return refit_penalised(fit, counts_of, X, terms, off, penalised)
+    if run.separation == "prior":  # first, so that no separated gene is also refitted without its cells
+        fit = refit_penalised(fit, counts_of, X, terms, off, penalised)
+    return refit_separated(fit, counts_of, X, terms, off, refit)  # what is still separated: the limits
 
 
 def _fit_scalar(
