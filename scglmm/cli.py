@@ -698,8 +698,8 @@ when interrupted).
     type=click.Choice(list(NORM_METHODS)),
     default=_FIT_DEFAULTS["norm_method"],
     help="Robust factor per sample (pseudobulk) that multiplies each cell's library size, so that a "
-    "condition that induces many genes does not make every other gene look lower: 'tmm' (edgeR's TMM), "
-    "'tmm_mode' (TMM re-centred on the mode of the log ratios), 'ratio' (DESeq2's median of ratios) "
+    "condition that induces many genes does not make every other gene look lower: 'tmm_mode' (edgeR's TMM "
+    "re-centred on the mode of the log ratios), 'tmm' (edgeR's TMM as is), 'ratio' (DESeq2's median of ratios) "
     "or 'none' (the library size alone).  "
     f"[default: {_FIT_DEFAULTS['norm_method']}]",
 )

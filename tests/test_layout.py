@@ -37,9 +37,9 @@ def test_offset_source_round_trip(fitted):
     src = _layout.offset_source(fitted, "scglmm")
     assert src == _layout.OffsetSource("size_factors", "libsize")
     assert fitted.uns["scglmm"]["params"]["offset_source"] == "obs['libsize'] (size factors, logged)"
-    # the library sizes times the (default) TMM factor of each donor's sample, read back from h5ad
+    # the library sizes times the (default) mode-centred TMM factor of each donor's sample, read back from h5ad
     norm = _layout.normalisation(fitted, "scglmm")
-    assert norm == _layout.Normalisation("tmm", ("donor", "condition"), None)
+    assert norm == _layout.Normalisation("tmm_mode", ("donor", "condition"), None)
     table = fitted.uns["scglmm"]["norm_factors"]
     factor = table["factor"].to_numpy()[
         table.index.get_indexer(fitted.obs["donor"].astype(str) + ":" + fitted.obs["condition"].astype(str))

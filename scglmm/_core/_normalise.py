@@ -48,7 +48,7 @@ __all__ = [
     "tmm_factors",
 ]
 
-#: The normalisations: TMM (edgeR; the default of ``tl.fit``), TMM re-centred on the mode of the log ratios,
+#: The normalisations: TMM (edgeR), TMM re-centred on the mode of the log ratios (the default of ``tl.fit``),
 #: median of ratios (DESeq2, edgeR's RLE) and none (library size only).
 NORM_METHODS = ("tmm", "tmm_mode", "ratio", "none")
 NormMethod = Literal["tmm", "tmm_mode", "ratio", "none"]
@@ -255,7 +255,7 @@ def sample_factors(
     counts: ArrayLike,
     cell_library: ArrayLike,
     *,
-    method: NormMethod = "tmm",
+    method: NormMethod = "tmm_mode",
     strata: ArrayLike | None = None,
 ) -> NDArray[np.float64]:
     """The factor of each sample that multiplies the library sizes of its cells.
@@ -327,9 +327,9 @@ def robust_size_factors(
     library_size
         Each cell's library size; default its total count over ``Y``.
     method
-        ``"tmm"`` (edgeR's TMM on the samples' pseudobulks), ``"tmm_mode"`` (its window re-centred on
-        the mode of the log ratios), ``"ratio"`` (median of ratios) or ``"none"`` (the library size
-        alone).
+        ``"tmm_mode"`` (default: edgeR's TMM on the samples' pseudobulks, its window then re-centred
+        on the mode of the log ratios), ``"tmm"`` (edgeR's TMM as is), ``"ratio"`` (median of ratios)
+        or ``"none"`` (the library size alone).
     strata
         Each cell's stratum (e.g. its cell type): factors are computed within each stratum.
 
