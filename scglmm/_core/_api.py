@@ -31,7 +31,7 @@ from ._checks import (
     check_offset,
     check_separation,
 )
-from ._counts import as_backed_counts, block_getter, gene_columns
+from ._counts import as_backed_counts, block_getter, block_reader, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
 from ._family import check_family, check_trials, fit_family
@@ -287,7 +287,7 @@ def _fit_scalar(
     )
     out, nnz = fit_blocks(
         get_block, design, Y.shape[1], n_jobs=run.n_jobs, n_workers=n_workers, block_size=run.block_size,
-        progress=run.progress,
+        progress=run.progress, read_block=block_reader(Y),
     )  # fmt: skip
     return assemble(out, nnz, prepared.X.shape[1], coef_names, prepared.donors.levels, term.group)
 
@@ -315,7 +315,7 @@ def _fit_general(
         get_block = block_getter(Y, n_threads=min(n_workers, os.cpu_count() or 1))
     fits, nnz = fit_general_blocks(
         get_block, s, Y.shape[1], n_jobs=run.n_jobs, n_workers=n_workers, block_size=run.block_size,
-        progress=run.progress,
+        progress=run.progress, read_block=block_reader(Y),
     )  # fmt: skip
     return collect(s, fits, coef_names, nnz)
 

@@ -26,6 +26,13 @@ How gene blocks are read depends on the layout on disk:
   once into a temporary CSC file, reads the source once but writes and re-reads a full copy on
   the temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads
   are cheap next to the fit, and nothing is written.
+
+Reads on the workers: with worker processes (joblib's loky or Dask backends), a CSC or dense file is
+not read by the client at all: :func:`block_reader` gives, per gene block, a :class:`BlockRead` (the
+file's path, the element's name and the block's columns, a few hundred bytes) that the worker calls
+to read its block itself, so the client's memory stays flat whatever the size of the file. CSR
+files are still read by the client (one panel at a time): each worker reading its own blocks would
+scan the whole file for each of them.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from .kernels._sparse import csr_column_counts, csr_columns_to_csc, csr_row_curs
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["PANEL_NNZ", "BackedCounts", "CSCBlock", "as_backed_counts", "block_getter"]
+__all__ = ["PANEL_NNZ", "BackedCounts", "BlockRead", "CSCBlock", "as_backed_counts", "block_getter", "block_reader"]
 
 #: Non-zeros (or dense entries) read per chunk of rows in streaming passes (~40 bytes each at peak).
 CHUNK_NNZ = 1 << 22
@@ -128,6 +135,47 @@ def _csr_panels(Y: sparse.csr_matrix, panel_nnz: int, n_threads: int) -> Callabl
         return CSCBlock(data[lo:hi], rows[lo:hi], ptr, (Y.shape[0], b - a))
 
     return get
+
+
+class BlockRead:
+    """Genes of a count file, read where the object is called: a worker reads its own block instead of
+    receiving it from the client. Small and picklable: the file's path, the counts' element in it and the
+    columns; calling it returns the same CSC matrix as :meth:`BackedCounts.get_block` in the client.
+
+    Parameters
+    ----------
+    path
+        Absolute path of the file (the workers must see it at the same path, e.g. a shared file system).
+    key
+        The counts' element in the file (``"X"``, ``"/layers/counts"``, ...).
+    cols
+        The columns of the file to read.
+    """
+
+    __slots__ = ("cols", "key", "path")
+
+    def __init__(self, path: str, key: str, cols: NDArray[np.int64]) -> None:
+        self.path = path
+        self.key = key
+        self.cols = cols
+
+    def __call__(self) -> sparse.csc_matrix:
+        return BackedCounts(self.path, key=self.key).read_columns(self.cols)
+
+    def __getstate__(self) -> tuple:
+        return (self.path, self.key, self.cols)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.path, self.key, self.cols = state
+
+
+def block_reader(Y) -> Callable[[int, int], BlockRead] | None:
+    """For counts in a CSC or dense file that other processes can open: a function giving, for genes ``a:b``,
+    the :class:`BlockRead` a worker calls to read them itself. None otherwise (counts in memory, a CSR file,
+    an HDF5 file in memory or open for writing): the client reads the blocks (:func:`block_getter`)."""
+    if not isinstance(Y, BackedCounts) or Y.format == "csr" or Y.file_element() is None:
+        return None
+    return Y.block_read
 
 
 def block_getter(
@@ -389,11 +437,30 @@ class BackedCounts:
     # ---- gene blocks ---------------------------------------------------------------------------
     def get_block(self, a: int, b: int) -> sparse.csc_matrix:
         """Genes ``a:b`` (of this view) as a CSC matrix with sorted indices and no duplicates."""
+        return self.read_columns(self._columns()[a:b])
+
+    def read_columns(self, cols: NDArray[np.int64]) -> sparse.csc_matrix:
+        """Columns ``cols`` of the file (not of the view) as a CSC matrix with sorted indices and no duplicates."""
         with self._lock:
-            blk = self._load_columns(self._columns()[a:b])
+            blk = self._load_columns(np.asarray(cols, dtype=np.int64))
         blk.sum_duplicates()
         blk.sort_indices()
         return blk
+
+    def file_element(self) -> tuple[Path, str] | None:
+        """The absolute path of the file and the name of the counts' element in it, if another process
+        can open them (a file on disk opened read-only); None otherwise (e.g. an in-memory HDF5 file)."""
+        if self._path is not None:
+            return self._path.resolve(), self._key
+        fh = self._elem.file
+        if fh.mode != "r" or fh.driver == "core" or not Path(fh.filename).is_file():
+            return None
+        return Path(fh.filename).resolve(), self._elem.name
+
+    def block_read(self, a: int, b: int) -> BlockRead:
+        """A :class:`BlockRead` of genes ``a:b`` of this view (see :func:`block_reader`)."""
+        path, key = self.file_element()
+        return BlockRead(str(path), key, self._columns()[a:b].copy())
 
     def _load_columns(self, cols: NDArray[np.int64]) -> sparse.csc_matrix:
         n, G = self._shape

@@ -5,6 +5,10 @@ pure function, safe to ship to any worker); :func:`fit_blocks` runs it over all 
 on a pool of threads (the kernels release the GIL) or through the joblib backend the user configured
 (e.g. Dask). :func:`fit_general_blocks` does the same for the general engine (any structure), whose
 per-gene optimiser runs in Python: blocks of genes over joblib's processes.
+
+With worker processes (a backend other than threads) and counts in a CSC or dense file, both send the
+workers a :class:`~scglmm._core._counts.BlockRead` per block instead of the block: each worker reads
+its genes from the file itself, and the client never holds the counts.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from joblib import Parallel, delayed
 from joblib.parallel import ThreadingBackend, get_active_backend
 from numba.core import event as numba_event
 
-from ._counts import CSCBlock
+from ._counts import BlockRead, CSCBlock
 from ._re import REFitOne, REStructure, fit_re_one
 from ._results import empty_outputs
 from ._warmup import compile_in_two
@@ -81,11 +85,14 @@ class Design:
         self.cells, self.quadrature, self.few_rows, self.path = state
 
 
-def fit_block(blk: sparse.csc_matrix | CSCBlock, design: Design) -> tuple[BlockOut, NDArray[np.int64]]:
-    """Fit every gene (column) of one CSC block; a pure function, safe to ship to any worker.
+def fit_block(blk: sparse.csc_matrix | CSCBlock | BlockRead, design: Design) -> tuple[BlockOut, NDArray[np.int64]]:
+    """Fit every gene (column) of one CSC block, or of the block a :class:`BlockRead` reads here; a pure
+    function, safe to ship to any worker.
 
     Returns the kernels' outputs (a :class:`BlockOut`) and the stored entries per gene.
     """
+    if isinstance(blk, BlockRead):
+        blk = blk()
     cells = design.cells
     out = empty_outputs(blk.shape[1], cells.X.shape[1], cells.starts.shape[0] - 1)
     _block.fit_block_csc(
@@ -215,6 +222,7 @@ def fit_blocks(
     n_workers: int,
     block_size: int,
     progress: Callable[[int], None] | None = None,
+    read_block: Callable[[int, int], BlockRead] | None = None,
 ) -> tuple[BlockOut, NDArray[np.int64]]:
     """Fit genes ``0 .. n_genes - 1`` block by block.
 
@@ -234,6 +242,10 @@ def fit_blocks(
         Largest number of genes per block.
     progress
         Called with the number of genes finished after every block.
+    read_block
+        Counts in a file the workers can read (:func:`scglmm._core._counts.block_reader`): with a backend
+        other than threads, the workers get these readers instead of the blocks and read their genes
+        themselves.
 
     Returns
     -------
@@ -257,9 +269,10 @@ def fit_blocks(
             store(a, b, fit_block(get_block(a, b), design))
     elif isinstance(get_active_backend(prefer="threads")[0], ThreadingBackend):
         _fit_in_threads(bounds, get_block, design, n_workers, store)
-    else:  # a backend the user configured (Dask, loky): joblib hands it the blocks
+    else:  # a backend the user configured (Dask, loky): joblib hands it the blocks, or their readers
+        cut = read_block if read_block is not None else get_block
         par = Parallel(n_jobs=int(n_jobs), prefer="threads", return_as="generator")
-        results = par(delayed(fit_block)(get_block(a, b), design) for a, b in bounds)
+        results = par(delayed(fit_block)(cut(a, b), design) for a, b in bounds)
         for (a, b), res in zip(bounds, results, strict=True):
             store(a, b, res)
     return out, nnz
@@ -298,9 +311,13 @@ def _fit_in_threads(
 # ------------------------------------------------------------------------------------------------
 # the general engine (any random-effect structure): one gene at a time, blocks over processes
 # ------------------------------------------------------------------------------------------------
-def fit_columns(s: REStructure, Y: NDArray | sparse.csc_matrix | CSCBlock) -> tuple[list[REFitOne], NDArray]:
-    """:func:`fit_re_one` on every column of a dense or CSC block of counts, in this thread; with the
-    non-zero cells per gene."""
+def fit_columns(
+    s: REStructure, Y: NDArray | sparse.csc_matrix | CSCBlock | BlockRead
+) -> tuple[list[REFitOne], NDArray[np.int64]]:
+    """:func:`fit_re_one` on every column of a dense or CSC block of counts (or of the block a
+    :class:`BlockRead` reads here), in this thread; with the non-zero cells per gene."""
+    if isinstance(Y, BlockRead):
+        Y = Y()
     fits, nnz = [], np.zeros(Y.shape[1], dtype=np.int64)
     n = Y.shape[0]
     for g in range(Y.shape[1]):
@@ -329,35 +346,64 @@ def fit_general_blocks(
     n_workers: int,
     block_size: int,
     progress: Callable[[int], None] | None = None,
+    read_block: Callable[[int, int], BlockRead] | None = None,
 ) -> tuple[list[REFitOne], NDArray[np.int64]]:
     """Fit genes ``0 .. n_genes - 1`` with the general engine, ``block_size`` genes at a time; with
     several workers each block is cut into a few runs of consecutive genes per worker (joblib's active
     backend, processes by default; the structure is shipped once per run). Every gene's fit is the
-    same whichever worker runs it."""
+    same whichever worker runs it. With ``read_block`` (as in :func:`fit_blocks`) and worker processes,
+    the workers read their runs of genes from the file themselves."""
     fits: list[REFitOne] = []
     nnz = np.zeros(n_genes, dtype=np.int64)
+    if isinstance(get_active_backend()[0], ThreadingBackend):
+        read_block = None  # threads share the client's memory: nothing to gain
     for a in range(0, n_genes, block_size):
         b = min(a + block_size, n_genes)
-        blk = get_block(a, b)
         if n_workers == 1 or b - a < 2:
-            parts = [fit_columns(s, blk)]
+            parts = [fit_columns(s, get_block(a, b))]
         else:
-            # the run's first gene in this process, its kernels compiled in two processes at once and cached
-            # on disk, where the worker processes load them instead of each compiling them again
-            if a == 0:
-                compile_in_two(s, _dense_column(blk, 0), n_jobs)
-            first = [fit_columns(s, _columns(blk, 0, 1))] if a == 0 else []
-            lo = 1 if a == 0 else 0
-            cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
-            parts = first + Parallel(n_jobs=int(n_jobs))(
-                delayed(fit_columns)(s, _columns(blk, c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True)
-                if c1 > c0
-            )  # fmt: skip
+            parts = _fit_general_block(get_block, read_block, s, a, b, n_jobs, n_workers)
         fits += [f for part, _ in parts for f in part]
         nnz[a:b] = np.concatenate([k for _, k in parts])
         if progress is not None:
             progress(b - a)
     return fits, nnz
+
+
+def _fit_general_block(
+    get_block: Callable[[int, int], NDArray | sparse.csc_matrix | CSCBlock],
+    read_block: Callable[[int, int], BlockRead] | None,
+    s: REStructure,
+    a: int,
+    b: int,
+    n_jobs: int,
+    n_workers: int,
+) -> list[tuple[list[REFitOne], NDArray[np.int64]]]:
+    """Genes ``a:b`` over joblib's workers, in runs of consecutive genes: cut from the block read here,
+    or read by the workers (``read_block``). The run's first gene is fitted in this process."""
+    if read_block is None:
+        blk = get_block(a, b)
+
+        def run(c0: int, c1: int) -> NDArray | CSCBlock:
+            return _columns(blk, c0, c1)
+    else:
+
+        def run(c0: int, c1: int) -> BlockRead:
+            return read_block(a + c0, a + c1)
+
+    first = []
+    if a == 0:
+        # the run's first gene in this process, its kernels compiled in two processes at once and cached
+        # on disk, where the worker processes load them instead of each compiling them again
+        head = run(0, 1)
+        head = head() if isinstance(head, BlockRead) else head
+        compile_in_two(s, _dense_column(head, 0), n_jobs)
+        first = [fit_columns(s, head)]
+    lo = 1 if a == 0 else 0
+    cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
+    return first + Parallel(n_jobs=int(n_jobs))(
+        delayed(fit_columns)(s, run(c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True) if c1 > c0
+    )
 
 
 def _dense_column(blk: NDArray | sparse.csc_matrix | CSCBlock, g: int) -> NDArray[np.float64]:
