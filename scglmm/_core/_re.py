@@ -882,6 +882,8 @@ def _maximise(
     return phi, val, g, H, converged and fresh, it, free
 
 
+#: Whether a fit that converged on a boundary is restarted too (else only one that did not converge).
+RESTART_CONVERGED = False
 #: Whether the first BFGS matrix comes from the start's by-products (:func:`_seed_hessian`), else forward differences.
 USE_SEED = True
 #: Newton decrement below which the BFGS matrix is replaced by a fresh finite-difference Hessian.
@@ -963,9 +965,10 @@ def _fit(
     P = s.n_params
     phi, val, g, H, converged, it, free = _maximise(prob, phi, max_iter, seed=True, first=first)
     boundary = _boundary_status(s, phi) if np.isfinite(val) and s.n_lambda else 0
-    if boundary:
-        # the boundaries are stationary points of the Cholesky parameterisation and can be local
-        # maxima: restart from the same fixed effects and theta with uncorrelated, non-zero sds
+    if boundary and (RESTART_CONVERGED or not converged):
+        # the boundaries are stationary points of the Cholesky parameterisation: a fit that stopped on one
+        # without converging restarts from the same fixed effects and theta with uncorrelated, non-zero sds
+        # (one that converged has a negative definite Hessian there, a local maximum: benchmarks/restart_policy.py)
         u_best = prob.u.copy()
         prob.u, prob.jac = np.zeros_like(prob.u), None
         phi2, val2, g2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
