@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, get, pl, tl
+from ._convert import to_csc
 from ._core._api import fit_gene, fit_genes
 from ._core._normalise import robust_size_factors
 from ._core._re import RETerm
@@ -30,5 +31,6 @@ __all__ = [
     "pl",
     "status_name",
     "tl",
+    "to_csc",
     "__version__",
 ]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__, get, tl
+from ._convert import to_csc
 from ._core._errors import InputError
 from ._core._inference import CALIBRATIONS
 from ._core._normalise import NORM_METHODS
@@ -1121,6 +1122,54 @@ def _composition_table(adata: AnnData, coefs: tuple[str, ...], key: str) -> pd.D
         tab.insert(0, "coef", c)
         parts.append(tab.reset_index())
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+_TO_CSC_HELP = """Rewrite INPUT (an .h5ad file) with its counts stored by gene (CSC).
+
+\b
+scanpy writes counts by cell (CSR). A fit of a file larger than memory
+(--backed) reads a CSR file once per panel of genes, but a CSC file once in
+all, and Dask workers read their own genes from a CSC file. The conversion
+reads INPUT once per panel, holds one panel in memory and copies every other
+element (obs, var, uns, other layers) as it is.
+
+\b
+Example:
+  scglmm to-csc cohort.h5ad --out cohort_csc.h5ad
+  scglmm fit cohort_csc.h5ad --backed --formula "~ condition + (1 + condition | donor)" --out fit.h5ad
+"""
+
+
+@_command("to-csc", _TO_CSC_HELP)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    metavar="OUT",
+    type=click.Path(path_type=Path),
+    help="Output .h5ad (must differ from INPUT).",
+)
+@click.option("--layer", metavar="NAME", help="Layer holding the counts.  [default: X]")
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "lzf", "none"]),
+    default="none",
+    show_default=True,
+    callback=_no_compression,
+    help="Compression of the written counts: none (fastest to read), lzf or gzip (smallest).",
+)
+@_verbosity
+def to_csc_cmd(
+    input_h5ad: Path, out: Path, layer: str | None, compression: str | None, quiet: bool, verbose: bool
+) -> None:
+    """Rewrite INPUT with CSC counts (the help text is ``_TO_CSC_HELP``)."""
+    with _session(quiet=quiet, verbose=verbose):
+        _check_input(input_h5ad)
+        _check_output(out, "--out", inputs=[input_h5ad], taken={})
+        t0 = time.perf_counter()
+        write_atomically([(out, lambda p: to_csc(input_h5ad, p, layer=layer, compression=compression))])
+        what = "X" if layer is None else f"layers[{layer!r}]"
+        logger.info("wrote %s: %s stored by gene (CSC) in %.1f s", out, what, time.perf_counter() - t0)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -447,6 +447,29 @@ class BackedCounts:
         blk.sort_indices()
         return blk
 
+    def gene_panels(self) -> Iterator[tuple[int, sparse.csc_matrix]]:
+        """``(first_gene, panel)`` over all genes of the file in order, each panel a CSC matrix: the
+        in-memory panels of a CSR file (one streaming pass each), slices of about ``chunk_nnz`` entries
+        of a dense or CSC one. Used to rewrite a file as CSC (:func:`scglmm.to_csc`)."""
+        n, G = self._shape
+        a = 0
+        while a < G:
+            if self.format == "csr":
+                p0, b, panel = self._panel_for(a, a + 1)
+                yield a, panel if p0 == a else _csc_columns(panel, a - p0, b - p0)
+                self._panel = None  # the next panel starts at b: free this one before reading it
+            else:
+                b = min(G, a + max(1, self.chunk_nnz // max(n, 1))) if self.format == "dense" else self._csc_end(a)
+                yield a, self._load_columns(np.arange(a, b, dtype=np.int64))
+            a = b
+
+    def _csc_end(self, a: int) -> int:
+        """The end of the CSC slice of about ``chunk_nnz`` entries that starts at gene ``a``."""
+        with self._open() as elem:
+            indptr = self._get_indptr(elem)
+        b = int(np.searchsorted(indptr, indptr[a] + self.chunk_nnz, side="right")) - 1
+        return min(max(b, a + 1), self._shape[1])
+
     def file_element(self) -> tuple[Path, str] | None:
         """The absolute path of the file and the name of the counts' element in it, if another process
         can open them (a file on disk opened read-only); None otherwise (e.g. an in-memory HDF5 file)."""
