@@ -596,15 +596,22 @@ def _no_compression(ctx: click.Context, param: click.Parameter, value: str) -> s
     return None if value == "none" else value
 
 
-def _outputs(f: Callable) -> Callable:
-    f = click.option(
+def _compression(text: str, default: str = "gzip") -> Callable[[Callable], Callable]:
+    """``--compression gzip|lzf|none`` (``none`` passed on as ``None``), with help ``text``."""
+    return click.option(
         "--compression",
         type=click.Choice(["gzip", "lzf", "none"]),
-        default="gzip",
+        default=default,
         show_default=True,
         callback=_no_compression,
-        help="Compression of the arrays of the output .h5ad: gzip (smallest), lzf (faster, larger) or none "
-        "(fastest, several times larger). With --backed: of the results; the counts are copied as INPUT stores them.",
+        help=text,
+    )
+
+
+def _outputs(f: Callable) -> Callable:
+    f = _compression(
+        "Compression of the arrays of the output .h5ad: gzip (smallest), lzf (faster, larger) or none "
+        "(fastest, several times larger). With --backed: of the results; the counts are copied as INPUT stores them."
     )(f)
     f = click.option(
         "--table", metavar="TSV", type=click.Path(path_type=Path), help="Also write the per-gene results as a TSV file."
@@ -1050,14 +1057,7 @@ _COMPOSITION_DEFAULTS = _defaults(tl.composition)
 @click.option(
     "--table", metavar="TSV", type=click.Path(path_type=Path), help="Write the per-type results as a TSV file."
 )
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "lzf", "none"]),
-    default="gzip",
-    show_default=True,
-    callback=_no_compression,
-    help="Compression of the arrays of the output .h5ad.",
-)
+@_compression("Compression of the arrays of the output .h5ad.")
 @click.option(
     "--key-added",
     metavar="KEY",
@@ -1150,14 +1150,7 @@ Example:
     help="Output .h5ad (must differ from INPUT).",
 )
 @click.option("--layer", metavar="NAME", help="Layer holding the counts.  [default: X]")
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "lzf", "none"]),
-    default="none",
-    show_default=True,
-    callback=_no_compression,
-    help="Compression of the written counts: none (fastest to read), lzf or gzip (smallest).",
-)
+@_compression("Compression of the written counts: none (fastest to read), lzf or gzip (smallest).", default="none")
 @_verbosity
 def to_csc_cmd(
     input_h5ad: Path, out: Path, layer: str | None, compression: str | None, quiet: bool, verbose: bool
