@@ -211,6 +211,8 @@ class _Blocks:
     """(B,) sum of ``exp(offset)`` over each block's cells."""
     e2sum: NDArray[np.float64]
     """(B,) sum of ``exp(2 offset)`` over each block's cells."""
+    e3sum: NDArray[np.float64]
+    """(B,) sum of ``exp(3 offset)`` over each block's cells."""
     cbid: NDArray[np.int64]
     """(n,) block of each cell (original order)."""
     cLw: NDArray[np.float64]
@@ -287,6 +289,7 @@ def _cut_blocks(
     blocks = _Blocks(
         order=order, bstarts=bstarts, Lw=Lw, off=off_s, e=e,
         esum=np.add.reduceat(e, bstarts[:-1]), e2sum=np.add.reduceat(e * e, bstarts[:-1]),
+        e3sum=np.add.reduceat(e**3, bstarts[:-1]),
         cbid=cbid, cLw=cLw, coff=offset.copy(), ce=np.exp(offset),
     )  # fmt: skip
     return blocks, RERows(True, PA, Lc, o_ref, np.log(Lc), _inv_k())
@@ -628,11 +631,8 @@ def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None)
         E = E2 = np.ones(X.shape[0])
     ysum = prob.row_counts
     beta = _poisson_glm(X, off, E, ysum)
-    if s.blocks is not None:  # dispersion by moments around each block's own mean (random effects left out)
-        y2sum, yesum = prob.moments  # type: ignore[misc]
-        m = ysum / E
-        ss = (y2sum - 2.0 * m * yesum + m * m * E2 - m * E).sum()
-        disp = max(0.05, float(ss / max((m * m * E2).sum(), 1e-10)))
+    if s.blocks is not None:
+        disp = _block_dispersion(prob, E, E2, s.blocks.e3sum)
     else:
         mu = np.exp(np.clip(X @ beta + off, -30.0, 30.0))
         disp = max(0.05, float(((ysum - mu) ** 2 - mu).sum() / max((mu**2).sum(), 1e-10)))
@@ -649,6 +649,31 @@ def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None)
         for i in range(s.n_lambda):
             phi[s.p + i] = 0.3 if s.data.lam_r[i] == s.data.lam_c[i] else 0.0
     return phi
+
+
+def _block_dispersion(prob: _Problem, E: NDArray, E2: NDArray, E3: NDArray) -> float:
+    """A moment estimate of the NB dispersion around each block's own mean (which absorbs the random
+    effects), at least 0.05.
+
+    With cells ``j`` of a block, ``e_j = exp(offset_j)``, means ``m e_j``, ``m^ = sum y / sum e`` and
+    ``Ek = sum e_j^k``, the residual sum ``ss = sum (y_j - m^ e_j)^2`` has expectation ``m (E - E2 / E) +
+    disp m^2 c`` with ``c = E2 - 2 E3 / E + E2^2 / E^2``: the block's own mean takes a share of its
+    Poisson variance, which at a few cells per block and low counts outweighs the overdispersion
+    (without it the estimate sat at its floor, and the outer iterations walked log theta down by 2-3).
+    ``m^2`` is estimated by ``Y (Y - 1) / E^2`` (``Y`` the block's count), whose expectation is ``m^2 (1 +
+    disp E2 / E^2)``: a few fixed-point steps solve for ``disp``. A block of one cell adds nothing."""
+    y2sum, yesum = prob.moments  # type: ignore[misc]
+    ysum = prob.row_counts
+    m = ysum / E
+    ss = y2sum - 2.0 * m * yesum + m * m * E2
+    num = float((ss - m * (E - E2 / E)).sum())
+    c = np.maximum(E2 - 2.0 * E3 / E + (E2 / E) ** 2, 0.0) * ysum * np.maximum(ysum - 1.0, 0.0) / (E * E)
+    r = E2 / (E * E)
+    disp = 0.05
+    for _ in range(8):
+        den = float((c / (1.0 + disp * r)).sum())
+        disp = max(0.05, num / max(den, 1e-10))
+    return disp
 
 
 #: Whether :func:`_start` estimates the covariances from per-level fits (else Cholesky diagonals 0.3).
@@ -798,8 +823,10 @@ def _newton_step(g: NDArray, H: NDArray, free: NDArray[np.bool_]) -> tuple[NDArr
 
 
 def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: float) -> tuple[NDArray, float, NDArray]:
-    """Backtracking (Armijo) along ``step`` with log theta projected onto its bound; returns the new point."""
-    alpha = 1.0
+    """Backtracking (Armijo) along ``step`` with log theta projected onto its bound; returns the new point.
+    The first trial moves no parameter by more than :data:`MAX_STEP` (a far trial point costs many inner
+    iterations and is rejected anyway)."""
+    alpha = min(1.0, MAX_STEP / max(float(np.abs(step).max()), 1e-300))
     for _ in range(40):
         trial = phi + alpha * step
         trial[-1] = min(trial[-1], T_MAX)
@@ -828,6 +855,10 @@ def _maximise(
     covariance rest on a finite-difference Hessian computed at most a few steps of decrement below
     :data:`DEC_FRESH` (well under a thousandth of a standard error) before the optimum.
 
+    BFGS iterations that crawl (the decrement below :data:`DEC_STALL` and not cut tenfold in five steps,
+    typically along a variance running to 0) get a fresh Hessian too, and a line search's first trial
+    moves no parameter by more than :data:`MAX_STEP`.
+
     ``first``: the value and gradient at ``phi`` with ``prob.u`` its modes, if known (else evaluated).
 
     Returns ``(phi, value, gradient, Hessian, converged, iterations, free)`` with ``prob.u`` the
@@ -840,6 +871,7 @@ def _maximise(
     fresh = False
     converged = False
     it = 0
+    decs: list[float] = []
     for it in range(1, max_iter + 1):
         held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:
@@ -852,7 +884,9 @@ def _maximise(
         if B is None:
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
         step, dec, pd = _newton_step(g, -B, free)
-        if dec < DEC_FRESH and not fresh:
+        decs.append(dec)
+        stalled = len(decs) > 5 and dec < DEC_STALL and dec > 0.1 * decs[-6]
+        if (dec < DEC_FRESH or stalled) and not fresh:
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
             step, dec, pd = _newton_step(g, -B, free)
         if pd and dec < 1e-10:
@@ -882,20 +916,34 @@ def _maximise(
     return phi, val, g, H, converged and fresh, it, free
 
 
+#: Largest change of any parameter (log scale for the effects and log theta) in a line search's first trial.
+MAX_STEP = 1.0
 #: Whether a fit that converged on a boundary is restarted too (else only one that did not converge).
 RESTART_CONVERGED = False
 #: Whether the first BFGS matrix comes from the start's by-products (:func:`_seed_hessian`), else forward differences.
 USE_SEED = True
 #: Newton decrement below which the BFGS matrix is replaced by a fresh finite-difference Hessian.
 DEC_FRESH = 1e-10
+#: Below this decrement, BFGS iterations that have not cut the decrement tenfold in five steps (a crawl
+#: along a flat ridge, typically a variance running to 0) are replaced by a fresh Hessian too.
+DEC_STALL = 1e-6
 
 
 def _bfgs(B: NDArray, s: NDArray, yv: NDArray) -> NDArray | None:
-    """BFGS update of a positive definite matrix ``B`` (the negative Hessian) with step ``s`` and
-    gradient change ``yv`` (of the negated objective); None (recompute) when the curvature condition fails."""
-    sy = float(s @ yv)
+    """BFGS update of the negative Hessian ``B`` with step ``s`` and gradient change ``yv`` (of the
+    negated objective). A finite-difference matrix that is not positive definite is first made so as
+    the Newton step makes it (eigenvalues to their absolute values, floored) rather than discarded.
+    None (recompute) when the curvature condition fails."""
+    if not np.all(np.isfinite(B)):
+        return None
     Bs = B @ s
     sBs = float(s @ Bs)
+    if not sBs > 0.0:
+        w, V = np.linalg.eigh(0.5 * (B + B.T))
+        B = (V * np.maximum(np.abs(w), 1e-8 * max(1.0, float(np.abs(w).max())))) @ V.T
+        Bs = B @ s
+        sBs = float(s @ Bs)
+    sy = float(s @ yv)
     if not (sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(yv)) or not sBs > 0.0:
         return None
     return B - np.outer(Bs, Bs) / sBs + np.outer(yv, yv) / sy

@@ -156,9 +156,47 @@ def block_workspace(nk, bptr, nc):
 
 
 @njit(**_JIT)
-def local_view(flat, off, k, r, c):
-    """Block k's (r, c) matrix in the flat array ``flat`` at offsets ``off``."""
-    return flat[off[k] : off[k + 1]].reshape((r, c))
+def _chol_flat(T, t0, tstride, diag, L, a0, n):
+    """Cholesky factor of ``A = T[:n, :n] + diag I`` (rows of ``T`` at ``T[t0 + i tstride]``) into the
+    flat ``n x n`` array ``L`` at ``a0`` (lower triangle; upper set to 0), as :func:`_cholesky`, with the
+    log determinant. Returns ``(ok, log det A)``."""
+    logdet = 0.0
+    for j in range(n):
+        rj = a0 + j * n
+        s = T[t0 + j * tstride + j] + diag
+        for k in range(j):
+            s -= L[rj + k] * L[rj + k]
+        if not s > 0.0 or not math.isfinite(s):
+            return False, 0.0
+        ljj = math.sqrt(s)
+        L[rj + j] = ljj
+        for i in range(j + 1, n):
+            ri = a0 + i * n
+            s = T[t0 + i * tstride + j]
+            for k in range(j):
+                s -= L[ri + k] * L[rj + k]
+            L[ri + j] = s / ljj
+        for i in range(j):
+            L[a0 + i * n + j] = 0.0
+    for i in range(n):
+        logdet += 2.0 * math.log(L[a0 + i * n + i])
+    return True, logdet
+
+
+@njit(**_JIT)
+def _chol_solve_flat(L, a0, n, x, x0, xs):
+    """Solve ``(L L') z = x`` in place, ``L`` flat ``n x n`` at ``a0``, ``x`` the entries ``x[x0 + i xs]``
+    (as :func:`_chol_solve`)."""
+    for i in range(n):
+        s = x[x0 + i * xs]
+        for k in range(i):
+            s -= L[a0 + i * n + k] * x[x0 + k * xs]
+        x[x0 + i * xs] = s / L[a0 + i * n + i]
+    for i in range(n - 1, -1, -1):
+        s = x[x0 + i * xs]
+        for k in range(i + 1, n):
+            s -= L[a0 + k * n + i] * x[x0 + k * xs]
+        x[x0 + i * xs] = s / L[a0 + i * n + i]
 
 
 @njit(**_JIT)
@@ -172,42 +210,31 @@ def block_factor(nk, bptr, bcol, work, diag):
     Tk, LA, M, LS, toff, aoff, moff, Cb = work
     K = nk.shape[0]
     nc = LS.shape[0]
-    nmax = 0
-    for k in range(K):
-        nmax = max(nmax, nk[k])
     S = Cb.copy()
     for c in range(nc):
         S[c, c] += diag
-    A = np.empty((nmax, nmax))
-    col = np.empty(nmax)
     logdet = 0.0
     for k in range(K):
         n = nk[k]
         b0 = bptr[k]
         nb = bptr[k + 1] - b0
-        T = local_view(Tk, toff, k, n, n + nb)
-        La = local_view(LA, aoff, k, n, n)
-        Mk = local_view(M, moff, k, n, nb)
-        for i in range(n):
-            for j in range(n):
-                A[i, j] = T[i, j]
-            A[i, i] += diag
-        if not _cholesky(A, La, n):
+        nl = n + nb
+        t0 = toff[k]
+        m0 = moff[k]
+        ok, ld = _chol_flat(Tk, t0, nl, diag, LA, aoff[k], n)
+        if not ok:
             return False, 0.0
-        for i in range(n):
-            logdet += 2.0 * math.log(La[i, i])
+        logdet += ld
         for c in range(nb):
             for i in range(n):
-                col[i] = T[i, n + c]
-            _chol_solve(La, n, col)
-            for i in range(n):
-                Mk[i, c] = col[i]
-        for c1 in range(nb):
+                M[m0 + i * nb + c] = Tk[t0 + i * nl + n + c]
+            _chol_solve_flat(LA, aoff[k], n, M, m0 + c, nb)
+        for c1 in range(nb):  # the lower triangle only (bcol increases): the Cholesky reads no other
             g1 = bcol[b0 + c1]
-            for c2 in range(nb):
+            for c2 in range(c1 + 1):
                 s = 0.0
                 for i in range(n):
-                    s += T[i, n + c1] * Mk[i, c2]
+                    s += Tk[t0 + i * nl + n + c1] * M[m0 + i * nb + c2]
                 S[g1, bcol[b0 + c2]] -= s
     if not _cholesky(S, LS, nc):
         return False, 0.0
@@ -225,36 +252,33 @@ def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
     rc = np.empty(nc)
     for c in range(nc):
         rc[c] = rhs[NB + c]
-    for k in range(K):
-        b0 = bstart[k]
-        p0 = bptr[k]
-        nb = bptr[k + 1] - p0
-        Mk = local_view(M, moff, k, nk[k], nb)
-        for c in range(nb):
-            s = 0.0
-            for i in range(nk[k]):
-                s += Mk[i, c] * rhs[b0 + i]
-            rc[bcol[p0 + c]] -= s
-    _chol_solve(LS, nc, rc)
-    nmax = 0
+    if nc > 0:
+        for k in range(K):
+            b0 = bstart[k]
+            p0 = bptr[k]
+            nb = bptr[k + 1] - p0
+            m0 = moff[k]
+            for c in range(nb):
+                s = 0.0
+                for i in range(nk[k]):
+                    s += M[m0 + i * nb + c] * rhs[b0 + i]
+                rc[bcol[p0 + c]] -= s
+        _chol_solve(LS, nc, rc)
     for c in range(nc):
         out[NB + c] = rc[c]
-    for k in range(K):
-        nmax = max(nmax, nk[k])
-    y = np.empty(nmax)
     for k in range(K):
         b0 = bstart[k]
         n = nk[k]
         p0 = bptr[k]
         nb = bptr[k + 1] - p0
-        Mk = local_view(M, moff, k, n, nb)
+        m0 = moff[k]
         for i in range(n):
-            y[i] = rhs[b0 + i]
-        _chol_solve(local_view(LA, aoff, k, n, n), n, y)
+            out[b0 + i] = rhs[b0 + i]
+        _chol_solve_flat(LA, aoff[k], n, out, b0, 1)
         for i in range(n):
-            s = y[i]
+            s = out[b0 + i]
             for c in range(nb):
-                s -= Mk[i, c] * rc[bcol[p0 + c]]
+                s -= M[m0 + i * nb + c] * rc[bcol[p0 + c]]
             out[b0 + i] = s
 
 
@@ -274,22 +298,23 @@ def block_local_inverse(nk, bptr, bcol, work, E):
         n = nk[k]
         p0 = bptr[k]
         nb = bptr[k + 1] - p0
-        Mk = local_view(M, moff, k, n, nb)
-        Ek = local_view(E, toff, k, n, n + nb)
-        La = local_view(LA, aoff, k, n, n)
+        nl = n + nb
+        m0 = moff[k]
+        e0 = toff[k]
         for i in range(n):
             for c in range(nb):
                 s = 0.0
                 for c2 in range(nb):
-                    s += Mk[i, c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
-                Ek[i, n + c] = -s
+                    s += M[m0 + i * nb + c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
+                E[e0 + i * nl + n + c] = -s
         for j in range(n):
-            col[:n] = 0.0
+            for i in range(n):
+                col[i] = 0.0
             col[j] = 1.0
-            _chol_solve(La, n, col)
+            _chol_solve_flat(LA, aoff[k], n, col, 0, 1)
             for i in range(n):
                 s = col[i]
                 for c in range(nb):
-                    s -= Ek[i, n + c] * Mk[j, c]
-                Ek[i, j] = s
+                    s -= E[e0 + i * nl + n + c] * M[m0 + j * nb + c]
+                E[e0 + i * nl + j] = s
     return Sinv

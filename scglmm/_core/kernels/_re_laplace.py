@@ -67,76 +67,87 @@ def _eta(d, eta0, a, u, eta):
 
 
 @njit(**_JIT)
-def _block_q12(j, c, t, theta, fr, PZ):
-    """Sums over block j's cells (linear predictor c + offset) of q, e1 and e2 (S[0..2] of
-    :func:`._few_rows._few_rows_block_sums_into`) by one series: all three are linear in the power
-    sums, so it runs over ``W_k = theta PA[j, k] + PZ[j, k]``."""
+def _blocks_q12(fr, PZ, eta, t, theta, cs):
+    """Sums over each block j's cells (linear predictor ``eta[j]`` + offset) of e1 and e2 into ``cs[j,
+    :2]`` and of q (the total returned): S[0..2] of :func:`._few_rows._few_rows_block_sums_into`, by one
+    series per block, all three being linear in the power sums: it runs over ``W_k = theta PA[j, k] +
+    PZ[j, k]``. (The loop over the blocks is here, not in the caller: a call per block, passing the
+    arrays of ``fr``, cost more than the series.)"""
     PA = fr.PA
     KK = PA.shape[1]
-    z = c - t + fr.o_ref + fr.logLc[j]
-    rc, alpha, lx, K = _block_centre(z, KK)
-    w0 = theta * PA[j, 0] + PZ[j, 0]
-    wprev = w0
-    bk = 1.0
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    for k in range(1, K + 1):
-        bk *= rc
-        sg = bk if (k % 2 == 1) else -bk
-        wk = theta * PA[j, k] + PZ[j, k]
-        s0 += sg * wk * fr.inv_k[k]
-        s1 += sg * wk
-        s2 += k * sg * (wprev + wk)
-        wprev = wk
-    ysum = PZ[j, KK]
-    q = c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
-    return q, ysum - (w0 * rc + alpha * s1), -alpha * s2
+    total = 0.0
+    for j in range(eta.shape[0]):
+        c = eta[j]
+        z = c - t + fr.o_ref + fr.logLc[j]
+        rc, alpha, lx, K = _block_centre(z, KK)
+        w0 = theta * PA[j, 0] + PZ[j, 0]
+        wprev = w0
+        nrc = -rc
+        sg = -1.0  # (-1)^(k+1) rc^k
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for k in range(1, K + 1):
+            sg *= nrc
+            wk = theta * PA[j, k] + PZ[j, k]
+            s0 += sg * wk * fr.inv_k[k]
+            s1 += sg * wk
+            s2 += k * sg * (wprev + wk)
+            wprev = wk
+        ysum = PZ[j, KK]
+        total += c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
+        cs[j, 0] = ysum - (w0 * rc + alpha * s1)
+        cs[j, 1] = -alpha * s2
+    return total
 
 
 @njit(**_JIT)
-def _block_all(j, c, t, theta, fr, PZ, out):
-    """Sums over block j's cells of ``(e1, e2, e3, t0, t1, t2)`` into ``out`` and of q (returned):
-    with ``G_m(M)`` the sums of the m-th derivatives of log1p in log x weighted by the power sums M
-    (:func:`._few_rows._centered_series`), e_m = -G_m(W) (and e1 + ysum) and ``t_m = G_(m+1)(W) -
-    theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2."""
+def _blocks_all(fr, PZ, eta, t, theta, cs):
+    """Sums over each block j's cells of ``(e1, e2, e3, t0, t1, t2)`` into ``cs[j]`` and of q (the total
+    returned): with ``G_m(M)`` the sums of the m-th derivatives of log1p in log x weighted by the power
+    sums M (:func:`._few_rows._centered_series`), e_m = -G_m(W) (and e1 + ysum) and ``t_m = G_(m+1)(W)
+    - theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2."""
     PA = fr.PA
     KK = PA.shape[1]
-    z = c - t + fr.o_ref + fr.logLc[j]
-    rc, alpha, lx, K = _block_centre(z, KK)
-    w0 = theta * PA[j, 0] + PZ[j, 0]
-    w1 = w0  # W_(k-1)
-    w2 = 0.0  # W_(k-2)
-    a1 = PA[j, 0]
-    bk = 1.0
-    s0 = s1 = s2 = s3 = p0 = p1 = p2 = 0.0
-    for k in range(1, K + 1):
-        bk *= rc
-        sg = bk if (k % 2 == 1) else -bk
-        kf = float(k)
-        wk = theta * PA[j, k] + PZ[j, k]
-        ak = PA[j, k]
-        s0 += sg * wk * fr.inv_k[k]
-        s1 += sg * wk
-        s2 += kf * sg * (w1 + wk)
-        s3 += kf * sg * ((kf - 1.0) * w2 + (2.0 * kf - 1.0) * w1 + kf * wk)
-        p0 += sg * ak * fr.inv_k[k]
-        p1 += sg * ak
-        p2 += kf * sg * (a1 + ak)
-        w2 = w1
-        w1 = wk
-        a1 = ak
-    ysum = PZ[j, KK]
-    G1 = w0 * rc + alpha * s1
-    G2 = alpha * s2
-    G3 = alpha * s3
-    out[0] = ysum - G1
-    out[1] = -G2
-    out[2] = -G3
-    out[3] = G1 - theta * (PA[j, 0] * lx + p0)
-    out[4] = G2 - theta * (PA[j, 0] * rc + alpha * p1)
-    out[5] = G3 - theta * alpha * p2
-    return c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
+    total = 0.0
+    for j in range(eta.shape[0]):
+        c = eta[j]
+        z = c - t + fr.o_ref + fr.logLc[j]
+        rc, alpha, lx, K = _block_centre(z, KK)
+        w0 = theta * PA[j, 0] + PZ[j, 0]
+        w1 = w0  # W_(k-1)
+        w2 = 0.0  # W_(k-2)
+        a1 = PA[j, 0]
+        nrc = -rc
+        sg = -1.0  # (-1)^(k+1) rc^k
+        s0 = s1 = s2 = s3 = p0 = p1 = p2 = 0.0
+        for k in range(1, K + 1):
+            sg *= nrc
+            kf = float(k)
+            wk = theta * PA[j, k] + PZ[j, k]
+            ak = PA[j, k]
+            s0 += sg * wk * fr.inv_k[k]
+            s1 += sg * wk
+            s2 += kf * sg * (w1 + wk)
+            s3 += kf * sg * ((kf - 1.0) * w2 + (2.0 * kf - 1.0) * w1 + kf * wk)
+            p0 += sg * ak * fr.inv_k[k]
+            p1 += sg * ak
+            p2 += kf * sg * (a1 + ak)
+            w2 = w1
+            w1 = wk
+            a1 = ak
+        ysum = PZ[j, KK]
+        G1 = w0 * rc + alpha * s1
+        G2 = alpha * s2
+        G3 = alpha * s3
+        cs[j, 0] = ysum - G1
+        cs[j, 1] = -G2
+        cs[j, 2] = -G3
+        cs[j, 3] = G1 - theta * (PA[j, 0] * lx + p0)
+        cs[j, 4] = G2 - theta * (PA[j, 0] * rc + alpha * p1)
+        cs[j, 5] = G3 - theta * alpha * p2
+        total += c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
+    return total
 
 
 @njit(**_JIT)
@@ -152,14 +163,9 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
     _eta(d, eta0, a, u, eta)
     s = 0.0
     if fr.on and not full:
-        for j in range(eta.shape[0]):
-            q, e1, e2 = _block_q12(j, eta[j], t, theta, fr, PZ)
-            cs[j, 0] = e1
-            cs[j, 1] = e2
-            s += q
+        s = _blocks_q12(fr, PZ, eta, t, theta, cs)
     elif fr.on:
-        for j in range(eta.shape[0]):
-            s += _block_all(j, eta[j], t, theta, fr, PZ, cs[j])
+        s = _blocks_all(fr, PZ, eta, t, theta, cs)
     elif d.family != NB:
         for j in range(y.shape[0]):
             q, e1, e2, e3 = row_glm(d.family, y[j], d.trials[j], eta[j])
@@ -213,11 +219,12 @@ def _accumulate(d, a, w, work):
 
 
 @njit(**_JIT)
-def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
+def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
     """Newton maximisation of h over u (in place, warm start). h is strictly concave.
 
     Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
-    per-cell derivatives in ``cs`` belong to u^ (with blocks of cells, only e1 and e2: see :func:`_pass`).
+    per-cell derivatives in ``cs`` belong to u^ (with blocks of cells and not ``full``, only e1 and e2:
+    see :func:`_pass`; ``full`` costs a little more per pass and saves a pass when the gradient follows).
     """
     n = eta0.shape[0]
     Q = u.shape[0]
@@ -228,7 +235,7 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs):
     step = np.empty(Q)
     trial = np.empty(Q)
     cs_try = np.empty_like(cs)
-    full = not fr.on
+    full = full or not fr.on
     hval = _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full)
     prev = np.inf
     logdet = 0.0
@@ -291,14 +298,12 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac):
         eta0[j] = e
     work = re_workspace(d)
     cs = np.empty((n, 6))
-    ok, hval, logdet, it = re_modes(d, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs)
+    ok, hval, logdet, it = re_modes(d, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs, want_grad)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
     if not ok or not math.isfinite(val):
         return False, val, it
     if want_grad:
-        if fr.on:  # the blocks' third derivatives and theta terms at the modes
-            _pass(d, fr, PZ, y, eta0, a, u, t, math.exp(t), np.empty(n), cs, True)
         _gradient(d, a, u, cs, cd1, work, grad)
         if jac.shape[0] == u.shape[0]:
             _mode_jacobian(d, a, u, cs, work, jac)
