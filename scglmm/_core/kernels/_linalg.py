@@ -155,7 +155,7 @@ def block_workspace(nk, bptr, nc):
     return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), LS, toff, aoff, moff, np.zeros((nc, nc))
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _chol_flat(T, t0, tstride, diag, L, a0, n):
     """Cholesky factor of ``A = T[:n, :n] + diag I`` (rows of ``T`` at ``T[t0 + i tstride]``) into the
     flat ``n x n`` array ``L`` at ``a0`` (lower triangle; upper set to 0), as :func:`_cholesky`, with the
@@ -183,7 +183,7 @@ def _chol_flat(T, t0, tstride, diag, L, a0, n):
     return True, logdet
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _chol_solve_flat(L, a0, n, x, x0, xs):
     """Solve ``(L L') z = x`` in place, ``L`` flat ``n x n`` at ``a0``, ``x`` the entries ``x[x0 + i xs]``
     (as :func:`_chol_solve`)."""
