@@ -336,7 +336,8 @@ def large_lines(a: argparse.Namespace, sim: dict, fit: dict, rows: dict[str, dic
         f"--n-jobs {a.n_jobs} --layout {a.layout}"
         + (" --skip-deseq2`" if deseq is None else f" --deseq2-genes {deseq['n']}`"),
         "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with another job), "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average at the end "
+        f"{os.getloadavg()[0]:.1f}), "
         f"Python {platform.python_version()}. {a.donors:,} donors x 2 conditions x {a.cells} cells = {cells:,} cells, "
         f"{n:,} genes ({int(sim['n_de'])} DE), simulated in {sim['sim_s']:.0f} s, written in {sim['write_s']:.0f} s "
         f"as {a.layout.upper()} ({sim['nnz'] / 1e6:.0f} M non-zeros, count matrix {sim['gb']:.2f} GB in memory, "
