@@ -226,13 +226,14 @@ class _Blocks:
 #: Whether :func:`prepare_re` may collapse cells into blocks (tests switch it off to compare).
 USE_BLOCKS = True
 #: Blocks are used when they hold on average at least this many cells: a cost model, not a precision
-#: threshold (both layouts give the same objective to rounding). A block row costs about 2-3.5 cell rows
-#: (its Taylor series of up to ``FEW_ROWS_KMAX`` terms against one exp and log per cell; measured at
-#: 1,000 donors x 50 cells, slope model: 0.13 against 0.06 microseconds per row for a value, 0.40
-#: against 0.11 with the gradient), so blocks pay as soon as they hold a few cells; at 1,000 donors x
-#: 50 cells (6.3 cells per block) they halve the time per gene. It was 20 (the donor-intercept fast
-#: path's threshold), which left slopes and nested terms cell by cell from about 500 donors on.
-MIN_CELLS_PER_BLOCK = 4
+#: threshold (both layouts give the same objective to rounding). Since the blocks' series run in one loop
+#: per pass, a block row costs about 2-3 cell rows (slope model, 1,000 donors x 50 cells: 0.034 against
+#: 0.014 microseconds per row for a pass with the first two derivatives), so blocks pay from 2 cells per
+#: block on average: on 200 donors x 20 cells (3.3 cells per block) they cut the CPU per gene from 18.6 to
+#: 11.9 ms (slope) and 17.2 to 10.3 ms (nested), on 500 donors x 12 cells from 32 to 21 ms, the
+#: log-likelihoods within 2e-10 and the statuses the same (issue 20). It was 20 (the donor-intercept fast
+#: path's threshold), then 4.
+MIN_CELLS_PER_BLOCK = 2
 
 
 def _no_rows(p: int) -> RERows:
