@@ -234,20 +234,21 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
     g = np.empty(Q)
     step = np.empty(Q)
     trial = np.empty(Q)
-    cs_try = np.empty_like(cs)
+    cur = cs  # the derivatives at u; the trial points' go to the other buffer, and the two swap
+    alt = np.empty_like(cs)
+    swapped = False
     full = full or not fr.on
-    hval = _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full)
+    hval = _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cur, full)
     prev = np.inf
     logdet = 0.0
     it = 0
     while True:
-        for j in range(n):
-            w[j] = -cs[j, 1]
         for i in range(Q):
             g[i] = -u[i]
         for j in range(n):
+            w[j] = -cur[j, 1]
             for r in range(a.shape[1]):
-                g[d.gidx[j, r]] += cs[j, 0] * a[j, r]
+                g[d.gidx[j, r]] += cur[j, 0] * a[j, r]
         _accumulate(d, a, w, work)
         ok, logdet = block_factor(d.nk, d.bptr, d.bcol, work, 1.0)
         if not ok:
@@ -265,13 +266,16 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
         for _ in range(60):
             for i in range(Q):
                 trial[i] = u[i] + alpha * step[i]
-            hnew = _pass(d, fr, PZ, y, eta0, a, trial, t, theta, eta, cs_try, full)
+            hnew = _pass(d, fr, PZ, y, eta0, a, trial, t, theta, eta, alt, full)
             if hnew >= hval - 1e-13 * (1.0 + abs(hval)):
                 break
             alpha *= 0.5
         u[:] = trial
-        cs[:, :] = cs_try
+        cur, alt = alt, cur
+        swapped = not swapped
         hval = hnew
+    if swapped:
+        cs[:, :] = cur
     return math.isfinite(hval), hval, logdet, it
 
 
