@@ -34,38 +34,17 @@ from ._jit import JIT as _JIT
 
 @njit(**_JIT)
 def _cholesky(M, L, n):
-    """Cholesky factor of the leading n x n block of symmetric M into the leading block of L (lower
-    triangle; its upper triangle set to 0). Returns False if that block is not positive definite."""
-    for j in range(n):
-        s = M[j, j]
-        for k in range(j):
-            s -= L[j, k] * L[j, k]
-        if not s > 0.0 or not math.isfinite(s):
-            return False
-        L[j, j] = math.sqrt(s)
-        for i in range(j + 1, n):
-            s = M[i, j]
-            for k in range(j):
-                s -= L[i, k] * L[j, k]
-            L[i, j] = s / L[j, j]
-        for i in range(j):
-            L[i, j] = 0.0
-    return True
+    """Cholesky factor of the symmetric n x n matrix M (its lower triangle read) into the n x n matrix L
+    (lower triangle; its upper triangle set to 0), by :func:`_chol_flat`. Returns False if M is not
+    positive definite."""
+    ok, _ = _chol_flat(M.reshape(-1), 0, M.shape[1], 0.0, L.reshape(-1), 0, n)
+    return ok
 
 
 @njit(**_JIT)
 def _chol_solve(L, n, x):
-    """Solve (L L') z = x in place for the leading n entries of x (L from :func:`_cholesky`)."""
-    for i in range(n):
-        s = x[i]
-        for k in range(i):
-            s -= L[i, k] * x[k]
-        x[i] = s / L[i, i]
-    for i in range(n - 1, -1, -1):
-        s = x[i]
-        for k in range(i + 1, n):
-            s -= L[k, i] * x[k]
-        x[i] = s / L[i, i]
+    """Solve (L L') z = x in place for the leading n entries of x (L n x n from :func:`_cholesky`)."""
+    _chol_solve_flat(L.reshape(-1), 0, n, x, 0, 1)
 
 
 @njit(**_JIT)
