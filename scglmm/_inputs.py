@@ -33,8 +33,6 @@ __all__ = [
     "calibration",
     "counts",
     "donor_labels",
-    "gene_counts",
-    "level_sums",
     "groupby_labels",
     "key_added",
     "log_offset",
@@ -313,25 +311,6 @@ def min_count(name: str, value: int | None) -> int:
     return int(value)
 
 
-def gene_counts(Y, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cells with a count and donors with a count, per gene (never densifies a sparse matrix)."""
-    if hasattr(Y, "gene_counts"):  # counts on disk: streamed
-        return Y.gene_counts(codes, m)
-    n = codes.shape[0]
-    D = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n))
-    if sparse.issparse(Y):
-        B = sparse.csr_matrix(Y) > 0
-        ncell = np.asarray(B.sum(axis=0)).ravel().astype(np.int64)
-        per = D @ B.astype(np.float64)
-        ndon = np.asarray((per > 0).sum(axis=0)).ravel().astype(np.int64)
-    else:
-        B = np.asarray(Y) > 0
-        ncell = B.sum(axis=0).astype(np.int64)
-        per = np.asarray(D @ B.astype(np.float64))
-        ndon = (per > 0).sum(axis=0).astype(np.int64)
-    return ncell, ndon
-
-
 # ------------------------------------------------------------------------------------------------
 # settings of tl.fit and tl.test
 # ------------------------------------------------------------------------------------------------
@@ -471,32 +450,3 @@ def groupby_labels(adata: AnnData, groupby: str) -> pd.Series:
         )
         raise InvalidValueError(msg, param="groupby")
     return labels
-
-
-# ------------------------------------------------------------------------------------------------
-# expression per level (stored at fit time: not recomputable without the counts)
-# ------------------------------------------------------------------------------------------------
-def level_sums(Y, codes: np.ndarray, m: int, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per level and gene: the sum of ``count / scale`` and the number of cells with a count.
-
-    ``codes`` gives each cell's level (``0..m-1``; ``-1``: none), ``scale`` each cell's size
-    factor. Streams counts on disk and never densifies a sparse matrix. Returns two ``(m, genes)``
-    arrays.
-    """
-    codes = np.asarray(codes)
-    n = codes.shape[0]
-    rows, cells = codes[codes >= 0], np.flatnonzero(codes >= 0)
-    W = sparse.csr_matrix((1.0 / np.asarray(scale, dtype=float)[cells], (rows, cells)), shape=(m, n))
-    D = sparse.csr_matrix((np.ones(cells.size), (rows, cells)), shape=(m, n))
-    if hasattr(Y, "iter_chunks"):  # counts on disk
-        sums, detected = np.zeros((m, Y.shape[1])), np.zeros((m, Y.shape[1]))
-        for r0, chunk in Y.iter_chunks():
-            part = slice(r0, r0 + chunk.shape[0])
-            sums += np.asarray((W[:, part] @ chunk).todense())
-            detected += np.asarray((D[:, part] @ (chunk > 0).astype(np.float64)).todense())
-        return sums, detected
-    if sparse.issparse(Y):
-        Y = sparse.csr_matrix(Y)
-        return np.asarray((W @ Y).todense()), np.asarray((D @ (Y > 0).astype(np.float64)).todense())
-    Y = np.asarray(Y)
-    return np.asarray(W @ Y), np.asarray(D @ (Y > 0).astype(np.float64))

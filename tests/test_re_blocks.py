@@ -106,6 +106,29 @@ def test_n_jobs_gives_identical_results() -> None:
         assert np.array_equal(getattr(one, name), getattr(two, name), equal_nan=True), name
 
 
+def test_worker_processes_load_the_structure_from_one_file() -> None:
+    """Local worker processes get a small handle to a file written once (not the structure with every run
+    of genes); threads get the structure itself; the file is gone after the fit."""
+    import pickle
+    from pathlib import Path
+
+    from joblib import parallel_config
+
+    from scglmm._core._schedule import SharedStructure, shared_structure
+
+    X, off, terms, _ = structure("slope", blocks=True)
+    s = prepare_re(X, off, terms)
+    with shared_structure(s) as sent:
+        assert isinstance(sent, SharedStructure) and len(pickle.dumps(sent)) < 500
+        loaded = pickle.loads(pickle.dumps(sent)).load()
+        assert loaded is not s and np.array_equal(loaded.data.X, s.data.X)
+        assert pickle.loads(pickle.dumps(sent)).load() is loaded  # read once per process
+        folder = Path(sent.path).parent
+    assert not folder.exists()
+    with parallel_config(backend="threading"), shared_structure(s) as sent:
+        assert sent is s
+
+
 def test_n_jobs_zero_is_refused() -> None:
     X, off, terms, _ = structure("slope", blocks=True)
     with pytest.raises(ValueError, match="n_jobs must be a non-zero integer"):

@@ -18,7 +18,7 @@ from scipy import sparse
 
 import scglmm
 import scglmm._logging as slog
-from scglmm._core._counts import BackedCounts
+from scglmm._core._counts import BackedCounts, level_stats
 from scglmm.datasets import simulate
 
 FORMULA = "~ condition + covariate + (1 | donor)"
@@ -108,12 +108,45 @@ def test_backed_counts_views_sums_and_rows(small, tmp_path, fmt):
     unsorted = np.array([17, 2, 2, 150])
     np.testing.assert_array_equal(Y[unsorted, :].toarray(), M[unsorted].toarray())
     codes = small.obs["donor"].cat.codes.to_numpy()
-    ncell, ndon = Y.gene_counts(codes, 6)
+    _, detected, present = level_stats(Y, np.zeros(small.n_obs, dtype=np.int64), 1, np.ones(small.n_obs), (codes, 6))
     B = (M > 0).toarray()
-    np.testing.assert_array_equal(ncell, B.sum(axis=0))
-    np.testing.assert_array_equal(
-        ndon, np.array([[B[codes == d, j].any() for d in range(6)] for j in range(24)]).sum(1)
-    )
+    np.testing.assert_array_equal(detected[0], B.sum(axis=0))
+    np.testing.assert_array_equal(present, np.array([B[codes == d].any(axis=0) for d in range(6)]))
+
+
+@pytest.mark.parametrize("source", ["dense", "csr", "csc", "coo", "disk-csr", "disk-csc", "disk-dense"])
+def test_level_stats_match_numpy(small, tmp_path, source):
+    """One pass gives per-level weighted sums, cells with a count and the levels present, for every input
+    layout and for views of a file (a subset, unsorted and repeated genes)."""
+    M = sparse.csr_matrix(small.X)
+    D = M.toarray()
+    n = small.n_obs
+    rng = np.random.default_rng(3)
+    codes = np.vstack([np.zeros(n, dtype=np.int64), rng.integers(-1, 3, n) + 1])  # rows 0 and 1..3 (-1 -> 0: none)
+    codes[1][codes[1] == 0] = -1
+    weight = rng.uniform(0.5, 2.0, n)
+    donors = small.obs["donor"].cat.codes.to_numpy()
+    genes = np.array([5, 0, 7, 7, 23, 2])
+    inputs = {"dense": D, "csr": M, "csc": sparse.csc_matrix(M), "coo": M.tocoo()}
+    if source.startswith("disk"):
+        Y = BackedCounts(_write(small, tmp_path / "x.h5ad", source.split("-")[1]), chunk_nnz=97)
+        cases = [(Y, D), (Y[:, genes], D[:, genes])]
+    else:
+        cases = [(inputs[source], D)]
+    for Y, ref in cases:
+        sums, detected, present = level_stats(Y, codes, 4, weight, (donors, 6))
+        want_sums, want_det = np.zeros((4, ref.shape[1])), np.zeros((4, ref.shape[1]))
+        for t in range(2):
+            for r in range(4):
+                cells = codes[t] == r
+                want_sums[r] += (ref[cells] * weight[cells, None]).sum(axis=0)
+                want_det[r] += (ref[cells] > 0).sum(axis=0)
+        np.testing.assert_allclose(sums, want_sums, rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(detected, want_det)
+        np.testing.assert_array_equal(present, np.array([(ref[donors == d] > 0).any(axis=0) for d in range(6)]))
+        if isinstance(Y, BackedCounts):
+            np.testing.assert_array_equal(Y.sum(axis=0), ref.sum(axis=0))
+            np.testing.assert_array_equal(Y.sum(axis=1), ref.sum(axis=1))
 
 
 def test_backed_counts_rejects_bad_input(tmp_path, small):

@@ -50,17 +50,38 @@ from scipy import sparse
 
 from ._checks import check_counts
 from ._errors import InvalidTypeError, InvalidValueError, MissingKeyError
-from .kernels._sparse import csr_column_counts, csr_columns_to_csc, csr_row_cursors, csr_rows_sorted
+from .kernels._sparse import (
+    csr_column_counts,
+    csr_columns_to_csc,
+    csr_row_cursors,
+    csr_rows_sorted,
+    level_sums_chunk,
+    levels_present_chunk,
+)
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["PANEL_NNZ", "BackedCounts", "BlockRead", "CSCBlock", "as_backed_counts", "block_getter", "block_reader"]
+__all__ = [
+    "PANEL_NNZ",
+    "BackedCounts",
+    "BlockRead",
+    "CSCBlock",
+    "as_backed_counts",
+    "block_getter",
+    "block_reader",
+    "level_stats",
+]
 
 #: Non-zeros (or dense entries) read per chunk of rows in streaming passes (~40 bytes each at peak).
 CHUNK_NNZ = 1 << 22
 #: Non-zeros held in memory per panel of genes of a CSR file (index + value: 8-12 bytes each).
 PANEL_NNZ = 1 << 25
+
+#: A chunk of stored entries ``(by_row, base, ptr, ind, val, colmap)``: rows ``base ..`` of a CSR
+#: matrix (``ind``: their columns) or columns ``base ..`` of a CSC one (``ind``: their rows), and per
+#: stored column its gene (-1: not wanted).
+RawChunk = tuple[bool, int, "NDArray[np.int64]", "NDArray", "NDArray", "NDArray[np.int64]"]
 
 
 class CSCBlock:
@@ -383,10 +404,54 @@ class BackedCounts:
                     )
                     yield 0, _place_columns(blk[:, cols[pos] - c0], pos, self.shape[1]).tocsr()
 
+    def iter_raw(self) -> Iterator[RawChunk]:
+        """The stored entries chunk by chunk as :data:`RawChunk` (rows of a CSR or dense file, columns
+        of a CSC one), without building sparse matrices: what the compiled per-level sums read."""
+        n, G = self._shape
+        colmap = self._colmap()
+        with self._open() as elem:
+            if self.format == "dense":
+                step = max(1, self.chunk_nnz // max(G, 1))
+                for r0 in range(0, n, step):
+                    c = sparse.csr_matrix(np.asarray(elem[r0 : min(r0 + step, n), :]))
+                    yield True, r0, c.indptr, c.indices, c.data, colmap
+                return
+            indptr = self._get_indptr(elem)
+            by_row = self.format == "csr"
+            for a0, a1 in _row_bounds(indptr, self.chunk_nnz):
+                if not by_row and not np.any(colmap[a0:a1] >= 0):
+                    continue  # none of the view's genes in these columns
+                s, e = indptr[a0], indptr[a1]
+                yield by_row, a0, indptr[a0 : a1 + 1] - s, elem["indices"][s:e], elem["data"][s:e], colmap
+
+    def distinct_columns(self) -> tuple[BackedCounts, NDArray[np.int64]] | None:
+        """A view of this view's distinct genes and the position of each of its genes there, if some
+        gene is repeated (else None): per-gene passes read each stored column once."""
+        if self._cols is None:
+            return None
+        uniq, inv = np.unique(self._cols, return_inverse=True)
+        if uniq.size == self._cols.size:
+            return None
+        view = object.__new__(BackedCounts)
+        view.__dict__.update(self.__dict__)
+        view._lock, view._panel, view._cols = threading.Lock(), None, uniq
+        return view, inv.ravel()
+
+    def _colmap(self) -> NDArray[np.int64]:
+        """Per stored column, its position in this view (-1: not in it; distinct genes only)."""
+        G = self._shape[1]
+        if self._cols is None:
+            return np.arange(G, dtype=np.int64)
+        out = np.full(G, -1, dtype=np.int64)
+        out[self._cols] = np.arange(self._cols.size, dtype=np.int64)
+        return out
+
     def check_counts(self, what: str = "counts", *, param: str = "Y") -> None:
-        """Raise unless all entries are finite non-negative integers (streamed)."""
-        for _, chunk in self.iter_chunks():
-            check_counts(chunk, what=what, param=param)
+        """Raise unless all entries are finite non-negative integers (streamed over the stored values)."""
+        for by_row, _, _, ind, val, colmap in self.iter_raw():
+            if self._cols is not None and by_row:  # only the view's genes
+                val = val[colmap[ind] >= 0]
+            check_counts(val, what=what, param=param)
 
     def sum(self, axis: int | None = None) -> NDArray[np.float64] | float:
         """Sums over ``axis`` (1: per cell, 0: per gene, None: all), streamed."""
@@ -394,28 +459,28 @@ class BackedCounts:
         if axis not in (0, 1, None):
             msg = f"axis must be 0, 1 or None; got {axis!r}."
             raise InvalidValueError(msg, param="Y")
-        rows = np.zeros(n)
-        cols = np.zeros(G)
-        for r0, chunk in self.iter_chunks():
-            if self.format == "csc":
-                rows += np.asarray(chunk.sum(axis=1), dtype=float).ravel()
-            else:
-                rows[r0 : r0 + chunk.shape[0]] += np.asarray(chunk.sum(axis=1), dtype=float).ravel()
-            cols += np.asarray(chunk.sum(axis=0), dtype=float).ravel()
+        distinct = self.distinct_columns()
+        if distinct is None:
+            rows, cols = self._axis_sums(np.ones(G))
+        else:  # a repeated gene counts as often in the cells' sums as it appears
+            view, inv = distinct
+            rows, cols = view._axis_sums(np.bincount(inv).astype(np.float64))
+            cols = cols[inv]
         return rows if axis == 1 else cols if axis == 0 else float(rows.sum())
 
-    def gene_counts(self, codes: NDArray, m: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Per gene: cells with a positive count and donors (``codes`` per cell, ``m`` donors) with one."""
+    def _axis_sums(self, mult: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Per cell the sum of its counts times ``mult`` of their gene, and per gene its sum (distinct genes)."""
         n, G = self.shape
-        ncell = np.zeros(G, dtype=np.int64)
-        present = np.zeros((m, G), dtype=bool)
-        for r0, chunk in self.iter_chunks():
-            coo = chunk.tocoo()
-            pos = coo.data > 0
-            r, c = coo.row[pos], coo.col[pos]
-            ncell += np.bincount(c, minlength=G)
-            present[np.asarray(codes)[r + r0], c] = True
-        return ncell, present.sum(axis=0).astype(np.int64)
+        rows = np.zeros(n)
+        cols = np.zeros(G)
+        for by_row, base, ptr, ind, val, colmap in self.iter_raw():
+            major = np.repeat(np.arange(base, base + ptr.size - 1, dtype=np.int64), np.diff(ptr))
+            cell, gene = (major, colmap[ind]) if by_row else (ind, colmap[major])
+            keep = gene >= 0
+            v = np.asarray(val[keep], dtype=np.float64)
+            rows += np.bincount(cell[keep], weights=v * mult[gene[keep]], minlength=n)
+            cols += np.bincount(gene[keep], weights=v, minlength=G)
+        return rows, cols
 
     def _read_rows(self, rows) -> sparse.csr_matrix:
         n = self._shape[0]
@@ -600,3 +665,75 @@ def gene_columns(Y: Any, genes: NDArray[np.int64]) -> sparse.csc_matrix:
     if isinstance(Y, BackedCounts):
         return Y[:, genes].get_block(0, len(genes))
     return sparse.csc_matrix(Y[:, genes])
+
+
+# ------------------------------------------------------------------------------------------------
+# per-level sums in one pass over the stored entries
+# ------------------------------------------------------------------------------------------------
+def raw_chunks(Y) -> Iterator[RawChunk]:
+    """The stored entries of a count matrix (dense, sparse or :class:`BackedCounts`) as chunks of
+    about :data:`CHUNK_NNZ` entries (:data:`RawChunk`); never densifies or copies a sparse matrix whole."""
+    if isinstance(Y, BackedCounts):
+        yield from Y.iter_raw()
+        return
+    G = Y.shape[1]
+    colmap = np.arange(G, dtype=np.int64)
+    if sparse.issparse(Y):
+        if Y.format not in ("csr", "csc"):
+            Y = sparse.csr_matrix(Y)
+        indptr = np.asarray(Y.indptr, dtype=np.int64)
+        for a0, a1 in _row_bounds(indptr, CHUNK_NNZ):
+            s, e = indptr[a0], indptr[a1]
+            yield Y.format == "csr", a0, indptr[a0 : a1 + 1] - s, Y.indices[s:e], Y.data[s:e], colmap
+        return
+    Y = np.asarray(Y)
+    step = max(1, CHUNK_NNZ // max(G, 1))
+    for r0 in range(0, Y.shape[0], step):
+        c = sparse.csr_matrix(Y[r0 : r0 + step])
+        yield True, r0, c.indptr, c.indices, c.data, colmap
+
+
+def level_stats(
+    Y, codes: NDArray[np.int64], n_levels: int, weight: NDArray[np.float64], present: tuple[NDArray, int] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.uint8] | None]:
+    """Per level and gene, in one pass over the counts: the sum of ``count * weight`` and the number
+    of cells with a count; and which levels of a second coding have a count.
+
+    Parameters
+    ----------
+    Y
+        Cells x genes counts: dense, sparse or :class:`BackedCounts` (streamed).
+    codes
+        (k, cells) or (cells,): the row of ``sums`` each cell adds to in each of ``k`` codings
+        (-1: none), rows ``0 .. n_levels - 1`` shared by all codings.
+    n_levels
+        Rows of the sums.
+    weight
+        (cells,) factor of each cell's counts in the sums (e.g. ``1 / size factor``).
+    present
+        ``(codes, m)``: each cell's level (-1: none) of a coding whose levels with a count are wanted.
+
+    Returns
+    -------
+    ``(sums, detected, present)``: two (n_levels, genes) float64 arrays and an (m, genes) uint8
+    array (None without ``present``). Duplicate entries of a non-canonical sparse matrix count once
+    each in ``detected``.
+    """
+    if isinstance(Y, BackedCounts) and (distinct := Y.distinct_columns()) is not None:
+        view, inv = distinct
+        sums, detected, pres = level_stats(view, codes, n_levels, weight, present)
+        return sums[:, inv], detected[:, inv], None if pres is None else pres[:, inv]
+    codes = np.ascontiguousarray(np.atleast_2d(codes), dtype=np.int64)
+    w = np.ascontiguousarray(weight, dtype=np.float64)
+    G = Y.shape[1]
+    sums, detected = np.zeros((n_levels, G)), np.zeros((n_levels, G))
+    pres = None if present is None else np.zeros((int(present[1]), G), dtype=np.uint8)
+    pcodes = None if present is None else np.ascontiguousarray(present[0], dtype=np.int64)
+    for by_row, base, ptr, ind, val, colmap in raw_chunks(Y):
+        ptr = np.asarray(ptr, dtype=np.int64)
+        ind = np.asarray(ind, dtype=np.int64)
+        val = np.asarray(val, dtype=np.float64)
+        level_sums_chunk(by_row, base, ptr, ind, val, colmap, codes, w, sums, detected)
+        if pres is not None:
+            levels_present_chunk(by_row, base, ptr, ind, val, colmap, pcodes, pres)
+    return sums, detected, pres

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 from scipy.stats import rankdata
 
+from ._counts import level_stats
 from ._errors import InvalidValueError
 
 if TYPE_CHECKING:
@@ -63,8 +63,8 @@ def pseudobulk(Y, codes: ArrayLike, n_samples: int) -> NDArray[np.float64]:
     Parameters
     ----------
     Y
-        Cells x genes counts: a dense array, a CSR or CSC matrix, or counts on disk (anything with
-        ``iter_chunks``, as :class:`scglmm._core._counts.BackedCounts`).
+        Cells x genes counts: a dense array, a sparse matrix, or counts on disk
+        (:class:`scglmm._core._counts.BackedCounts`).
     codes
         Each cell's sample, ``0 .. n_samples - 1``; ``-1`` leaves the cell out.
     n_samples
@@ -75,16 +75,7 @@ def pseudobulk(Y, codes: ArrayLike, n_samples: int) -> NDArray[np.float64]:
     ``(n_samples, genes)`` float64 sums; sparse input is never densified beyond this.
     """
     codes = np.asarray(codes, dtype=np.int64)
-    cells = np.flatnonzero(codes >= 0)
-    D = sparse.csr_matrix((np.ones(cells.size), (codes[cells], cells)), shape=(n_samples, codes.size))
-    if hasattr(Y, "iter_chunks"):  # counts on disk, streamed
-        out = np.zeros((n_samples, Y.shape[1]))
-        for r0, chunk in Y.iter_chunks():
-            out += np.asarray((D[:, r0 : r0 + chunk.shape[0]] @ chunk).todense())
-        return out
-    if sparse.issparse(Y):
-        return np.asarray((D @ sparse.csr_matrix(Y, dtype=np.float64)).todense())
-    return np.asarray(D @ np.asarray(Y, dtype=np.float64))
+    return level_stats(Y, codes, n_samples, np.ones(codes.size))[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,15 +14,20 @@ its genes from the file itself, and the client never holds the counts.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
 from joblib import Parallel, delayed
+from joblib._parallel_backends import LokyBackend, MultiprocessingBackend
 from joblib.parallel import ThreadingBackend, get_active_backend
 from numba.core import event as numba_event
 
@@ -311,11 +316,59 @@ def _fit_in_threads(
 # ------------------------------------------------------------------------------------------------
 # the general engine (any random-effect structure): one gene at a time, blocks over processes
 # ------------------------------------------------------------------------------------------------
+class SharedStructure:
+    """A structure handed to local worker processes as a file that each loads once (:func:`shared_structure`)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getstate__(self) -> str:
+        return self.path
+
+    def __setstate__(self, state: str) -> None:
+        self.path = state
+
+    def load(self) -> REStructure:
+        """The structure, read from the file on the first call in this process."""
+        if self.path not in _LOADED:
+            _LOADED.clear()  # one run's structure at a time
+            with open(self.path, "rb") as fh:
+                _LOADED[self.path] = pickle.load(fh)
+        return _LOADED[self.path]
+
+
+#: The structure a worker process loaded last, by file (see :class:`SharedStructure`).
+_LOADED: dict[str, REStructure] = {}
+
+
+@contextmanager
+def shared_structure(s: REStructure) -> Iterator[REStructure | SharedStructure]:
+    """What to send the workers of the active joblib backend with each run of genes: for processes on
+    this machine (loky, multiprocessing) a :class:`SharedStructure`, written once here, instead of the
+    structure, which with a million cells is about 90 MB to pickle, copy and unpickle with every run;
+    else the structure itself (threads share it, Dask scatters it once)."""
+    if not isinstance(get_active_backend()[0], LokyBackend | MultiprocessingBackend):
+        yield s
+        return
+    folder = tempfile.mkdtemp(prefix="scglmm-")
+    try:
+        path = os.path.join(folder, "structure.pickle")
+        with open(path, "wb") as fh:
+            pickle.dump(s, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        yield SharedStructure(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def fit_columns(
-    s: REStructure, Y: NDArray | sparse.csc_matrix | CSCBlock | BlockRead
+    s: REStructure | SharedStructure, Y: NDArray | sparse.csc_matrix | CSCBlock | BlockRead
 ) -> tuple[list[REFitOne], NDArray[np.int64]]:
     """:func:`fit_re_one` on every column of a dense or CSC block of counts (or of the block a
     :class:`BlockRead` reads here), in this thread; with the non-zero cells per gene."""
+    if isinstance(s, SharedStructure):
+        s = s.load()
     if isinstance(Y, BlockRead):
         Y = Y()
     fits, nnz = [], np.zeros(Y.shape[1], dtype=np.int64)
@@ -357,16 +410,17 @@ def fit_general_blocks(
     nnz = np.zeros(n_genes, dtype=np.int64)
     if isinstance(get_active_backend()[0], ThreadingBackend):
         read_block = None  # threads share the client's memory: nothing to gain
-    for a in range(0, n_genes, block_size):
-        b = min(a + block_size, n_genes)
-        if n_workers == 1 or b - a < 2:
-            parts = [fit_columns(s, get_block(a, b))]
-        else:
-            parts = _fit_general_block(get_block, read_block, s, a, b, n_jobs, n_workers)
-        fits += [f for part, _ in parts for f in part]
-        nnz[a:b] = np.concatenate([k for _, k in parts])
-        if progress is not None:
-            progress(b - a)
+    with shared_structure(s) if n_workers > 1 else nullcontext(s) as sent:
+        for a in range(0, n_genes, block_size):
+            b = min(a + block_size, n_genes)
+            if n_workers == 1 or b - a < 2:
+                parts = [fit_columns(s, get_block(a, b))]
+            else:
+                parts = _fit_general_block(get_block, read_block, s, sent, a, b, n_jobs, n_workers)
+            fits += [f for part, _ in parts for f in part]
+            nnz[a:b] = np.concatenate([k for _, k in parts])
+            if progress is not None:
+                progress(b - a)
     return fits, nnz
 
 
@@ -374,13 +428,15 @@ def _fit_general_block(
     get_block: Callable[[int, int], NDArray | sparse.csc_matrix | CSCBlock],
     read_block: Callable[[int, int], BlockRead] | None,
     s: REStructure,
+    sent: REStructure | SharedStructure,
     a: int,
     b: int,
     n_jobs: int,
     n_workers: int,
 ) -> list[tuple[list[REFitOne], NDArray[np.int64]]]:
     """Genes ``a:b`` over joblib's workers, in runs of consecutive genes: cut from the block read here,
-    or read by the workers (``read_block``). The run's first gene is fitted in this process."""
+    or read by the workers (``read_block``); ``sent``: the structure as the workers get it
+    (:func:`shared_structure`). The run's first gene is fitted in this process."""
     if read_block is None:
         blk = get_block(a, b)
 
@@ -402,7 +458,7 @@ def _fit_general_block(
     lo = 1 if a == 0 else 0
     cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
     return first + Parallel(n_jobs=int(n_jobs))(
-        delayed(fit_columns)(s, run(c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True) if c1 > c0
+        delayed(fit_columns)(sent, run(c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True) if c1 > c0
     )
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._inputs import level_sums
+from .._core._counts import level_stats
 from .._layout import expression_column
 
 if TYPE_CHECKING:
@@ -32,27 +32,41 @@ def compared_levels(design: FixedDesign) -> dict[str, list[str]]:
 
 
 def expression_table(
-    obs: pd.DataFrame, Y, log_off: np.ndarray, design: FixedDesign, center: float, var_names: pd.Index
-) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    obs: pd.DataFrame,
+    Y,
+    log_off: np.ndarray,
+    design: FixedDesign,
+    center: float,
+    var_names: pd.Index,
+    present: tuple[np.ndarray, int],
+) -> tuple[pd.DataFrame, dict[str, list[str]], np.ndarray, np.ndarray]:
     """Per gene: ``base_mean`` over the run's cells, and per level of each factor the mean and the
-    fraction of cells with a count (``mean[variable=level]``, ``pct[variable=level]``).
+    fraction of cells with a count (``mean[variable=level]``, ``pct[variable=level]``); with them,
+    from the same pass over the counts, the number of cells with a count and of levels of the coding
+    ``present = (codes, m)`` (the donors) with one, which the gene filters read.
 
     Expression is normalised as ``count / s`` with the size factor ``s = exp(log_off - center)``
     (``center``: the mean log offset of the run's cells, so ``s`` has geometric mean 1 there, as
     DESeq2's ``baseMean``, and a group's table equals that of its cells fitted alone). Returns the
-    table and the levels of each factor.
+    table, the levels of each factor, and per gene the cells and the levels with a count.
     """
-    scale = np.exp(np.asarray(log_off, dtype=float) - center)
     n = len(obs)
-    sums, _ = level_sums(Y, np.zeros(n, dtype=np.int64), 1, scale)
-    columns = {"base_mean": sums[0] / n}
     levels = {v: lv for v, lv in compared_levels(design).items() if v in obs.columns}
+    codings, first, rows = [np.zeros(n, dtype=np.int64)], {}, 1  # row 0: every cell (base_mean)
     for variable, lv in levels.items():
         codes = pd.Categorical(obs[variable].astype(str), categories=lv).codes.astype(np.int64)
-        sums, detected = level_sums(Y, codes, len(lv), scale)
-        n_cells = np.bincount(codes[codes >= 0], minlength=len(lv)).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for i, level in enumerate(lv):
-                columns[expression_column("mean", variable, level)] = sums[i] / n_cells[i]
-                columns[expression_column("pct", variable, level)] = detected[i] / n_cells[i]
-    return pd.DataFrame(columns, index=var_names.copy()), levels
+        codings.append(np.where(codes >= 0, codes + rows, -1))
+        first[variable] = rows
+        rows += len(lv)
+    scale = np.exp(np.asarray(log_off, dtype=float) - center)
+    sums, detected, pres = level_stats(Y, np.vstack(codings), rows, 1.0 / scale, present=present)
+    every = np.concatenate(codings)
+    n_cells = np.bincount(every[every >= 0], minlength=rows).astype(float)
+    columns = {"base_mean": sums[0] / n}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for variable, lv in levels.items():
+            for r, level in enumerate(lv, start=first[variable]):
+                columns[expression_column("mean", variable, level)] = sums[r] / n_cells[r]
+                columns[expression_column("pct", variable, level)] = detected[r] / n_cells[r]
+    table = pd.DataFrame(columns, index=var_names.copy())
+    return table, levels, detected[0].astype(np.int64), pres.sum(axis=0, dtype=np.int64)

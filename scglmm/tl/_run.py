@@ -21,7 +21,6 @@ from .._core._errors import InvalidValueError
 from .._core._results import RUN_FIELDS, GenesFit
 from .._core._status import FILTERED
 from .._formula import build_re_terms
-from .._inputs import gene_counts
 from .._logging import logger, progress_bar
 from ._expression import expression_table
 from ._report import StatusSummary, status_summary
@@ -117,7 +116,11 @@ def fit_run(
     t0 = time.perf_counter()
     terms = tuple(build_re_terms(parsed.specs, obs))
     first = terms[0]
-    ncell, ndon = gene_counts(Y, first.codes, first.m)
+    center = float(np.mean(log_off)) if len(log_off) else 0.0
+    # one pass over the counts: the expression table and the filters' cells and donors with a count
+    expression, levels, ncell, ndon = expression_table(
+        obs, Y, log_off, design, center, var_names, present=(first.codes, first.m)
+    )
     idx = np.flatnonzero((ncell >= options.min_cells) & (ndon >= options.min_donors))
     logger.info(
         "%s: fitting %d genes x %d cells, %d levels of %s, random effects %s, design %s, n_agq=%d, n_jobs=%d",
@@ -127,8 +130,6 @@ def fit_run(
     part = _fit_kept(Y, idx, design, terms, log_off, options, desc=desc)
     fill = {"status": FILTERED, "n_iter": 0, "n_eval": 0, "n_nonzero": ncell}
     fit = scatter_genes(part, idx, len(var_names), fill=fill)
-    center = float(np.mean(log_off)) if len(log_off) else 0.0
-    expression, levels = expression_table(obs, Y, log_off, design, center, var_names)
     return Run(
         design=design,
         fit=fit,

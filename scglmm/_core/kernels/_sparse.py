@@ -65,3 +65,54 @@ def csr_rows_sorted(indptr, indices):
             if indices[k] < indices[k - 1]:
                 return False
     return True
+
+
+# ------------------------------------------------------------------------------------------------
+# per-level sums of a chunk of stored entries (rows of a CSR matrix or columns of a CSC one)
+# ------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def level_sums_chunk(by_row, base, ptr, ind, val, colmap, codes, weight, sums, detected):
+    """Add a chunk's entries to per-level sums: for each of the ``k`` rows of ``codes`` (k, cells),
+    ``sums[codes[t, cell], gene] += value * weight[cell]`` and ``detected[.., gene] += 1`` where the
+    value is positive (a code below 0 leaves the cell out of that set).
+
+    The chunk is ``ptr`` / ``ind`` / ``val``: rows ``base ..`` of a CSR matrix (``by_row``, ``ind``
+    the columns) or columns ``base ..`` of a CSC one (``ind`` the rows); ``colmap`` maps a stored
+    column to its gene (-1: not wanted)."""
+    k = codes.shape[0]
+    for a in range(ptr.shape[0] - 1):
+        for j in range(ptr[a], ptr[a + 1]):
+            if by_row:
+                cell = base + a
+                g = colmap[ind[j]]
+            else:
+                cell = ind[j]
+                g = colmap[base + a]
+            if g < 0:
+                continue
+            v = float(val[j])
+            w = v * weight[cell]
+            for t in range(k):
+                r = codes[t, cell]
+                if r >= 0:
+                    sums[r, g] += w
+                    if v > 0.0:
+                        detected[r, g] += 1.0
+
+
+@njit(**_JIT)
+def levels_present_chunk(by_row, base, ptr, ind, val, colmap, codes, present):
+    """Mark ``present[codes[cell], gene] = 1`` for the chunk's positive entries (chunk as in
+    :func:`level_sums_chunk`; ``present`` (levels, genes) uint8)."""
+    for a in range(ptr.shape[0] - 1):
+        for j in range(ptr[a], ptr[a + 1]):
+            if not val[j] > 0:
+                continue
+            if by_row:
+                cell = base + a
+                g = colmap[ind[j]]
+            else:
+                cell = ind[j]
+                g = colmap[base + a]
+            if g >= 0 and codes[cell] >= 0:
+                present[codes[cell], g] = 1
