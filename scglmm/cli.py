@@ -362,8 +362,64 @@ def _read_h5ad(path: Path, *, backed: bool = False) -> AnnData:
     return adata
 
 
-def _results_into_copy(src: Path, adata: AnnData, compression: str | None) -> Callable[[Path], None]:
-    """A writer for ``--backed``: copy INPUT byte for byte, then replace its var, varm and uns.
+class _BackgroundCopy:
+    """A copy of INPUT beside ``out``, made in a thread while the genes are fitted (``--backed``): the
+    copy is disk work, the fit CPU work, so the copy of a large file costs no extra time. :meth:`take`
+    waits for it; :meth:`discard` stops it and removes the file."""
+
+    def __init__(self, src: Path, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".copy", dir=out.parent)
+        os.close(fd)
+        self.path = Path(name)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(src,), name="scglmm-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self, src: Path) -> None:
+        try:
+            _copy_file(src, self.path, self._stop)
+        except BaseException as err:  # re-raised in the main thread by take()
+            self._error = err
+
+    def take(self) -> Path:
+        """The finished copy (raises what the copy raised)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.path
+
+    def discard(self) -> None:
+        """Stop the copy and remove its file (nothing if it was taken)."""
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+
+def _copy_file(src: Path, dst: Path, stop: threading.Event, chunk: int = 1 << 26) -> None:
+    """Copy ``src`` to ``dst`` in chunks of ``chunk`` bytes (kernel-side where possible), until ``stop`` is set."""
+    import shutil
+
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        done = 0
+        while done < size and not stop.is_set():
+            try:
+                sent = os.sendfile(fout.fileno(), fin.fileno(), done, min(chunk, size - done))
+            except OSError:  # no sendfile between these files: copy the rest in user space
+                fin.seek(done)
+                fout.seek(done)
+                shutil.copyfileobj(fin, fout)
+                return
+            if sent == 0:
+                break
+            done += sent
+
+
+def _results_into_copy(copy: _BackgroundCopy, adata: AnnData, compression: str | None) -> Callable[[Path], None]:
+    """A writer for ``--backed``: INPUT's copy (byte for byte, made during the fit) with its var, varm
+    and uns replaced.
 
     The count matrix is never loaded: the copy carries it over as INPUT stores it, and only the
     (small) per-gene results and settings are written, with ``compression``.
@@ -371,8 +427,6 @@ def _results_into_copy(src: Path, adata: AnnData, compression: str | None) -> Ca
     dataset_kwargs = {} if compression is None else {"compression": compression}
 
     def writer(tmp: Path) -> None:
-        import shutil
-
         import h5py
 
         try:
@@ -380,7 +434,7 @@ def _results_into_copy(src: Path, adata: AnnData, compression: str | None) -> Ca
         except ImportError:  # pragma: no cover - anndata < 0.11 (the package supports >= 0.10)
             from anndata.experimental import write_elem
 
-        shutil.copyfile(src, tmp)
+        os.replace(copy.take(), tmp)
         with h5py.File(tmp, "a") as f:
             for name, value in (("var", adata.var), ("varm", dict(adata.varm)), ("uns", dict(adata.uns))):
                 if name in f:
@@ -397,18 +451,18 @@ def _write_outputs(
     df: pd.DataFrame,
     *,
     compression: str | None,
-    backed_from: Path | None = None,
+    backed_copy: _BackgroundCopy | None = None,
 ) -> None:
     """Write ``--out`` (and ``df`` to ``--table`` if given) whole or not at all.
 
     ``compression`` (``"gzip"``, ``"lzf"`` or ``None``) applies to every array of ``--out``; with
-    ``backed_from``, to the results only (the counts are copied as they are stored).
+    ``backed_copy`` (INPUT's copy), to the results only (the counts are copied as they are stored).
     """
 
     def write_h5ad(p: Path) -> None:
         adata.write_h5ad(p, compression=compression)
 
-    writer = write_h5ad if backed_from is None else _results_into_copy(backed_from, adata, compression)
+    writer = write_h5ad if backed_copy is None else _results_into_copy(backed_copy, adata, compression)
     targets: list[tuple[Path, Callable[[Path], None]]] = [(out, writer)]
     if table is not None:
         targets.append((table, lambda p: df.to_csv(p, sep="\t", index=False, na_rep="NA")))
@@ -805,13 +859,17 @@ def fit_cmd(
             msg = "pass either --size-factors (a scale, logged internally) or --offset (already a log), not both."
             raise click.UsageError(msg)
         adata = _read_h5ad(input_h5ad, backed=backed)
+        copy = None
         try:
             if coef:
                 _check_coefs(adata, fit_kwargs["formula"], coef)
+            copy = _BackgroundCopy(input_h5ad, out) if backed else None
             tl.fit(adata, **fit_kwargs, progress=False if quiet else None)
             df = _fit_table(adata, coef, fit_kwargs["key_added"])
-            _write_outputs(adata, out, table, df, compression=compression, backed_from=input_h5ad if backed else None)
+            _write_outputs(adata, out, table, df, compression=compression, backed_copy=copy)
         finally:
+            if copy is not None:
+                copy.discard()
             if backed:
                 adata.file.close()
         if not quiet:

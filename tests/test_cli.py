@@ -224,16 +224,37 @@ def test_backed_compresses_the_results_and_copies_the_counts(small_h5ad, tmp_pat
 
 
 def test_backed_interrupted_while_copying(small_h5ad, tmp_path, monkeypatch):
-    import shutil
+    """INPUT is copied in a thread during the fit; an interrupt there reaches the program, which leaves no file."""
+    import scglmm.cli
 
-    def copyfile(src, dst):
+    def copy_file(src, dst, stop):
         Path(dst).write_bytes(Path(src).read_bytes()[:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    monkeypatch.setattr(scglmm.cli, "_copy_file", copy_file)
     res = run("fit", small_h5ad, "-f", FORMULA, "--size-factors", SF, "--backed", "-o", tmp_path / "b.h5ad")
     assert_one_line_error(res, 130, ["interrupted"])
     assert listing(tmp_path) == []
+
+
+def test_background_copy_is_exact_and_can_be_stopped(tmp_path):
+    """The copy of INPUT made during the fit is byte for byte; a stopped copy leaves no file."""
+    import threading
+
+    from scglmm.cli import _BackgroundCopy, _copy_file
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(np.random.default_rng(0).bytes(300_001))
+    copy = _BackgroundCopy(src, tmp_path / "out" / "x.h5ad")
+    assert copy.take().read_bytes() == src.read_bytes()
+    copy.take().unlink()
+    stop = threading.Event()
+    stop.set()
+    _copy_file(src, tmp_path / "none.bin", stop, chunk=1000)
+    assert (tmp_path / "none.bin").stat().st_size == 0
+    part = _BackgroundCopy(src, tmp_path / "out" / "y.h5ad")
+    part.discard()
+    assert listing(tmp_path / "out") == []
 
 
 def test_compression(fitted, small_h5ad, tmp_path, reference):

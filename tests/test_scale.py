@@ -164,6 +164,14 @@ def test_backed_counts_rejects_bad_input(tmp_path, small):
     X, g, off = _design(small)
     with pytest.raises(ValueError, match="non-integer value"):
         scglmm.fit_genes(str(tmp_path / "bad.h5ad"), X, g, off)
+    # streamed in chunks; a view checks its own genes only
+    Yb = BackedCounts(tmp_path / "bad.h5ad", chunk_nnz=50)
+    with pytest.raises(ValueError, match="found 1 non-integer value"):
+        Yb.check_counts()
+    col = int(bad.X.indices[3])
+    Yb[:, np.delete(np.arange(small.n_vars), col)].check_counts()
+    with pytest.raises(ValueError, match="found 1 non-integer value"):
+        Yb[:, [col, 0]].check_counts()
 
 
 def test_csr_panels_bound_memory(tmp_path):

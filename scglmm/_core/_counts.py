@@ -448,6 +448,12 @@ class BackedCounts:
 
     def check_counts(self, what: str = "counts", *, param: str = "Y") -> None:
         """Raise unless all entries are finite non-negative integers (streamed over the stored values)."""
+        if self._cols is None and self.format != "dense":  # every stored value: no indices needed
+            with self._open() as elem:
+                data = elem["data"]
+                for s in range(0, data.shape[0], self.chunk_nnz):
+                    check_counts(data[s : s + self.chunk_nnz], what=what, param=param)
+            return
         for by_row, _, _, ind, val, colmap in self.iter_raw():
             if self._cols is not None and by_row:  # only the view's genes
                 val = val[colmap[ind] >= 0]

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -402,64 +402,82 @@ def fit_general_blocks(
     read_block: Callable[[int, int], BlockRead] | None = None,
 ) -> tuple[list[REFitOne], NDArray[np.int64]]:
     """Fit genes ``0 .. n_genes - 1`` with the general engine, ``block_size`` genes at a time; with
-    several workers each block is cut into a few runs of consecutive genes per worker (joblib's active
-    backend, processes by default; the structure is shipped once per run). Every gene's fit is the
-    same whichever worker runs it. With ``read_block`` (as in :func:`fit_blocks`) and worker processes,
-    the workers read their runs of genes from the file themselves."""
-    fits: list[REFitOne] = []
+    several workers each block is cut into a few runs of consecutive genes per worker, and the runs of
+    all blocks stream through one pool of joblib's active backend (processes by default, which load
+    the structure once each, :func:`shared_structure`): no worker waits for the end of a block. Every
+    gene's fit is the same whichever worker runs it. With ``read_block`` (as in :func:`fit_blocks`)
+    and worker processes, the workers read their runs of genes from the file themselves."""
     nnz = np.zeros(n_genes, dtype=np.int64)
-    if isinstance(get_active_backend()[0], ThreadingBackend):
-        read_block = None  # threads share the client's memory: nothing to gain
-    with shared_structure(s) if n_workers > 1 else nullcontext(s) as sent:
+    if n_workers == 1 or n_genes < 2:
+        fits: list[REFitOne] = []
         for a in range(0, n_genes, block_size):
             b = min(a + block_size, n_genes)
-            if n_workers == 1 or b - a < 2:
-                parts = [fit_columns(s, get_block(a, b))]
-            else:
-                parts = _fit_general_block(get_block, read_block, s, sent, a, b, n_jobs, n_workers)
-            fits += [f for part, _ in parts for f in part]
-            nnz[a:b] = np.concatenate([k for _, k in parts])
+            part, nnz[a:b] = fit_columns(s, get_block(a, b))
+            fits += part
             if progress is not None:
                 progress(b - a)
-    return fits, nnz
+        return fits, nnz
+    if isinstance(get_active_backend()[0], ThreadingBackend):
+        read_block = None  # threads share the client's memory: nothing to gain
+    runs = _general_runs(n_genes, block_size, n_workers)
+    source = _RunSource(get_block, read_block, block_size, n_genes)
+    # the first gene in this process, its kernels compiled in two processes at once and cached on disk,
+    # where the worker processes load them instead of each compiling them again
+    head = source(0, 1)
+    head = head() if isinstance(head, BlockRead) else head
+    compile_in_two(s, _dense_column(head, 0), n_jobs)
+    parts = [fit_columns(s, head)]
+    if progress is not None:
+        progress(1)
+    with shared_structure(s) as sent:
+        stream = getattr(get_active_backend()[0], "supports_return_generator", False)
+        out = Parallel(n_jobs=int(n_jobs), return_as="generator" if stream else "list")(
+            delayed(fit_columns)(sent, source(c0, c1)) for c0, c1 in runs[1:]
+        )
+        for (c0, c1), part in zip(runs[1:], out, strict=True):
+            parts.append(part)
+            if progress is not None:
+                progress(c1 - c0)
+    for (c0, c1), (_, k) in zip(runs, parts, strict=True):
+        nnz[c0:c1] = k
+    return [f for part, _ in parts for f in part], nnz
 
 
-def _fit_general_block(
-    get_block: Callable[[int, int], NDArray | sparse.csc_matrix | CSCBlock],
-    read_block: Callable[[int, int], BlockRead] | None,
-    s: REStructure,
-    sent: REStructure | SharedStructure,
-    a: int,
-    b: int,
-    n_jobs: int,
-    n_workers: int,
-) -> list[tuple[list[REFitOne], NDArray[np.int64]]]:
-    """Genes ``a:b`` over joblib's workers, in runs of consecutive genes: cut from the block read here,
-    or read by the workers (``read_block``); ``sent``: the structure as the workers get it
-    (:func:`shared_structure`). The run's first gene is fitted in this process."""
-    if read_block is None:
-        blk = get_block(a, b)
+def _general_runs(n_genes: int, block_size: int, n_workers: int) -> list[tuple[int, int]]:
+    """The runs of consecutive genes of :func:`fit_general_blocks`: gene 0 alone (fitted in the client),
+    then each block of ``block_size`` genes cut into up to ``4 n_workers`` runs."""
+    runs = [(0, 1)]
+    for a in range(0, n_genes, block_size):
+        b = min(a + block_size, n_genes)
+        lo = max(a, 1)
+        cuts = np.linspace(lo, b, min(b - lo, 4 * n_workers) + 1).astype(int)
+        runs += [(int(c0), int(c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True) if c1 > c0]
+    return runs
 
-        def run(c0: int, c1: int) -> NDArray | CSCBlock:
-            return _columns(blk, c0, c1)
-    else:
 
-        def run(c0: int, c1: int) -> BlockRead:
-            return read_block(a + c0, a + c1)
+class _RunSource:
+    """Genes ``c0:c1`` as a worker gets them: a :class:`BlockRead` it calls (``read_block``), or columns cut
+    from the block of genes read here (``get_block``, one block in memory at a time, asked in order)."""
 
-    first = []
-    if a == 0:
-        # the run's first gene in this process, its kernels compiled in two processes at once and cached
-        # on disk, where the worker processes load them instead of each compiling them again
-        head = run(0, 1)
-        head = head() if isinstance(head, BlockRead) else head
-        compile_in_two(s, _dense_column(head, 0), n_jobs)
-        first = [fit_columns(s, head)]
-    lo = 1 if a == 0 else 0
-    cuts = np.linspace(lo, b - a, min(b - a - lo, 4 * n_workers) + 1).astype(int)
-    return first + Parallel(n_jobs=int(n_jobs))(
-        delayed(fit_columns)(sent, run(c0, c1)) for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True) if c1 > c0
-    )
+    def __init__(
+        self,
+        get_block: Callable[[int, int], NDArray | sparse.csc_matrix | CSCBlock],
+        read_block: Callable[[int, int], BlockRead] | None,
+        block_size: int,
+        n_genes: int,
+    ) -> None:
+        self.get_block, self.read_block = get_block, read_block
+        self.block_size, self.n_genes = block_size, n_genes
+        self.block: tuple[int, NDArray | sparse.csc_matrix | CSCBlock] | None = None
+
+    def __call__(self, c0: int, c1: int) -> NDArray | CSCBlock | BlockRead:
+        if self.read_block is not None:
+            return self.read_block(c0, c1)
+        a = c0 - c0 % self.block_size
+        if self.block is None or self.block[0] != a:
+            self.block = None  # free the last block before reading the next
+            self.block = (a, self.get_block(a, min(a + self.block_size, self.n_genes)))
+        return _columns(self.block[1], c0 - a, c1 - a)
 
 
 def _dense_column(blk: NDArray | sparse.csc_matrix | CSCBlock, g: int) -> NDArray[np.float64]:

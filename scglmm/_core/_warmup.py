@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from joblib import Parallel, delayed
+from joblib.parallel import get_active_backend
 
 from ._re import _Problem, _seed_hessian, _start
 from .kernels._re_outer import re_newton_step
@@ -33,6 +34,10 @@ def compile_in_two(s: REStructure, y: NDArray[np.float64], n_jobs: int) -> None:
     if "value_grad" in s.compiled:  # already compiled in this process
         return
     y = np.ascontiguousarray(y, dtype=np.float64)
+    if not getattr(get_active_backend()[0], "supports_return_generator", False):  # e.g. multiprocessing
+        Parallel(n_jobs=int(n_jobs))([delayed(_value_grad_once)(s, y)])
+        _others_once(s, y)
+        return
     pending = Parallel(n_jobs=int(n_jobs), return_as="generator")([delayed(_value_grad_once)(s, y)])
     _others_once(s, y)
     list(pending)
