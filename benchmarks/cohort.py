@@ -55,6 +55,7 @@ import sys
 import time
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -331,18 +332,21 @@ def large_lines(a: argparse.Namespace, sim: dict, fit: dict, rows: dict[str, dic
     """The markdown report of a ``--large`` run."""
     n, cells = a.genes, 2 * a.donors * a.cells
     scale = 20_000 / n
+    fresh = np.isfinite(sim["sim_s"])
+    made = f"simulated in {sim['sim_s']:.0f} s, written in {sim['write_s']:.0f} s" if fresh else "an earlier run's file"
+    peak = f"; peak RSS of the simulation (in memory, this process) {sim['self_hwm_gb']:.1f} GB" if fresh else ""
     lines = [
         f"`python benchmarks/cohort.py --large --donors {a.donors} --cells {a.cells} --genes {n} "
         f"--n-jobs {a.n_jobs} --layout {a.layout}"
+        + ("" if fresh else " --reuse")
         + (" --skip-deseq2`" if deseq is None else f" --deseq2-genes {deseq['n']}`"),
         "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average at the end "
         f"{os.getloadavg()[0]:.1f}), "
         f"Python {platform.python_version()}. {a.donors:,} donors x 2 conditions x {a.cells} cells = {cells:,} cells, "
-        f"{n:,} genes ({int(sim['n_de'])} DE), simulated in {sim['sim_s']:.0f} s, written in {sim['write_s']:.0f} s "
+        f"{n:,} genes ({int(sim['n_de'])} DE), {made} "
         f"as {a.layout.upper()} ({sim['nnz'] / 1e6:.0f} M non-zeros, count matrix {sim['gb']:.2f} GB in memory, "
-        f"file {sim['file_gb']:.2f} GB); peak RSS of the simulation (in memory, this process) "
-        f"{sim['self_hwm_gb']:.1f} GB.",
+        f"file {sim['file_gb']:.2f} GB){peak}.",
         "",
         f"scglmm: `{fit['cmd']}`",
         "",
@@ -379,8 +383,25 @@ def large_lines(a: argparse.Namespace, sim: dict, fit: dict, rows: dict[str, dic
     return lines
 
 
+def reuse_file(path: Path) -> tuple[dict, pd.DataFrame]:
+    """The sizes and true gene table of a cohort written by an earlier run (``--reuse``)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        X = f["X"]
+        gb = sum(X[k].size * X[k].dtype.itemsize for k in ("data", "indices", "indptr")) / 1e9
+        sim = {"sim_s": float("nan"), "write_s": float("nan"), "nnz": int(X["indptr"][-1]), "gb": gb}
+    var = anndata.read_h5ad(path, backed="r").var.copy()
+    sim.update(n_de=var["is_de"].sum(), file_gb=path.stat().st_size / 1e9, self_hwm_gb=float("nan"))
+    print(f"reusing {path} ({sim['nnz'] / 1e6:.0f} M non-zeros)", flush=True)
+    return sim, var
+
+
 def simulate_and_write(a: argparse.Namespace, path: Path) -> tuple[dict, pd.DataFrame, tuple | None]:
-    """Simulate the cohort, write it to ``path``; its sizes, true gene table and pseudobulk (unless skipped)."""
+    """Simulate the cohort, write it to ``path``; its sizes, true gene table and pseudobulk (unless skipped).
+    With ``--reuse`` and the file there (and no PyDESeq2), the file of an earlier run with the same flags."""
+    if a.reuse and path.exists() and a.skip_deseq2:
+        return (*reuse_file(path), None)
     t0 = time.perf_counter()
     adata = large_data(a.donors, a.cells, a.genes)
     sim = {"sim_s": time.perf_counter() - t0, "nnz": adata.X.nnz, "n_de": adata.var["is_de"].sum()}
@@ -434,6 +455,9 @@ def main() -> None:
     large.add_argument("--layout", choices=["csr", "csc"], default="csr", help="sparse layout of the file")
     large.add_argument("--work", type=Path, default=Path("cohort_large"), help="directory of the .h5ad files")
     large.add_argument("--skip-deseq2", action="store_true", help="no pseudobulk PyDESeq2")
+    large.add_argument(
+        "--reuse", action="store_true", help="with --skip-deseq2: fit the file an earlier run left in --work"
+    )
     large.add_argument("--deseq2-genes", type=int, default=None, help="PyDESeq2 on the first N genes only")
     a = ap.parse_args()
     if a.large:
