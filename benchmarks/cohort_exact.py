@@ -1,7 +1,7 @@
 """Before/after exactness of the general engine on simulated paired cohorts (issue 20).
 
 Fits every gene of three simulated data sets with ``fit_re_one`` and saves, per structure, the
-log-likelihoods, statuses, parameters, evaluations and CPU times to an ``.npz``; run it on two
+log-likelihoods, statuses, parameters, their standard errors, evaluations and CPU times to an ``.npz``; run it on two
 versions (the older one on ``PYTHONPATH``) and compare the files:
 
     PYTHONPATH=/tmp/base python benchmarks/cohort_exact.py before.npz [A,B,C]
@@ -54,7 +54,7 @@ def main() -> None:
                 continue
             pf = parse_re_formula(f)
             s = prepare_re(build_design(pf.fixed, ad.obs).matrix, off, build_re_terms(pf.terms, ad.obs))
-            ll, st, ph, tm, ne = [], [], [], [], []
+            ll, st, ph, tm, ne, se = [], [], [], [], [], []
             for g in range(genes):
                 y = Y[:, g].toarray().ravel().astype(float)
                 t0 = time.process_time()
@@ -64,7 +64,8 @@ def main() -> None:
                 st.append(r.status)
                 ph.append(r.phi)
                 ne.append(r.n_eval)
-            for suffix, v in (("ll", ll), ("st", st), ("phi", ph), ("t", tm), ("ne", ne)):
+                se.append(np.sqrt(np.diag(r.cov_phi)))
+            for suffix, v in (("ll", ll), ("st", st), ("phi", ph), ("t", tm), ("ne", ne), ("se", se)):
                 res[f"{key}_{name}_{suffix}"] = np.array(v)
             rows = "blocks" if s.blocks is not None else "cells"
             print(

@@ -230,3 +230,68 @@ def test_bfgs_update_keeps_an_indefinite_matrix_usable() -> None:
     np.testing.assert_allclose(new @ s, yv, rtol=1e-12)
     assert np.linalg.eigvalsh(new).min() > 0.0
     assert _bfgs(B, s, -yv) is None  # negative curvature along the step: recomputed
+
+
+# ------------------------------------------------------------------------------------------------
+# crawls to a boundary (issue 20: a few genes per thousand took hundreds of evaluations)
+# ------------------------------------------------------------------------------------------------
+@cache
+def crawling() -> tuple:
+    """Two genes of a simulated paired cohort (250 donors x 40 cells, ``benchmarks/cohort_exact.py`` set C)
+    whose random slope's correlation runs to -1 along a nearly flat ridge, and the prepared structure."""
+    a = scglmm.datasets.simulate(
+        n_donors=250, cells_per_donor=20, n_genes=250, paired=True, slope_sd=0.3, mean_range=(0.01, 5.0),
+        phi_range=(0.02, 2.0), sigma2_range=(0.0, 0.8), seed=7,
+    )  # fmt: skip
+    parsed = parse_re_formula("~ condition + (1 + condition | donor)")
+    s = prepare_re(
+        build_design(parsed.fixed, a.obs).matrix,
+        np.log(a.obs["libsize"].to_numpy(float)),
+        build_re_terms(parsed.terms, a.obs),
+    )
+    Y = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    return s, [np.ascontiguousarray(Y[:, g], dtype=np.float64) for g in (77, 109)]
+
+
+@pytest.mark.parametrize("gene", [0, 1])
+def test_a_crawl_to_a_correlation_boundary_ends_on_it(gene: int, monkeypatch) -> None:
+    """Stopped and fitted on the boundary it heads for: a higher log-likelihood than crawling on for 100
+    iterations (which ended not converged), a converged boundary fit, under half the evaluations."""
+    from scglmm._core import _re
+    from scglmm._core._status import CORRELATION_BOUNDARY, NOT_CONVERGED
+
+    s, ys = crawling()
+    new = _re.fit_re_one(s, ys[gene])
+    with monkeypatch.context() as m:
+        m.setattr(_re, "CRAWL_STOP", 10**6)  # crawl on, as before
+        old = _re.fit_re_one(s, ys[gene])
+    assert old.status & NOT_CONVERGED and old.n_eval > 300
+    assert new.status == CORRELATION_BOUNDARY
+    assert new.loglik >= old.loglik - 1e-9
+    assert new.n_eval < old.n_eval / 2
+    L = s.cholesky(new.phi)[0]
+    held = s.p + 2  # (1, 1) of the Cholesky factor: the slope's conditional sd
+    assert L[1, 1] == 0.0 and np.isnan(new.cov_phi[held]).all()
+    se = np.sqrt(np.diag(new.cov_phi))[: s.p]
+    assert np.all(np.isfinite(se)) and np.all(se > 0)
+
+
+def test_boundary_points_of_a_crawl() -> None:
+    """The boundaries tried after a crawl: a correlation at -1 (the last diagonal entry at 0), and a variance
+    component with a small sd at 0 (its row zeroed, the other sd kept, its row and column held)."""
+    from scglmm._core._re import _boundary_points
+
+    s, _ = crawling()
+    p = s.p
+    phi = np.zeros(s.n_params)
+    phi[p : p + 3] = [0.02, 0.3, 0.4]  # L = [[0.02, 0], [0.3, 0.4]]: sds 0.02 and 0.5
+    phi[-1] = 1.0
+    points = _boundary_points(s, phi)
+    assert len(points) == 2
+    (cor, cor_hold), (var, var_hold) = points
+    assert np.array_equal(np.flatnonzero(cor_hold), [p + 2]) and cor[p + 2] == 0.0
+    np.testing.assert_array_equal(np.delete(cor, p + 2), np.delete(phi, p + 2))
+    assert np.array_equal(np.flatnonzero(var_hold), [p, p + 1])
+    np.testing.assert_allclose(var[p : p + 3], [0.0, 0.0, 0.5], rtol=1e-12)
+    phi[p : p + 3] = [0.5, 0.3, 0.4]  # no small sd: the correlation only
+    assert len(_boundary_points(s, phi)) == 1

@@ -842,8 +842,14 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
 
 
 def _maximise(
-    prob: _Problem, phi: NDArray, max_iter: int, seed: bool = False, first: tuple[float, NDArray] | None = None
-) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray]:
+    prob: _Problem,
+    phi: NDArray,
+    max_iter: int,
+    seed: bool = False,
+    first: tuple[float, NDArray] | None = None,
+    hold: NDArray[np.bool_] | None = None,
+    stop_crawl: bool = False,
+) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray, bool]:
     """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
 
     The negative Hessian starts as the start's information (``seed``, :func:`_seed_hessian`), else
@@ -861,18 +867,22 @@ def _maximise(
     moves no parameter by more than :data:`MAX_STEP`.
 
     ``first``: the value and gradient at ``phi`` with ``prob.u`` its modes, if known (else evaluated).
+    ``hold``: parameters held at their values in ``phi`` (a boundary, :func:`_boundary_point`).
+    ``stop_crawl``: stop when the crawl goes on under :data:`CRAWL_STOP` fresh Hessians in a row (the
+    caller then tries the boundary it heads for).
 
-    Returns ``(phi, value, gradient, Hessian, converged, iterations, free)`` with ``prob.u`` the
+    Returns ``(phi, value, gradient, Hessian, converged, iterations, free, crawled)`` with ``prob.u`` the
     modes at ``phi``; the Hessian is the fresh one when converged.
     """
     val, g = prob.value_grad(phi) if first is None else first
     P = phi.shape[0]
-    free = np.ones(P, dtype=bool)
+    free = np.ones(P, dtype=bool) if hold is None else ~hold
     B: NDArray | None = None  # approximation of the negative Hessian
     fresh = False
     converged = False
     it = 0
     decs: list[float] = []
+    crawl = 0  # fresh Hessians in a row that the crawl outlived
     for it in range(1, max_iter + 1):
         held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:
@@ -886,7 +896,11 @@ def _maximise(
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
         step, dec, pd = _newton_step(g, -B, free)
         decs.append(dec)
-        stalled = len(decs) > 5 and dec < DEC_STALL and dec > 0.1 * decs[-6]
+        slow = len(decs) > 5 and dec > 0.1 * decs[-6]
+        stalled = slow and dec < DEC_STALL
+        crawl = crawl + 1 if slow and dec < CRAWL_DEC else 0
+        if stop_crawl and crawl >= CRAWL_STOP:
+            return phi, val, g, -B, False, it, free, True
         if (dec < DEC_FRESH or stalled) and not fresh:
             B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
             step, dec, pd = _newton_step(g, -B, free)
@@ -914,9 +928,16 @@ def _maximise(
         if prob.s.prior is None and np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
             break  # (with a prior the effects are bounded: a far intercept of a rare gene is no divergence)
     H = -B if B is not None else np.zeros((P, P))
-    return phi, val, g, H, converged and fresh, it, free
+    return phi, val, g, H, converged and fresh, it, free, False
 
 
+#: A crawl: iterations in a row whose decrement is below CRAWL_DEC and not cut tenfold in five steps; after
+#: CRAWL_STOP of them the iterations stop for a boundary trial (:func:`_fit`).
+CRAWL_DEC = 1e-4
+CRAWL_STOP = 10
+#: A variance component's sd below this (relative to the largest of its term, at least 1) is tried at 0
+#: by the boundary trial after a crawl (:func:`_boundary_points`).
+SD_SMALL = 0.05
 #: Largest change of any parameter (log scale for the effects and log theta) in a line search's first trial.
 MAX_STEP = 1.0
 #: Whether a fit that converged on a boundary is restarted too (else only one that did not converge).
@@ -1009,10 +1030,15 @@ def fit_re_one(
 def _fit(
     s: REStructure, prob: _Problem, phi: NDArray, max_iter: int, nan: REFitOne, first: tuple[float, NDArray]
 ) -> REFitOne:
-    """The optimisation of :func:`fit_re_one` from the start ``phi`` (restart, covariance, flags);
-    ``first``: the value and gradient there."""
+    """The optimisation of :func:`fit_re_one` from the start ``phi`` (boundary trial after a crawl, restart,
+    covariance, flags); ``first``: the value and gradient there."""
     P = s.n_params
-    phi, val, g, H, converged, it, free = _maximise(prob, phi, max_iter, seed=True, first=first)
+    phi, val, g, H, converged, it, free, crawled = _maximise(
+        prob, phi, max_iter, seed=True, first=first, stop_crawl=s.n_lambda > 0
+    )
+    if crawled:
+        phi, val, g, H, converged, it2, free = _crawled(prob, phi, val, g, max_iter - it)
+        it += it2
     boundary = _boundary_status(s, phi) if np.isfinite(val) and s.n_lambda else 0
     if boundary and (RESTART_CONVERGED or not converged):
         # the boundaries are stationary points of the Cholesky parameterisation: a fit that stopped on one
@@ -1020,7 +1046,7 @@ def _fit(
         # (one that converged has a negative definite Hessian there, a local maximum: benchmarks/restart_policy.py)
         u_best = prob.u.copy()
         prob.u, prob.jac = np.zeros_like(prob.u), None
-        phi2, val2, g2, H2, conv2, it2, free2 = _maximise(prob, _restart(s, phi), max_iter)
+        phi2, val2, g2, H2, conv2, it2, free2, _ = _maximise(prob, _restart(s, phi), max_iter)
         it += it2
         if val2 > val:
             phi, val, g, H, converged, free = phi2, val2, g2, H2, conv2, free2
@@ -1050,6 +1076,81 @@ def _fit(
     if s.prior is not None:  # report the log-likelihood, not the penalised objective
         val -= s.prior.value_grad(phi)[0]
     return REFitOne(phi, val, cov, modes, it, prob.n_eval, status, float(np.abs(g[free]).max()))
+
+
+def _crawled(
+    prob: _Problem, phi: NDArray, val: float, g: NDArray, max_iter: int
+) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray]:
+    """After a crawl (:func:`_maximise` with ``stop_crawl``): the best fit with a boundary held
+    (:func:`_boundary_points`) if it converged, is at least as high and is a maximum across the boundary
+    (:func:`_holds_across`), else the crawl resumed from where it stopped. Returns as :func:`_maximise`
+    (without the crawl flag)."""
+    u0, jac0 = prob.u.copy(), prob.jac
+    best, it = None, 0
+    for point, hold in _boundary_points(prob.s, phi):
+        prob.u, prob.jac = u0.copy(), None
+        res = _maximise(prob, point, max_iter, hold=hold)
+        it += res[5]
+        if res[4] and res[1] >= val and (best is None or res[1] > best[0][1]):
+            best = (res, prob.u.copy(), hold)
+    if best is not None and _holds_across(prob, best[0][0], best[1], best[2]):
+        prob.u, prob.jac = best[1], None
+        res = best[0]
+        return (*res[:5], res[5] + it, res[6])
+    prob.u, prob.jac = u0, jac0
+    res = _maximise(prob, phi, max(max_iter - it, 1), first=(val, g))
+    return (*res[:5], res[5] + it, res[6])
+
+
+def _boundary_points(s: REStructure, phi: NDArray) -> list[tuple[NDArray, NDArray[np.bool_]]]:
+    """The boundaries a crawl at ``phi`` may head for, each as a start with the parameters to hold:
+
+    * a correlation at +-1: a diagonal entry of a term's Cholesky factor (not the first, with free entries
+      left of it) at 0;
+    * a variance component at 0: one whose sd is below :data:`SD_SMALL` of the largest of its term (at
+      least 1), its row of the Cholesky factor zeroed, the rest of the covariance re-factored, its row
+      and column held at 0.
+    """
+    d = s.data
+    out = []
+    for t, L in enumerate(s.cholesky(phi)):
+        q = L.shape[0]
+        pos = d.lam_pos[t, :q, :q]
+        for j in range(1, q):
+            if pos[j, j] >= 0 and np.any(pos[j, :j] >= 0):
+                point, hold = phi.copy(), np.zeros(phi.shape[0], dtype=bool)
+                point[pos[j, j]], hold[pos[j, j]] = 0.0, True
+                out.append((point, hold))
+        S = L @ L.T
+        sd = np.sqrt(np.diag(S))
+        for j in np.flatnonzero(sd < SD_SMALL * max(1.0, float(sd.max()))):
+            keep = np.arange(q) != j
+            Lk = np.zeros_like(L)
+            Sk = S[np.ix_(keep, keep)]
+            if Sk.size:
+                Lk[np.ix_(keep, keep)] = np.linalg.cholesky(Sk + 1e-14 * np.eye(Sk.shape[0]))
+            point, hold = phi.copy(), np.zeros(phi.shape[0], dtype=bool)
+            mask = pos >= 0
+            point[pos[mask]] = Lk[mask]
+            line = np.concatenate([pos[j, : j + 1], pos[j:, j]])
+            hold[line[line >= 0]] = True
+            out.append((point, hold))
+    return out
+
+
+def _holds_across(prob: _Problem, phi: NDArray, u: NDArray, hold: NDArray[np.bool_]) -> bool:
+    """Whether moving each held diagonal Cholesky entry off its boundary (0) by a small step lowers the
+    objective to first order there: the boundary fit is then a maximum across it, not a saddle."""
+    d = prob.s.data
+    for i in np.flatnonzero(hold):
+        if d.lam_r[i - prob.s.p] != d.lam_c[i - prob.s.p]:
+            continue
+        ph = phi.copy()
+        ph[i] = 1e-3
+        _, gh = prob.value_grad(ph, u.copy(), np.empty((u.shape[0], phi.shape[0])))
+        if not gh[i] <= 0.0:
+            return False
+    return True
 
 
 def _separated(X: NDArray[np.float64], y: NDArray[np.float64], d: REData | None = None) -> bool:
