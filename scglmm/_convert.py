@@ -3,17 +3,22 @@
 scanpy writes count matrices by cell (CSR). A gene block of a CSR file cannot be read alone, so
 fitting a file larger than memory reads it once per panel of genes (``docs/scaling.md``), and a
 Dask worker cannot read its own genes. :func:`to_csc` writes a copy whose counts are stored by
-gene, panel by panel, holding one panel in memory: every element of the file other than the counts
-is copied as it is (HDF5 copies, attributes included).
+gene: one pass over the rows of a CSR file appends each chunk's entries to a temporary file per
+range of genes (a bucket of at most ``panel_nnz`` entries), then each bucket is sorted by gene in
+memory and written, so the source is read once and a bucket is the most held in memory. Every
+element of the file other than the counts is copied as it is (HDF5 copies, attributes included).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+from scipy import sparse
 
 from ._core._counts import PANEL_NNZ, BackedCounts
 from ._core._errors import InvalidValueError, MissingKeyError
@@ -36,7 +41,9 @@ def to_csc(
 
     A fit reads a CSC file once in all, and Dask workers read their own genes from it
     (``docs/scaling.md``); a CSR file (what scanpy writes) is read once per panel of genes. The
-    conversion itself reads a CSR file once per panel and holds one panel in memory.
+    conversion reads a CSR file once (plus its column indices once, to size the buckets), writes its
+    entries once to temporary files beside ``out`` (12-16 bytes per non-zero, removed at the end) and
+    holds at most ``panel_nnz`` of them in memory.
 
     Parameters
     ----------
@@ -49,7 +56,7 @@ def to_csc(
     compression
         HDF5 compression of the written counts: ``None`` (fastest to read), ``"gzip"`` or ``"lzf"``.
     panel_nnz
-        Non-zeros held in memory at a time.
+        Non-zeros held in memory at a time (a bucket of genes).
 
     Examples
     --------
@@ -65,9 +72,14 @@ def to_csc(
         raise InvalidValueError(msg, param="compression")
     key = "X" if layer is None else f"layers/{layer}"
     counts = _source_counts(src, key, layer, panel_nnz)
-    with h5py.File(src, "r") as fin, h5py.File(out, "w") as fout:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder,
+        h5py.File(src, "r") as fin,
+        h5py.File(out, "w") as fout,
+    ):
         _copy_except(fin, fout, key)
-        _write_panels(counts, fout.create_group(key), compression)
+        panels = _by_gene(counts, panel_nnz, Path(folder)) if counts.format == "csr" else counts.gene_panels()
+        _write_panels(counts, panels, fout.create_group(key), compression)
 
 
 def _source_counts(src: Path, key: str, layer: str | None, panel_nnz: int) -> BackedCounts:
@@ -101,15 +113,57 @@ def _copy_except(fin: h5py.Group, fout: h5py.Group, key: str) -> None:
             fin.copy(fin[name], fout, name=name)
 
 
-def _write_panels(counts: BackedCounts, group: h5py.Group, compression: str | None) -> None:
-    """Write ``counts`` into ``group`` as anndata's ``csc_matrix`` encoding, one panel at a time."""
+def _by_gene(counts: BackedCounts, panel_nnz: int, folder: Path) -> Iterator[tuple[int, sparse.csc_matrix]]:
+    """``(first_gene, panel)`` over the genes of a CSR file in order, from one pass over its rows: each
+    chunk's entries go to the temporary file of their bucket (a range of genes with at most ``panel_nnz``
+    entries) in ``folder``, in row order; each bucket is then read back, sorted by gene (stably: rows
+    stay in order) and removed."""
+    n, G = counts.shape
+    cum = np.concatenate([[0], np.cumsum(counts.gene_nnz())])
+    starts = [0]
+    while starts[-1] < G:
+        a = starts[-1]
+        b = int(np.searchsorted(cum, cum[a] + panel_nnz, side="right")) - 1
+        starts.append(min(max(b, a + 1), G))
+    width = np.diff(starts)
+    key = np.uint16 if width.size < 2**16 else np.int64  # small keys: numpy's stable sort is a radix sort
+    bucket = np.repeat(np.arange(width.size), width).astype(key)
+    rec = np.dtype([("row", np.int32 if n < 2**31 else np.int64), ("gene", np.int32), ("value", counts.dtype)])
+    paths = [folder / f"{k}.bin" for k in range(width.size)]
+    for _, base, ptr, ind, val, _ in counts.iter_raw():
+        ind = np.asarray(ind)
+        b = bucket[ind]
+        order = np.argsort(b, kind="stable")
+        cuts = np.searchsorted(b[order], np.arange(width.size + 1))
+        recs = np.empty(ind.size, dtype=rec)
+        recs["row"] = np.repeat(np.arange(base, base + ptr.size - 1), np.diff(ptr))[order]
+        recs["gene"], recs["value"] = ind[order], val[order]
+        for k in np.flatnonzero(np.diff(cuts)):
+            with open(paths[k], "ab") as fh:
+                recs[cuts[k] : cuts[k + 1]].tofile(fh)
+    for k, path in enumerate(paths):
+        recs = np.fromfile(path, dtype=rec) if path.exists() else np.empty(0, dtype=rec)
+        path.unlink(missing_ok=True)
+        g = recs["gene"] - starts[k]
+        order = np.argsort(g.astype(np.uint16) if width[k] < 2**16 else g, kind="stable")
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=width[k]))])
+        panel = sparse.csc_matrix((recs["value"][order], recs["row"][order], ptr), shape=(n, int(width[k])))
+        panel.sum_duplicates()
+        yield starts[k], panel
+
+
+def _write_panels(
+    counts: BackedCounts, panels: Iterator[tuple[int, sparse.csc_matrix]], group: h5py.Group, compression: str | None
+) -> None:
+    """Write ``panels`` (``(first_gene, CSC panel)`` in gene order) of ``counts`` into ``group`` as
+    anndata's ``csc_matrix`` encoding."""
     n, G = counts.shape
     itype = np.int32 if n < 2**31 else np.int64
     opts: dict[str, Any] = {"maxshape": (None,), "chunks": (_CHUNK,), "compression": compression}
     data = group.create_dataset("data", shape=(0,), dtype=counts.dtype, **opts)
     indices = group.create_dataset("indices", shape=(0,), dtype=itype, **opts)
     indptr = np.zeros(G + 1, dtype=np.int64)
-    for a, panel in counts.gene_panels():
+    for a, panel in panels:
         start, size = int(indptr[a]), int(panel.nnz)
         for dset, values in ((data, panel.data), (indices, panel.indices)):
             dset.resize((start + size,))

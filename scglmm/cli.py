@@ -1188,8 +1188,9 @@ _TO_CSC_HELP = """Rewrite INPUT (an .h5ad file) with its counts stored by gene (
 scanpy writes counts by cell (CSR). A fit of a file larger than memory
 (--backed) reads a CSR file once per panel of genes, but a CSC file once in
 all, and Dask workers read their own genes from a CSC file. The conversion
-reads INPUT once per panel, holds one panel in memory and copies every other
-element (obs, var, uns, other layers) as it is.
+reads INPUT once, sorts its entries through temporary files beside OUT (about
+the size of the counts, removed at the end), holds one bucket of genes in
+memory and copies every other element (obs, var, uns, other layers) as it is.
 
 \b
 Example:

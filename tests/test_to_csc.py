@@ -33,11 +33,12 @@ def _encoding(path, key: str) -> str:
         return str(fh[key].attrs["encoding-type"])
 
 
-@pytest.mark.parametrize("panel_nnz", [1, 97, 10**9])  # a panel per gene, several genes per panel, one panel
+@pytest.mark.parametrize("panel_nnz", [1, 97, 10**9])  # a bucket per gene, several genes per bucket, one bucket
 def test_x_rewritten_by_gene_everything_else_as_is(cells, tmp_path, panel_nnz: int) -> None:
     a, src = cells
     out = tmp_path / "csc.h5ad"
     scglmm.to_csc(src, out, panel_nnz=panel_nnz)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["csc.h5ad"]  # the buckets' files are gone
     assert _encoding(out, "X") == "csc_matrix" and _encoding(out, "layers/counts") == "csr_matrix"
     b = ad.read_h5ad(out)
     assert sparse.isspmatrix_csc(b.X) and b.X.dtype == np.float32 and b.X.has_sorted_indices

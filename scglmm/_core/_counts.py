@@ -577,6 +577,13 @@ class BackedCounts:
                 )
         return blk[:, cols - c0] if not (cols.size == c1 - c0 and np.all(np.diff(cols) == 1)) else blk
 
+    def gene_nnz(self) -> NDArray[np.int64]:
+        """Stored entries per gene of the file (sparse files; a pass over the indices of a CSR one)."""
+        with self._open() as elem:
+            if self.format == "csc":
+                return np.diff(self._get_indptr(elem))
+            return self._gene_nnz(elem)
+
     def _gene_nnz(self, elem) -> NDArray[np.int64]:
         if self._col_nnz is None:
             indptr = self._get_indptr(elem)
