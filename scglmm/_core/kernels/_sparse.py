@@ -70,6 +70,15 @@ def csr_rows_sorted(indptr, indices):
 # ------------------------------------------------------------------------------------------------
 # per-level sums of a chunk of stored entries (rows of a CSR matrix or columns of a CSC one)
 # ------------------------------------------------------------------------------------------------
+@njit(inline="always", **_JIT)
+def _entry(by_row, base, a, index, colmap):
+    """The cell and gene of a stored entry: row ``base + a`` and column ``index`` of a CSR chunk, or
+    row ``index`` and column ``base + a`` of a CSC one (the gene via ``colmap``, -1: not wanted)."""
+    if by_row:
+        return base + a, colmap[index]
+    return index, colmap[base + a]
+
+
 @njit(**_JIT)
 def level_sums_chunk(by_row, base, ptr, ind, val, colmap, codes, weight, sums, detected):
     """Add a chunk's entries to per-level sums: for each of the ``k`` rows of ``codes`` (k, cells),
@@ -82,12 +91,7 @@ def level_sums_chunk(by_row, base, ptr, ind, val, colmap, codes, weight, sums, d
     k = codes.shape[0]
     for a in range(ptr.shape[0] - 1):
         for j in range(ptr[a], ptr[a + 1]):
-            if by_row:
-                cell = base + a
-                g = colmap[ind[j]]
-            else:
-                cell = ind[j]
-                g = colmap[base + a]
+            cell, g = _entry(by_row, base, a, ind[j], colmap)
             if g < 0:
                 continue
             v = float(val[j])
@@ -108,11 +112,6 @@ def levels_present_chunk(by_row, base, ptr, ind, val, colmap, codes, present):
         for j in range(ptr[a], ptr[a + 1]):
             if not val[j] > 0:
                 continue
-            if by_row:
-                cell = base + a
-                g = colmap[ind[j]]
-            else:
-                cell = ind[j]
-                g = colmap[base + a]
+            cell, g = _entry(by_row, base, a, ind[j], colmap)
             if g >= 0 and codes[cell] >= 0:
                 present[codes[cell], g] = 1
