@@ -87,6 +87,43 @@ def test_fit_genes_from_disk_is_bitwise_identical(small, ref_fit, tmp_path, fmt)
         backed.file.close()
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_csr_file_of_many_panels_is_fitted_from_a_temporary_csc_copy(small, ref_fit, tmp_path, monkeypatch, n_jobs):
+    """Counts in a CSR file that would take more than MAX_PANEL_PASSES passes are copied by gene once (a
+    temporary CSC file, gone afterwards); the fits are the same, for (1 | donor) and the general engine."""
+    import tempfile
+
+    from scglmm._core import _counts
+    from scglmm._core._api import fit_genes as fit_terms_genes
+    from scglmm._formula import build_re_terms, parse_re_formula
+
+    path = _write(small, tmp_path / "csr.h5ad", "csr")
+    X, g, off = _design(small)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    copies = []
+    buckets = _counts.BackedCounts.gene_buckets
+
+    def counted(self, folder, bucket_nnz):
+        copies.append(sorted(p.name for p in folder.parent.iterdir()))
+        yield from buckets(self, folder, 50)  # several buckets
+
+    monkeypatch.setattr(_counts.BackedCounts, "gene_buckets", counted)
+    Y = BackedCounts(path, chunk_nnz=300, panel_nnz=100)
+    assert int(Y.gene_nnz().sum()) > _counts.MAX_PANEL_PASSES * 100
+    _same(scglmm.fit_genes(Y, X, g, off, block_size=5, n_jobs=n_jobs), ref_fit)
+    terms = build_re_terms(parse_re_formula("~ x + (1 + x | donor)").terms, small.obs.assign(x=X[:, 1]))
+    want = fit_terms_genes(small.X[:, :8], X, terms, off, block_size=3)
+    got = fit_terms_genes(Y[:, np.arange(8)], X, terms, off, block_size=3, n_jobs=n_jobs)
+    for name in ("coef", "se", "loglik", "status", "varcomp"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert len(copies) == 2 and all(c[0].startswith("scglmm-by-gene-") for c in copies)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    small_view = Y[:, [0, 1]]  # few panels: read in panels, no copy
+    scglmm.fit_genes(small_view, X, g, off)
+    assert len(copies) == 2
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
 def test_backed_counts_views_sums_and_rows(small, tmp_path, fmt):
     path = _write(small, tmp_path / f"{fmt}.h5ad", fmt)

@@ -31,7 +31,7 @@ from ._checks import (
     check_offset,
     check_separation,
 )
-from ._counts import as_backed_counts, block_getter, block_reader, gene_columns
+from ._counts import as_backed_counts, block_getter, block_reader, by_gene, gene_columns
 from ._design import few_rows_data, gauss_hermite, prepare_design
 from ._errors import InvalidValueError
 from ._family import check_family, check_trials, fit_family
@@ -254,6 +254,15 @@ def fit_terms(
         )
         raise InvalidValueError(msg, param="n_agq")
     n_workers = 1 if run.n_jobs == 1 else max(1, effective_n_jobs(int(run.n_jobs)))
+    with by_gene(Y) as Yg:
+        return _fit_and_refit(Yg, X, terms, off, coef_names, run, n_workers, scalar)
+
+
+def _fit_and_refit(
+    Y, X: NDArray, terms: tuple[RETerm, ...], off: NDArray, coef_names: list[str], run: _Settings, n_workers: int,
+    scalar: bool,
+) -> GenesFit:  # fmt: skip
+    """The body of :func:`fit_terms`: the fit, then the refits of extreme and separated genes."""
     fit = (_fit_scalar if scalar else _fit_general)(Y, X, terms, off, coef_names, run, n_workers)
 
     def refit(Yr, Xr, terms_r, off_r, names) -> GenesFit:  # the model without the cells that separate

@@ -38,8 +38,11 @@ scan the whole file for each of them.
 from __future__ import annotations
 
 import itertools
+import logging
+import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,12 +74,21 @@ __all__ = [
     "block_getter",
     "block_reader",
     "level_stats",
+    "write_csc",
 ]
 
 #: Non-zeros (or dense entries) read per chunk of rows in streaming passes (~40 bytes each at peak).
 CHUNK_NNZ = 1 << 22
 #: Non-zeros held in memory per panel of genes of a CSR file (index + value: 8-12 bytes each).
 PANEL_NNZ = 1 << 25
+
+#: Counts in a CSR file are fitted from a temporary CSC copy of their genes (:func:`by_gene`) when their
+#: panels would take more than this many passes over the file.
+MAX_PANEL_PASSES = 8
+#: Entries per bucket of genes of that copy (:meth:`BackedCounts.gene_buckets`; about 16 bytes each in memory).
+BUCKET_NNZ = 1 << 23
+
+logger = logging.getLogger("scglmm")
 
 #: A chunk of stored entries ``(by_row, base, ptr, ind, val, colmap)``: rows ``base ..`` of a CSR
 #: matrix (``ind``: their columns) or columns ``base ..`` of a CSC one (``ind``: their rows), and per
@@ -193,8 +205,9 @@ class BlockRead:
 def block_reader(Y) -> Callable[[int, int], BlockRead] | None:
     """For counts in a CSC or dense file that other processes can open: a function giving, for genes ``a:b``,
     the :class:`BlockRead` a worker calls to read them itself. None otherwise (counts in memory, a CSR file,
-    an HDF5 file in memory or open for writing): the client reads the blocks (:func:`block_getter`)."""
-    if not isinstance(Y, BackedCounts) or Y.format == "csr" or Y.file_element() is None:
+    an HDF5 file in memory or open for writing, a temporary copy of :func:`by_gene`): the client reads the blocks
+    (:func:`block_getter`)."""
+    if not isinstance(Y, BackedCounts) or Y.format == "csr" or Y.temporary or Y.file_element() is None:
         return None
     return Y.block_read
 
@@ -309,6 +322,8 @@ class BackedCounts:
         self._panel: tuple[int, int, sparse.csc_matrix] | None = None
         self._indptr: NDArray[np.int64] | None = None
         self._col_nnz: NDArray[np.int64] | None = None
+        self.temporary = False
+        """A file of this process (:func:`by_gene`): other processes may not see it, so they are sent blocks."""
 
     # ---- file access ---------------------------------------------------------------------------
     def _read_meta(self, elem) -> None:
@@ -534,6 +549,44 @@ class BackedCounts:
                 yield a, self._load_columns(np.arange(a, b, dtype=np.int64))
             a = b
 
+    def gene_buckets(self, folder: Path, bucket_nnz: int) -> Iterator[tuple[int, sparse.csc_matrix]]:
+        """``(first_gene, panel)`` over the genes of this view of a CSR file in order, from one pass over its
+        rows: each chunk's entries go to the temporary file of their bucket (a range of genes with at most
+        ``bucket_nnz`` entries) in ``folder``, in row order; each bucket is then read back, sorted by gene
+        (stably: rows stay in order), removed and yielded. The view's genes must be distinct."""
+        n, G = self.shape
+        cum = np.concatenate([[0], np.cumsum(self.gene_nnz())])
+        starts = [0]
+        while starts[-1] < G:
+            a = starts[-1]
+            b = int(np.searchsorted(cum, cum[a] + bucket_nnz, side="right")) - 1
+            starts.append(min(max(b, a + 1), G))
+        width = np.diff(starts)
+        key = np.uint16 if width.size < 2**16 else np.int64  # small keys: numpy's stable sort is a radix sort
+        bucket = np.append(np.repeat(np.arange(width.size), width), width.size).astype(key)  # last: not wanted
+        rec = np.dtype([("row", np.int32 if n < 2**31 else np.int64), ("gene", np.int32), ("value", self.dtype)])
+        paths = [folder / f"{k}.bin" for k in range(width.size)]
+        for _, base, ptr, ind, val, colmap in self.iter_raw():
+            gene = colmap[ind]
+            b = bucket[gene]  # -1 (not in the view) -> the last entry of ``bucket``
+            order = np.argsort(b, kind="stable")
+            cuts = np.searchsorted(b[order], np.arange(width.size + 1))
+            recs = np.empty(ind.size, dtype=rec)
+            recs["row"] = np.repeat(np.arange(base, base + ptr.size - 1), np.diff(ptr))[order]
+            recs["gene"], recs["value"] = gene[order], val[order]
+            for k in np.flatnonzero(np.diff(cuts)):
+                with open(paths[k], "ab") as fh:
+                    recs[cuts[k] : cuts[k + 1]].tofile(fh)
+        for k, path in enumerate(paths):
+            recs = np.fromfile(path, dtype=rec) if path.exists() else np.empty(0, dtype=rec)
+            path.unlink(missing_ok=True)
+            g = recs["gene"] - starts[k]
+            order = np.argsort(g.astype(np.uint16) if width[k] < 2**16 else g, kind="stable")
+            ptr = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=width[k]))])
+            panel = sparse.csc_matrix((recs["value"][order], recs["row"][order], ptr), shape=(n, int(width[k])))
+            panel.sum_duplicates()
+            yield starts[k], panel
+
     def _csc_end(self, a: int) -> int:
         """The end of the CSC slice of about ``chunk_nnz`` entries that starts at gene ``a``."""
         with self._open() as elem:
@@ -578,11 +631,10 @@ class BackedCounts:
         return blk[:, cols - c0] if not (cols.size == c1 - c0 and np.all(np.diff(cols) == 1)) else blk
 
     def gene_nnz(self) -> NDArray[np.int64]:
-        """Stored entries per gene of the file (sparse files; a pass over the indices of a CSR one)."""
+        """Stored entries per gene of this view (sparse files; a pass over the indices of a CSR one)."""
         with self._open() as elem:
-            if self.format == "csc":
-                return np.diff(self._get_indptr(elem))
-            return self._gene_nnz(elem)
+            nnz = np.diff(self._get_indptr(elem)) if self.format == "csc" else self._gene_nnz(elem)
+        return nnz if self._cols is None else nnz[self._cols]
 
     def _gene_nnz(self, elem) -> NDArray[np.int64]:
         if self._col_nnz is None:
@@ -750,3 +802,59 @@ def level_stats(
         if pres is not None:
             levels_present_chunk(by_row, base, ptr, ind, val, colmap, pcodes, pres)
     return sums, detected, pres
+
+
+#: Entries per HDF5 chunk of the ``data`` and ``indices`` arrays :func:`write_csc` writes.
+WRITE_CHUNK = 1 << 20
+
+
+def write_csc(
+    panels: Iterable[tuple[int, sparse.csc_matrix]], counts: BackedCounts, group: Any, compression: str | None
+) -> None:
+    """Write ``panels`` (``(first_gene, CSC panel)`` in gene order) of ``counts`` into the HDF5 ``group`` as
+    anndata's ``csc_matrix`` encoding, chunked by :data:`WRITE_CHUNK` entries."""
+    n, G = counts.shape
+    itype = np.int32 if n < 2**31 else np.int64
+    opts: dict[str, Any] = {"maxshape": (None,), "chunks": (WRITE_CHUNK,), "compression": compression}
+    data = group.create_dataset("data", shape=(0,), dtype=counts.dtype, **opts)
+    indices = group.create_dataset("indices", shape=(0,), dtype=itype, **opts)
+    indptr = np.zeros(G + 1, dtype=np.int64)
+    for a, panel in panels:
+        start, size = int(indptr[a]), int(panel.nnz)
+        for dset, values in ((data, panel.data), (indices, panel.indices)):
+            dset.resize((start + size,))
+            dset[start:] = values.astype(dset.dtype, copy=False)
+        indptr[a + 1 : a + panel.shape[1] + 1] = start + panel.indptr[1:]
+    group.create_dataset("indptr", data=indptr)
+    group.attrs["encoding-type"] = "csc_matrix"
+    group.attrs["encoding-version"] = "0.1.0"
+    group.attrs["shape"] = np.array([n, G], dtype=np.int64)
+
+
+@contextmanager
+def by_gene(Y) -> Iterator[Any]:
+    """The counts to fit, read by gene: ``Y`` itself, or, for counts in a CSR file whose genes would take
+    more than :data:`MAX_PANEL_PASSES` panels (each panel a pass over the whole file, so the passes grow
+    with the genes squared), the same genes in a temporary CSC file made in one pass over the rows
+    (:meth:`BackedCounts.gene_buckets`), removed on exit. The blocks read from either are the same."""
+    if not (isinstance(Y, BackedCounts) and Y.format == "csr") or Y.distinct_columns() is not None:
+        yield Y
+        return
+    nnz = int(Y.gene_nnz().sum())
+    if nnz <= MAX_PANEL_PASSES * Y.panel_nnz:
+        yield Y
+        return
+    import h5py
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="scglmm-by-gene-") as folder:
+        path = Path(folder) / "counts.h5"
+        with h5py.File(path, "w") as fh:
+            write_csc(Y.gene_buckets(Path(folder), BUCKET_NNZ), Y, fh.create_group("X"), None)
+        Yc = BackedCounts(path, key="X", chunk_nnz=Y.chunk_nnz, panel_nnz=Y.panel_nnz)
+        Yc.temporary = True
+        logger.info(
+            "counts by gene: %d genes of a CSR file (%d panels) copied as CSC to %s in %.0f s",
+            Y.shape[1], -(-nnz // Y.panel_nnz), folder, time.perf_counter() - t0,
+        )  # fmt: skip
+        yield Yc
