@@ -22,10 +22,10 @@ How gene blocks are read depends on the layout on disk:
   same compiled transpose as in-memory CSR counts, and then serves all of its gene blocks from
   memory. Memory is bounded by ``panel_nnz`` (the panel's CSC arrays, 8 bytes per non-zero for
   float32 counts, plus one row chunk of ``chunk_nnz`` entries, 8-16 bytes each), not by the
-  matrix; the price is ``ceil(nnz / panel_nnz)`` reads of the file. The alternative, transposing
-  once into a temporary CSC file, reads the source once but writes and re-reads a full copy on
-  the temporary disk (see ``docs/scaling.md``); with a page cache the repeated sequential reads
-  are cheap next to the fit, and nothing is written.
+  matrix; the price is ``ceil(nnz / panel_nnz)`` reads of the file, which grows with the genes
+  squared. Beyond :data:`MAX_PANEL_PASSES` panels a fit reads a temporary CSC copy of its genes
+  instead (:func:`by_gene`), made in one pass over the rows (:meth:`BackedCounts.gene_buckets`), as
+  :func:`scglmm.to_csc` does for a file kept.
 
 Reads on the workers: with worker processes (joblib's loky or Dask backends), a CSC or dense file is
 not read by the client at all: :func:`block_reader` gives, per gene block, a :class:`BlockRead` (the
