@@ -124,6 +124,22 @@ def test_a_csr_file_of_many_panels_is_fitted_from_a_temporary_csc_copy(small, re
     assert len(copies) == 2
 
 
+def test_no_space_for_the_copy_falls_back_to_panels(small, ref_fit, tmp_path, monkeypatch):
+    """A temporary directory without space: the CSR file is read in panels instead, the same fit."""
+    from scglmm._core import _counts
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_counts, "write_csc", full)
+    warned = []
+    monkeypatch.setattr(_counts.logger, "warning", lambda msg, *args: warned.append(msg % args))
+    Y = BackedCounts(_write(small, tmp_path / "csr.h5ad", "csr"), chunk_nnz=300, panel_nnz=100)
+    X, g, off = _design(small)
+    _same(scglmm.fit_genes(Y, X, g, off, block_size=5), ref_fit)
+    assert len(warned) == 1 and "No space left on device" in warned[0] and "in panels" in warned[0]
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
 def test_backed_counts_views_sums_and_rows(small, tmp_path, fmt):
     path = _write(small, tmp_path / f"{fmt}.h5ad", fmt)

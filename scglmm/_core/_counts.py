@@ -836,7 +836,9 @@ def by_gene(Y) -> Iterator[Any]:
     """The counts to fit, read by gene: ``Y`` itself, or, for counts in a CSR file whose genes would take
     more than :data:`MAX_PANEL_PASSES` panels (each panel a pass over the whole file, so the passes grow
     with the genes squared), the same genes in a temporary CSC file made in one pass over the rows
-    (:meth:`BackedCounts.gene_buckets`), removed on exit. The blocks read from either are the same."""
+    (:meth:`BackedCounts.gene_buckets`; in the temporary directory, 8 bytes per non-zero and 12 more in
+    bucket files while it is made), removed on exit; the panels if that copy cannot be written (no space).
+    The blocks read from either are the same."""
     if not (isinstance(Y, BackedCounts) and Y.format == "csr") or Y.distinct_columns() is not None:
         yield Y
         return
@@ -849,8 +851,13 @@ def by_gene(Y) -> Iterator[Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="scglmm-by-gene-") as folder:
         path = Path(folder) / "counts.h5"
-        with h5py.File(path, "w") as fh:
-            write_csc(Y.gene_buckets(Path(folder), BUCKET_NNZ), Y, fh.create_group("X"), None)
+        try:
+            with h5py.File(path, "w") as fh:
+                write_csc(Y.gene_buckets(Path(folder), BUCKET_NNZ), Y, fh.create_group("X"), None)
+        except OSError as err:  # e.g. no space left in the temporary directory: the panels need none
+            logger.warning("counts by gene: no temporary copy in %s (%s); reading the CSR file in panels", folder, err)
+            yield Y
+            return
         Yc = BackedCounts(path, key="X", chunk_nnz=Y.chunk_nnz, panel_nnz=Y.panel_nnz)
         Yc.temporary = True
         logger.info(
