@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -791,17 +792,52 @@ def level_stats(
     codes = np.ascontiguousarray(np.atleast_2d(codes), dtype=np.int64)
     w = np.ascontiguousarray(weight, dtype=np.float64)
     G = Y.shape[1]
-    sums, detected = np.zeros((n_levels, G)), np.zeros((n_levels, G))
     pres = None if present is None else np.zeros((int(present[1]), G), dtype=np.uint8)
     pcodes = None if present is None else np.ascontiguousarray(present[0], dtype=np.int64)
-    for by_row, base, ptr, ind, val, colmap in raw_chunks(Y):
-        ptr = np.asarray(ptr, dtype=np.int64)
-        ind = np.asarray(ind, dtype=np.int64)
-        val = np.asarray(val, dtype=np.float64)
-        level_sums_chunk(by_row, base, ptr, ind, val, colmap, codes, w, sums, detected)
-        if pres is not None:
-            levels_present_chunk(by_row, base, ptr, ind, val, colmap, pcodes, pres)
+    parts = [(np.zeros((n_levels, G)), np.zeros((n_levels, G))) for _ in range(STATS_THREADS)]
+
+    def add(t: int, chunk: RawChunk) -> None:  # part t of the chunk's entries into accumulator t
+        by_row, base, ptr, ind, val, colmap = chunk
+        a0, a1 = (int(np.searchsorted(ptr, ptr[-1] * k // STATS_THREADS)) for k in (t, t + 1))
+        if t == STATS_THREADS - 1:
+            a1 = ptr.size - 1
+        sub = ptr[a0 : a1 + 1]
+        level_sums_chunk(by_row, base + a0, sub, ind, val, colmap, codes, w, *parts[t])
+        if pres is not None:  # every write is a 1: threads cannot lose one
+            levels_present_chunk(by_row, base + a0, sub, ind, val, colmap, pcodes, pres)
+
+    with ThreadPoolExecutor(STATS_THREADS) as pool:
+        for chunk in _read_ahead(_typed_chunks(raw_chunks(Y))):
+            list(pool.map(add, range(STATS_THREADS), [chunk] * STATS_THREADS))
+    sums, detected = parts[0]
+    for s, d in parts[1:]:
+        sums += s
+        detected += d
     return sums, detected, pres
+
+
+#: Threads of :func:`level_stats` (its kernels release the GIL), each on a part of every chunk.
+STATS_THREADS = min(2, os.cpu_count() or 1)
+
+
+def _typed_chunks(chunks: Iterator[RawChunk]) -> Iterator[RawChunk]:
+    """``chunks`` with 64-bit pointers and indices and float64 values (one type signature for the kernels)."""
+    for by_row, base, ptr, ind, val, colmap in chunks:
+        yield (
+            by_row, base, np.asarray(ptr, dtype=np.int64), np.asarray(ind, dtype=np.int64),
+            np.asarray(val, dtype=np.float64), colmap,
+        )  # fmt: skip
+
+
+def _read_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each read in a background thread while the previous one is used (file reads beside
+    compiled work)."""
+    done = object()
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(next, items, done)
+        while (item := nxt.result()) is not done:
+            nxt = pool.submit(next, items, done)
+            yield item
 
 
 #: Entries per HDF5 chunk of the ``data`` and ``indices`` arrays :func:`write_csc` writes.
