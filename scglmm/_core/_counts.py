@@ -55,6 +55,8 @@ from scipy import sparse
 from ._checks import check_counts
 from ._errors import InvalidTypeError, InvalidValueError, MissingKeyError
 from .kernels._sparse import (
+    bucket_by_gene,
+    bucket_scatter,
     csr_column_counts,
     csr_columns_to_csc,
     csr_row_cursors,
@@ -552,9 +554,10 @@ class BackedCounts:
 
     def gene_buckets(self, folder: Path, bucket_nnz: int) -> Iterator[tuple[int, sparse.csc_matrix]]:
         """``(first_gene, panel)`` over the genes of this view of a CSR file in order, from one pass over its
-        rows: each chunk's entries go to the temporary file of their bucket (a range of genes with at most
+        rows: each chunk's entries go to the temporary files of their bucket (a range of genes with at most
         ``bucket_nnz`` entries) in ``folder``, in row order; each bucket is then read back, sorted by gene
-        (stably: rows stay in order), removed and yielded. The view's genes must be distinct."""
+        (stably: rows stay in order), removed and yielded. Both sorts are counting sorts. The view's genes
+        must be distinct."""
         n, G = self.shape
         cum = np.concatenate([[0], np.cumsum(self.gene_nnz())])
         starts = [0]
@@ -563,28 +566,28 @@ class BackedCounts:
             b = int(np.searchsorted(cum, cum[a] + bucket_nnz, side="right")) - 1
             starts.append(min(max(b, a + 1), G))
         width = np.diff(starts)
-        key = np.uint16 if width.size < 2**16 else np.int64  # small keys: numpy's stable sort is a radix sort
-        bucket = np.append(np.repeat(np.arange(width.size), width), width.size).astype(key)  # last: not wanted
-        rec = np.dtype([("row", np.int32 if n < 2**31 else np.int64), ("gene", np.int32), ("value", self.dtype)])
-        paths = [folder / f"{k}.bin" for k in range(width.size)]
+        bucket = np.repeat(np.arange(width.size, dtype=np.int64), width)
+        rtype = np.int32 if n < 2**31 else np.int64
+        parts = (("row", rtype), ("gene", np.int32), ("value", self.dtype))
         for _, base, ptr, ind, val, colmap in self.iter_raw():
-            gene = colmap[ind]
-            b = bucket[gene]  # -1 (not in the view) -> the last entry of ``bucket``
-            order = np.argsort(b, kind="stable")
-            cuts = np.searchsorted(b[order], np.arange(width.size + 1))
-            recs = np.empty(ind.size, dtype=rec)
-            recs["row"] = np.repeat(np.arange(base, base + ptr.size - 1), np.diff(ptr))[order]
-            recs["gene"], recs["value"] = gene[order], val[order]
-            for k in np.flatnonzero(np.diff(cuts)):
-                with open(paths[k], "ab") as fh:
-                    recs[cuts[k] : cuts[k + 1]].tofile(fh)
-        for k, path in enumerate(paths):
-            recs = np.fromfile(path, dtype=rec) if path.exists() else np.empty(0, dtype=rec)
-            path.unlink(missing_ok=True)
-            g = recs["gene"] - starts[k]
-            order = np.argsort(g.astype(np.uint16) if width[k] < 2**16 else g, kind="stable")
-            ptr = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=width[k]))])
-            panel = sparse.csc_matrix((recs["value"][order], recs["row"][order], ptr), shape=(n, int(width[k])))
+            out = [np.empty(ind.size, dtype=t) for _, t in parts]
+            at = bucket_scatter(
+                np.asarray(ptr, dtype=np.int64), np.asarray(ind, dtype=np.int64), val, base, colmap, bucket,
+                width.size, *out,
+            )  # fmt: skip
+            for k in np.flatnonzero(np.diff(at)):
+                for (name, _), arr in zip(parts, out, strict=True):
+                    with open(folder / f"{k}.{name}", "ab") as fh:
+                        arr[at[k] : at[k + 1]].tofile(fh)
+        for k in range(width.size):
+            arrs = []
+            for name, t in parts:
+                path = folder / f"{k}.{name}"
+                arrs.append(np.fromfile(path, dtype=t) if path.exists() else np.empty(0, dtype=t))
+                path.unlink(missing_ok=True)
+            rows, vals = np.empty_like(arrs[0]), np.empty_like(arrs[2])
+            ptr = bucket_by_gene(arrs[0], arrs[1], arrs[2], starts[k], int(width[k]), rows, vals)
+            panel = sparse.csc_matrix((vals, rows, ptr), shape=(n, int(width[k])))
             panel.sum_duplicates()
             yield starts[k], panel
 

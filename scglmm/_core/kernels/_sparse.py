@@ -115,3 +115,51 @@ def levels_present_chunk(by_row, base, ptr, ind, val, colmap, codes, present):
             cell, g = _entry(by_row, base, a, ind[j], colmap)
             if g >= 0 and codes[cell] >= 0:
                 present[codes[cell], g] = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# a CSR file by gene through buckets (counting sorts)
+# ------------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def bucket_scatter(ptr, ind, val, base, colmap, bucket, n_buckets, rows_out, genes_out, vals_out):
+    """Scatter a CSR chunk's entries (rows ``base ..``) into the order of their genes' buckets, rows in
+    order within a bucket (a counting sort): the row, gene (``colmap``; -1: left out) and value of each
+    into ``*_out``. Returns the (n_buckets + 1,) start of each bucket there."""
+    starts = np.zeros(n_buckets + 1, dtype=np.int64)
+    for j in range(ptr[0], ptr[ptr.shape[0] - 1]):
+        g = colmap[ind[j]]
+        if g >= 0:
+            starts[bucket[g] + 1] += 1
+    for k in range(n_buckets):
+        starts[k + 1] += starts[k]
+    pos = starts[:-1].copy()
+    for a in range(ptr.shape[0] - 1):
+        for j in range(ptr[a], ptr[a + 1]):
+            g = colmap[ind[j]]
+            if g < 0:
+                continue
+            d = pos[bucket[g]]
+            rows_out[d] = base + a
+            genes_out[d] = g
+            vals_out[d] = val[j]
+            pos[bucket[g]] = d + 1
+    return starts
+
+
+@njit(**_JIT)
+def bucket_by_gene(rows, genes, vals, g0, width, rows_out, vals_out):
+    """Sort a bucket's entries by gene (genes ``g0 .. g0 + width - 1``), stably (a counting sort): rows and
+    values into ``*_out``. Returns the (width + 1,) CSC column pointers."""
+    indptr = np.zeros(width + 1, dtype=np.int64)
+    for i in range(genes.shape[0]):
+        indptr[genes[i] - g0 + 1] += 1
+    for k in range(width):
+        indptr[k + 1] += indptr[k]
+    pos = indptr[:-1].copy()
+    for i in range(genes.shape[0]):
+        c = genes[i] - g0
+        d = pos[c]
+        rows_out[d] = rows[i]
+        vals_out[d] = vals[i]
+        pos[c] = d + 1
+    return indptr
