@@ -867,9 +867,9 @@ def _maximise(
     moves no parameter by more than :data:`MAX_STEP`.
 
     ``first``: the value and gradient at ``phi`` with ``prob.u`` its modes, if known (else evaluated).
-    ``hold``: parameters held at their values in ``phi`` (a boundary, :func:`_boundary_point`).
-    ``stop_crawl``: stop when the crawl goes on under :data:`CRAWL_STOP` fresh Hessians in a row (the
-    caller then tries the boundary it heads for).
+    ``hold``: parameters held at their values in ``phi`` (a boundary, :func:`_boundary_points`).
+    ``stop_crawl``: stop after :data:`CRAWL_STOP` crawling iterations in a row (see :data:`CRAWL_DEC`; the
+    caller then tries the boundaries it may head for, :func:`_crawled`).
 
     Returns ``(phi, value, gradient, Hessian, converged, iterations, free, crawled)`` with ``prob.u`` the
     modes at ``phi``; the Hessian is the fresh one when converged.
@@ -882,7 +882,7 @@ def _maximise(
     converged = False
     it = 0
     decs: list[float] = []
-    crawl = 0  # fresh Hessians in a row that the crawl outlived
+    crawl = 0  # crawling iterations in a row
     for it in range(1, max_iter + 1):
         held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from joblib import Parallel, delayed
-from joblib._parallel_backends import LokyBackend, MultiprocessingBackend
-from joblib.parallel import ThreadingBackend, get_active_backend
+from joblib.parallel import LokyBackend, MultiprocessingBackend, ThreadingBackend, get_active_backend
 from numba.core import event as numba_event
 
 from ._counts import BlockRead, CSCBlock
