@@ -907,14 +907,9 @@ def _maximise(
         if pd and dec < 1e-10:
             converged = True
             break
-        if free[-1] and phi[-1] > 6.0 and step[-1] > 0.0:  # theta runs to the Poisson limit: try it
-            trial = phi.copy()
-            trial[-1] = T_MAX
-            u = prob.u.copy()
-            vt, gt = prob.value_grad(trial, u)
-            if vt > val:
-                phi, val, g, prob.u, prob.jac, B = trial, vt, gt, u, None, None
-                continue
+        if free[-1] and phi[-1] > 6.0 and step[-1] > 0.0 and (limit := _poisson_limit(prob, phi, val)):
+            phi, val, g, B = (*limit, None)  # theta ran to the Poisson limit, higher there
+            continue
         new, vnew, gnew = _line_search(prob, phi, val, step, dec)
         if gnew.size == 0:
             if fresh:
@@ -929,6 +924,19 @@ def _maximise(
             break  # (with a prior the effects are bounded: a far intercept of a rare gene is no divergence)
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, g, H, converged and fresh, it, free, False
+
+
+def _poisson_limit(prob: _Problem, phi: NDArray, val: float) -> tuple[NDArray, float, NDArray] | None:
+    """``phi`` with log theta at its bound (the Poisson limit), its value and gradient, if higher than
+    ``val`` (its modes then in ``prob.u``); else None."""
+    trial = phi.copy()
+    trial[-1] = T_MAX
+    u = prob.u.copy()
+    vt, gt = prob.value_grad(trial, u)
+    if not vt > val:
+        return None
+    prob.u, prob.jac = u, None
+    return trial, vt, gt
 
 
 #: A crawl: iterations in a row whose decrement is below CRAWL_DEC and not cut tenfold in five steps; after
