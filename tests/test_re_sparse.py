@@ -1,10 +1,13 @@
 """The block and sparse-border algebra of general structures against dense references (issue 20).
 
-Every top-level block keeps only the border effects its cells touch (``bptr``/``bcol``); these tests
-compare that factorisation, its solves, the entries of the inverse the gradient uses and the seed's
-eliminated information with dense numpy algebra over all effects, on structures where blocks touch
-all, some or none of the border; then whole fits on dense, CSR and CSC counts, the Laplace value at
-their optimum against a dense Laplace, and exact gradients against finite differences at 200+ levels.
+Every top-level block keeps only the border effects its cells touch (``bptr``/``bcol``), and the border
+x border matrices live over an envelope (``eptr``/``efirst``); these tests compare that factorisation,
+its solves, the entries of the inverse the gradient uses and the seed's eliminated information with
+dense numpy algebra over all effects, on structures where blocks touch all, some or none of the border
+and where the border is banded (plates shared by neighbouring donors, reordered by reverse
+Cuthill-McKee); the envelope kernels alone against numpy; then whole fits on dense, CSR and CSC counts,
+the Laplace value at their optimum against a dense Laplace, and exact gradients against finite
+differences at 200+ levels.
 """
 
 from __future__ import annotations
@@ -16,9 +19,19 @@ from scipy import sparse
 from scipy.special import gammaln
 
 import scglmm
+from scglmm._core import _re
 from scglmm._core._api import fit_genes
-from scglmm._core._re import _Problem, _start, laplace_at, phi_from_varcomp, prepare_re
-from scglmm._core.kernels._linalg import block_factor, block_local_inverse, block_solve
+from scglmm._core._re import _Problem, _start, fit_re_one, laplace_at, phi_from_varcomp, prepare_re
+from scglmm._core._results import _structure_mode_names
+from scglmm._core.kernels._linalg import (
+    block_factor,
+    block_local_inverse,
+    block_solve,
+    env_cholesky,
+    env_inverse,
+    env_solve,
+    envelope,
+)
 from scglmm._core.kernels._re_laplace import _accumulate, re_amat, re_seed_fixed, re_workspace
 
 FORMULAS = {
@@ -27,12 +40,15 @@ FORMULAS = {
     "crossed": "(1 | donor) + (1 | batch)",
     "plates": "(1 | donor) + (1 | plate)",
     "mixed": "(1 + condition || donor) + (1 | donor:condition) + (1 | plate) + (1 | batch)",
+    "band": "(1 | donor) + (1 + condition | lane)",
 }
 
 
 def cohort(n_donors: int, cells: int, n_batch: int = 6, seed: int = 0) -> pd.DataFrame:
     """Paired cells (``cells`` per donor and condition); ``batch`` drawn per cell (every donor meets
-    most batches), ``plate`` one per donor and condition (each donor meets two of them)."""
+    most batches), ``plate`` one per donor and condition (each donor meets two of them); ``lane``: as
+    many as donors, donor ``d`` on lanes ``7d`` and ``7d + 3`` (mod the donors), a band in scrambled
+    order that the border's reordering must find."""
     rng = np.random.default_rng(seed)
     n = 2 * n_donors * cells
     donor = np.repeat(np.arange(n_donors), 2 * cells)
@@ -44,6 +60,7 @@ def cohort(n_donors: int, cells: int, n_batch: int = 6, seed: int = 0) -> pd.Dat
             "sample": pd.Categorical([f"D{d:03d}_{s}" for d, s in zip(donor, stim, strict=True)]),
             "batch": pd.Categorical([f"B{b}" for b in rng.integers(n_batch, size=n)]),
             "plate": pd.Categorical([f"P{(d + 5 * s) % 9}" for d, s in zip(donor, stim, strict=True)]),
+            "lane": pd.Categorical([f"L{(7 * d + 3 * s) % n_donors:03d}" for d, s in zip(donor, stim, strict=True)]),
             "libsize": rng.lognormal(np.log(2000.0), 0.4, n),
         }
     )
@@ -74,6 +91,13 @@ def dense_rows(s, a: np.ndarray) -> np.ndarray:
     return A
 
 
+def envelope_entries(efirst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each stored entry of an envelope, in storage order."""
+    rows = np.repeat(np.arange(efirst.size), np.arange(efirst.size) - efirst + 1)
+    cols = np.concatenate([np.arange(f, i + 1) for i, f in enumerate(efirst)]) if efirst.size else rows
+    return rows, cols.astype(int)
+
+
 def local_globals(d, k: int) -> np.ndarray:
     """Global effect of each of block k's local positions."""
     own = d.bstart[k] + np.arange(d.nk[k])
@@ -102,7 +126,8 @@ def test_block_algebra_matches_dense(name: str) -> None:
     E = np.empty_like(work[0])
     Sinv = block_local_inverse(d.nk, d.bptr, d.bcol, work, E)
     Hinv = np.linalg.inv(H)
-    np.testing.assert_allclose(Sinv, Hinv[d.NB :, d.NB :], rtol=1e-10, atol=1e-13)
+    rows, cols = envelope_entries(d.efirst)
+    np.testing.assert_allclose(Sinv, Hinv[d.NB + rows, d.NB + cols], rtol=1e-10, atol=1e-13)
     toff = work[4]
     for k in range(d.nk.size):
         glob = local_globals(d, k)
@@ -125,6 +150,66 @@ def test_border_lists_are_sparse() -> None:
     work = re_workspace(s.data)
     nb = np.diff(s.data.bptr)
     assert work[0].size == sum(s.data.nk * (s.data.nk + nb))
+
+
+@pytest.mark.parametrize("n", [1, 7, 60])
+def test_envelope_kernels_match_numpy(n: int) -> None:
+    """Cholesky, solve and the inverse's entries over an irregular envelope (the recursion and, for a
+    near-full envelope, the dense inverse) against numpy on a matrix with that envelope."""
+    rng = np.random.default_rng(n)
+    for first in (np.maximum(np.arange(n) - rng.integers(0, 6, n), 0), np.zeros(n, dtype=np.int64)):
+        first = np.minimum(first, np.arange(n)).astype(np.int64)
+        eptr, efirst, cptr, crow = envelope(first)
+        rows, cols = envelope_entries(efirst)
+        A = np.zeros((n, n))
+        A[rows, cols] = rng.uniform(-1.0, 1.0, rows.size)
+        A = A + A.T
+        A[np.diag_indices(n)] = np.abs(A).sum(axis=1) + 1.0  # diagonally dominant
+        flat = A[rows, cols].copy()
+        flat[rows == cols] -= 0.5  # the diagonal shift the kernel adds back
+        L = np.zeros_like(flat)
+        assert env_cholesky(flat, L, eptr, efirst, n, 0.5)
+        Ld = np.zeros((n, n))
+        Ld[rows, cols] = L
+        np.testing.assert_allclose(Ld, np.linalg.cholesky(A), rtol=1e-12, atol=1e-14)
+        x = rng.normal(size=n)
+        z = x.copy()
+        env_solve(L, eptr, efirst, cptr, crow, n, z)
+        np.testing.assert_allclose(z, np.linalg.solve(A, x), rtol=1e-11, atol=1e-14)
+        Z = env_inverse(L, eptr, efirst, cptr, crow, n)
+        np.testing.assert_allclose(Z, np.linalg.inv(A)[rows, cols], rtol=1e-10, atol=1e-14)
+    assert not env_cholesky(-np.ones(eptr[-1]), np.zeros(eptr[-1]), eptr, efirst, n, 0.0)
+
+
+def test_banded_border_is_reordered_into_a_narrow_envelope() -> None:
+    """200 donors on lanes 7 apart (the lanes are the top level, the donors the border, in scrambled
+    order: each lane holds donors d and d + 3 / 7 mod 200): reverse Cuthill-McKee makes the Schur
+    complement's envelope a band (a few per cent of the lower triangle, where the natural order fills almost
+    half of it); the fit, its modes (reported by name, in the natural order) and its standard errors
+    are those of the natural order."""
+    obs = cohort(200, 3, seed=7)
+    s, X = structure("band", obs, blocks=True)
+    nc = s.n_border
+    assert s.terms[s.top].group == "lane" and nc == 200 and s.data.eptr[-1] < 0.05 * nc * (nc + 1) / 2
+    rng = np.random.default_rng(8)
+    off = np.log(obs["libsize"].to_numpy())
+    lane = rng.normal(0.0, 0.4, 200)[obs["lane"].cat.codes.to_numpy()]
+    y = rng.negative_binomial(3, 3.0 / (3.0 + np.exp(off - 6.0 + lane))).astype(np.float64)
+    fit = fit_re_one(s, y)
+    gain = _re.ENVELOPE_GAIN
+    _re.ENVELOPE_GAIN = 0.0
+    try:
+        s0, _ = structure("band", obs, blocks=True)
+    finally:
+        _re.ENVELOPE_GAIN = gain
+    assert s0.data.eptr[-1] > 0.4 * nc * (nc + 1) / 2
+    np.testing.assert_array_equal(s0.effect_order(), np.arange(s0.data.Q))
+    fit0 = fit_re_one(s0, y)
+    assert fit.status == fit0.status and fit.loglik == pytest.approx(fit0.loglik, abs=1e-8)
+    np.testing.assert_allclose(fit.phi, fit0.phi, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.diag(fit.cov_phi), np.diag(fit0.cov_phi), rtol=1e-5)
+    np.testing.assert_allclose(fit.modes, fit0.modes, rtol=1e-5, atol=1e-8)
+    assert _structure_mode_names(s) == _structure_mode_names(s0)
 
 
 def dense_laplace(s, X: np.ndarray, off: np.ndarray, y: np.ndarray, phi: np.ndarray) -> float:
@@ -169,7 +254,9 @@ def test_fits_on_every_format_match_a_dense_laplace(name: str) -> None:
         assert laplace_at(s, Y[:, g], phi) == pytest.approx(dense_laplace(s, X, off, Y[:, g], phi), abs=1e-7)
 
 
-@pytest.mark.parametrize(("name", "donors"), [("slope", 220), ("nested", 200), ("plates", 210), ("crossed", 200)])
+@pytest.mark.parametrize(
+    ("name", "donors"), [("slope", 220), ("nested", 200), ("plates", 210), ("crossed", 200), ("band", 200)]
+)
 def test_gradient_at_many_levels(name: str, donors: int) -> None:
     """The exact gradient against central differences with 200+ levels (blocks of cells where they form)."""
     obs = cohort(donors, 3, n_batch=12, seed=5)

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numba import typeof
 from numba.core.typing.typeof import Purpose
+from scipy import sparse
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 from scipy.special import expit, gammaln
 
 from ._prior import Prior
@@ -56,6 +58,7 @@ from .kernels._few_rows import (
     few_rows_block_power_sums,
     few_rows_cut_blocks,
 )
+from .kernels._linalg import envelope
 from .kernels._re_laplace import re_amat, re_block_gene, re_seed_fixed, re_value_grad
 from .kernels._re_outer import re_level_effects, re_newton_step, re_poisson_glm
 
@@ -175,8 +178,19 @@ class REStructure:
 
     @property
     def n_border(self) -> int:
-        """Effects in the dense border (crossed terms)."""
+        """Effects in the border (crossed terms)."""
         return int(self.data.Q - self.data.NB)
+
+    def effect_order(self) -> NDArray[np.int64]:
+        """The global positions of the effects in the order results report them: the block effects as laid
+        out, then the crossed terms' levels in their order (the kernels may order the border otherwise,
+        :func:`_order_border`)."""
+        border = [
+            (self.gpos[it][:, None] + np.arange(t.q)[None, :]).ravel()
+            for it, t in enumerate(self.terms)
+            if not self.nested[it]
+        ]
+        return np.concatenate([np.arange(self.data.NB, dtype=np.int64), *border]).astype(np.int64)
 
     def varcomp_names(self) -> list[str]:
         """Names of the variance components, term by term."""
@@ -385,6 +399,75 @@ def _local_positions(
     return np.ascontiguousarray(lidx), bptr, (used % max(nc, 1)).astype(np.int64)
 
 
+def _global_index(
+    terms: tuple[RETerm, ...], gpos: list[NDArray[np.int64]], toff: NDArray[np.int64], n: int
+) -> NDArray[np.int64]:
+    """``gidx`` (n, R): the global position of each cell's effect of every entry."""
+    gidx = np.empty((n, int(sum(t.q for t in terms))), dtype=np.int64)
+    for it, t in enumerate(terms):
+        base = gpos[it][t.codes]
+        for c in range(t.q):
+            gidx[:, toff[it] + c] = base + c
+    return gidx
+
+
+def _envelope_first(bptr: NDArray[np.int64], bcol: NDArray[np.int64], nc: int) -> NDArray[np.int64]:
+    """The first column of each border row's envelope: the smallest border effect sharing a block with it
+    (the Schur complement's non-zeros are the pairs of border effects a block touches)."""
+    first = np.arange(nc, dtype=np.int64)
+    counts = np.diff(bptr)
+    has = counts > 0
+    if has.any():
+        low = np.minimum.reduceat(bcol, bptr[:-1][has])
+        np.minimum.at(first, bcol, np.repeat(low, counts[has]))
+    return first
+
+
+def _envelope_size(bptr: NDArray[np.int64], bcol: NDArray[np.int64], nc: int) -> int:
+    """Entries of the border's envelope (:func:`_envelope_first`)."""
+    return int((np.arange(nc) - _envelope_first(bptr, bcol, nc) + 1).sum())
+
+
+def _order_border(
+    terms: tuple[RETerm, ...],
+    parents: list[NDArray[np.int64] | None],
+    gpos: list[NDArray[np.int64]],
+    bptr: NDArray[np.int64],
+    bcol: NDArray[np.int64],
+    NB: int,
+) -> bool:
+    """Reorder the border's levels (``gpos`` of the crossed terms, in place) by reverse Cuthill-McKee on
+    the graph of levels sharing a block, if that narrows the envelope of the Schur complement by at
+    least :data:`ENVELOPE_GAIN` (returns whether it did). A level keeps its effects together."""
+    crossed = [it for it, par in enumerate(parents) if par is None]
+    first = np.concatenate([gpos[it] for it in crossed]) - NB  # each level's first effect
+    q = np.concatenate([np.full(terms[it].m, terms[it].q, dtype=np.int64) for it in crossed])
+    nc = int(q.sum())
+    order = np.argsort(first)
+    node = np.repeat(order, q[order])  # the level of each border effect
+    K = bptr.size - 1
+    inc = sparse.csr_matrix(
+        (np.ones(bcol.size), (np.repeat(np.arange(K), np.diff(bptr)), node[bcol])), shape=(K, first.size)
+    )
+    graph = (inc.T @ inc).tocsr()
+    perm = reverse_cuthill_mckee(graph, symmetric_mode=True)
+    new_first = np.empty_like(first)
+    new_first[perm] = np.concatenate([[0], np.cumsum(q[perm])[:-1]])
+    remap = new_first[node] + (np.arange(nc) - first[node])  # each border effect's new position
+    size = _envelope_size(bptr, bcol, nc)
+    if _envelope_size(bptr, remap[bcol], nc) > ENVELOPE_GAIN * size:
+        return False
+    start = 0
+    for it in crossed:
+        gpos[it][:] = NB + new_first[start : start + terms[it].m]
+        start += terms[it].m
+    return True
+
+
+#: Reverse Cuthill-McKee orders the border only if it shrinks the envelope to this share or less.
+ENVELOPE_GAIN = 0.8
+
+
 def prepare_re(
     X: NDArray[np.float64],
     offset: NDArray[np.float64],
@@ -430,18 +513,17 @@ def prepare_re(
     nmax = int(nk.max())
     tq = np.array([t.q for t in terms], dtype=np.int64)
     toff = np.concatenate([[0], np.cumsum(tq)[:-1]]).astype(np.int64)
-    R = int(tq.sum())
     rterm = np.repeat(np.arange(len(terms)), tq).astype(np.int64)
     rcoef = np.concatenate([np.arange(q) for q in tq]).astype(np.int64)
     blk = terms[top].codes.astype(np.int64)
     zval = np.ascontiguousarray(np.hstack([t.Z for t in terms]), dtype=np.float64)
-    gidx = np.empty((n, R), dtype=np.int64)
-    for it, t in enumerate(terms):
-        base = gpos[it][t.codes]
-        for c in range(t.q):
-            gidx[:, toff[it] + c] = base + c
     border = np.array([parents[it] is None for it in rterm], dtype=bool)
+    gidx = _global_index(terms, gpos, toff, n)
     lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
+    if Q > NB and _order_border(terms, parents, gpos, bptr, bcol, NB):
+        gidx = _global_index(terms, gpos, toff, n)
+        lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
+    env = envelope(_envelope_first(bptr, bcol, Q - NB))
     lam_pos, trc = _lambda_layout(terms, p)
     X = np.ascontiguousarray(X, dtype=np.float64)
     off = np.ascontiguousarray(offset, dtype=np.float64)
@@ -457,7 +539,7 @@ def prepare_re(
     data = REData(
         X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
         np.ascontiguousarray(blk), rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(),
-        trc[:, 2].copy(), nk, bstart, nmax, NB, Q, bptr, bcol, int(family), _trials(family, trials, n),
+        trc[:, 2].copy(), nk, bstart, nmax, NB, Q, bptr, bcol, *env, int(family), _trials(family, trials, n),
     )  # fmt: skip
     return REStructure(
         terms=terms,
@@ -808,7 +890,7 @@ class REFitOne:
     cov_phi: NDArray[np.float64]
     """Covariance of ``phi`` (inverse negative Hessian; rows of held parameters are NaN)."""
     modes: NDArray[np.float64]
-    """Conditional modes ``b = Lambda u`` in global effect order."""
+    """Conditional modes ``b = Lambda u``, in the order of :meth:`REStructure.effect_order`."""
     n_iter: int
     n_eval: int
     status: int
@@ -1182,7 +1264,7 @@ def _modes_b(s: REStructure, phi: NDArray, u: NDArray) -> NDArray:
     for it, (term, L) in enumerate(zip(s.terms, s.cholesky(phi), strict=True)):
         idx = s.gpos[it][:, None] + np.arange(term.q)[None, :]
         b[idx] = u[idx] @ L.T
-    return b
+    return b[s.effect_order()]
 
 
 def varcomp(s: REStructure, phi: NDArray) -> NDArray[np.float64]:

@@ -284,10 +284,11 @@ def collect(s: REStructure, fits: Sequence[REFitOne], coef_names: Sequence[str],
 
 
 def _structure_mode_names(s: REStructure) -> list[str]:
-    """``group[level]:coefficient`` of every random effect, in the structure's global effect order."""
+    """``group[level]:coefficient`` of every random effect, in the order of the modes
+    (:meth:`.REStructure.effect_order`)."""
     names = [""] * s.data.Q
     for it, term in enumerate(s.terms):
         for lev, label in enumerate(term.levels):
             for c, cname in enumerate(term.coef_names):
                 names[int(s.gpos[it][lev]) + c] = f"{term.group}[{label}]:{cname}"
-    return names
+    return [names[i] for i in s.effect_order()]

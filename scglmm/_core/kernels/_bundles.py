@@ -110,7 +110,8 @@ grad_max : (G,) float64
 REData = namedtuple(
     "REData",
     ["X", "off", "zval", "gidx", "lidx", "blk", "rterm", "rcoef", "toff", "tq", "lam_pos", "lam_t", "lam_r",
-     "lam_c", "nk", "bstart", "nmax", "NB", "Q", "bptr", "bcol", "family", "trials"],
+     "lam_c", "nk", "bstart", "nmax", "NB", "Q", "bptr", "bcol", "eptr", "efirst", "cptr", "crow", "family",
+     "trials"],
 )  # fmt: skip
 REData.__doc__ = """A general random-effect structure as the kernels of :mod:`._re_laplace` take it.
 
@@ -141,6 +142,10 @@ nmax, NB, Q : int
 bptr : (K + 1,) int64; bcol : int64
     The border effects (0 .. Q - NB - 1, increasing) that the cells of block ``k`` touch:
     ``bcol[bptr[k]:bptr[k + 1]]``.
+eptr, efirst, cptr, crow : int64
+    The border's envelope (:func:`._linalg.envelope`): row ``i`` of the border x border matrices holds
+    columns ``efirst[i] .. i``, flat from ``eptr[i]``; ``crow[cptr[j]:cptr[j + 1]]`` the rows below ``j``
+    holding column ``j``.
 family : int
     The response family of the rows (:mod:`._cell`: ``NB`` 0, ``BINOMIAL`` 1 with a logit link, ``POISSON``
     2); the kernels branch on it row by row, so that every family shares them.

@@ -16,10 +16,20 @@ Block ``k`` touches only the border effects that its cells have (``bcol[bptr[k]:
 increasing order, ``nb_k`` of them): the other columns of ``B_k`` are 0. Each block keeps the rows of
 its own effects over a local space of ``nk[k] + nb_k`` columns (its own effects, then its border
 effects; ``A_k`` and ``B_k``), stored flat one block after the other (offsets from
-:func:`block_offsets`); the border x border sums ``C`` are kept once, dense. Memory and work grow with
-the non-zeros of H (``sum_k nk (nk + nb_k)``), not with the number of levels squared; only the Schur
-complement ``S`` (``nc x nc``) is dense, as the exact elimination fills it wherever two border effects
-share a block. Work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + nc^3``.
+:func:`block_offsets`). Memory and work grow with the non-zeros of H (``sum_k nk (nk + nb_k)``), not
+with the number of levels squared.
+
+The border x border matrices (the sums ``C``, the Schur complement ``S``, its Cholesky factor and the
+entries of ``S^{-1}`` the gradient needs) are stored over an envelope: row ``i`` holds its columns
+``efirst[i] .. i`` flat at ``eptr[i]`` (entry ``(i, j)`` at ``eptr[i] + j - efirst[i]``). The exact
+elimination fills ``S`` wherever two border effects share a block, and the envelope is the smallest one
+holding every such pair: a Cholesky factor stays inside the envelope of its matrix, and so do the
+entries of the inverse that a recursion over the factor's columns yields (:func:`env_inverse`). The
+border's order is chosen when the structure is prepared (reverse Cuthill-McKee when it narrows the
+envelope: plates shared by a few neighbouring donors give a band), so memory and work follow the
+envelope (``sum_i w_i`` and ``sum_i w_i^2`` with ``w_i`` the row widths) rather than ``nc^2`` and
+``nc^3``; a dense crossing (every donor meeting most batches) fills it, as it fills the exact
+elimination. Work per factorisation ``sum_k (nk^3 + nk^2 nb_k + nk nb_k^2) + sum_i w_i^2``.
 """
 
 from __future__ import annotations
@@ -126,12 +136,134 @@ def block_offsets(nk, bptr):
 
 
 @njit(**_JIT)
-def block_workspace(nk, bptr, nc):
-    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff, Cb)`` (see :func:`block_factor`)."""
+def block_workspace(nk, bptr, env):
+    """Work arrays of the factorisation: ``(Tk, LA, M, LS, toff, aoff, moff, Cb, eptr, efirst, cptr, crow)``
+    (see :func:`block_factor`); ``env = (eptr, efirst, cptr, crow)``, the border's envelope
+    (:func:`envelope`): ``LS`` and ``Cb`` are stored over it."""
     toff, aoff, moff = block_offsets(nk, bptr)
     K = nk.shape[0]
-    LS = np.zeros((nc, nc))
-    return np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), LS, toff, aoff, moff, np.zeros((nc, nc))
+    eptr, efirst, cptr, crow = env
+    size = eptr[eptr.shape[0] - 1]
+    return (
+        np.empty(toff[K]), np.empty(aoff[K]), np.empty(moff[K]), np.zeros(size), toff, aoff, moff, np.zeros(size),
+        eptr, efirst, cptr, crow,
+    )  # fmt: skip
+
+
+@njit(inline="always", **_JIT)
+def env_at(eptr, efirst, i, j):
+    """Flat position of entry ``(i, j)``, ``j <= i``, of an envelope (inside it)."""
+    return eptr[i] + j - efirst[i]
+
+
+@njit(**_JIT)
+def envelope(efirst):
+    """The envelope with rows starting at columns ``efirst`` (``efirst[i] <= i``): ``(eptr, efirst, cptr,
+    crow)``, with ``crow[cptr[j]:cptr[j + 1]]`` the rows ``i > j`` whose envelope holds column ``j``
+    (increasing)."""
+    n = efirst.shape[0]
+    eptr = np.zeros(n + 1, dtype=np.int64)
+    cptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        eptr[i + 1] = eptr[i] + i - efirst[i] + 1
+        for j in range(efirst[i], i):
+            cptr[j + 1] += 1
+    for j in range(n):
+        cptr[j + 1] += cptr[j]
+    crow = np.empty(cptr[n], dtype=np.int64)
+    fill = cptr[:n].copy()
+    for i in range(n):
+        for j in range(efirst[i], i):
+            crow[fill[j]] = i
+            fill[j] += 1
+    return eptr, efirst.astype(np.int64), cptr, crow
+
+
+@njit(**_JIT)
+def env_cholesky(A, L, eptr, efirst, n, diag):
+    """Cholesky factor of ``A + diag I`` (both over the envelope ``eptr``, ``efirst``) into ``L``, with the
+    entries and sums of :func:`_chol_flat` (the products outside the envelope are the dense
+    factorisation's exact zeros). Returns whether it is positive definite."""
+    for i in range(n):
+        fi = efirst[i]
+        ri = eptr[i] - fi
+        for j in range(fi, i + 1):
+            rj = eptr[j] - efirst[j]
+            s = A[ri + j]
+            if i == j:
+                s += diag
+            for k in range(max(fi, efirst[j]), j):
+                s -= L[ri + k] * L[rj + k]
+            if i == j:
+                if not s > 0.0 or not math.isfinite(s):
+                    return False
+                L[ri + i] = math.sqrt(s)
+            else:
+                L[ri + j] = s / L[rj + j]
+    return True
+
+
+@njit(**_JIT)
+def env_solve(L, eptr, efirst, cptr, crow, n, x):
+    """Solve ``(L L') z = x`` in place (``L`` over the envelope, from :func:`env_cholesky`; the sums of
+    :func:`_chol_solve_flat`)."""
+    for i in range(n):
+        ri = eptr[i] - efirst[i]
+        s = x[i]
+        for k in range(efirst[i], i):
+            s -= L[ri + k] * x[k]
+        x[i] = s / L[ri + i]
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for c in range(cptr[i], cptr[i + 1]):
+            k = crow[c]
+            s -= L[eptr[k] + i - efirst[k]] * x[k]
+        x[i] = s / L[eptr[i] + i - efirst[i]]
+
+
+@njit(**_JIT)
+def env_inverse(L, eptr, efirst, cptr, crow, n):
+    """The entries of ``(L L')^{-1}`` over the envelope of ``L``: by the recursion over the factor's
+    columns (last first), ``Z_kj = -sum_m L_mj Z_km / L_jj`` and ``Z_jj = (1 / L_jj - sum_m L_mj Z_mj) /
+    L_jj`` (``m`` the rows below ``j`` in the envelope), which reads only entries inside it. A dense
+    envelope (most of the lower triangle) takes :func:`_spd_inverse_rows` instead, as fast on full rows."""
+    size = eptr[n]
+    Z = np.zeros(size)
+    if 2 * size > n * (n + 1) // 2 + n:
+        D = np.zeros((n, n))
+        for i in range(n):
+            for j in range(efirst[i], i + 1):
+                D[i, j] = L[eptr[i] + j - efirst[i]]
+        Dinv = _spd_inverse_rows(D, n)
+        for i in range(n):
+            for j in range(efirst[i], i + 1):
+                Z[eptr[i] + j - efirst[i]] = Dinv[i, j]
+        return Z
+    lcol = np.empty(max(n, 1))
+    zcol = np.empty(max(n, 1))
+    for j in range(n - 1, -1, -1):
+        c0, c1 = cptr[j], cptr[j + 1]
+        m = c1 - c0
+        ljj = L[eptr[j] + j - efirst[j]]
+        for a in range(m):
+            lcol[a] = L[eptr[crow[c0 + a]] + j - efirst[crow[c0 + a]]]
+            zcol[a] = 0.0
+        for a in range(m):  # zcol = Z[rows, rows] @ lcol, over the lower triangle of the rows' block
+            k = crow[c0 + a]
+            rk = eptr[k] - efirst[k]
+            s = 0.0
+            for b in range(a):
+                z = Z[rk + crow[c0 + b]]
+                s += z * lcol[b]
+                zcol[b] += z * lcol[a]
+            zcol[a] += s + Z[rk + k] * lcol[a]
+        diag = 1.0 / ljj
+        for a in range(m):
+            k = crow[c0 + a]
+            Z[eptr[k] + j - efirst[k]] = -zcol[a] / ljj
+            diag -= lcol[a] * (-zcol[a] / ljj)
+        Z[eptr[j] + j - efirst[j]] = diag / ljj
+    return Z
 
 
 @njit(inline="always", **_JIT)
@@ -186,12 +318,10 @@ def block_factor(nk, bptr, bcol, work, diag):
 
     Fills ``LA``, ``M`` and ``LS`` of ``work`` (:func:`block_workspace`). Returns ``(ok, log det H)``.
     """
-    Tk, LA, M, LS, toff, aoff, moff, Cb = work
+    Tk, LA, M, LS, toff, aoff, moff, Cb, eptr, efirst = work[:10]
     K = nk.shape[0]
-    nc = LS.shape[0]
+    nc = efirst.shape[0]
     S = Cb.copy()
-    for c in range(nc):
-        S[c, c] += diag
     logdet = 0.0
     for k in range(K):
         n = nk[k]
@@ -214,11 +344,11 @@ def block_factor(nk, bptr, bcol, work, diag):
                 s = 0.0
                 for i in range(n):
                     s += Tk[t0 + i * nl + n + c1] * M[m0 + i * nb + c2]
-                S[g1, bcol[b0 + c2]] -= s
-    if not _cholesky(S, LS, nc):
+                S[eptr[g1] + bcol[b0 + c2] - efirst[g1]] -= s
+    if not env_cholesky(S, LS, eptr, efirst, nc, diag):
         return False, 0.0
     for c in range(nc):
-        logdet += 2.0 * math.log(LS[c, c])
+        logdet += 2.0 * math.log(LS[eptr[c] + c - efirst[c]])
     return True, logdet
 
 
@@ -226,8 +356,9 @@ def block_factor(nk, bptr, bcol, work, diag):
 def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
     """out = H^{-1} rhs (global effect order) from the factors of :func:`block_factor`."""
     LA, M, LS, aoff, moff = work[1], work[2], work[3], work[5], work[6]
+    eptr, efirst, cptr, crow = work[8], work[9], work[10], work[11]
     K = nk.shape[0]
-    nc = LS.shape[0]
+    nc = efirst.shape[0]
     rc = np.empty(nc)
     for c in range(nc):
         rc[c] = rhs[NB + c]
@@ -242,7 +373,7 @@ def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
                 for i in range(nk[k]):
                     s += M[m0 + i * nb + c] * rhs[b0 + i]
                 rc[bcol[p0 + c]] -= s
-        _chol_solve(LS, nc, rc)
+        env_solve(LS, eptr, efirst, cptr, crow, nc, rc)
     for c in range(nc):
         out[NB + c] = rc[c]
     for k in range(K):
@@ -265,10 +396,12 @@ def block_solve(nk, bstart, bptr, bcol, NB, work, rhs, out):
 def block_local_inverse(nk, bptr, bcol, work, E):
     """The entries of H^{-1} each block's cells need: into ``E`` (flat, as ``Tk``) the rows of block k's own
     effects over its local space, ``[A_k^{-1} + M_k S_k^{-1} M_k', -M_k S_k^{-1}]`` (``S_k^{-1}``: the rows
-    and columns of ``S^{-1}`` at the block's border effects); returns ``S^{-1}`` (border x border)."""
+    and columns of ``S^{-1}`` at the block's border effects); returns the entries of ``S^{-1}`` over the
+    border's envelope (:func:`env_inverse`)."""
     LA, M, LS, toff, aoff, moff = work[1], work[2], work[3], work[4], work[5], work[6]
+    eptr, efirst, cptr, crow = work[8], work[9], work[10], work[11]
     K = nk.shape[0]
-    Sinv = _spd_inverse_rows(LS, LS.shape[0])
+    Sinv = env_inverse(LS, eptr, efirst, cptr, crow, efirst.shape[0])
     nmax = 1
     for k in range(K):
         nmax = max(nmax, nk[k])
@@ -284,7 +417,8 @@ def block_local_inverse(nk, bptr, bcol, work, E):
             for c in range(nb):
                 s = 0.0
                 for c2 in range(nb):
-                    s += M[m0 + i * nb + c2] * Sinv[bcol[p0 + c2], bcol[p0 + c]]
+                    g1, g2 = max(bcol[p0 + c2], bcol[p0 + c]), min(bcol[p0 + c2], bcol[p0 + c])
+                    s += M[m0 + i * nb + c2] * Sinv[eptr[g1] + g2 - efirst[g1]]
                 E[e0 + i * nl + n + c] = -s
         for j in range(n):
             for i in range(n):

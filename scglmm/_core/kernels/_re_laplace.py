@@ -195,10 +195,11 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
 @njit(**_JIT)
 def _accumulate(d, a, w, work):
     """The sums over the cells of ``w_j a_j a_j'``: per block, the rows of its own effects in block-local
-    positions into ``Tk`` (flat, see :mod:`._linalg`); border x border into ``Cb`` (global border positions)."""
-    Tk, toff, Cb = work[0], work[4], work[7]
+    positions into ``Tk`` (flat, see :mod:`._linalg`); border x border into ``Cb`` (its lower triangle, over
+    the border's envelope)."""
+    Tk, toff, Cb, eptr, efirst = work[0], work[4], work[7], work[8], work[9]
     Tk[:] = 0.0
-    Cb[:, :] = 0.0
+    Cb[:] = 0.0
     n, R = a.shape
     for j in range(n):
         k = d.blk[j]
@@ -214,8 +215,9 @@ def _accumulate(d, a, w, work):
             else:
                 g = d.gidx[j, r] - d.NB
                 for r2 in range(R):
-                    if d.lidx[j, r2] >= nk:
-                        Cb[g, d.gidx[j, r2] - d.NB] += v * a[j, r2]
+                    g2 = d.gidx[j, r2] - d.NB
+                    if d.lidx[j, r2] >= nk and g2 <= g:
+                        Cb[eptr[g] + g2 - efirst[g]] += v * a[j, r2]
 
 
 @njit(**_JIT)
@@ -282,7 +284,7 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
 @njit(**_JIT)
 def re_workspace(d):
     """Work arrays of :func:`re_modes` for a structure (:func:`._linalg.block_workspace`)."""
-    return block_workspace(d.nk, d.bptr, d.Q - d.NB)
+    return block_workspace(d.nk, d.bptr, (d.eptr, d.efirst, d.cptr, d.crow))
 
 
 @njit(**_JIT)
@@ -357,7 +359,7 @@ def _gradient(d, a, u, cs, cd1, work, grad):
     n, R = a.shape
     p = d.X.shape[1]
     Q = u.shape[0]
-    toff = work[4]
+    toff, eptr, efirst = work[4], work[8], work[9]
     E = np.empty_like(work[0])
     Sinv = block_local_inverse(d.nk, d.bptr, d.bcol, work, E)
     P = np.empty((n, R))
@@ -379,7 +381,10 @@ def _gradient(d, a, u, cs, cd1, work, grad):
                 elif lr2 < nk:
                     e = E[toff[k] + lr2 * nl + lr]
                 else:
-                    e = Sinv[d.gidx[j, r] - d.NB, d.gidx[j, r2] - d.NB]
+                    g1, g2 = d.gidx[j, r] - d.NB, d.gidx[j, r2] - d.NB
+                    if g2 > g1:
+                        g1, g2 = g2, g1
+                    e = Sinv[eptr[g1] + g2 - efirst[g1]]
                 s += e * a[j, r2]
             P[j, r] = s
             dj += a[j, r] * s
