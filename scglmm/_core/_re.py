@@ -464,6 +464,24 @@ def _order_border(
     return True
 
 
+def _border_layout(
+    terms: tuple[RETerm, ...], parents: list[NDArray[np.int64] | None], gpos: list[NDArray[np.int64]], lay: tuple
+) -> tuple[NDArray, NDArray, NDArray, NDArray, tuple]:
+    """Each cell's global and block-local effect positions, the border effects of every block, and the
+    border's envelope (:func:`.kernels._linalg.envelope`), the crossed levels first reordered
+    (``gpos`` in place) where that narrows it. ``lay``: ``(toff, blk, nk, bstart, NB, Q)``."""
+    toff, blk, nk, bstart, NB, Q = lay
+    n = blk.shape[0]
+    rterm = np.repeat(np.arange(len(terms)), [t.q for t in terms])
+    border = np.array([parents[it] is None for it in rterm], dtype=bool)
+    gidx = _global_index(terms, gpos, toff, n)
+    lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
+    if Q > NB and _order_border(terms, parents, gpos, bptr, bcol, NB):
+        gidx = _global_index(terms, gpos, toff, n)
+        lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
+    return gidx, lidx, bptr, bcol, envelope(_envelope_first(bptr, bcol, Q - NB))
+
+
 #: Reverse Cuthill-McKee orders the border only if it shrinks the envelope to this share or less.
 ENVELOPE_GAIN = 0.8
 
@@ -517,13 +535,7 @@ def prepare_re(
     rcoef = np.concatenate([np.arange(q) for q in tq]).astype(np.int64)
     blk = terms[top].codes.astype(np.int64)
     zval = np.ascontiguousarray(np.hstack([t.Z for t in terms]), dtype=np.float64)
-    border = np.array([parents[it] is None for it in rterm], dtype=bool)
-    gidx = _global_index(terms, gpos, toff, n)
-    lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
-    if Q > NB and _order_border(terms, parents, gpos, bptr, bcol, NB):
-        gidx = _global_index(terms, gpos, toff, n)
-        lidx, bptr, bcol = _local_positions(gidx, blk, border, nk, bstart, NB, Q)
-    env = envelope(_envelope_first(bptr, bcol, Q - NB))
+    gidx, lidx, bptr, bcol, env = _border_layout(terms, parents, gpos, (toff, blk, nk, bstart, NB, Q))
     lam_pos, trc = _lambda_layout(terms, p)
     X = np.ascontiguousarray(X, dtype=np.float64)
     off = np.ascontiguousarray(offset, dtype=np.float64)
