@@ -12,6 +12,8 @@ differences at 200+ levels.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from scipy.special import gammaln
 import scglmm
 from scglmm._core import _re
 from scglmm._core._api import fit_genes
+from scglmm._core._prior import Prior
 from scglmm._core._re import _Problem, _start, fit_re_one, laplace_at, phi_from_varcomp, prepare_re
 from scglmm._core._results import _structure_mode_names
 from scglmm._core.kernels._linalg import (
@@ -210,6 +213,33 @@ def test_banded_border_is_reordered_into_a_narrow_envelope() -> None:
     np.testing.assert_allclose(np.diag(fit.cov_phi), np.diag(fit0.cov_phi), rtol=1e-5)
     np.testing.assert_allclose(fit.modes, fit0.modes, rtol=1e-5, atol=1e-8)
     assert _structure_mode_names(s) == _structure_mode_names(s0)
+
+
+@pytest.mark.parametrize(("name", "blocks"), [("slope", False), ("slope", True), ("nested", False), ("nested", True)])
+def test_exact_hessian_matches_finite_differences(name: str, blocks: bool) -> None:
+    """The exact Hessian of structures without a border (:mod:`scglmm._core.kernels._re_hessian`) against
+    central differences of the exact gradient, with 200+ levels, on cells and on blocks of cells, with and
+    without a prior (its curvature added); structures with a border have none."""
+    obs = cohort(210, 10 if blocks else 3, n_batch=12, seed=9)
+    s, X = structure(name, obs, blocks=blocks)
+    assert (s.blocks is not None) == blocks
+    off = np.log(obs["libsize"].to_numpy())
+    rng = np.random.default_rng(10)
+    b = rng.normal(0.0, 0.5, 210)[obs["donor"].cat.codes.to_numpy()]
+    y = rng.negative_binomial(3, 3.0 / (3.0 + np.exp(off - 6.5 + b))).astype(np.float64)
+    for prior in (None, Prior(np.full(s.n_params, 0.1), 1.5, np.array([s.p]))):
+        sp = dataclasses.replace(s, prior=prior, compiled={})
+        prob = _Problem(sp, y)
+        phi = _start(sp, y)
+        phi[sp.p : -1] += rng.uniform(0.05, 0.2, sp.n_lambda)
+        prob.value_grad(phi)
+        assert prob.has_exact_hessian
+        exact = prob.exact_hessian(phi)
+        fd = prob.hessian(phi, np.ones(phi.size, dtype=bool), central=True)
+        np.testing.assert_allclose(exact, fd, rtol=0, atol=2e-5 * np.abs(fd).max())
+        np.testing.assert_array_equal(exact, exact.T)
+    for other in ("crossed", "plates", "band"):
+        assert not _Problem(structure(other, obs)[0], y).has_exact_hessian
 
 
 def dense_laplace(s, X: np.ndarray, off: np.ndarray, y: np.ndarray, phi: np.ndarray) -> float:

@@ -588,6 +588,8 @@ class _Problem:
     Cholesky factor and per-level sampling covariances, the rows' linear predictors, ``E``, ``E2``, dispersion."""
     jac: NDArray[np.float64] | None = None
     """The modes' derivatives ``du / dphi`` (Q, P) at the parameters of ``u``, if known (warm starts)."""
+    hess: NDArray[np.float64] | None = None
+    """The exact Hessian (P, P) at the parameters of ``u``, if known (:attr:`has_exact_hessian`)."""
     kernel: Callable = field(init=False)
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
@@ -610,29 +612,37 @@ class _Problem:
         return self.y if self.s.blocks is None else self.PZ[:, -2]
 
     def value_grad(
-        self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None, jac: NDArray[np.float64] | None = None
+        self,
+        phi: NDArray[np.float64],
+        u: NDArray[np.float64] | None = None,
+        jac: NDArray[np.float64] | None = None,
+        hess: NDArray[np.float64] | None = None,
     ) -> tuple[float, NDArray]:
         """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``;
-        their derivatives ``du / dphi`` into ``jac`` if given, or into ``self.jac`` when ``u`` is ``self.u``)."""
+        their derivatives ``du / dphi`` into ``jac`` and the exact Hessian into ``hess`` if given, or into
+        ``self.jac`` and ``self.hess`` when ``u`` is ``self.u``)."""
         uu = self.u if u is None else u
-        grad = np.zeros(phi.shape[0])
+        P = phi.shape[0]
+        grad = np.zeros(P)
         self.n_eval += 1
         if u is None:
-            self.jac = jac = np.empty((uu.shape[0], phi.shape[0])) if USE_MODE_JAC else None
+            self.jac = jac = np.empty((uu.shape[0], P)) if USE_MODE_JAC else None
+            self.hess = hess = np.empty((P, P)) if self.has_exact_hessian else None
         jj = _NO_JAC if jac is None else jac
-        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True, jj)
+        hh = _NO_JAC if hess is None or jac is None else hess
+        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True, jj, hh)
         try:
             ok, val, _ = self.kernel(*args)
         except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
             if u is None:
-                self.jac = None
+                self.jac = self.hess = None
             return -np.inf, grad
         if self.kernel is re_value_grad:
             self.kernel = _compiled(re_value_grad, args)
             self.s.compiled["value_grad"] = self.kernel
         if not ok or not np.isfinite(val) or not np.all(np.isfinite(grad)):
             if u is None:
-                self.jac = None
+                self.jac = self.hess = None
             return -np.inf, grad
         if self.s.prior is not None:
             pv, pg = self.s.prior.value_grad(phi)
@@ -641,6 +651,25 @@ class _Problem:
             val += pv
             grad += pg
         return float(val), grad
+
+    @property
+    def has_exact_hessian(self) -> bool:
+        """Whether :meth:`exact_hessian` applies: no border (every term nested in the top-level factor) and
+        the NB family (:mod:`.kernels._re_hessian`)."""
+        d = self.s.data
+        return USE_EXACT_HESSIAN and d.Q == d.NB and d.family == NB_FAMILY and USE_MODE_JAC
+
+    def exact_hessian(self, phi: NDArray[np.float64]) -> NDArray | None:
+        """The exact Hessian of the objective at ``phi``, the parameters of ``self.u`` (evaluated there first
+        if unknown); None where it does not apply or is not finite."""
+        if self.hess is None and not (self.has_exact_hessian and np.isfinite(self.value_grad(phi)[0])):
+            return None
+        if self.hess is None or not np.all(np.isfinite(self.hess)):
+            return None
+        out = self.hess.copy()
+        if self.s.prior is not None:
+            out[np.diag_indices(phi.shape[0])] -= self.s.prior.curvature(phi)
+        return out
 
     def predicted_modes(self, dphi: NDArray[np.float64]) -> NDArray[np.float64]:
         """A copy of the modes moved to first order by the parameter change ``dphi`` (a warm start)."""
@@ -676,6 +705,9 @@ class _Problem:
 _NO_JAC = np.empty((0, 0))
 #: Whether the modes' derivatives warm-start the modes of trial points (line search, finite differences).
 USE_MODE_JAC = True
+#: Whether structures without a border take Newton steps on the exact Hessian (:meth:`_Problem.exact_hessian`)
+#: instead of BFGS, and their standard errors from it instead of finite differences.
+USE_EXACT_HESSIAN = True
 
 
 def _compiled(dispatcher: Any, args: tuple) -> Callable:
@@ -927,9 +959,10 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
         trial[-1] = min(trial[-1], T_MAX)
         u = prob.predicted_modes(trial - phi)
         jac = np.empty_like(prob.jac) if prob.jac is not None else None
-        vt, gt = prob.value_grad(trial, u, jac)
+        hess = np.empty_like(prob.hess) if prob.hess is not None else None
+        vt, gt = prob.value_grad(trial, u, jac, hess)
         if np.isfinite(vt) and vt >= val + 1e-4 * alpha * dec - 1e-12 * abs(val):
-            prob.u, prob.jac = u, jac
+            prob.u, prob.jac, prob.hess = u, jac, hess
             return trial, vt, gt
         alpha *= 0.5
     return phi, val, np.array([])
@@ -944,7 +977,13 @@ def _maximise(
     hold: NDArray[np.bool_] | None = None,
     stop_crawl: bool = False,
 ) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray, bool]:
-    """Quasi-Newton iterations on the exact gradient, finished by Newton with a finite-difference Hessian.
+    """Newton iterations on the exact Hessian where there is one, else quasi-Newton iterations on the exact
+    gradient, finished by Newton with a finite-difference Hessian.
+
+    Structures without a border (:attr:`_Problem.has_exact_hessian`: every term nested in the top-level
+    factor) take Newton steps on the exact Hessian (:mod:`.kernels._re_hessian`), which each accepted
+    trial point computes with its gradient; it is also the Hessian returned for the covariance. About
+    9 evaluations per fit instead of 20-28 (`benchmarks/cohort_exact.py`). For the others:
 
     The negative Hessian starts as the start's information (``seed``, :func:`_seed_hessian`), else
     as forward differences of the gradient, and is updated by BFGS after each step; trial points
@@ -977,6 +1016,7 @@ def _maximise(
     it = 0
     decs: list[float] = []
     crawl = 0  # crawling iterations in a row
+    exact = prob.has_exact_hessian
     for it in range(1, max_iter + 1):
         held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:
@@ -984,6 +1024,8 @@ def _maximise(
             val, g = prob.value_grad(phi)
             B = None
         free[-1] = not held
+        if exact and B is None and (Hx := prob.exact_hessian(phi)) is not None:
+            B, fresh = -Hx, True
         if B is None and seed and it == 1 and USE_SEED:
             B, fresh = _seed_hessian(prob, phi, g, free), False
         if B is None:
@@ -1011,7 +1053,9 @@ def _maximise(
                 break
             B = None
             continue
-        if not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
+        if exact:
+            B = None  # the exact Hessian at the new point (computed with its gradient), next iteration
+        elif not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
             B, fresh = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
         if prob.s.prior is None and np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
@@ -1029,7 +1073,7 @@ def _poisson_limit(prob: _Problem, phi: NDArray, val: float) -> tuple[NDArray, f
     vt, gt = prob.value_grad(trial, u)
     if not vt > val:
         return None
-    prob.u, prob.jac = u, None
+    prob.u, prob.jac, prob.hess = u, None, None
     return trial, vt, gt
 
 
@@ -1147,20 +1191,21 @@ def _fit(
         # without converging restarts from the same fixed effects and theta with uncorrelated, non-zero sds
         # (one that converged has a negative definite Hessian there, a local maximum: benchmarks/restart_policy.py)
         u_best = prob.u.copy()
-        prob.u, prob.jac = np.zeros_like(prob.u), None
+        prob.u, prob.jac, prob.hess = np.zeros_like(prob.u), None, None
         phi2, val2, g2, H2, conv2, it2, free2, _ = _maximise(prob, _restart(s, phi), max_iter)
         it += it2
         if val2 > val:
             phi, val, g, H, converged, free = phi2, val2, g2, H2, conv2, free2
             boundary = _boundary_status(s, phi)
         else:
-            prob.u, prob.jac = u_best, None
+            prob.u, prob.jac, prob.hess = u_best, None, None
     if not np.isfinite(val):
         return REFitOne(**{**nan.__dict__, "status": FAILED, "n_iter": it})
     if s.prior is None and np.abs(phi[: s.p]).max() > SEPARATION_BOUND:
         return REFitOne(**{**nan.__dict__, "status": SEPARATION, "n_iter": it, "n_eval": prob.n_eval})
     if not converged:
-        H = prob.hessian(phi, free)
+        Hx = prob.exact_hessian(phi) if prob.has_exact_hessian else None
+        H = Hx if Hx is not None else prob.hessian(phi, free)
     idx = np.flatnonzero(free)
     cov = np.full((P, P), np.nan)
     status = 0 if converged else NOT_CONVERGED
@@ -1187,19 +1232,19 @@ def _crawled(
     (:func:`_boundary_points`) if it converged, is at least as high and is a maximum across the boundary
     (:func:`_holds_across`), else the crawl resumed from where it stopped. Returns as :func:`_maximise`
     (without the crawl flag)."""
-    u0, jac0 = prob.u.copy(), prob.jac
+    u0, jac0, hess0 = prob.u.copy(), prob.jac, prob.hess
     best, it = None, 0
     for point, hold in _boundary_points(prob.s, phi):
-        prob.u, prob.jac = u0.copy(), None
+        prob.u, prob.jac, prob.hess = u0.copy(), None, None
         res = _maximise(prob, point, max_iter, hold=hold)
         it += res[5]
         if res[4] and res[1] >= val and (best is None or res[1] > best[0][1]):
             best = (res, prob.u.copy(), hold)
     if best is not None and _holds_across(prob, best[0][0], best[1], best[2]):
-        prob.u, prob.jac = best[1], None
+        prob.u, prob.jac, prob.hess = best[1], None, None
         res = best[0]
         return (*res[:5], res[5] + it, res[6])
-    prob.u, prob.jac = u0, jac0
+    prob.u, prob.jac, prob.hess = u0, jac0, hess0
     res = _maximise(prob, phi, max(max_iter - it, 1), first=(val, g))
     return (*res[:5], res[5] + it, res[6])
 

@@ -29,6 +29,7 @@ from ._cell import NB, _cell_all_x, row_glm, theta_terms
 from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
 from ._linalg import block_factor, block_local_inverse, block_solve, block_workspace
+from ._re_hessian import _mode_rhs, hessian_at
 
 
 @njit(**_JIT)
@@ -288,11 +289,12 @@ def re_workspace(d):
 
 
 @njit(**_JIT)
-def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac):
+def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess):
     """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place) and, if ``want_grad``, its
     exact gradient into ``grad`` and, if ``jac`` is (Q, P), the derivatives of the modes ``du / dphi``
-    into it (a first-order prediction of the modes at nearby parameters). Returns ``(ok, value,
-    inner iterations)``."""
+    into it (a first-order prediction of the modes at nearby parameters) and, if ``hess`` is (P, P)
+    too, the exact Hessian into it (structures without a border, :mod:`._re_hessian`; NaN where it
+    does not apply). Returns ``(ok, value, inner iterations)``."""
     n, p = d.X.shape
     t = phi[phi.shape[0] - 1]
     a = re_amat(d, phi)
@@ -310,9 +312,12 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac):
     if not ok or not math.isfinite(val):
         return False, val, it
     if want_grad:
-        _gradient(d, a, u, cs, cd1, work, grad)
+        E, zeta, Pj, dd = _gradient(d, a, u, cs, cd1, work, grad)
         if jac.shape[0] == u.shape[0]:
             _mode_jacobian(d, a, u, cs, work, jac)
+            state = (work, E, zeta, Pj, dd)
+            if hess.shape[0] == phi.shape[0] and not hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, hess):
+                hess[:, :] = np.nan
     return True, val, it
 
 
@@ -321,30 +326,10 @@ def _mode_jacobian(d, a, u, cs, work, jac):
     """``du / dphi = H^{-1} d(grad_u h) / dphi`` at converged modes (implicit function theorem), with
     ``d(grad_u h) / dphi`` at fixed ``u``: ``sum_j a_j e2_j d eta_j / dphi`` plus, for a Cholesky entry
     ``L_t[r, c]``, ``z_jr e1_j`` at the position of coefficient c, and ``sum_j a_j t1_j`` for log theta."""
-    n, R = a.shape
-    p = d.X.shape[1]
     Q = u.shape[0]
     P = jac.shape[1]
-    NL = d.lam_t.shape[0]
     rhs = np.zeros((P, Q))
-    for j in range(n):
-        e1, e2, t1 = cs[j, 0], cs[j, 1], cs[j, 4]
-        for r in range(R):
-            g = d.gidx[j, r]
-            ae2 = a[j, r] * e2
-            for k in range(p):
-                rhs[k, g] += ae2 * d.X[j, k]
-            rhs[P - 1, g] += a[j, r] * t1
-        for i in range(NL):
-            o = d.toff[d.lam_t[i]]
-            zr = d.zval[j, o + d.lam_r[i]]
-            if zr == 0.0:
-                continue
-            gc = d.gidx[j, o + d.lam_c[i]]
-            s = zr * u[gc] * e2
-            for r in range(R):
-                rhs[p + i, d.gidx[j, r]] += a[j, r] * s
-            rhs[p + i, gc] += zr * e1
+    _mode_rhs(d, a, u, cs[:, 0], cs[:, 1], cs[:, 4], rhs)
     col = np.empty(Q)
     for k in range(P):
         block_solve(d.nk, d.bstart, d.bptr, d.bcol, d.NB, work, rhs[k], col)
@@ -355,7 +340,9 @@ def _mode_jacobian(d, a, u, cs, work, jac):
 @njit(**_JIT)
 def _gradient(d, a, u, cs, cd1, work, grad):
     """Exact gradient of the Laplace log-likelihood at converged modes ``u`` with the per-cell
-    derivatives ``cs`` there (see the module docstring)."""
+    derivatives ``cs`` there (see the module docstring). Returns what the exact Hessian reuses
+    (:mod:`._re_hessian`): the blocks' local inverses ``E``, ``zeta = H^{-1} xi``, per row ``H^{-1} a_j`` at
+    its entries and ``d_j = a_j' H^{-1} a_j``."""
     n, R = a.shape
     p = d.X.shape[1]
     Q = u.shape[0]
@@ -417,6 +404,7 @@ def _gradient(d, a, u, cs, cd1, work, grad):
             s = zr * u[gi]
             grad[p + i] += e1 * s - 0.5 * (-2.0 * e2 * zr * P[j, rc] - e3 * s * dj + e2 * s * az + e1 * zr * zeta[gi])
     grad[jt] += cd1
+    return E, zeta, P, dd
 
 
 @njit(**_JIT)
