@@ -107,7 +107,9 @@ def _blocks_all(fr, PZ, eta, t, theta, cs):
     """Sums over each block j's cells of ``(e1, e2, e3, t0, t1, t2)`` into ``cs[j]`` and of q (the total
     returned): with ``G_m(M)`` the sums of the m-th derivatives of log1p in log x weighted by the power
     sums M (:func:`._few_rows._centered_series`), e_m = -G_m(W) (and e1 + ysum) and ``t_m = G_(m+1)(W)
-    - theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2."""
+    - theta G_m(PA)``: one series over ``W_k = theta PA[j, k] + PZ[j, k]`` to G_3, one over PA to G_2.
+    If ``cs`` has 12 columns, also ``G_0..2(PA)``, the block centre's ``rc``, ``alpha`` and the number of
+    terms (for :func:`._re_hessian._block_derivatives`)."""
     PA = fr.PA
     KK = PA.shape[1]
     total = 0.0
@@ -144,9 +146,19 @@ def _blocks_all(fr, PZ, eta, t, theta, cs):
         cs[j, 0] = ysum - G1
         cs[j, 1] = -G2
         cs[j, 2] = -G3
-        cs[j, 3] = G1 - theta * (PA[j, 0] * lx + p0)
-        cs[j, 4] = G2 - theta * (PA[j, 0] * rc + alpha * p1)
-        cs[j, 5] = G3 - theta * alpha * p2
+        P0 = PA[j, 0] * lx + p0
+        P1 = PA[j, 0] * rc + alpha * p1
+        P2 = alpha * p2
+        cs[j, 3] = G1 - theta * P0
+        cs[j, 4] = G2 - theta * P1
+        cs[j, 5] = G3 - theta * P2
+        if cs.shape[1] > 6:  # what the exact Hessian's derivatives start from (:mod:`._re_hessian`)
+            cs[j, 6] = P0
+            cs[j, 7] = P1
+            cs[j, 8] = P2
+            cs[j, 9] = rc
+            cs[j, 10] = alpha
+            cs[j, 11] = K
         total += c * ysum + PZ[j, KK + 1] - (w0 * lx + s0)
     return total
 
@@ -305,7 +317,7 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess)
             e += d.X[j, k] * phi[k]
         eta0[j] = e
     work = re_workspace(d)
-    cs = np.empty((n, 6))
+    cs = np.empty((n, 12 if hess.shape[0] == phi.shape[0] else 6))
     ok, hval, logdet, it = re_modes(d, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs, want_grad)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
@@ -315,7 +327,7 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess)
         E, zeta, Pj, dd = _gradient(d, a, u, cs, cd1, work, grad)
         if jac.shape[0] == u.shape[0]:
             _mode_jacobian(d, a, u, cs, work, jac)
-            state = (work, E, zeta, Pj, dd)
+            state = (work, E, zeta, Pj, dd, cs)
             if hess.shape[0] == phi.shape[0] and not hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, hess):
                 hess[:, :] = np.nan
     return True, val, it
