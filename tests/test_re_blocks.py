@@ -258,9 +258,9 @@ def crawling() -> tuple:
 @pytest.mark.parametrize("gene", [0, 1])
 def test_a_crawl_to_a_correlation_boundary_ends_on_it(gene: int, monkeypatch) -> None:
     """Stopped and fitted on the boundary it heads for: a higher log-likelihood than crawling on for 100
-    iterations (which ended not converged), a converged boundary fit, under half the evaluations. This is
-    BFGS's crawl (the path of structures with a border, forced here); Newton on the exact Hessian, the
-    random slope's own path, ends on the same boundary, as high, in fewer evaluations still."""
+    iterations (which ended not converged), a converged boundary fit, under half the evaluations. With
+    forward-difference Hessians (the path of structures with a border, forced here) and with the random
+    slope's exact Hessian, which ends on the same boundary, as high, in fewer evaluations."""
     from scglmm._core import _re
     from scglmm._core._status import CORRELATION_BOUNDARY, NOT_CONVERGED
 

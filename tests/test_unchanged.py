@@ -84,18 +84,14 @@ Not rewritten for issue 22, item 8 (what a fit stores): a fit with ``groupby`` n
 effects by default, so the ``grp`` fit below passes ``store_modes=True`` to store what it stored then; the
 fit tables' ``status`` column became categorical, which the snapshot reads as the same strings.
 
-Rewritten again (issue 20, Newton steps on the exact Hessian for structures without a border, whose
-standard errors now come from it instead of forward differences of the gradient): only the 3 genes of
-``grp:a_1`` refitted by the general engine with the weak prior moved (31 arrays with what derives from
-them), as they did for the optimiser's last change: their optima lie on the plateau where log theta runs
-towards the Poisson limit. Log-likelihoods by +1.8e-6, -1.4e-7 and -1.7e-7; the condition effect by at
-most 5.2e-6; its standard errors by at most 7.6e-6 (5.2e-6 relative: the forward differences' truncation
-error); the donor effects by at most 4.8e-8; ``grad_max`` fell from 2-9e-6 to 7e-10-1.7e-7 and ``n_iter``
-from 15, 15, 24 to 11, 11, 18; statuses identical. The 14 expression-mean arrays that had moved in the last
-bits (3.0e-15, above) were rewritten with them; the other 535 arrays were compared bitwise equal first.
-``--hash`` went from ``0a9d7cab...`` to ``5f96412b...`` (first written as ``7a5eb03a...``; the Hessian kernel's
-sums were then regrouped into one pass over the rows, which moved 18 of these arrays by at most 1.5e-15
-relative).
+Rewritten again (issue 20, the exact Hessian of structures without a border replaces the forward-difference
+Hessian of the last Newton steps and of the standard errors): only the 3 genes of ``grp:a_1`` refitted by the
+general engine with the weak prior moved (30 arrays with what derives from them). Log-likelihoods by
++4.2e-8, +3.4e-9 and -5.3e-8; the condition effect by at most 1.4e-7; its standard errors by at most 6.3e-6
+(4.6e-6 relative: the forward differences' truncation error); the donor effects by at most 5e-10;
+``n_iter`` and statuses identical. The 14 expression-mean arrays that had moved in the last bits (3.0e-15,
+above) were rewritten with them; the other 536 arrays were compared bitwise equal first. ``--hash`` went
+from ``0a9d7cab...`` to ``9e45860d...``.
 """
 
 from __future__ import annotations

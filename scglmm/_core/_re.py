@@ -590,6 +590,8 @@ class _Problem:
     """The modes' derivatives ``du / dphi`` (Q, P) at the parameters of ``u``, if known (warm starts)."""
     hess: NDArray[np.float64] | None = None
     """The exact Hessian (P, P) at the parameters of ``u``, if known (:attr:`has_exact_hessian`)."""
+    want_hess: bool = False
+    """Whether evaluations at ``self.u`` compute the exact Hessian too (:meth:`exact_hessian`)."""
     kernel: Callable = field(init=False)
     """:func:`re_value_grad`, after the first call its compiled function for these argument types."""
 
@@ -612,24 +614,20 @@ class _Problem:
         return self.y if self.s.blocks is None else self.PZ[:, -2]
 
     def value_grad(
-        self,
-        phi: NDArray[np.float64],
-        u: NDArray[np.float64] | None = None,
-        jac: NDArray[np.float64] | None = None,
-        hess: NDArray[np.float64] | None = None,
+        self, phi: NDArray[np.float64], u: NDArray[np.float64] | None = None, jac: NDArray[np.float64] | None = None
     ) -> tuple[float, NDArray]:
         """Laplace log-likelihood and gradient at ``phi`` (modes warm-started from, and written to, ``u``;
-        their derivatives ``du / dphi`` into ``jac`` and the exact Hessian into ``hess`` if given, or into
-        ``self.jac`` and ``self.hess`` when ``u`` is ``self.u``)."""
+        their derivatives ``du / dphi`` into ``jac`` if given, or into ``self.jac`` when ``u`` is ``self.u``,
+        with the exact Hessian into ``self.hess`` if :attr:`want_hess`)."""
         uu = self.u if u is None else u
         P = phi.shape[0]
         grad = np.zeros(P)
         self.n_eval += 1
         if u is None:
             self.jac = jac = np.empty((uu.shape[0], P)) if USE_MODE_JAC else None
-            self.hess = hess = np.empty((P, P)) if self.has_exact_hessian else None
+            self.hess = np.empty((P, P)) if self.want_hess and self.has_exact_hessian and USE_MODE_JAC else None
         jj = _NO_JAC if jac is None else jac
-        hh = _NO_JAC if hess is None or jac is None else hess
+        hh = self.hess if u is None and self.hess is not None else _NO_JAC
         args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True, jj, hh)
         try:
             ok, val, _ = self.kernel(*args)
@@ -657,13 +655,15 @@ class _Problem:
         """Whether :meth:`exact_hessian` applies: no border (every term nested in the top-level factor) and
         the NB family (:mod:`.kernels._re_hessian`)."""
         d = self.s.data
-        return USE_EXACT_HESSIAN and d.Q == d.NB and d.family == NB_FAMILY and USE_MODE_JAC
+        return USE_EXACT_HESSIAN and d.Q == d.NB and d.family == NB_FAMILY
 
     def exact_hessian(self, phi: NDArray[np.float64]) -> NDArray | None:
         """The exact Hessian of the objective at ``phi``, the parameters of ``self.u`` (evaluated there first
         if unknown); None where it does not apply or is not finite."""
-        if self.hess is None and not (self.has_exact_hessian and np.isfinite(self.value_grad(phi)[0])):
-            return None
+        if self.hess is None and self.has_exact_hessian:
+            want, self.want_hess = self.want_hess, True
+            self.value_grad(phi)
+            self.want_hess = want
         if self.hess is None or not np.all(np.isfinite(self.hess)):
             return None
         out = self.hess.copy()
@@ -705,8 +705,8 @@ class _Problem:
 _NO_JAC = np.empty((0, 0))
 #: Whether the modes' derivatives warm-start the modes of trial points (line search, finite differences).
 USE_MODE_JAC = True
-#: Whether structures without a border take Newton steps on the exact Hessian (:meth:`_Problem.exact_hessian`)
-#: instead of BFGS, and their standard errors from it instead of finite differences.
+#: Whether structures without a border take their fresh Hessians (the last Newton steps, the standard errors)
+#: from the exact Hessian (:meth:`_Problem.exact_hessian`, one evaluation) instead of forward differences.
 USE_EXACT_HESSIAN = True
 
 
@@ -959,10 +959,9 @@ def _line_search(prob: _Problem, phi: NDArray, val: float, step: NDArray, dec: f
         trial[-1] = min(trial[-1], T_MAX)
         u = prob.predicted_modes(trial - phi)
         jac = np.empty_like(prob.jac) if prob.jac is not None else None
-        hess = np.empty_like(prob.hess) if prob.hess is not None else None
-        vt, gt = prob.value_grad(trial, u, jac, hess)
+        vt, gt = prob.value_grad(trial, u, jac)
         if np.isfinite(vt) and vt >= val + 1e-4 * alpha * dec - 1e-12 * abs(val):
-            prob.u, prob.jac, prob.hess = u, jac, hess
+            prob.u, prob.jac, prob.hess = u, jac, None
             return trial, vt, gt
         alpha *= 0.5
     return phi, val, np.array([])
@@ -977,23 +976,20 @@ def _maximise(
     hold: NDArray[np.bool_] | None = None,
     stop_crawl: bool = False,
 ) -> tuple[NDArray, float, NDArray, NDArray, bool, int, NDArray, bool]:
-    """Newton iterations on the exact Hessian where there is one, else quasi-Newton iterations on the exact
-    gradient, finished by Newton with a finite-difference Hessian.
-
-    Structures without a border (:attr:`_Problem.has_exact_hessian`: every term nested in the top-level
-    factor) take Newton steps on the exact Hessian (:mod:`.kernels._re_hessian`), which each accepted
-    trial point computes with its gradient; it is also the Hessian returned for the covariance. About
-    9 evaluations per fit instead of 20-28 (`benchmarks/cohort_exact.py`). For the others:
+    """Quasi-Newton iterations on the exact gradient, finished by Newton with a fresh Hessian.
 
     The negative Hessian starts as the start's information (``seed``, :func:`_seed_hessian`), else
     as forward differences of the gradient, and is updated by BFGS after each step; trial points
     start their modes at the first-order prediction from ``prob.jac``. When the Newton decrement
-    falls below :data:`DEC_FRESH` with an updated matrix, the Hessian is recomputed by forward
-    differences of the exact gradient (one evaluation per parameter; the truncation error, about
-    1e-5 relative, is far below what a standard error needs) and the last steps are Newton steps on
-    it, not updated: convergence (a decrement below 1e-10) and the Hessian returned for the
-    covariance rest on a finite-difference Hessian computed at most a few steps of decrement below
-    :data:`DEC_FRESH` (well under a thousandth of a standard error) before the optimum.
+    falls below :data:`DEC_FRESH` with an updated matrix, the Hessian is computed afresh
+    (:func:`_fresh_hessian`: exactly for structures without a border, else by forward differences of
+    the exact gradient, one evaluation per parameter, whose truncation error, about 1e-5 relative, is
+    far below what a standard error needs) and the last steps are Newton steps on it, not updated:
+    convergence (a decrement below 1e-10) and the Hessian returned for the covariance rest on a fresh
+    Hessian computed at most a few steps of decrement below :data:`DEC_FRESH` (well under a thousandth
+    of a standard error) before the optimum. (Newton on the exact Hessian from the start takes fewer
+    evaluations still, but on designs with few donors it can end on another, lower maximum on a
+    variance boundary than the BFGS path: 20 of 17,782 pDC genes of the Kang data.)
 
     BFGS iterations that crawl (the decrement below :data:`DEC_STALL` and not cut tenfold in five steps,
     typically along a variance running to 0) get a fresh Hessian too, and a line search's first trial
@@ -1016,7 +1012,6 @@ def _maximise(
     it = 0
     decs: list[float] = []
     crawl = 0  # crawling iterations in a row
-    exact = prob.has_exact_hessian
     for it in range(1, max_iter + 1):
         held = prob.s.data.family != NB_FAMILY or (phi[-1] >= T_MAX - 3.0 and g[-1] >= -1e-6)
         if held and free[-1]:
@@ -1024,12 +1019,10 @@ def _maximise(
             val, g = prob.value_grad(phi)
             B = None
         free[-1] = not held
-        if exact and B is None and (Hx := prob.exact_hessian(phi)) is not None:
-            B, fresh = -Hx, True
         if B is None and seed and it == 1 and USE_SEED:
             B, fresh = _seed_hessian(prob, phi, g, free), False
         if B is None:
-            B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
+            B, fresh = -_fresh_hessian(prob, phi, free, g), True
         step, dec, pd = _newton_step(g, -B, free)
         decs.append(dec)
         slow = len(decs) > 5 and dec > 0.1 * decs[-6]
@@ -1038,7 +1031,7 @@ def _maximise(
         if stop_crawl and crawl >= CRAWL_STOP:
             return phi, val, g, -B, False, it, free, True
         if (dec < DEC_FRESH or stalled) and not fresh:
-            B, fresh = -prob.hessian(phi, free, central=False, g0=g), True
+            B, fresh = -_fresh_hessian(prob, phi, free, g), True
             step, dec, pd = _newton_step(g, -B, free)
         if pd and dec < 1e-10:
             converged = True
@@ -1053,15 +1046,25 @@ def _maximise(
                 break
             B = None
             continue
-        if exact:
-            B = None  # the exact Hessian at the new point (computed with its gradient), next iteration
-        elif not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
+        if not (fresh and dec < DEC_FRESH):  # far from the optimum: update; near it: Newton on the fresh Hessian
             B, fresh = _bfgs(B, new - phi, g - gnew), False
         phi, val, g = new, vnew, gnew
         if prob.s.prior is None and np.abs(phi[: prob.s.p]).max() > SEPARATION_BOUND:
             break  # (with a prior the effects are bounded: a far intercept of a rare gene is no divergence)
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, g, H, converged and fresh, it, free, False
+
+
+def _fresh_hessian(prob: _Problem, phi: NDArray, free: NDArray[np.bool_], g: NDArray) -> NDArray:
+    """The Hessian at ``phi`` over the free parameters (zero rows and columns elsewhere): exact where
+    there is one (:meth:`_Problem.exact_hessian`, one evaluation), else by forward differences of the
+    gradient ``g`` (one evaluation per free parameter)."""
+    H = prob.exact_hessian(phi) if prob.has_exact_hessian else None
+    if H is None:
+        return prob.hessian(phi, free, central=False, g0=g)
+    H[~free, :] = 0.0
+    H[:, ~free] = 0.0
+    return H
 
 
 def _poisson_limit(prob: _Problem, phi: NDArray, val: float) -> tuple[NDArray, float, NDArray] | None:
