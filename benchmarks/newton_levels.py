@@ -5,7 +5,7 @@ replaces the forward-difference Hessian of the last Newton steps and of the stan
 enough top-level levels (``NEWTON_MIN_LEVELS`` in :mod:`scglmm._core._re`) it also drives every
 iteration, in about 10 evaluations instead of about 20. With few donors the likelihood of a random
 slope has several maxima on its variance boundaries, and the path decides which one a fit reaches: on
-the Kang pDC cells (8 donors) Newton from the start ended lower than BFGS on 20 of 17,782 genes, by
+the Kang pDC cells (8 donors) Newton from the start ended lower than BFGS on 20 of 6,989 genes, by
 up to 0.29.
 
 For simulated paired data (``datasets.simulate(paired=True, slope_sd=0.3)``, ``--cells`` cells per donor

@@ -1206,11 +1206,11 @@ def fit_re_one(
 
 
 def _checked_by_bfgs(s: REStructure, prob: _Problem, fit: REFitOne, max_iter: int, nan: REFitOne) -> REFitOne:
-    """A Newton fit that ended with a status flag (a boundary, the Poisson limit, not converged), fitted
-    again from the start by BFGS, whose path can reach another maximum: with few donors a random slope's
-    likelihood has several on its variance boundaries, and Newton from the start ended lower on 20 of
-    17,782 genes of the Kang pDC cells (at the Poisson limit). The BFGS fit is kept unless the Newton fit
-    is higher by more than 1e-9; the evaluations of both are counted."""
+    """A Newton fit that ended with a checked status (:data:`CHECKED_STATUS`), fitted again from the start
+    by BFGS, whose path can reach another maximum: with few donors a random slope's likelihood has several
+    on its variance boundaries, and Newton from the start ended lower on 20 of the 6,989 genes fitted in
+    the Kang pDC cells (with a variance at 0). The BFGS fit is kept unless the Newton fit is higher by more
+    than 1e-9; the evaluations of both are counted."""
     again = _Problem(s, prob.y, prob.nz)
     again.newton = False
     phi = _start(s, again.y, again)
