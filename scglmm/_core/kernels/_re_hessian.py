@@ -206,29 +206,10 @@ def _row_terms(d, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH):
             acc[it, k] += (-dj * t3 + az * t2) * de[k]
         hh[it, it] += D[j, 9]
         acc[it, it] += 2.0 * (-dj * t3 + az * t2) * de[it] - dj * tt2 + az * tt1
-        F = -dj * e3 + az * e2
+        _cholesky_terms(d, a, j, E, jac, eb, zb, (-dj * e3 + az * e2, e2), toff, acc, dH)
         blk = d.blk[j]
         k0 = toff[blk]
         nk = d.nk[blk]
-        for l in range(NL):
-            if zb[l] == 0.0:
-                continue
-            gl = d.gidx[j, eb[l]]
-            il = p + l
-            for k in range(P):
-                f = F * zb[l] * jac[gl, k] * (2.0 if k == il else 1.0)
-                if k <= il:
-                    acc[il, k] += f
-                else:
-                    acc[k, il] += f
-            ll = d.lidx[j, eb[l]]
-            for m in range(l + 1):
-                acc[il, p + m] += -2.0 * e2 * zb[l] * zb[m] * E[k0 + ll * nk + d.lidx[j, eb[m]]]
-            wv = -e2 * zb[l]
-            for r in range(R):
-                lr = d.lidx[j, r]
-                dH[il, k0 + ll * nk + lr] += wv * a[j, r]
-                dH[il, k0 + lr * nk + ll] += wv * a[j, r]
         for r in range(R):
             lr = k0 + d.lidx[j, r] * nk
             for r2 in range(R):
@@ -236,6 +217,38 @@ def _row_terms(d, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH):
                 c = lr + d.lidx[j, r2]
                 for i in range(P):
                     dH[i, c] += dw[i] * aa
+
+
+@njit(inline="always", **_JIT)
+def _cholesky_terms(d, a, j, E, jac, eb, zb, coefs, toff, acc, dH):
+    """The terms of :func:`_row_terms` that only the Cholesky entries have (their ``b_ji``): into ``acc``,
+    ``F (bu + bu')`` and ``2 w (b_i' H^{-1} b_k)``; into ``dH``, ``w (b_i a' + a b_i')``. ``coefs = (F, e2)``."""
+    F, e2 = coefs
+    R = a.shape[1]
+    p = d.X.shape[1]
+    P = acc.shape[0]
+    blk = d.blk[j]
+    k0 = toff[blk]
+    nk = d.nk[blk]
+    for l in range(eb.shape[0]):
+        if zb[l] == 0.0:
+            continue
+        gl = d.gidx[j, eb[l]]
+        il = p + l
+        for k in range(P):
+            f = F * zb[l] * jac[gl, k] * (2.0 if k == il else 1.0)
+            if k <= il:
+                acc[il, k] += f
+            else:
+                acc[k, il] += f
+        ll = d.lidx[j, eb[l]]
+        for m in range(l + 1):
+            acc[il, p + m] += -2.0 * e2 * zb[l] * zb[m] * E[k0 + ll * nk + d.lidx[j, eb[m]]]
+        wv = -e2 * zb[l]
+        for r in range(R):
+            lr = d.lidx[j, r]
+            dH[il, k0 + ll * nk + lr] += wv * a[j, r]
+            dH[il, k0 + lr * nk + ll] += wv * a[j, r]
 
 
 @njit(**_JIT)
