@@ -1041,12 +1041,7 @@ def _maximise(
             val, g = prob.value_grad(phi)
             B = None
         free[-1] = not held
-        if prob.newton and prob.hess is not None and (Hx := prob.exact_hessian(phi)) is not None:
-            B, fresh = -Hx, True
-        if B is None and seed and it == 1 and USE_SEED:
-            B, fresh = _seed_hessian(prob, phi, g, free), False
-        if B is None:
-            B, fresh = -_fresh_hessian(prob, phi, free, g), True
+        B, fresh = _iteration_matrix(prob, phi, g, free, (B, fresh), seed and it == 1)
         step, dec, pd = _newton_step(g, -B, free)
         decs.append(dec)
         slow = len(decs) > 5 and dec > 0.1 * decs[-6]
@@ -1079,6 +1074,22 @@ def _maximise(
             break  # (with a prior the effects are bounded: a far intercept of a rare gene is no divergence)
     H = -B if B is not None else np.zeros((P, P))
     return phi, val, g, H, converged and fresh, it, free, False
+
+
+def _iteration_matrix(
+    prob: _Problem, phi: NDArray, g: NDArray, free: NDArray[np.bool_], current: tuple, seed: bool
+) -> tuple[NDArray, bool]:
+    """The negative Hessian of an iteration of :func:`_maximise` and whether it is fresh: Newton's exact one
+    when the current point has it, else the BFGS matrix ``current = (B, fresh)`` if any, else the start's
+    seed (``seed``, :func:`_seed_hessian`), else a fresh Hessian (:func:`_fresh_hessian`)."""
+    B, fresh = current
+    if prob.newton and prob.hess is not None and (Hx := prob.exact_hessian(phi)) is not None:
+        return -Hx, True
+    if B is None and seed and USE_SEED:
+        B, fresh = _seed_hessian(prob, phi, g, free), False
+    if B is None:
+        B, fresh = -_fresh_hessian(prob, phi, free, g), True
+    return B, fresh
 
 
 def _fresh_hessian(prob: _Problem, phi: NDArray, free: NDArray[np.bool_], g: NDArray) -> NDArray:
