@@ -242,6 +242,35 @@ def test_exact_hessian_matches_finite_differences(name: str, blocks: bool) -> No
         assert not _Problem(structure(other, obs)[0], y).has_exact_hessian
 
 
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("name", list(FORMULAS))
+def test_groups_of_rows_change_nothing(name: str, blocks: bool) -> None:
+    """What follows a pass over the rows runs over their groups (``REData.grp``: rows sharing design, ``Z``
+    and levels) on the sums of their derivatives: the value, gradient, modes, their derivatives and the exact
+    Hessian equal those of one group per row (the sums in another order only)."""
+    obs = cohort(60, 8, seed=3)
+    s, _ = structure(name, obs, blocks=blocks)
+    batch = "batch" in FORMULAS[name]  # drawn per cell: too few cells per block, more groups
+    assert (s.blocks is not None) == (blocks and not batch)
+    n, G = s.data.X.shape[0], s.groups.X.shape[0]
+    assert G == len(obs[["donor", "condition", *(["batch"] if batch else [])]].drop_duplicates()) < n
+    rows = s.data._replace(grp=np.arange(n, dtype=np.int64))
+    single = dataclasses.replace(s, data=rows, groups=rows, compiled={})
+    rng = np.random.default_rng(4)
+    off = np.log(obs["libsize"].to_numpy())
+    y = rng.negative_binomial(2, 2.0 / (2.0 + np.exp(off - 6.0 + rng.normal(0, 0.4, off.size)))).astype(float)
+    phi = parameters(s, rng)
+    got, ref = _Problem(s, y), _Problem(single, y)
+    (v1, g1), (v2, g2) = got.value_grad(phi), ref.value_grad(phi)
+    assert v1 == pytest.approx(v2, rel=1e-13)
+    np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9 * np.abs(g2).max())
+    np.testing.assert_allclose(got.u, ref.u, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.jac, ref.jac, rtol=0, atol=1e-9 * np.abs(ref.jac).max())
+    if got.has_exact_hessian:
+        h1, h2 = got.exact_hessian(phi), ref.exact_hessian(phi)
+        np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-9 * np.abs(h2).max())
+
+
 def dense_laplace(s, X: np.ndarray, off: np.ndarray, y: np.ndarray, phi: np.ndarray) -> float:
     """The Laplace log-likelihood by dense numpy algebra over all effects (cells as rows)."""
     A = dense_rows(s, re_amat(s.data, phi))

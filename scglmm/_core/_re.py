@@ -142,6 +142,9 @@ class REStructure:
 
     terms: tuple[RETerm, ...]
     data: REData
+    groups: REData
+    """The groups of the kernels' rows (see ``REData.grp``): a row per group, its design row, ``Z`` row and
+    levels; what the kernels sum over after a pass over the rows runs over these."""
     top: int
     """Index of the term whose grouping factor is the top-level factor."""
     nested: tuple[bool, ...]
@@ -552,10 +555,13 @@ def prepare_re(
         X, off, np.ascontiguousarray(zval), np.ascontiguousarray(gidx), np.ascontiguousarray(lidx),
         np.ascontiguousarray(blk), rterm, rcoef, toff, tq, lam_pos, trc[:, 0].copy(), trc[:, 1].copy(),
         trc[:, 2].copy(), nk, bstart, nmax, NB, Q, bptr, bcol, *env, int(family), _trials(family, trials, n),
+        np.zeros(X.shape[0], dtype=np.int64),
     )  # fmt: skip
+    data, groups = _row_groups(data)
     return REStructure(
         terms=terms,
         data=data,
+        groups=groups,
         top=top,
         nested=tuple(par is not None for par in parents),
         gpos=tuple(gpos),
@@ -564,6 +570,20 @@ def prepare_re(
         blocks=bl,
         row_levels=row_levels,
     )
+
+
+def _row_groups(d: REData) -> tuple[REData, REData]:
+    """``d`` with the group of each row (``REData.grp``: rows sharing their design row, ``Z`` row and
+    levels), and the groups' own ``REData`` (a row each: the first of its rows; offsets 0, no trials)."""
+    code = _row_codes(np.hstack([d.X, d.zval, d.gidx.astype(np.float64)]))
+    first = np.unique(code, return_index=True)[1]
+    G = first.size
+    groups = d._replace(
+        X=np.ascontiguousarray(d.X[first]), off=np.zeros(G), zval=np.ascontiguousarray(d.zval[first]),
+        gidx=np.ascontiguousarray(d.gidx[first]), lidx=np.ascontiguousarray(d.lidx[first]),
+        blk=np.ascontiguousarray(d.blk[first]), trials=np.zeros(0), grp=np.arange(G, dtype=np.int64),
+    )  # fmt: skip
+    return d._replace(grp=code), groups
 
 
 @dataclass
@@ -637,7 +657,21 @@ class _Problem:
             self.hess = hess = np.empty((P, P)) if want and self.has_exact_hessian and USE_MODE_JAC else None
         jj = _NO_JAC if jac is None else jac
         hh = _NO_JAC if hess is None or jac is None else hess
-        args = (self.s.data, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy, phi, uu, grad, True, jj, hh)
+        args = (
+            self.s.data,
+            self.s.groups,
+            self.s.rows,
+            self.PZ,
+            self.y,
+            self.cnt_gt,
+            self.lgy,
+            phi,
+            uu,
+            grad,
+            True,
+            jj,
+            hh,
+        )
         try:
             ok, val, _ = self.kernel(*args)
         except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region

@@ -111,7 +111,7 @@ REData = namedtuple(
     "REData",
     ["X", "off", "zval", "gidx", "lidx", "blk", "rterm", "rcoef", "toff", "tq", "lam_pos", "lam_t", "lam_r",
      "lam_c", "nk", "bstart", "nmax", "NB", "Q", "bptr", "bcol", "eptr", "efirst", "cptr", "crow", "family",
-     "trials"],
+     "trials", "grp"],
 )  # fmt: skip
 REData.__doc__ = """A general random-effect structure as the kernels of :mod:`._re_laplace` take it.
 
@@ -151,6 +151,12 @@ family : int
     2); the kernels branch on it row by row, so that every family shares them.
 trials : (n,) float64
     Binomial trials of each row (the family ``BINOMIAL``; a placeholder of length 0 otherwise).
+grp : (n,) int64
+    The group of each row: rows sharing their design row, ``Z`` row and levels (a donor x condition, say,
+    cut into blocks by offset) form a group. Everything the kernels do after a pass over the rows (the sums
+    of ``H``, the gradient, the modes' derivatives, the exact Hessian) is linear in the rows' derivatives,
+    so it runs over the groups, on their sums (:func:`._re_hessian.group_sums`), with the groups' own
+    ``REData`` (``REStructure.groups``, whose ``grp`` is ``0 .. G - 1``).
 """
 
 

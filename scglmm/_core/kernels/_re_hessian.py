@@ -95,12 +95,14 @@ def _block_derivatives(fr, PZ, cs, theta, D):
 
 
 @njit(**_JIT)
-def hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
+def hessian_at(d, dg, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
     """The exact Hessian of the Laplace log-likelihood at ``phi`` into ``out`` (P, P), at the converged modes
-    ``u`` with their derivatives ``jac``, ``a`` the rows of ``Z Lambda`` and ``state = (work, E, zeta, P_j,
-    d_j, cs)`` what the gradient left (:func:`._re_laplace._gradient`: the factors of ``H`` at ``u``, the
-    blocks' inverses, ``H^{-1} xi``, per row ``H^{-1} a_j`` and ``a_j' H^{-1} a_j``; the final inner pass's
-    derivatives). Returns False when the structure has a border or another family than NB."""
+    ``u`` with their derivatives ``jac``, for the rows ``d`` and their groups ``dg`` (the rows' derivatives
+    summed over each group: every term below is linear in them), ``a`` the groups' rows of ``Z Lambda`` and
+    ``state = (work, E, zeta, P_j, d_j, cs)`` what the gradient left (:func:`._re_laplace._gradient`: the
+    factors of ``H`` at ``u``, the blocks' inverses, ``H^{-1} xi``, per group ``H^{-1} a_j`` and ``a_j' H^{-1}
+    a_j``; the final inner pass's derivatives per row). Returns False when the structure has a border or
+    another family than NB."""
     n, p = d.X.shape
     P = phi.shape[0]
     if d.Q != d.NB or d.family != NB:
@@ -110,22 +112,29 @@ def hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
     R = a.shape[1]
     eta = np.empty(n)
     if not fr.on:
+        G = a.shape[0]
+        au = np.empty(G)
+        for k in range(G):
+            e = 0.0
+            for r in range(R):
+                e += a[k, r] * u[dg.gidx[k, r]]
+            au[k] = e
         for j in range(n):
-            e = d.off[j]
+            e = d.off[j] + au[d.grp[j]]
             for k in range(p):
                 e += d.X[j, k] * phi[k]
-            for r in range(R):
-                e += a[j, r] * u[d.gidx[j, r]]
             eta[j] = e
-    D = np.empty((n, 12))
-    _row_derivatives(fr, PZ, y, eta, t, math.exp(t), cs, D)
+    Drow = np.empty((n, 12))
+    _row_derivatives(fr, PZ, y, eta, t, math.exp(t), cs, Drow)
+    D = np.empty((a.shape[0], 12))
+    group_sums(d.grp, Drow, 12, D)
     hh = np.zeros((P, P))
     acc = np.zeros((P, P))
     toff = work[4]
     dH = np.zeros((P, toff[d.nk.shape[0]]))
-    _row_terms(d, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH)
+    _row_terms(dg, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH)
     rhs = np.zeros((P, d.Q))
-    _mode_rhs(d, a, u, D[:, 1], D[:, 2], D[:, 6], rhs)
+    _mode_rhs(dg, a, u, D[:, 1], D[:, 2], D[:, 6], rhs)
     for i in range(P):
         for k in range(i + 1):
             s = 0.0
@@ -138,6 +147,17 @@ def hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
         for k in range(i):
             out[k, i] = out[i, k]
     return True
+
+
+@njit(**_JIT)
+def group_sums(grp, cs, ncol, out):
+    """The sums of the first ``ncol`` columns of the rows' ``cs`` over each group (``grp``, ``REData.grp``)
+    into ``out``."""
+    out[:, :ncol] = 0.0
+    for j in range(cs.shape[0]):
+        k = grp[j]
+        for m in range(ncol):
+            out[k, m] += cs[j, m]
 
 
 @njit(**_JIT)
@@ -167,9 +187,9 @@ def _row_terms(d, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH):
     pb = np.zeros(P)
     zt = np.zeros(P)
     dw = np.empty(P)
-    v = np.empty(P)
     g = np.zeros(P)
     de = np.empty(P)
+    cv = np.empty(P)
     for j in range(n):
         e2, e3, e4 = D[j, 2], D[j, 3], D[j, 4]
         t1, t2, t3, tt1, tt2 = D[j, 6], D[j, 7], D[j, 8], D[j, 10], D[j, 11]
@@ -181,31 +201,32 @@ def _row_terms(d, a, u, D, E, jac, zeta, Pj, dd, toff, hh, acc, dH):
         az = 0.0
         for r in range(R):
             az += a[j, r] * zeta[d.gidx[j, r]]
-        for i in range(P):
-            s = g[i]
-            for r in range(R):
-                s += a[j, r] * jac[d.gidx[j, r], i]
-            de[i] = s
-            dw[i] = -e3 * s
-            v[i] = e2 * s
-        dw[it] -= t2
-        v[it] += t1
         for i in range(NL):
             pb[p + i] = zb[i] * Pj[j, eb[i]]
             zt[p + i] = zb[i] * zeta[d.gidx[j, eb[i]]]
         dj = dd[j]
         A = -dj * e4 + az * e3
         for i in range(P):
-            ai = A * de[i]
-            hi = e2 * g[i]
+            s = g[i]
+            for r in range(R):
+                s += a[j, r] * jac[d.gidx[j, r], i]
+            de[i] = s
+            dw[i] = -e3 * s
+            cv[i] = 0.5 * A * s + e2 * zt[i] - 2.0 * e3 * pb[i]
+        dw[it] -= t2
+        for i in range(P):  # the rank-2 form of the A, v zb' and dw pb' terms (the docstring's)
+            di, ci, hi = de[i], cv[i], e2 * g[i]
             for k in range(i + 1):
-                acc[i, k] += ai * de[k] + v[i] * zt[k] + v[k] * zt[i] + 2.0 * (dw[i] * pb[k] + dw[k] * pb[i])
+                acc[i, k] += di * cv[k] + de[k] * ci
                 hh[i, k] += hi * g[k]
+        for i in range(NL):  # what v and dw's log theta entries add (t1, -t2) against the Cholesky entries
+            acc[it, p + i] += t1 * zt[p + i] - 2.0 * t2 * pb[p + i]
+        B = -dj * t3 + az * t2
         for k in range(it):
             hh[it, k] += t1 * g[k]
-            acc[it, k] += (-dj * t3 + az * t2) * de[k]
+            acc[it, k] += B * de[k]
         hh[it, it] += D[j, 9]
-        acc[it, it] += 2.0 * (-dj * t3 + az * t2) * de[it] - dj * tt2 + az * tt1
+        acc[it, it] += 2.0 * B * de[it] - dj * tt2 + az * tt1
         _cholesky_terms(d, a, j, E, jac, eb, zb, (-dj * e3 + az * e2, e2), toff, acc, dH)
         blk = d.blk[j]
         k0 = toff[blk]

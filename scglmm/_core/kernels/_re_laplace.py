@@ -16,6 +16,11 @@ the ``L_t``. The gradient is exact (implicit dependence of ``u^`` included): wit
 a_j``, ``xi = sum_j (-e3_j d_j) a_j`` and ``zeta = H^{-1} xi``,
 
     d logL / d phi_i = dh/dphi_i - 0.5 [tr(H^{-1} dH/dphi_i at fixed u) + zeta' d(grad_u h)/dphi_i].
+
+A pass over the rows (cells, or blocks of cells with their series) gives each row's derivatives in eta and
+log theta; everything after it (``H``, the gradient, the modes' derivatives, the exact Hessian) is linear in
+them, with coefficients shared by the rows of a group (``REData.grp``: same design row, ``Z`` row and levels),
+so it runs once per group on their sums: 2,000 groups instead of 8,000 blocks for 1,000 donors x 2 conditions.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from ._cell import NB, _cell_all_x, row_glm, theta_terms
 from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
 from ._linalg import block_factor, block_local_inverse, block_solve, block_workspace
-from ._re_hessian import _mode_rhs, hessian_at
+from ._re_hessian import _mode_rhs, group_sums, hessian_at
 
 
 @njit(**_JIT)
@@ -58,13 +63,17 @@ def re_amat(d, phi):
 
 
 @njit(**_JIT)
-def _eta(d, eta0, a, u, eta):
-    n, R = a.shape
-    for j in range(n):
-        e = eta0[j]
+def _eta(d, dg, eta0, a, u, eta):
+    """``eta = eta0 + (Z Lambda u)`` per row, the last term once per group (``a`` the groups' rows)."""
+    G, R = a.shape
+    au = np.empty(G)
+    for k in range(G):
+        e = 0.0
         for r in range(R):
-            e += a[j, r] * u[d.gidx[j, r]]
-        eta[j] = e
+            e += a[k, r] * u[dg.gidx[k, r]]
+        au[k] = e
+    for j in range(eta0.shape[0]):
+        eta[j] = eta0[j] + au[d.grp[j]]
 
 
 @njit(**_JIT)
@@ -164,7 +173,7 @@ def _blocks_all(fr, PZ, eta, t, theta, cs):
 
 
 @njit(**_JIT)
-def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
+def _pass(d, dg, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
     """One pass over the rows at modes ``u``: ``eta``, the per-row derivatives ``cs[j] = (e1, e2, e3,
     t0, t1, t2)`` and ``h(u)`` without the count-only constants, ``sum_j q(eta_j) - u'u / 2``.
 
@@ -173,7 +182,7 @@ def _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cs, full=True):
     ``full``, a block's pass fills only e1 and e2 (what the inner Newton iterations use). With a family
     other than NB (``d.family``, never with blocks) a row is a binomial or Poisson observation
     (:func:`._cell.row_glm`) and its theta derivatives are 0."""
-    _eta(d, eta0, a, u, eta)
+    _eta(d, dg, eta0, a, u, eta)
     s = 0.0
     if fr.on and not full:
         s = _blocks_q12(fr, PZ, eta, t, theta, cs)
@@ -234,18 +243,23 @@ def _accumulate(d, a, w, work):
 
 
 @njit(**_JIT)
-def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
+def re_modes(d, dg, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, csg, full):
     """Newton maximisation of h over u (in place, warm start). h is strictly concave.
 
+    ``d`` the rows, ``dg`` their groups (``REData.grp``) and ``a`` the groups' rows of ``Z Lambda``: each
+    pass runs over the rows, the sums of the gradient and of ``H`` over the groups.
+
     Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
-    per-cell derivatives in ``cs`` belong to u^ (with blocks of cells and not ``full``, only e1 and e2:
-    see :func:`_pass`; ``full`` costs a little more per pass and saves a pass when the gradient follows).
+    per-row derivatives in ``cs`` belong to u^ (with blocks of cells and not ``full``, only e1 and e2:
+    see :func:`_pass`; ``full`` costs a little more per pass and saves a pass when the gradient follows),
+    and if ``full`` their sums over the groups in ``csg`` (G, 6).
     """
     n = eta0.shape[0]
+    G = a.shape[0]
     Q = u.shape[0]
     theta = math.exp(t)
     eta = np.empty(n)
-    w = np.empty(n)
+    w = np.empty(G)
     g = np.empty(Q)
     step = np.empty(Q)
     trial = np.empty(Q)
@@ -253,18 +267,19 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
     alt = np.empty_like(cs)
     swapped = False
     full = full or not fr.on
-    hval = _pass(d, fr, PZ, y, eta0, a, u, t, theta, eta, cur, full)
+    hval = _pass(d, dg, fr, PZ, y, eta0, a, u, t, theta, eta, cur, full)
     prev = np.inf
     logdet = 0.0
     it = 0
     while True:
         for i in range(Q):
             g[i] = -u[i]
-        for j in range(n):
-            w[j] = -cur[j, 1]
+        group_sums(d.grp, cur, 2, csg)
+        for k in range(G):
+            w[k] = -csg[k, 1]
             for r in range(a.shape[1]):
-                g[d.gidx[j, r]] += cur[j, 0] * a[j, r]
-        _accumulate(d, a, w, work)
+                g[dg.gidx[k, r]] += csg[k, 0] * a[k, r]
+        _accumulate(dg, a, w, work)
         ok, logdet = block_factor(d.nk, d.bptr, d.bcol, work, 1.0)
         if not ok:
             return False, hval, 0.0, it
@@ -281,7 +296,7 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
         for _ in range(60):
             for i in range(Q):
                 trial[i] = u[i] + alpha * step[i]
-            hnew = _pass(d, fr, PZ, y, eta0, a, trial, t, theta, eta, alt, full)
+            hnew = _pass(d, dg, fr, PZ, y, eta0, a, trial, t, theta, eta, alt, full)
             if hnew >= hval - 1e-13 * (1.0 + abs(hval)):
                 break
             alpha *= 0.5
@@ -291,6 +306,8 @@ def re_modes(d, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, full):
         hval = hnew
     if swapped:
         cs[:, :] = cur
+    if full:
+        group_sums(d.grp, cs, 6, csg)
     return math.isfinite(hval), hval, logdet, it
 
 
@@ -301,15 +318,16 @@ def re_workspace(d):
 
 
 @njit(**_JIT)
-def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess):
-    """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place) and, if ``want_grad``, its
+def re_value_grad(d, dg, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess):
+    """Laplace log-likelihood at ``phi`` (modes ``u`` updated in place), for the rows ``d`` and their
+    groups ``dg`` (``REData.grp``: what follows a pass over the rows runs over the groups), and, if ``want_grad``, its
     exact gradient into ``grad`` and, if ``jac`` is (Q, P), the derivatives of the modes ``du / dphi``
     into it (a first-order prediction of the modes at nearby parameters) and, if ``hess`` is (P, P)
     too, the exact Hessian into it (structures without a border, :mod:`._re_hessian`; NaN where it
     does not apply). Returns ``(ok, value, inner iterations)``."""
     n, p = d.X.shape
     t = phi[phi.shape[0] - 1]
-    a = re_amat(d, phi)
+    a = re_amat(dg, phi)
     eta0 = np.empty(n)
     for j in range(n):
         e = d.off[j]
@@ -318,17 +336,18 @@ def re_value_grad(d, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, hess)
         eta0[j] = e
     work = re_workspace(d)
     cs = np.empty((n, 12 if hess.shape[0] == phi.shape[0] else 6))
-    ok, hval, logdet, it = re_modes(d, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs, want_grad)
+    csg = np.empty((a.shape[0], 6))
+    ok, hval, logdet, it = re_modes(d, dg, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs, csg, want_grad)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
     if not ok or not math.isfinite(val):
         return False, val, it
     if want_grad:
-        E, zeta, Pj, dd = _gradient(d, a, u, cs, cd1, work, grad)
+        E, zeta, Pj, dd = _gradient(dg, a, u, csg, cd1, work, grad)
         if jac.shape[0] == u.shape[0]:
-            _mode_jacobian(d, a, u, cs, work, jac)
+            _mode_jacobian(dg, a, u, csg, work, jac)
             state = (work, E, zeta, Pj, dd, cs)
-            if hess.shape[0] == phi.shape[0] and not hessian_at(d, fr, PZ, y, cnt_gt, phi, u, a, state, jac, hess):
+            if hess.shape[0] == phi.shape[0] and not hessian_at(d, dg, fr, PZ, y, cnt_gt, phi, u, a, state, jac, hess):
                 hess[:, :] = np.nan
     return True, val, it
 
