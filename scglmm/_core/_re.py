@@ -572,12 +572,22 @@ def prepare_re(
     )
 
 
+#: Rows are summed into groups (:func:`_row_groups`) when there are at most this share as many groups as rows
+#: (else each row is its own group: ``(1 | donor) + (1 | batch)`` with batches drawn per cell has 48,047
+#: groups of 50,000 cells, and regrouped rows took 16 % more CPU there).
+GROUP_GAIN = 0.5
+
+
 def _row_groups(d: REData) -> tuple[REData, REData]:
     """``d`` with the group of each row (``REData.grp``: rows sharing their design row, ``Z`` row and
-    levels), and the groups' own ``REData`` (a row each: the first of its rows; offsets 0, no trials)."""
+    levels), and the groups' own ``REData`` (a row each: the first of its rows; offsets 0, no trials); each
+    row its own group, and ``d`` for both, when that would not halve the rows (:data:`GROUP_GAIN`)."""
     code = _row_codes(np.hstack([d.X, d.zval, d.gidx.astype(np.float64)]))
     first = np.unique(code, return_index=True)[1]
     G = first.size
+    if G / d.X.shape[0] > GROUP_GAIN:  # hardly fewer groups than rows: the rows, in their own order
+        d = d._replace(grp=np.arange(d.X.shape[0], dtype=np.int64))
+        return d, d
     groups = d._replace(
         X=np.ascontiguousarray(d.X[first]), off=np.zeros(G), zval=np.ascontiguousarray(d.zval[first]),
         gidx=np.ascontiguousarray(d.gidx[first]), lidx=np.ascontiguousarray(d.lidx[first]),

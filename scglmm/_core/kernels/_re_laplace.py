@@ -66,6 +66,13 @@ def re_amat(d, phi):
 def _eta(d, dg, eta0, a, u, eta):
     """``eta = eta0 + (Z Lambda u)`` per row, the last term once per group (``a`` the groups' rows)."""
     G, R = a.shape
+    if eta0.shape[0] == G:  # each row its own group (no scratch: a pass allocates nothing)
+        for j in range(G):
+            e = eta0[j]
+            for r in range(R):
+                e += a[j, r] * u[dg.gidx[j, r]]
+            eta[j] = e
+        return
     au = np.empty(G)
     for k in range(G):
         e = 0.0
@@ -252,14 +259,14 @@ def re_modes(d, dg, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, csg, full):
     Returns ``(ok, h(u^), log det H, iterations)``; on return the factors in ``work`` and the
     per-row derivatives in ``cs`` belong to u^ (with blocks of cells and not ``full``, only e1 and e2:
     see :func:`_pass`; ``full`` costs a little more per pass and saves a pass when the gradient follows),
-    and if ``full`` their sums over the groups in ``csg`` (G, 6).
+    and if ``full`` their sums over the groups in ``csg`` (G, 6; ``cs`` itself when each row is its own group).
     """
     n = eta0.shape[0]
-    G = a.shape[0]
+    ng = a.shape[0]
     Q = u.shape[0]
     theta = math.exp(t)
     eta = np.empty(n)
-    w = np.empty(G)
+    w = np.empty(ng)
     g = np.empty(Q)
     step = np.empty(Q)
     trial = np.empty(Q)
@@ -274,11 +281,14 @@ def re_modes(d, dg, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, csg, full):
     while True:
         for i in range(Q):
             g[i] = -u[i]
-        group_sums(d.grp, cur, 2, csg)
-        for k in range(G):
-            w[k] = -csg[k, 1]
+        src = cur  # the groups' sums (each row its own group: the rows')
+        if ng < n:
+            group_sums(d.grp, cur, 2, csg)
+            src = csg
+        for k in range(ng):
+            w[k] = -src[k, 1]
             for r in range(a.shape[1]):
-                g[dg.gidx[k, r]] += csg[k, 0] * a[k, r]
+                g[dg.gidx[k, r]] += src[k, 0] * a[k, r]
         _accumulate(dg, a, w, work)
         ok, logdet = block_factor(d.nk, d.bptr, d.bcol, work, 1.0)
         if not ok:
@@ -306,7 +316,7 @@ def re_modes(d, dg, fr, PZ, y, eta0, a, u, t, tol, maxit, work, cs, csg, full):
         hval = hnew
     if swapped:
         cs[:, :] = cur
-    if full:
+    if full and ng < n:
         group_sums(d.grp, cs, 6, csg)
     return math.isfinite(hval), hval, logdet, it
 
@@ -336,7 +346,7 @@ def re_value_grad(d, dg, fr, PZ, y, cnt_gt, lgy, phi, u, grad, want_grad, jac, h
         eta0[j] = e
     work = re_workspace(d)
     cs = np.empty((n, 12 if hess.shape[0] == phi.shape[0] else 6))
-    csg = np.empty((a.shape[0], 6))
+    csg = cs if a.shape[0] == n else np.empty((a.shape[0], 6))
     ok, hval, logdet, it = re_modes(d, dg, fr, PZ, y, eta0, a, u, t, 1e-22, 200, work, cs, csg, want_grad)
     cval, cd1, _ = theta_terms(cnt_gt, t)
     val = hval + cval - lgy - 0.5 * logdet
