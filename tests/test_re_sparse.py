@@ -270,6 +270,34 @@ def test_groups_of_rows_change_nothing(name: str, blocks: bool) -> None:
         np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-9 * np.abs(h2).max())
 
 
+def test_start_moves_the_glm_to_the_conditional_mean(monkeypatch) -> None:
+    """The start's fixed effects lose the log-normal excess ``z' G z / 2`` of the marginal mean the Poisson GLM
+    fits: for a random slope on the condition, ``G00 / 2`` on the intercept and ``G01 + G11 / 2`` on the
+    condition (exact: the slope's ``z`` lie in the design's span); with a nested intercept, both variances'
+    halves on the intercept. From :data:`START_LOGNORMAL_LEVELS` levels on only."""
+    obs = cohort(120, 4, seed=5)
+    rng = np.random.default_rng(6)
+    off = np.log(obs["libsize"].to_numpy())
+    y = rng.negative_binomial(2, 2.0 / (2.0 + np.exp(off - 6.0 + rng.normal(0, 0.5, off.size)))).astype(float)
+    for name in ("slope", "nested"):
+        s, _ = structure(name, obs, blocks=True)
+        phi = parameters(s, rng)
+        G = [L @ L.T for L in s.cholesky(phi)]
+        want = [G[0][0, 0] / 2, G[0][0, 1] + G[0][1, 1] / 2] if name == "slope" else [(G[0] + G[1])[0, 0] / 2, 0.0]
+        np.testing.assert_allclose(_re._lognormal_shift(s, phi), want, rtol=1e-12, atol=1e-14)
+        shifted = _start(s, y)
+        monkeypatch.setattr(_re, "START_LOGNORMAL", False)
+        plain = _start(s, y)
+        monkeypatch.setattr(_re, "START_LOGNORMAL", True)
+        np.testing.assert_allclose(
+            plain[: s.p] - shifted[: s.p], _re._lognormal_shift(s, plain), rtol=1e-12, atol=1e-14
+        )
+        np.testing.assert_array_equal(plain[s.p :], shifted[s.p :])
+        monkeypatch.setattr(_re, "START_LOGNORMAL_LEVELS", 121)
+        np.testing.assert_array_equal(_start(s, y), plain)
+        monkeypatch.setattr(_re, "START_LOGNORMAL_LEVELS", 100)
+
+
 def dense_laplace(s, X: np.ndarray, off: np.ndarray, y: np.ndarray, phi: np.ndarray) -> float:
     """The Laplace log-likelihood by dense numpy algebra over all effects (cells as rows)."""
     A = dense_rows(s, re_amat(s.data, phi))
