@@ -274,7 +274,7 @@ def test_start_moves_the_glm_to_the_conditional_mean(monkeypatch) -> None:
     """The start's fixed effects lose the log-normal excess ``z' G z / 2`` of the marginal mean the Poisson GLM
     fits: for a random slope on the condition, ``G00 / 2`` on the intercept and ``G01 + G11 / 2`` on the
     condition (exact: the slope's ``z`` lie in the design's span); with a nested intercept, both variances'
-    halves on the intercept. From :data:`START_LOGNORMAL_LEVELS` levels on only."""
+    halves on the intercept. From :data:`COHORT_START_LEVELS` levels on only."""
     obs = cohort(120, 4, seed=5)
     rng = np.random.default_rng(6)
     off = np.log(obs["libsize"].to_numpy())
@@ -293,9 +293,33 @@ def test_start_moves_the_glm_to_the_conditional_mean(monkeypatch) -> None:
             plain[: s.p] - shifted[: s.p], _re._lognormal_shift(s, plain), rtol=1e-12, atol=1e-14
         )
         np.testing.assert_array_equal(plain[s.p :], shifted[s.p :])
-        monkeypatch.setattr(_re, "START_LOGNORMAL_LEVELS", 121)
+        monkeypatch.setattr(_re, "COHORT_START_LEVELS", 121)
         np.testing.assert_array_equal(_start(s, y), plain)
-        monkeypatch.setattr(_re, "START_LOGNORMAL_LEVELS", 100)
+        monkeypatch.setattr(_re, "COHORT_START_LEVELS", 100)
+
+
+def test_start_variance_of_a_nested_intercept(monkeypatch) -> None:
+    """A random intercept nested in the top-level one (``donor/sample``, two samples a donor) has its start's
+    variance from its per-level fits corrected for the mean of each donor's samples its donor's effect took:
+    ``(mean b^2 - mean V / 2) * 2``; the top-level term, other structures and fewer than
+    :data:`COHORT_START_LEVELS` donors keep the plain ``mean b^2 - mean V``."""
+    obs = cohort(120, 4, seed=5)
+    rng = np.random.default_rng(8)
+    s, _ = structure("nested", obs, blocks=True)
+    top = s.top
+    child = 1 - top
+    assert (s.terms[top].m, s.terms[child].m) == (120, 240)
+    b, V = rng.normal(0, 0.3, (240, 1)), rng.uniform(0.01, 0.05, (240, 1, 1))
+    plain = b.T @ b / 240 - V.mean(axis=0)
+    np.testing.assert_allclose(_re._level_covariance(s, child, b, V), (b.T @ b / 240 - V.mean(axis=0) / 2) * 2)
+    np.testing.assert_allclose(
+        _re._level_covariance(s, top, b[:120], V[:120]), b[:120].T @ b[:120] / 120 - V[:120].mean(axis=0)
+    )
+    slope, _ = structure("slope", obs, blocks=True)
+    b2, V2 = rng.normal(0, 0.3, (120, 2)), np.tile(np.eye(2) * 0.02, (120, 1, 1))
+    np.testing.assert_array_equal(_re._level_covariance(slope, 0, b2, V2), b2.T @ b2 / 120 - V2.mean(axis=0))
+    monkeypatch.setattr(_re, "COHORT_START_LEVELS", 121)
+    np.testing.assert_array_equal(_re._level_covariance(s, child, b, V), plain)
 
 
 def dense_laplace(s, X: np.ndarray, off: np.ndarray, y: np.ndarray, phi: np.ndarray) -> float:
