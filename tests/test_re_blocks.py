@@ -140,6 +140,32 @@ def test_n_jobs_zero_is_refused() -> None:
         fit_genes(data().X[:, :1], X, terms, off, n_jobs=0)
 
 
+@pytest.mark.parametrize("n_nonzero", [0, 1, 3, 4, 37, 400])
+def test_block_gene_sums_match_numpy(n_nonzero: int) -> None:
+    """A gene's per-block sums from its non-zero cells (four at a time, any remainder) against numpy: the
+    y-weighted powers of each cell's offset about its block centre, the totals, ``sum y offset``, ``sum y^2``
+    and ``sum y exp(offset)``."""
+    from scglmm._core.kernels._re_laplace import re_block_gene
+
+    s = structure("slope", blocks=True)[3]
+    bl = s.blocks
+    rng = np.random.default_rng(n_nonzero)
+    n, nb, KK = bl.cbid.size, bl.bstarts.size - 1, s.rows.PA.shape[1]
+    nzc = np.sort(rng.choice(n, n_nonzero, replace=False)).astype(np.int64)
+    nzv = rng.integers(1, 9, n_nonzero).astype(np.float64)
+    PZ, y2, ye = np.empty((nb, KK + 2)), np.empty(nb), np.empty(nb)
+    re_block_gene(nzc, nzv, bl.cbid, bl.cLw, s.rows.Lc, bl.coff, bl.ce, PZ, y2, ye)
+    b = bl.cbid[nzc]
+    eps = bl.cLw[nzc] / s.rows.Lc[b] - 1.0
+    want = np.zeros((nb, KK + 2))
+    np.add.at(want[:, :KK], b, nzv[:, None] * eps[:, None] ** np.arange(KK))
+    np.add.at(want[:, KK], b, nzv)
+    np.add.at(want[:, KK + 1], b, nzv * bl.coff[nzc])
+    np.testing.assert_allclose(PZ, want, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(y2, np.bincount(b, nzv**2, minlength=nb), rtol=1e-13)
+    np.testing.assert_allclose(ye, np.bincount(b, nzv * bl.ce[nzc], minlength=nb), rtol=1e-13)
+
+
 def test_row_codes_match_numpy_unique() -> None:
     """The column-by-column codes of the blocks' keys are numpy's row-wise unique inverse (same order)."""
     from scglmm._core._re import _row_codes
