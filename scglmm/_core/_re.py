@@ -820,7 +820,10 @@ def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None)
         off = s.data.off
         E = E2 = np.ones(X.shape[0])
     ysum = prob.row_counts
-    beta = _poisson_glm(X, off, E, ysum)
+    G = s.groups.X.shape[0]
+    Eg = np.bincount(s.data.grp, weights=E * np.exp(off), minlength=G)  # per group, offsets in E
+    yg = np.bincount(s.data.grp, weights=ysum, minlength=G)
+    beta = _poisson_glm(s.groups.X, np.zeros(G), Eg, yg)
     if s.blocks is not None:
         disp = _block_dispersion(prob, E, E2, s.blocks.e3sum)
     else:
@@ -830,7 +833,7 @@ def _start(s: REStructure, y: NDArray[np.float64], prob: _Problem | None = None)
     phi[: s.p] = beta
     phi[-1] = float(np.clip(-np.log(disp), -5.0, 10.0))
     if USE_LEVEL_START:
-        eta = _start_effects(s, prob, phi, X @ beta + off, E, E2, ysum, disp)
+        eta = _start_effects(s, prob, phi, (X @ beta + off, E, E2, ysum), (Eg, yg), disp)
         if START_LOGNORMAL and s.data.nk.shape[0] >= COHORT_START_LEVELS:
             phi[: s.p] -= _lognormal_shift(s, phi)
         if s.blocks is None:  # the dispersion again, around the means with the level effects
@@ -921,14 +924,17 @@ def _poisson_glm(X: NDArray, off: NDArray, E: NDArray, ysum: NDArray) -> NDArray
     return beta
 
 
-def _start_effects(
-    s: REStructure, prob: _Problem, phi: NDArray, cur: NDArray, E: NDArray, E2: NDArray, ysum: NDArray, disp: float
-) -> None:
+def _start_effects(s: REStructure, prob: _Problem, phi: NDArray, rows: tuple, groups: tuple, disp: float) -> NDArray:
     """The Cholesky entries of ``phi`` and the modes ``prob.u`` from per-level fits of each term's effects
-    (:func:`.kernels._re_start.re_level_effects`), terms with fewer levels first: covariance = mean of
-    ``b_l b_l'`` less the mean inverse information, eigenvalues floored at :data:`START_VAR_FLOOR`."""
-    d = s.data
+    (:func:`.kernels._re_outer.re_level_effects`), terms with fewer levels first: covariance = mean of
+    ``b_l b_l'`` less the mean inverse information (:func:`_level_covariance`), eigenvalues floored at
+    :data:`START_VAR_FLOOR`. ``rows = (linear predictor, E, E2, counts)`` of the kernels' rows (see
+    :func:`_start`), ``groups = (E, counts)`` summed over their groups (offsets in ``E``), on which the fits'
+    Poisson steps run. Returns the rows' linear predictor with the effects."""
+    d, dg = s.data, s.groups
+    cur, E, E2, ysum = rows
     cur = cur.copy()
+    gcur = dg.X @ phi[: s.p]  # the groups' linear predictor without offsets
     u = np.zeros(d.Q)
     info: dict[int, tuple[NDArray, NDArray]] = {}
     for it in sorted(range(len(s.terms)), key=lambda k: s.terms[k].m):
@@ -936,15 +942,20 @@ def _start_effects(
         q, o = term.q, int(d.toff[it])
         Z = np.ascontiguousarray(d.zval[:, o : o + q])
         lev = s.row_levels[it]
+        glev = np.empty(dg.X.shape[0], dtype=np.int64)
+        glev[d.grp] = lev  # a group's rows share their levels
+        gZ = np.ascontiguousarray(dg.zval[:, o : o + q])
         b = np.empty((term.m, q))
         V = np.empty((term.m, q, q))
-        re_level_effects(lev, Z, cur, E, E2, ysum, disp, START_PRIOR, 4, b, V)
+        fits = ((glev, gZ, gcur, groups[0], groups[0], groups[1]), (lev, Z, cur, E, E2, ysum))
+        re_level_effects(*fits, disp, START_PRIOR, 4, b, V)
         w, U = np.linalg.eigh(_level_covariance(s, it, b, V))
         L = np.linalg.cholesky((U * np.maximum(w, START_VAR_FLOOR)) @ U.T)
         for i in range(s.n_lambda):
             if d.lam_t[i] == it:
                 phi[s.p + i] = L[d.lam_r[i], d.lam_c[i]]
         cur += np.einsum("jc,jc->j", Z, b[lev])
+        gcur += np.einsum("jc,jc->j", gZ, b[glev])
         idx = s.gpos[it][:, None] + np.arange(q)[None, :]
         u[idx] = np.linalg.solve(L, b.T).T
         info[it] = (L, V)
