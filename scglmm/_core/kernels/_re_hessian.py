@@ -109,16 +109,10 @@ def hessian_at(d, dg, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
         return False
     work, E, zeta, Pj, dd, cs = state
     t = phi[P - 1]
-    R = a.shape[1]
     eta = np.empty(n)
     if not fr.on:
-        G = a.shape[0]
-        au = np.empty(G)
-        for k in range(G):
-            e = 0.0
-            for r in range(R):
-                e += a[k, r] * u[dg.gidx[k, r]]
-            au[k] = e
+        au = np.empty(a.shape[0])
+        group_au(dg, a, u, au)
         for j in range(n):
             e = d.off[j] + au[d.grp[j]]
             for k in range(p):
@@ -147,6 +141,17 @@ def hessian_at(d, dg, fr, PZ, y, cnt_gt, phi, u, a, state, jac, out):
         for k in range(i):
             out[k, i] = out[i, k]
     return True
+
+
+@njit(**_JIT)
+def group_au(dg, a, u, out):
+    """``a_k' u`` of each group ``k`` (``a`` the groups' rows of ``Z Lambda``, ``dg`` their ``REData``) into
+    ``out``: the random effects' part of the linear predictor of the group's rows."""
+    for k in range(a.shape[0]):
+        e = 0.0
+        for r in range(a.shape[1]):
+            e += a[k, r] * u[dg.gidx[k, r]]
+        out[k] = e
 
 
 @njit(**_JIT)

@@ -34,7 +34,7 @@ from ._cell import NB, _cell_all_x, row_glm, theta_terms
 from ._few_rows import _block_centre
 from ._jit import JIT as _JIT
 from ._linalg import block_factor, block_local_inverse, block_solve, block_workspace
-from ._re_hessian import _mode_rhs, group_sums, hessian_at
+from ._re_hessian import _mode_rhs, group_au, group_sums, hessian_at
 
 
 @njit(**_JIT)
@@ -74,11 +74,7 @@ def _eta(d, dg, eta0, a, u, eta):
             eta[j] = e
         return
     au = np.empty(G)
-    for k in range(G):
-        e = 0.0
-        for r in range(R):
-            e += a[k, r] * u[dg.gidx[k, r]]
-        au[k] = e
+    group_au(dg, a, u, au)
     for j in range(eta0.shape[0]):
         eta[j] = eta0[j] + au[d.grp[j]]
 
