@@ -667,21 +667,8 @@ class _Problem:
             self.hess = hess = np.empty((P, P)) if want and self.has_exact_hessian and USE_MODE_JAC else None
         jj = _NO_JAC if jac is None else jac
         hh = _NO_JAC if hess is None or jac is None else hess
-        args = (
-            self.s.data,
-            self.s.groups,
-            self.s.rows,
-            self.PZ,
-            self.y,
-            self.cnt_gt,
-            self.lgy,
-            phi,
-            uu,
-            grad,
-            True,
-            jj,
-            hh,
-        )
+        gene = (self.s.data, self.s.groups, self.s.rows, self.PZ, self.y, self.cnt_gt, self.lgy)
+        args = (*gene, phi, uu, grad, True, jj, hh)
         try:
             ok, val, _ = self.kernel(*args)
         except ZeroDivisionError:  # an extreme trial point (theta or a mean at 0): outside the usable region
